@@ -1,0 +1,85 @@
+"""Column names and dtypes of every table the pipeline reads or writes: the one place they are spelled.
+
+Tables, in the order data flows through them:
+raw transactions (the Sberbank gender-task export) -> validated events (+ rejects) -> sequences (one row per
+customer, list columns) -> scores.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+SCHEMA_VERSION = "1"
+
+# --- raw transactions, as distributed -------------------------------------------------------------------------
+CUSTOMER_ID = "customer_id"
+TR_DATETIME = "tr_datetime"  # "<day> HH:MM:SS"; seconds may read 60 (read as 59)
+MCC_CODE = "mcc_code"
+TR_TYPE = "tr_type"
+AMOUNT = "amount"
+TERM_ID = "term_id"  # string, may be empty
+RAW_COLUMNS: tuple[str, ...] = (CUSTOMER_ID, TR_DATETIME, MCC_CODE, TR_TYPE, AMOUNT, TERM_ID)
+RAW_OPTIONAL_COLUMNS: frozenset[str] = frozenset({TERM_ID})
+
+# --- labels and dictionaries ------------------------------------------------------------------------------------
+GENDER = "gender"
+LABEL_COLUMNS: tuple[str, ...] = (CUSTOMER_ID, GENDER)
+MCC_DESCRIPTION = "mcc_description"
+TR_DESCRIPTION = "tr_description"
+
+# --- validated events (ingest output) ---------------------------------------------------------------------------
+DAY = "day"
+SECOND_OF_DAY = "second_of_day"
+EVENT_TIME = "event_time"  # float days: day + second_of_day / 86400
+SOURCE_FILE = "source_file"
+SOURCE_ROW = "source_row"  # 1-based data row number in the source file (header excluded)
+ROW_HASH = "row_hash"  # hash of the raw values: de-duplication key, makes ingest idempotent
+
+EVENTS_SCHEMA: dict[str, pl.DataType] = {
+    CUSTOMER_ID: pl.Int64(),
+    TR_DATETIME: pl.String(),
+    DAY: pl.Int32(),
+    SECOND_OF_DAY: pl.Int32(),
+    EVENT_TIME: pl.Float64(),
+    MCC_CODE: pl.Int32(),
+    TR_TYPE: pl.Int32(),
+    AMOUNT: pl.Float64(),
+    TERM_ID: pl.String(),
+    SOURCE_FILE: pl.String(),
+    SOURCE_ROW: pl.Int64(),
+    ROW_HASH: pl.UInt64(),
+}
+
+# --- rejects ----------------------------------------------------------------------------------------------------
+REASON = "reason"  # machine-readable code, e.g. "unparseable_datetime"
+REJECT_COLUMN = "column"  # the offending column
+REJECTS_SCHEMA: dict[str, pl.DataType] = {
+    **{c: pl.String() for c in RAW_COLUMNS},
+    SOURCE_FILE: pl.String(),
+    SOURCE_ROW: pl.Int64(),
+    REJECT_COLUMN: pl.String(),
+    REASON: pl.String(),
+}
+
+# --- sequences (one row per customer) ---------------------------------------------------------------------------
+SEQ_LENGTH = "length"  # number of events kept (after truncation)
+SEQ_TOTAL = "n_events_total"  # number of events before truncation
+SEQ_MCC = "mcc"  # list[int32]: frequency-rank code, 0 = padding, 1 = unknown/rare
+SEQ_TR_TYPE = "tr_type_code"  # list[int32]: same encoding
+SEQ_AMOUNT = "amount_log"  # list[float32]: sign(x) * log1p(|x|)
+SEQ_HOUR = "hour"  # list[float32]: hour of day, fractional, [0, 24)
+SEQ_WEEKDAY = "weekday"  # list[float32]: day % 7
+SEQ_LOG_DT = "log_dt"  # list[float32]: log1p(hours since previous event), 0 for the first
+SEQ_EVENT_TIME = "event_time"  # list[float64]
+SEQ_CATEGORICAL: tuple[str, ...] = (SEQ_MCC, SEQ_TR_TYPE)
+SEQ_NUMERIC: tuple[str, ...] = (SEQ_AMOUNT, SEQ_HOUR, SEQ_WEEKDAY, SEQ_LOG_DT)
+
+PAD_CODE = 0
+UNKNOWN_CODE = 1
+
+# --- scores -----------------------------------------------------------------------------------------------------
+PROBABILITY = "probability"
+PREDICTION = "prediction"
+MODEL_NAME = "model_name"
+MODEL_VERSION = "model_version"
+SCORED_AT = "scored_at"

@@ -1,0 +1,70 @@
+"""Runtime settings: the one reader of environment variables.
+
+Everything has an embedded default so that the demo runs with no configuration: the data root is `./data`
+(override with TXSEQ_DATA_ROOT) and MLflow tracks to a SQLite file under it (override with MLFLOW_TRACKING_URI).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_root: Path
+    tracking_uri: str
+    artifact_root: Path
+    registered_model: str
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.data_root / "raw"
+
+    @property
+    def events_dir(self) -> Path:
+        return self.data_root / "events"
+
+    @property
+    def sequences_dir(self) -> Path:
+        return self.data_root / "sequences"
+
+    @property
+    def runs_dir(self) -> Path:
+        """Checkpoints and reports of training runs."""
+        return self.data_root / "runs"
+
+    @property
+    def landing_dir(self) -> Path:
+        """New transaction files waiting to be scored."""
+        return self.data_root / "landing"
+
+    @property
+    def scores_dir(self) -> Path:
+        return self.data_root / "scores"
+
+
+def shared_data_dir() -> Path | None:
+    """The real Sberbank files (labels, dictionaries, a real sample) when `../shared` sits beside the project."""
+    env = os.environ.get("TXSEQ_SHARED_DATA")
+    candidates = [Path(env)] if env else []
+    here = Path(__file__).resolve().parent.parent
+    candidates += [here.parent / "shared" / "data" / "sberbank-gender" / "raw", Path.cwd().parent / "shared" / "data" / "sberbank-gender" / "raw"]
+    for c in candidates:
+        if (c / "gender_train.csv").exists():
+            return c
+    return None
+
+
+def load_settings() -> Settings:
+    data_root = Path(os.environ.get("TXSEQ_DATA_ROOT", "data")).expanduser().resolve()
+    mlflow_dir = data_root / "mlflow"
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{mlflow_dir / 'mlflow.db'}"
+    artifact_root = Path(os.environ.get("TXSEQ_ARTIFACT_ROOT", mlflow_dir / "artifacts")).expanduser().resolve()
+    return Settings(
+        data_root=data_root,
+        tracking_uri=tracking_uri,
+        artifact_root=artifact_root,
+        registered_model=os.environ.get("TXSEQ_REGISTERED_MODEL", "txseq-gender"),
+    )
