@@ -1,0 +1,373 @@
+"""Validated events -> one row per customer with list columns (the model's input table), in polars, no Python loops.
+
+Per customer the events are ordered by `event_time` (ties broken by `source_file`, `source_row`, i.e. file order),
+the gaps between consecutive events are taken on the full history, and the latest `max_len` events are kept.
+Per-event features (names and dtypes in `schema.SEQ_*`):
+
+    mcc, tr_type_code   frequency-rank codes: 0 = padding, 1 = unknown or rarer than `min_count`, 2.. by count
+    amount_log          sign(x) * log1p(|x|)
+    hour                fractional hour of day, [0, 24)
+    weekday             day % 7 (the export's day numbers have no calendar anchor)
+    log_dt              log1p(hours since the previous event), 0 for a customer's first event
+
+The code vocabularies are fitted on training customers only (`fit_vocab`) and saved beside the table; scoring
+passes the saved `Vocab` back to `build_sequences`, so codes it never saw map to 1.
+
+    >>> events = pl.LazyFrame({"customer_id": [7, 7], "event_time": [1.5, 0.25], "day": [1, 0],
+    ...     "second_of_day": [43200, 21600], "mcc_code": [5411, 5411], "tr_type": [1010, 1030],
+    ...     "amount": [-100.0, 50.0]})
+    >>> vocab = fit_vocab(events, min_count=1)
+    >>> seq = build_sequences(events, vocab)
+    >>> seq.select("customer_id", "length", "mcc", "hour", "log_dt").to_dicts()[0]["hour"]
+    [6.0, 12.0]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from pipeline import schema
+from pipeline.splits import Split, SplitConfig, make_split
+
+SEQUENCES_FILE = "sequences.parquet"
+VOCAB_FILE = "vocab.json"
+SPLIT_FILE = "split.json"
+MANIFEST_FILE = "manifest.json"
+
+_TIE_BREAK = (schema.SOURCE_FILE, schema.SOURCE_ROW)  # ties in event_time keep file order
+_TIE = "_tie"
+
+
+@dataclass(frozen=True)
+class SequenceConfig:
+    max_len: int = 1200  # latest events kept per customer (ptls keeps 5000 for training and crops)
+    min_count: int = 5  # codes seen fewer times on the training customers map to UNKNOWN_CODE
+
+    def __post_init__(self) -> None:
+        if self.max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {self.max_len}")
+        if self.min_count < 1:
+            raise ValueError(f"min_count must be >= 1, got {self.min_count}")
+
+
+# --- vocabularies -----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Vocab:
+    """Frequency-rank code maps for mcc_code and tr_type: raw code -> 2, 3, ... (most frequent first).
+
+    `size_*` is the embedding table size (codes 0 and 1 included). Raw codes absent from a map encode to 1.
+    """
+
+    mcc: Mapping[int, int]
+    tr_type: Mapping[int, int]
+    min_count: int = 1
+    n_events: int = 0  # events the vocab was fitted on
+    n_customers: int = 0
+
+    @property
+    def size_mcc(self) -> int:
+        return len(self.mcc) + 2
+
+    @property
+    def size_tr_type(self) -> int:
+        return len(self.tr_type) + 2
+
+    def to_dict(self) -> dict:
+        return {
+            "schema_version": schema.SCHEMA_VERSION,
+            "min_count": self.min_count,
+            "n_events": self.n_events,
+            "n_customers": self.n_customers,
+            "pad_code": schema.PAD_CODE,
+            "unknown_code": schema.UNKNOWN_CODE,
+            # JSON keys are strings; the lists keep rank order readable
+            schema.MCC_CODE: [[k, v] for k, v in sorted(self.mcc.items(), key=lambda kv: kv[1])],
+            schema.TR_TYPE: [[k, v] for k, v in sorted(self.tr_type.items(), key=lambda kv: kv[1])],
+        }
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        _write_text_atomic(path, json.dumps(self.to_dict(), indent=None) + "\n")
+        return path
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Vocab":
+        return cls(
+            mcc={int(k): int(v) for k, v in d[schema.MCC_CODE]},
+            tr_type={int(k): int(v) for k, v in d[schema.TR_TYPE]},
+            min_count=int(d.get("min_count", 1)),
+            n_events=int(d.get("n_events", 0)),
+            n_customers=int(d.get("n_customers", 0)),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Vocab":
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def _rank_map(events: pl.LazyFrame, column: str, min_count: int) -> pl.LazyFrame:
+    """(code, count) -> code's frequency rank from 2, ties broken by the smaller code (deterministic)."""
+    return (
+        events.group_by(column)
+        .agg(pl.len().alias("n"))
+        .filter(pl.col(column).is_not_null() & (pl.col("n") >= min_count))
+        .sort(["n", column], descending=[True, False])
+        .with_row_index("rank", offset=2)
+    )
+
+
+def fit_vocab(events: pl.LazyFrame, customer_ids: Iterable[int] | None = None, min_count: int = 5) -> Vocab:
+    """Fit the code vocabularies on the events of `customer_ids` (all customers when None)."""
+    lf = events.select(schema.CUSTOMER_ID, schema.MCC_CODE, schema.TR_TYPE)
+    if customer_ids is not None:
+        ids = pl.LazyFrame({schema.CUSTOMER_ID: sorted(set(customer_ids))}, schema={schema.CUSTOMER_ID: pl.Int64})
+        lf = lf.join(ids, on=schema.CUSTOMER_ID, how="semi")
+    mcc, tr, totals = pl.collect_all([
+        _rank_map(lf, schema.MCC_CODE, min_count),
+        _rank_map(lf, schema.TR_TYPE, min_count),
+        lf.select(pl.len().alias("n"), pl.col(schema.CUSTOMER_ID).n_unique().alias("c")),
+    ])
+    return Vocab(
+        mcc=dict(zip(mcc[schema.MCC_CODE].to_list(), mcc["rank"].to_list())),
+        tr_type=dict(zip(tr[schema.TR_TYPE].to_list(), tr["rank"].to_list())),
+        min_count=min_count,
+        n_events=int(totals["n"][0]),
+        n_customers=int(totals["c"][0]),
+    )
+
+
+def _encode(column: str, mapping: Mapping[int, int]) -> pl.Expr:
+    keys = list(mapping.keys())
+    return pl.col(column).cast(pl.Int64).replace_strict(
+        pl.Series(keys, dtype=pl.Int64), pl.Series([mapping[k] for k in keys], dtype=pl.Int32),
+        default=schema.UNKNOWN_CODE, return_dtype=pl.Int32,
+    ).fill_null(schema.UNKNOWN_CODE)
+
+
+# --- sequences --------------------------------------------------------------------------------------------------
+def _tie_key() -> pl.Expr:
+    """(source_file, source_row) as one Int64 (file rank in the high bits): sorting on two numeric keys is ~30 %
+    faster than on (float, string, int)."""
+    file_rank = pl.col(schema.SOURCE_FILE).rank("dense").cast(pl.Int64)
+    return (file_rank * (1 << 40) + pl.col(schema.SOURCE_ROW).cast(pl.Int64)).alias(_TIE)
+
+
+def event_features(events: pl.LazyFrame, vocab: Vocab) -> pl.LazyFrame:
+    """Per-event feature columns (flat, one row per event); the order keys ride along."""
+    names = events.collect_schema().names()
+    amount = pl.col(schema.AMOUNT).cast(pl.Float64)
+    return events.select(
+        pl.col(schema.CUSTOMER_ID).cast(pl.Int64),
+        pl.col(schema.EVENT_TIME).cast(pl.Float64),
+        *([_tie_key()] if all(c in names for c in _TIE_BREAK) else []),
+        _encode(schema.MCC_CODE, vocab.mcc).alias(schema.SEQ_MCC),
+        _encode(schema.TR_TYPE, vocab.tr_type).alias(schema.SEQ_TR_TYPE),
+        (amount.sign() * amount.abs().log1p()).cast(pl.Float32).alias(schema.SEQ_AMOUNT),
+        (pl.col(schema.SECOND_OF_DAY).cast(pl.Float64) / 3600.0).cast(pl.Float32).alias(schema.SEQ_HOUR),
+        (pl.col(schema.DAY).cast(pl.Int64) % 7).cast(pl.Float32).alias(schema.SEQ_WEEKDAY),
+    )
+
+
+SEQUENCE_COLUMNS: tuple[str, ...] = (
+    schema.CUSTOMER_ID, schema.GENDER, schema.SEQ_LENGTH, schema.SEQ_TOTAL, schema.SEQ_EVENT_TIME,
+    *schema.SEQ_CATEGORICAL, *schema.SEQ_NUMERIC,
+)
+
+
+def build_sequences(
+    events: pl.LazyFrame,
+    vocab: Vocab,
+    config: SequenceConfig = SequenceConfig(),
+    labels: pl.DataFrame | None = None,
+) -> pl.DataFrame:
+    """One row per customer (sorted by customer_id) with the latest `max_len` events as list columns.
+
+    `events` follows `schema.EVENTS_SCHEMA` (only customer_id, event_time, day, second_of_day, mcc_code, tr_type,
+    amount are required; source_file/source_row break ties when present). `labels` (customer_id, gender) is
+    left-joined: customers without a label keep a null gender.
+    """
+    flat = event_features(events, vocab)
+    order = [schema.EVENT_TIME, *([_TIE] if _TIE in flat.collect_schema().names() else [])]
+    n = config.max_len
+
+    def seq(expr: pl.Expr) -> pl.Expr:
+        return expr.sort_by(order).tail(n)
+
+    t_sorted = pl.col(schema.EVENT_TIME).sort_by(order)
+    # gap to the previous event on the full history, then truncated like the rest
+    log_dt = ((t_sorted.diff().fill_null(0.0) * 24.0).clip(lower_bound=0.0).log1p()).cast(pl.Float32).tail(n)
+    out = (
+        flat.group_by(schema.CUSTOMER_ID)
+        .agg(
+            pl.len().cast(pl.Int32).alias(schema.SEQ_TOTAL),
+            seq(pl.col(schema.EVENT_TIME)).alias(schema.SEQ_EVENT_TIME),
+            *[seq(pl.col(c)).alias(c) for c in (*schema.SEQ_CATEGORICAL, schema.SEQ_AMOUNT, schema.SEQ_HOUR,
+                                               schema.SEQ_WEEKDAY)],
+            log_dt.alias(schema.SEQ_LOG_DT),
+        )
+        .with_columns(pl.min_horizontal(pl.col(schema.SEQ_TOTAL), pl.lit(n, pl.Int32)).alias(schema.SEQ_LENGTH))
+    )
+    if labels is not None:
+        lab = labels.lazy().select(pl.col(schema.CUSTOMER_ID).cast(pl.Int64), pl.col(schema.GENDER).cast(pl.Int8))
+        out = out.join(lab, on=schema.CUSTOMER_ID, how="left")
+    else:
+        out = out.with_columns(pl.lit(None, pl.Int8).alias(schema.GENDER))
+    return out.select(SEQUENCE_COLUMNS).sort(schema.CUSTOMER_ID).collect()
+
+
+SEQUENCES_SCHEMA: dict[str, pl.DataType] = {
+    schema.CUSTOMER_ID: pl.Int64(),
+    schema.GENDER: pl.Int8(),
+    schema.SEQ_LENGTH: pl.Int32(),
+    schema.SEQ_TOTAL: pl.Int32(),
+    schema.SEQ_EVENT_TIME: pl.List(pl.Float64()),
+    schema.SEQ_MCC: pl.List(pl.Int32()),
+    schema.SEQ_TR_TYPE: pl.List(pl.Int32()),
+    schema.SEQ_AMOUNT: pl.List(pl.Float32()),
+    schema.SEQ_HOUR: pl.List(pl.Float32()),
+    schema.SEQ_WEEKDAY: pl.List(pl.Float32()),
+    schema.SEQ_LOG_DT: pl.List(pl.Float32()),
+}
+
+
+# --- the step: events dir + labels -> sequences dir ---------------------------------------------------------------
+@dataclass(frozen=True)
+class SequencesResult:
+    out_dir: Path
+    sequences_path: Path
+    vocab_path: Path
+    split_path: Path
+    manifest_path: Path
+    n_customers: int
+    n_labelled: int
+    n_events_total: int
+    n_events_kept: int
+    n_truncated: int
+    vocab_size_mcc: int
+    vocab_size_tr_type: int
+    split_id: str
+    seconds: float
+    manifest: dict = field(repr=False, default_factory=dict)
+
+    def summary(self) -> str:
+        m = self.manifest
+        return "\n".join([
+            f"sequences: {self.n_customers:,} customers ({self.n_labelled:,} labelled) -> {self.sequences_path}",
+            f"  events: {self.n_events_total:,} in, {self.n_events_kept:,} kept "
+            f"({self.n_truncated:,} customers truncated to max_len={m.get('config', {}).get('max_len')})",
+            f"  vocab: mcc {self.vocab_size_mcc} codes, tr_type {self.vocab_size_tr_type} codes "
+            f"(fitted on {m.get('vocab', {}).get('n_customers', 0):,} non-test customers) -> {self.vocab_path}",
+            f"  split {self.split_id}: test {m.get('split', {}).get('n_test', 0):,}, "
+            f"{m.get('split', {}).get('n_folds', 0)} folds of ~{m.get('split', {}).get('fold_size', 0):,} -> {self.split_path}",
+            f"  {self.seconds:.1f} s",
+        ])
+
+
+def run_sequences(
+    events_dir: str | Path,
+    labels_path: str | Path | None,
+    out_dir: str | Path,
+    config: SequenceConfig = SequenceConfig(),
+    split_config: SplitConfig = SplitConfig(),
+) -> SequencesResult:
+    """split -> vocab (non-test customers) -> sequences; writes sequences.parquet, vocab.json, split.json and
+    manifest.json into `out_dir`, each atomically (temp file + rename), manifest last."""
+    from pipeline.ingest import read_events, read_labels  # the validated-events contract (pipeline.ingest)
+
+    t0 = time.perf_counter()
+    events_dir, out_dir = Path(events_dir), Path(out_dir)
+    events = read_events(events_dir)
+    labels = read_labels(labels_path) if labels_path is not None else pl.DataFrame(
+        schema={schema.CUSTOMER_ID: pl.Int64, schema.GENDER: pl.Int8})
+
+    split = make_split(labels, split_config)
+    test_ids = set(split.test_ids)
+    customers = events.select(pl.col(schema.CUSTOMER_ID).unique()).collect()[schema.CUSTOMER_ID].to_list()
+    vocab = fit_vocab(events, [c for c in customers if c not in test_ids], config.min_count)
+    seq = build_sequences(events, vocab, config, labels)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seq_path = _write_parquet_atomic(seq, out_dir / SEQUENCES_FILE)
+    vocab_path = vocab.save(out_dir / VOCAB_FILE)
+    split_path = split.save(out_dir / SPLIT_FILE)
+
+    n_total = int(seq[schema.SEQ_TOTAL].sum() or 0)
+    n_kept = int(seq[schema.SEQ_LENGTH].sum() or 0)
+    n_trunc = int((seq[schema.SEQ_TOTAL] > seq[schema.SEQ_LENGTH]).sum())
+    n_labelled = int(seq[schema.GENDER].is_not_null().sum())
+    input_manifest = events_dir / "manifest.json"
+    manifest = {
+        "schema_version": schema.SCHEMA_VERSION,
+        "created_unix": time.time(),
+        "input": {
+            "events_dir": str(events_dir),
+            "events_manifest_sha256": _sha256(input_manifest) if input_manifest.exists() else None,
+            "labels_path": str(labels_path) if labels_path is not None else None,
+            "labels_sha256": _sha256(Path(labels_path)) if labels_path is not None else None,
+        },
+        "config": asdict(config),
+        "split_config": asdict(split_config),
+        "counts": {
+            "customers": seq.height,
+            "labelled_customers": n_labelled,
+            "events_total": n_total,
+            "events_kept": n_kept,
+            "customers_truncated": n_trunc,
+        },
+        "vocab": {"size_mcc": vocab.size_mcc, "size_tr_type": vocab.size_tr_type, "n_events": vocab.n_events,
+                  "n_customers": vocab.n_customers},
+        "split": {"split_id": split.split_id, "n_test": len(split.test_ids), "n_folds": split.n_folds,
+                  "fold_size": len(split.folds[0]) if split.folds else 0},
+        "files": {"sequences": SEQUENCES_FILE, "vocab": VOCAB_FILE, "split": SPLIT_FILE},
+    }
+    manifest_path = out_dir / MANIFEST_FILE
+    _write_text_atomic(manifest_path, json.dumps(manifest, indent=1) + "\n")
+    return SequencesResult(
+        out_dir=out_dir, sequences_path=seq_path, vocab_path=vocab_path, split_path=split_path,
+        manifest_path=manifest_path, n_customers=seq.height, n_labelled=n_labelled, n_events_total=n_total,
+        n_events_kept=n_kept, n_truncated=n_trunc, vocab_size_mcc=vocab.size_mcc,
+        vocab_size_tr_type=vocab.size_tr_type, split_id=split.split_id, seconds=time.perf_counter() - t0,
+        manifest=manifest,
+    )
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_parquet_atomic(df: pl.DataFrame, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        df.write_parquet(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

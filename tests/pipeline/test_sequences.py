@@ -1,0 +1,140 @@
+"""pipeline.sequences.build_sequences: ordering, truncation, features, labels, output schema."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline import schema
+from pipeline.sequences import SEQUENCES_SCHEMA, SequenceConfig, build_sequences, fit_vocab
+from _sequence_events import events_frame  # tests/pipeline is on sys.path (pytest rootdir insertion)
+
+# (customer_id, day, second_of_day, mcc_code, tr_type, amount); source_row = position
+HAND = [
+    (1, 8, 13 * 3600 + 1800, 10, 7, -99.0),  # t = 8.5625, latest
+    (1, 1, 0, 20, 7, 0.0),  # t = 1.0, tie with the next row: file order decides
+    (1, 1, 0, 10, 8, 1e6),  # t = 1.0
+    (1, 2, 6 * 3600, 10, 7, 2.5),  # t = 2.25
+    (2, 0, 60, 20, 8, -1.0),
+]
+
+
+def _build(rows, max_len=1200, labels=None, min_count=1):
+    lf = events_frame(rows)
+    return build_sequences(lf, fit_vocab(lf, min_count=min_count), SequenceConfig(max_len=max_len), labels)
+
+
+def _row(df: pl.DataFrame, customer_id: int) -> dict:
+    return df.filter(pl.col(schema.CUSTOMER_ID) == customer_id).to_dicts()[0]
+
+
+def test_features_on_a_hand_example() -> None:
+    r = _row(_build(HAND), 1)
+    assert r[schema.SEQ_EVENT_TIME] == [1.0, 1.0, 2.25, 8.5625]
+    assert r[schema.SEQ_MCC] == [3, 2, 2, 2]  # mcc 10 ×3 -> rank 2, 20 ×2 -> rank 3
+    assert r[schema.SEQ_TR_TYPE] == [2, 3, 2, 2]  # tr 7 ×3 -> 2, 8 ×2 -> 3
+    np.testing.assert_allclose(r[schema.SEQ_AMOUNT], [0.0, math.log1p(1e6), math.log(3.5), -math.log(100)], rtol=1e-6)
+    assert r[schema.SEQ_HOUR] == [0.0, 0.0, 6.0, 13.5]
+    assert r[schema.SEQ_WEEKDAY] == [1.0, 1.0, 2.0, 1.0]
+    np.testing.assert_allclose(r[schema.SEQ_LOG_DT], [0.0, 0.0, math.log(31.0), math.log(152.5)], rtol=1e-6)
+    assert (r[schema.SEQ_LENGTH], r[schema.SEQ_TOTAL]) == (4, 4)
+
+
+def test_truncation_keeps_the_latest_events_and_gaps_from_the_full_history() -> None:
+    r = _row(_build(HAND, max_len=2), 1)
+    assert r[schema.SEQ_EVENT_TIME] == [2.25, 8.5625]
+    assert r[schema.SEQ_MCC] == [2, 2]
+    np.testing.assert_allclose(r[schema.SEQ_LOG_DT], [math.log(31.0), math.log(152.5)], rtol=1e-6)
+    assert (r[schema.SEQ_LENGTH], r[schema.SEQ_TOTAL]) == (2, 4)
+    assert _row(_build(HAND, max_len=2), 2)[schema.SEQ_LENGTH] == 1
+
+
+def test_ties_keep_file_order_whatever_the_input_order() -> None:
+    rows = [(1, 3, 0, 10 + i, 7, float(i), 100 - i) for i in range(6)]  # same time, source_row decreasing
+    lf = events_frame(rows)
+    vocab = fit_vocab(lf, min_count=1)
+    want = [r[5] for r in sorted(rows, key=lambda r: r[6])]
+    for seed in range(3):
+        shuffled = lf.collect().sample(fraction=1.0, shuffle=True, seed=seed).lazy()
+        got = build_sequences(shuffled, vocab)[schema.SEQ_AMOUNT].to_list()[0]
+        np.testing.assert_allclose(got, [math.copysign(math.log1p(abs(a)), a) for a in want], atol=1e-6)
+    # across files: source_file first, then source_row
+    two = pl.concat([events_frame([(1, 0, 0, 1, 1, 2.0, 1)], "b.csv"), events_frame([(1, 0, 0, 1, 1, 1.0, 9)], "a.csv")])
+    amounts = build_sequences(two, fit_vocab(two, min_count=1))[schema.SEQ_AMOUNT].to_list()[0]
+    np.testing.assert_allclose(amounts, [math.log(2.0), math.log(3.0)], rtol=1e-6)
+
+
+def test_labels_join_schema_and_order() -> None:
+    labels = pl.DataFrame({schema.CUSTOMER_ID: [1, 3], schema.GENDER: [1, 0]})
+    df = _build(HAND + [(0, 5, 5, 10, 7, 1.0)], labels=labels)
+    assert dict(df.schema) == SEQUENCES_SCHEMA
+    assert df[schema.CUSTOMER_ID].to_list() == [0, 1, 2]  # customer 3 has a label but no events: not a row
+    assert df[schema.GENDER].to_list() == [None, 1, None]
+    assert dict(_build(HAND).schema) == SEQUENCES_SCHEMA  # no labels: gender column all null
+
+
+def _reference(rows, max_len):
+    """Per-customer Python reference (the slow obvious way)."""
+    out = {}
+    for cid in sorted({r[0] for r in rows}):
+        evs = sorted((r for r in rows if r[0] == cid), key=lambda r: (r[1] + r[2] / 86400, r[6]))
+        t = [e[1] + e[2] / 86400 for e in evs]
+        dt = [0.0] + [math.log1p((b - a) * 24) for a, b in zip(t, t[1:])]
+        out[cid] = (t[-max_len:], [e[5] for e in evs][-max_len:], dt[-max_len:], len(evs))
+    return out
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 30), st.integers(0, 86399), st.integers(-1000, 1000)),
+                min_size=1, max_size=80),
+       st.integers(1, 10))
+def test_matches_a_per_customer_reference(draw, max_len) -> None:
+    rows = [(c, d, s, 5, 5, float(a), i + 1) for i, (c, d, s, a) in enumerate(draw)]
+    df = _build(rows, max_len=max_len)
+    ref = _reference(rows, max_len)
+    assert df[schema.CUSTOMER_ID].to_list() == list(ref)
+    for r in df.iter_rows(named=True):
+        t, amount, dt, total = ref[r[schema.CUSTOMER_ID]]
+        assert r[schema.SEQ_EVENT_TIME] == pytest.approx(t, abs=1e-12)
+        np.testing.assert_allclose(r[schema.SEQ_AMOUNT], np.sign(amount) * np.log1p(np.abs(amount)), rtol=1e-6)
+        np.testing.assert_allclose(r[schema.SEQ_LOG_DT], dt, rtol=1e-5, atol=1e-6)
+        assert (r[schema.SEQ_LENGTH], r[schema.SEQ_TOTAL]) == (len(t), total)
+
+
+def test_run_sequences_writes_table_vocab_split_manifest(tmp_path, monkeypatch) -> None:
+    """The step end to end on a tiny validated-events folder (read through pipeline.ingest.read_events)."""
+    ingest = pytest.importorskip("pipeline.ingest")
+    import json
+
+    from pipeline.sequences import run_sequences
+    from pipeline.splits import Split, SplitConfig
+    from pipeline.sequences import Vocab
+
+    rng = np.random.default_rng(0)
+    rows = [(c, int(rng.integers(0, 400)), int(rng.integers(0, 86400)), int(rng.choice([10, 20, 30, 40])),
+             int(rng.choice([7, 8])), float(rng.normal()) * 100) for c in range(60) for _ in range(int(rng.integers(1, 30)))]
+    events = events_frame(rows).collect()
+    monkeypatch.setattr(ingest, "read_events", lambda d: events.lazy())
+    labels_path = tmp_path / "gender_train.csv"
+    pl.DataFrame({schema.CUSTOMER_ID: list(range(50)), schema.GENDER: [i % 2 for i in range(50)]}).write_csv(labels_path)
+    monkeypatch.setattr(ingest, "read_labels", lambda p: pl.read_csv(p))
+    out = tmp_path / "seq"
+    res = run_sequences(tmp_path / "events", labels_path, out, SequenceConfig(max_len=8, min_count=1),
+                        SplitConfig(n_folds=3, seed=1))
+    df = pl.read_parquet(res.sequences_path)
+    assert df.height == 60 and res.n_labelled == 50 and df[schema.GENDER].null_count() == 10
+    assert res.n_events_total == len(rows) and res.n_events_kept == int(df[schema.SEQ_LENGTH].sum())
+    assert df[schema.SEQ_LENGTH].max() <= 8
+    split = Split.load(res.split_path)
+    assert len(split.test_ids) == 5 and split.split_id == res.split_id
+    vocab = Vocab.load(res.vocab_path)
+    assert vocab.n_customers == 55  # fitted without the 5 test customers
+    manifest = json.loads(res.manifest_path.read_text())
+    assert manifest["split"]["split_id"] == split.split_id and manifest["config"]["max_len"] == 8
+    assert manifest["counts"]["events_total"] == len(rows)
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "sequences.parquet", "split.json", "vocab.json"]
