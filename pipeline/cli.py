@@ -13,6 +13,43 @@ from collections.abc import Sequence
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     """`txseq generate`: calibrated synthetic dataset in the raw schema (owner: pipeline.generate)."""
+    from pathlib import Path
+
+    from pipeline.generate import GeneratorConfig
+
+    d = GeneratorConfig()
+    p = sub.add_parser(
+        "generate",
+        help="write a calibrated synthetic dataset in the raw Sberbank schema",
+        description="Write transactions.<format>, gender_train.csv, tr_mcc_codes.csv and tr_types.csv into --out: "
+        "deterministic by --seed, calibrated on the real sample and the published statistics, with a planted "
+        "gender signal (aggregate-feature GBDT ≈0.87 ROC AUC). Real customer ids and labels are used when "
+        "../shared is present.",
+    )
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: <data root>/raw)")
+    p.add_argument("--customers", type=int, default=d.n_customers, help="customers (%(default)s)")
+    p.add_argument("--labelled", type=int, default=d.n_labelled, help="customers written to gender_train.csv (%(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed (%(default)s)")
+    p.add_argument("--scale", type=float, default=d.scale, help="multiplies --customers and --labelled (%(default)s)")
+    p.add_argument("--format", choices=("csv", "csv.gz", "parquet"), default=d.format, help="transactions file format (%(default)s)")
+    p.add_argument("--signal-strength", type=float, default=d.signal_strength,
+                   help="scales the planted gender signal; 0 = none (%(default)s)")
+
+    def handler(args: argparse.Namespace) -> int:
+        import time
+
+        from pipeline.generate import generate
+        from pipeline.settings import load_settings
+
+        config = GeneratorConfig(n_customers=args.customers, n_labelled=args.labelled, seed=args.seed, scale=args.scale,
+                                 format=args.format, signal_strength=args.signal_strength)
+        t0 = time.perf_counter()
+        out = generate(args.out or load_settings().raw_dir, config)
+        print(f"{out.n_rows:,} transactions of {out.n_customers:,} customers -> {out.transactions} "
+              f"({time.perf_counter() - t0:.1f} s); labels -> {out.labels}")
+        return 0
+
+    p.set_defaults(handler=handler)
 
 
 def _add_ingest(sub: argparse._SubParsersAction) -> None:
