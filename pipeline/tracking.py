@@ -1,0 +1,242 @@
+"""MLflow behind a small interface: the only MLflow importer in `pipeline/` besides `scoring.py`.
+
+- `setup(settings)` checks the tracking store and the artifact folder first (`preflight`: an unreachable server or a
+  read-only store fails here with a clear `TrackingError`, before any training starts), then opens the experiment
+  with an explicit artifact location (never `./mlruns`).
+- `Tracker.run(name, parent_run_id=...)`: one parent run per comparison, nested runs per model.
+- `MlflowLogger.log(metrics, step)`: the trainer's `MetricLogger`.
+- `Tracker.log_pyfunc(...)` logs and registers a pyfunc model; `Tracker.promote_champion(...)` moves the
+  `champion` alias only when the new version beats the champion's test ROC AUC on the same split id, and records
+  the decision as tags on the new version. Aliases, never stages.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+
+from pipeline.settings import Settings, load_settings
+
+CHAMPION = "champion"
+TAG_SPLIT_ID = "split_id"
+TAG_TEST_AUROC = "test_auroc"
+TAG_DECISION = "champion_decision"
+TAG_PROMOTED = "champion_promoted"
+_MAX_PARAM_CHARS = 6000
+
+
+class TrackingError(RuntimeError):
+    """The tracking store or artifact folder cannot be used; the message says which and why."""
+
+
+# --- preflight ---------------------------------------------------------------------------------------------------
+def _probe_writable(folder: Path, what: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".txseq-probe-"):
+            pass
+    except OSError as e:
+        raise TrackingError(f"{what} {folder} is not writable: {e.strerror or e}") from e
+
+
+def preflight(tracking_uri: str, artifact_root: Path | None = None, timeout_s: float = 5.0) -> None:
+    """Fail fast with a clear message when the store cannot be reached or written.
+
+    sqlite:///path  -> the folder must be writable (SQLite writes its journal beside the file), the file too if it
+                       exists, and the database must open. http(s)://host -> GET /health within `timeout_s`.
+    The local artifact root, when given, must be writable.
+    """
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme == "sqlite":
+        db = Path(tracking_uri.removeprefix("sqlite:///"))
+        db = db if db.is_absolute() else Path.cwd() / db
+        _probe_writable(db.parent, "MLflow tracking folder")
+        if db.exists() and not os.access(db, os.W_OK):
+            raise TrackingError(f"MLflow tracking database {db} is read-only")
+    elif parsed.scheme in {"http", "https"}:
+        url = tracking_uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - scheme checked above
+                if resp.status != 200:
+                    raise TrackingError(f"MLflow tracking server {tracking_uri} answered {resp.status} on /health")
+        except (urllib.error.URLError, OSError) as e:
+            raise TrackingError(f"MLflow tracking server {tracking_uri} is unreachable: {e}") from e
+    if artifact_root is not None:
+        _probe_writable(Path(artifact_root), "MLflow artifact folder")
+    try:
+        MlflowClient(tracking_uri).search_experiments(max_results=1)
+    except Exception as e:  # noqa: BLE001 - any failure here means the store is unusable; say so plainly
+        raise TrackingError(f"MLflow tracking store {tracking_uri} cannot be used: {e}") from e
+
+
+# --- runs, params, metrics ---------------------------------------------------------------------------------------
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """{"train": {"lr": 1e-3}} -> {"train.lr": "0.001"}; values stringified and cut to MLflow's length limit."""
+    out: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = str(value)[:_MAX_PARAM_CHARS]
+    return out
+
+
+@dataclass
+class MlflowLogger:
+    """`pipeline.train.MetricLogger` writing to one run (non-finite values are skipped: MLflow charts cannot draw them)."""
+
+    client: MlflowClient
+    run_id: str
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(float(v))]
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch)
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    name: str
+    version: str
+    model_uri: str  # runs:/ or models:/ URI of the logged model
+
+
+@dataclass(frozen=True)
+class ChampionDecision:
+    promoted: bool
+    reason: str
+
+
+@dataclass
+class Tracker:
+    tracking_uri: str
+    experiment_id: str
+    client: MlflowClient
+
+    @contextmanager
+    def run(self, name: str, parent_run_id: str | None = None, tags: Mapping[str, str] | None = None) -> Iterator[str]:
+        """Start (and end) a run; nested under `parent_run_id` when given. Yields the run id."""
+        with mlflow.start_run(
+            experiment_id=self.experiment_id,
+            run_name=name,
+            nested=parent_run_id is not None,
+            parent_run_id=parent_run_id,
+            tags=dict(tags or {}),
+        ) as active:
+            yield active.info.run_id
+
+    def logger(self, run_id: str) -> MlflowLogger:
+        return MlflowLogger(self.client, run_id)
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        flat = flatten(params)
+        items = [Param(k, v) for k, v in flat.items()]
+        for i in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
+            self.client.log_batch(run_id, params=items[i : i + 100])
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        self.logger(run_id).log(metrics, step)
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_pyfunc(
+        self,
+        run_id: str,
+        *,
+        name: str,
+        python_model: str | Path,
+        artifacts: Mapping[str, str],
+        code_paths: list[str],
+        signature: Any,
+        input_example: Any,
+        pip_requirements: list[str],
+        registered_model: str,
+        version_tags: Mapping[str, str],
+    ) -> RegisteredVersion:
+        """Log a pyfunc model (models-from-code file: nothing is pickled) in the active run `run_id` and register it."""
+        active = mlflow.active_run()
+        if active is None or active.info.run_id != run_id:
+            raise TrackingError(f"log_pyfunc needs run {run_id} to be the active run")
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(python_model),
+            artifacts=dict(artifacts),
+            code_paths=code_paths,
+            signature=signature,
+            input_example=input_example,
+            pip_requirements=pip_requirements,
+            registered_model_name=registered_model,
+        )
+        version = str(info.registered_model_version)
+        for key, value in version_tags.items():
+            self.client.set_model_version_tag(registered_model, version, key, str(value))
+        return RegisteredVersion(registered_model, version, info.model_uri)
+
+    def promote_champion(self, name: str, version: str, test_auroc: float, split_id: str) -> ChampionDecision:
+        """Move `champion` to `version` only if it beats the current champion's test ROC AUC on the same split id.
+
+        The first version becomes champion; a champion measured on another split is not compared (no move).
+        The decision is written as tags on `version`.
+        """
+        try:
+            current = self.client.get_model_version_by_alias(name, CHAMPION)
+        except MlflowException:
+            current = None
+        if current is None:
+            decision = ChampionDecision(True, f"first champion (test ROC AUC {test_auroc:.4f}, split {split_id})")
+        elif current.version == str(version):
+            decision = ChampionDecision(False, f"version {version} already champion")
+        elif current.tags.get(TAG_SPLIT_ID) != split_id:
+            decision = ChampionDecision(
+                False,
+                f"not compared: champion v{current.version} was measured on split "
+                f"{current.tags.get(TAG_SPLIT_ID)!r}, this version on {split_id!r}",
+            )
+        else:
+            best = float(current.tags.get(TAG_TEST_AUROC, "nan"))
+            beats = math.isfinite(test_auroc) and (not math.isfinite(best) or test_auroc > best)
+            verb = "beats" if beats else "does not beat"
+            decision = ChampionDecision(
+                beats, f"test ROC AUC {test_auroc:.4f} {verb} champion v{current.version} ({best:.4f}) on split {split_id}"
+            )
+        if decision.promoted:
+            self.client.set_registered_model_alias(name, CHAMPION, str(version))
+        self.client.set_model_version_tag(name, str(version), TAG_DECISION, decision.reason)
+        self.client.set_model_version_tag(name, str(version), TAG_PROMOTED, str(decision.promoted).lower())
+        return decision
+
+
+def get_or_create_experiment(client: MlflowClient, name: str, artifact_location: Path) -> str:
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    return client.create_experiment(name, artifact_location=Path(artifact_location).resolve().as_uri())
+
+
+def setup(settings: Settings | None = None, experiment: str = "txseq") -> Tracker:
+    """Preflight the store, point MLflow at it and open `experiment` (artifacts under settings.artifact_root)."""
+    settings = settings or load_settings()
+    preflight(settings.tracking_uri, settings.artifact_root)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    client = MlflowClient(settings.tracking_uri)
+    experiment_id = get_or_create_experiment(client, experiment, settings.artifact_root / experiment)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return Tracker(settings.tracking_uri, experiment_id, client)

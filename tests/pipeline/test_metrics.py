@@ -1,0 +1,56 @@
+"""Quality metrics against hand-computed values; memory and timing probes return sane numbers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pipeline.metrics import MemoryMonitor, Stopwatch, classification_metrics, peak_rss_gib, plot_roc, roc_points
+
+
+def test_metrics_match_hand_computed_values() -> None:
+    y = np.array([0, 0, 1, 1])
+    p = np.array([0.1, 0.6, 0.4, 0.8])
+    m = classification_metrics(y, p)
+    # pairs (pos, neg): (0.4,0.1) ok, (0.4,0.6) wrong, (0.8,0.1) ok, (0.8,0.6) ok -> 3/4
+    assert m["auroc"] == pytest.approx(0.75)
+    assert m["accuracy"] == pytest.approx(0.5)  # 0.1->0 ok, 0.6->1 wrong, 0.4->0 wrong, 0.8->1 ok
+    expected = -(math.log(0.9) + math.log(0.4) + math.log(0.4) + math.log(0.8)) / 4
+    assert m["logloss"] == pytest.approx(expected)
+
+
+def test_single_class_auroc_is_nan_and_extreme_probabilities_stay_finite() -> None:
+    m = classification_metrics(np.array([1, 1]), np.array([1.0, 0.0]))
+    assert math.isnan(m["auroc"])
+    assert math.isfinite(m["logloss"])
+
+
+def test_shape_mismatch_is_an_error() -> None:
+    with pytest.raises(ValueError):
+        classification_metrics(np.array([0, 1]), np.array([0.5]))
+
+
+def test_roc_points_and_plot(tmp_path) -> None:
+    fpr, tpr = roc_points(np.array([0, 1, 0, 1]), np.array([0.2, 0.7, 0.4, 0.9]))
+    assert fpr[0] == 0 and tpr[-1] == 1
+    path = plot_roc({"m": (fpr, tpr, 1.0)}, tmp_path / "roc.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_memory_monitor_sees_an_allocation() -> None:
+    mon = MemoryMonitor()
+    mon.reset()
+    before = mon.read()["mem/rss_peak_gib"]
+    block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+    after = mon.read()["mem/rss_peak_gib"]
+    del block
+    assert after >= before + 0.05
+    assert peak_rss_gib() > 0
+
+
+def test_stopwatch_measures_time() -> None:
+    with Stopwatch() as sw:
+        sum(range(10000))
+    assert sw.seconds > 0
