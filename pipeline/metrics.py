@@ -111,7 +111,8 @@ class MemoryMonitor:
         return out
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -122,7 +123,7 @@ def _pyplot():
 
 def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]], path: Path, title: str = "ROC (test)") -> Path:
     """One ROC curve per name: {name: (fpr, tpr, auroc)} -> PNG."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     for name, (fpr, tpr, auc) in curves.items():
         ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})")
@@ -138,7 +139,7 @@ def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]], path: P
 
 def plot_training_curves(history: Sequence[Mapping[str, float]], path: Path, title: str = "training") -> Path:
     """Train loss and validation ROC AUC per epoch (history rows hold `epoch`, `train/loss`, `val/auroc`) -> PNG."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, ax1 = plt.subplots(figsize=(5.5, 3.5))
     ax1.plot(epochs, [h["train/loss"] for h in history], "o-", c="tab:blue", label="train/loss")

@@ -1,0 +1,272 @@
+"""One trainer for every encoder: `fit` (train + validate per epoch, early stopping, checkpoint/resume) and `evaluate`.
+
+    model(batch) -> ClassifierOutput(logit (B,), aux_loss ())
+    loss = BCEWithLogits(logit, label) + aux_loss          (aux_loss: EAM's balancing loss, weighted in the model)
+    AdamW, linear warm-up then cosine decay per step, gradient clipping, bf16 autocast on CUDA (fp16 + GradScaler
+    as an option), early stopping on validation ROC AUC.
+
+Training batches come from `train_batches(epoch)`, a function that builds that epoch's loader with its own seed
+(shuffle order and random crops depend only on (seed, epoch)), so a resumed run replays exactly what an
+uninterrupted one would. Every epoch ends with an atomic checkpoint `last.pt` (model, optimiser, scheduler,
+scaler, RNG states, epoch, history, early-stopping state) and, on improvement, `best.pt`; `fit` resumes from
+`last.pt` when it exists. Checkpoints are read with `torch.load(..., weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from models.batch import Batch
+from pipeline.metrics import MemoryMonitor, Stopwatch, classification_metrics
+
+log = logging.getLogger(__name__)
+
+
+class MetricLogger(Protocol):
+    """Where `fit` sends its per-epoch metrics (`pipeline.tracking.MlflowLogger` in production)."""
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_frac: float = 0.05  # share of all steps spent warming up linearly
+    min_lr_frac: float = 0.05  # cosine decays to lr * min_lr_frac
+    grad_clip: float = 1.0
+    patience: int = 3  # epochs without a better val ROC AUC before stopping
+    precision: str = "bf16"  # "bf16" | "fp16" (GradScaler) | "fp32"; CUDA only, CPU always runs fp32
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    seed: int = 0
+    max_steps_per_epoch: int | None = None  # cap for tests and smoke runs
+    progress: bool = True
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def warmup_cosine(total_steps: int, warmup_frac: float, min_lr_frac: float) -> Callable[[int], float]:
+    """LR multiplier: linear 0 -> 1 over the warm-up steps, then cosine 1 -> min_lr_frac at the last step."""
+    warmup = max(1, int(round(warmup_frac * total_steps)))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return min_lr_frac + (1.0 - min_lr_frac) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _autocast(device: torch.device, precision: str):
+    enabled = device.type == "cuda" and precision in {"bf16", "fp16"}
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module, batches: Iterable[Batch], device: torch.device, precision: str = "bf16"
+) -> dict[str, np.ndarray | float]:
+    """Probabilities for every customer of `batches` (full length). Returns customer_id, label, prob, seconds."""
+    model.eval()
+    ids, labels, probs = [], [], []
+    with Stopwatch(sync_cuda=device.type == "cuda") as sw:
+        for batch in batches:
+            batch = batch.to(device, non_blocking=True)
+            with _autocast(device, precision):
+                logit = model(batch).logit
+            probs.append(torch.sigmoid(logit.float()).cpu())
+            labels.append(batch.label.cpu())
+            ids.append(batch.customer_id.cpu())
+    cat = lambda xs: torch.cat(xs).numpy() if xs else np.empty(0)  # noqa: E731
+    return {"customer_id": cat(ids), "label": cat(labels), "prob": cat(probs), "seconds": sw.seconds}
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]]  # one row per epoch: epoch + the logged metrics
+    best_epoch: int
+    best_val_auroc: float
+    train_s: float
+    epochs_run: int
+    stopped_early: bool
+    n_parameters: int
+    device: str
+    config: dict = field(default_factory=dict)
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _save_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def fit(
+    model: torch.nn.Module,
+    train_batches: Callable[[int], Iterable[Batch]],
+    val_batches: Callable[[], Iterable[Batch]],
+    config: TrainConfig,
+    logger: MetricLogger | None = None,
+    checkpoint_dir: Path | None = None,
+) -> FitResult:
+    """Train with early stopping on val ROC AUC; resume from `checkpoint_dir/last.pt` if present.
+
+    On return the model holds the best epoch's weights. Metrics go to `logger.log(metrics, step=epoch)`.
+    """
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    model.to(device)
+    steps_per_epoch = len(train_batches(0))  # type: ignore[arg-type]
+    if config.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    factor = warmup_cosine(config.epochs * steps_per_epoch, config.warmup_frac, config.min_lr_frac)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and config.precision == "fp16")
+    memory = MemoryMonitor(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    state = {"epoch": -1, "history": [], "best_auroc": -math.inf, "best_epoch": -1, "bad_epochs": 0, "train_s": 0.0,
+             "done": False}
+
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt_dir is not None:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if (ckpt_dir / "last.pt").exists():
+            ckpt = load_checkpoint(ckpt_dir / "last.pt", device)
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            sched.load_state_dict(ckpt["scheduler"])
+            if scaler.is_enabled():
+                scaler.load_state_dict(ckpt["scaler"])
+            _set_rng_state(ckpt["rng"])
+            state = ckpt["state"]
+            log.info("resumed from %s at epoch %d", ckpt_dir / "last.pt", state["epoch"])
+
+    best_weights = None
+    for epoch in range(state["epoch"] + 1, config.epochs):
+        if state["done"]:
+            break
+        model.train()
+        memory.reset()
+        loss_sum, n_steps, n_events, n_customers = torch.zeros((), device=device), 0, 0, 0
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, disable=not config.progress)
+        with Stopwatch(sync_cuda=device.type == "cuda") as sw:
+            for step, batch in enumerate(train_batches(epoch)):
+                if step >= steps_per_epoch:
+                    break
+                n_events += batch.n_events  # counted on the host copy: no device sync
+                n_customers += batch.size
+                batch = batch.to(device, non_blocking=True)
+                with _autocast(device, config.precision):
+                    out = model(batch)
+                    loss = F.binary_cross_entropy_with_logits(out.logit.float(), batch.label.float())
+                    loss = loss + out.aux_loss.float()
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+                loss_sum += loss.detach()
+                n_steps += 1
+                bar.update(1)
+                if config.progress and (n_steps % 10 == 0 or n_steps == steps_per_epoch):
+                    elapsed = max(bar.format_dict["elapsed"], 1e-9)
+                    bar.set_postfix(loss=f"{float(loss_sum) / n_steps:.4f}", ev_s=f"{n_events / elapsed:,.0f}")
+        bar.close()
+        train_mem = memory.read()
+        val = evaluate(model, val_batches(), device, config.precision)
+        q = classification_metrics(val["label"], val["prob"])
+        metrics = {
+            "train/loss": float(loss_sum) / max(n_steps, 1),
+            "train/lr": sched.get_last_lr()[0],
+            "val/auroc": q["auroc"],
+            "val/accuracy": q["accuracy"],
+            "val/logloss": q["logloss"],
+            "time/epoch_s": sw.seconds,
+            "throughput/train_events_per_s": n_events / max(sw.seconds, 1e-9),
+            "throughput/train_customers_per_s": n_customers / max(sw.seconds, 1e-9),
+            **train_mem,
+        }
+        state["train_s"] += sw.seconds
+        state["history"].append({"epoch": float(epoch), **metrics})
+        if logger is not None:
+            logger.log(metrics, step=epoch)
+        log.info("epoch %d  loss %.4f  val auroc %.4f  %.1f s  %.0f events/s", epoch, metrics["train/loss"],
+                 q["auroc"], sw.seconds, metrics["throughput/train_events_per_s"])
+
+        improved = q["auroc"] > state["best_auroc"] or state["best_epoch"] < 0
+        if improved:
+            state.update(best_auroc=q["auroc"], best_epoch=epoch, bad_epochs=0)
+            best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            state["bad_epochs"] += 1
+        state["done"] = state["bad_epochs"] >= config.patience
+        state["epoch"] = epoch
+        if ckpt_dir is not None:
+            if improved:
+                _save_atomic({"model": best_weights, "epoch": epoch}, ckpt_dir / "best.pt")
+            _save_atomic(
+                {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                 "scaler": scaler.state_dict(), "rng": _rng_state(), "state": state, "config": asdict(config)},
+                ckpt_dir / "last.pt",
+            )
+
+    if best_weights is None and ckpt_dir is not None and (ckpt_dir / "best.pt").exists():
+        best_weights = load_checkpoint(ckpt_dir / "best.pt", device)["model"]
+    if best_weights is not None:
+        model.load_state_dict(best_weights)
+    return FitResult(
+        history=state["history"], best_epoch=state["best_epoch"], best_val_auroc=float(state["best_auroc"]),
+        train_s=state["train_s"], epochs_run=state["epoch"] + 1, stopped_early=state["done"],
+        n_parameters=n_params, device=str(device), config=asdict(config),
+    )
