@@ -44,7 +44,8 @@ SPLIT_FILE = "split.json"
 MANIFEST_FILE = "manifest.json"
 
 _TIE_BREAK = (schema.SOURCE_FILE, schema.SOURCE_ROW)  # ties in event_time keep file order
-_TIE = "_tie"
+_TIE = "_tie"  # (source_file rank, source_row) as one Int64
+_ORDER = "_order"  # the whole order packed into one Int64
 
 
 @dataclass(frozen=True)
@@ -154,27 +155,65 @@ def _encode(column: str, mapping: Mapping[int, int]) -> pl.Expr:
 
 
 # --- sequences --------------------------------------------------------------------------------------------------
-def _tie_key() -> pl.Expr:
-    """(source_file, source_row) as one Int64 (file rank in the high bits): sorting on two numeric keys is ~30 %
-    faster than on (float, string, int)."""
-    file_rank = pl.col(schema.SOURCE_FILE).rank("dense").cast(pl.Int64)
-    return (file_rank * (1 << 40) + pl.col(schema.SOURCE_ROW).cast(pl.Int64)).alias(_TIE)
+def order_keys(events: pl.LazyFrame) -> tuple[list[pl.Expr], list[str]]:
+    """Expressions for the within-customer sort key(s) and the column names to sort by.
 
-
-def event_features(events: pl.LazyFrame, vocab: Vocab) -> pl.LazyFrame:
-    """Per-event feature columns (flat, one row per event); the order keys ride along."""
+    The order is (event_time, source_file, source_row). When the integer parts fit, it is packed into one Int64,
+    `(day * 86400 + second_of_day) << bits(file, row) | file_rank << bits(row) | source_row`: sorting on one integer
+    key is about 2x faster than on (float, string, int). This costs a pre-pass over four columns (distinct file
+    names, value ranges). Frames without source_file/source_row sort on event_time alone, ties in input order.
+    """
     names = events.collect_schema().names()
+    if not all(c in names for c in _TIE_BREAK):
+        return [], [schema.EVENT_TIME]
+    has_clock = schema.DAY in names and schema.SECOND_OF_DAY in names
+    files_df, st = pl.collect_all([
+        events.select(pl.col(schema.SOURCE_FILE).unique()),
+        events.select(
+            pl.col(schema.SOURCE_ROW).min().alias("row_min"), pl.col(schema.SOURCE_ROW).max().alias("row_max"),
+            *([pl.col(schema.DAY).min().alias("day_min"), pl.col(schema.DAY).max().alias("day_max"),
+               pl.col(schema.SECOND_OF_DAY).min().alias("sec_min"), pl.col(schema.SECOND_OF_DAY).max().alias("sec_max")]
+              if has_clock else []),
+        ),
+    ])
+    stats = st.row(0, named=True)
+    if stats["row_max"] is None:  # no events
+        return [], [schema.EVENT_TIME]
+    files = sorted(f for f in files_df[schema.SOURCE_FILE].to_list() if f is not None)
+    file_rank = pl.col(schema.SOURCE_FILE).replace_strict(
+        pl.Series(files, dtype=pl.String), pl.Series(range(len(files)), dtype=pl.Int64), default=0,
+        return_dtype=pl.Int64)
+    bits_row = max(int(stats["row_max"]), 1).bit_length()
+    bits_tie = bits_row + max(len(files) - 1, 0).bit_length()
+    if bits_tie > 62 or stats["row_min"] < 0:  # not even the tie fits one Int64: sort on the three columns
+        return [pl.col(schema.SOURCE_FILE), pl.col(schema.SOURCE_ROW)], [schema.EVENT_TIME, *_TIE_BREAK]
+    tie = file_rank * pl.lit(1 << bits_row, pl.Int64) + pl.col(schema.SOURCE_ROW).cast(pl.Int64)
+    packable = (
+        has_clock and stats["day_min"] is not None and stats["day_min"] >= 0
+        and stats["sec_min"] >= 0 and stats["sec_max"] < 86400
+        and (int(stats["day_max"]) * 86400 + 86399).bit_length() + bits_tie <= 62
+    )
+    if packable:
+        second = pl.col(schema.DAY).cast(pl.Int64) * 86400 + pl.col(schema.SECOND_OF_DAY).cast(pl.Int64)
+        return [(second * pl.lit(1 << bits_tie, pl.Int64) + tie).alias(_ORDER)], [_ORDER]
+    return [tie.alias(_TIE)], [schema.EVENT_TIME, _TIE]
+
+
+def event_features(events: pl.LazyFrame, vocab: Vocab) -> tuple[pl.LazyFrame, list[str]]:
+    """Per-event feature columns (flat, one row per event) with the sort key column(s), and the sort key names."""
+    key_exprs, order = order_keys(events)
     amount = pl.col(schema.AMOUNT).cast(pl.Float64)
-    return events.select(
+    flat = events.select(
         pl.col(schema.CUSTOMER_ID).cast(pl.Int64),
         pl.col(schema.EVENT_TIME).cast(pl.Float64),
-        *([_tie_key()] if all(c in names for c in _TIE_BREAK) else []),
+        *key_exprs,
         _encode(schema.MCC_CODE, vocab.mcc).alias(schema.SEQ_MCC),
         _encode(schema.TR_TYPE, vocab.tr_type).alias(schema.SEQ_TR_TYPE),
         (amount.sign() * amount.abs().log1p()).cast(pl.Float32).alias(schema.SEQ_AMOUNT),
         (pl.col(schema.SECOND_OF_DAY).cast(pl.Float64) / 3600.0).cast(pl.Float32).alias(schema.SEQ_HOUR),
         (pl.col(schema.DAY).cast(pl.Int64) % 7).cast(pl.Float32).alias(schema.SEQ_WEEKDAY),
     )
+    return flat, order
 
 
 SEQUENCE_COLUMNS: tuple[str, ...] = (
@@ -195,14 +234,13 @@ def build_sequences(
     amount are required; source_file/source_row break ties when present). `labels` (customer_id, gender) is
     left-joined: customers without a label keep a null gender.
     """
-    flat = event_features(events, vocab)
-    order = [schema.EVENT_TIME, *([_TIE] if _TIE in flat.collect_schema().names() else [])]
+    flat, order = event_features(events, vocab)
     n = config.max_len
 
-    def seq(expr: pl.Expr) -> pl.Expr:
-        return expr.sort_by(order).tail(n)
+    def seq(expr: pl.Expr) -> pl.Expr:  # one sort per column: still the fastest route measured (stack.md)
+        return expr.sort_by(order, maintain_order=True).tail(n)
 
-    t_sorted = pl.col(schema.EVENT_TIME).sort_by(order)
+    t_sorted = pl.col(schema.EVENT_TIME).sort_by(order, maintain_order=True)
     # gap to the previous event on the full history, then truncated like the rest
     log_dt = ((t_sorted.diff().fill_null(0.0) * 24.0).clip(lower_bound=0.0).log1p()).cast(pl.Float32).tail(n)
     out = (

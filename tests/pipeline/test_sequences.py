@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import schema
-from pipeline.sequences import SEQUENCES_SCHEMA, SequenceConfig, build_sequences, fit_vocab
+from pipeline.sequences import SEQUENCES_SCHEMA, SequenceConfig, build_sequences, fit_vocab, order_keys
 from _sequence_events import events_frame  # tests/pipeline is on sys.path (pytest rootdir insertion)
 
 # (customer_id, day, second_of_day, mcc_code, tr_type, amount); source_row = position
@@ -67,6 +67,20 @@ def test_ties_keep_file_order_whatever_the_input_order() -> None:
     two = pl.concat([events_frame([(1, 0, 0, 1, 1, 2.0, 1)], "b.csv"), events_frame([(1, 0, 0, 1, 1, 1.0, 9)], "a.csv")])
     amounts = build_sequences(two, fit_vocab(two, min_count=1))[schema.SEQ_AMOUNT].to_list()[0]
     np.testing.assert_allclose(amounts, [math.log(2.0), math.log(3.0)], rtol=1e-6)
+
+
+def test_unpackable_order_keys_fall_back_to_two_keys_with_the_same_result() -> None:
+    """Huge source_row values do not fit the packed Int64 key: (event_time, tie) is sorted instead."""
+    rows = [(1, 3, 0, 10, 7, 1.0, 2**60), (1, 3, 0, 10, 7, 2.0, 5), (1, 2, 9, 10, 7, 3.0, 2**61), (1, 4, 0, 10, 7, 4.0, 1)]
+    lf = events_frame(rows)
+    assert order_keys(lf)[1] == [schema.EVENT_TIME, "_tie"]
+    assert order_keys(events_frame(HAND))[1] == ["_order"]
+    got = build_sequences(lf, fit_vocab(lf, min_count=1))[schema.SEQ_AMOUNT].to_list()[0]
+    np.testing.assert_allclose(got, np.log1p([3.0, 2.0, 1.0, 4.0]), rtol=1e-6)
+    two_files = pl.concat([lf, events_frame([(1, 3, 0, 10, 7, 5.0, 2**62)], "a.csv")])
+    assert order_keys(two_files)[1] == [schema.EVENT_TIME, schema.SOURCE_FILE, schema.SOURCE_ROW]
+    got = build_sequences(two_files, fit_vocab(two_files, min_count=1))[schema.SEQ_AMOUNT].to_list()[0]
+    np.testing.assert_allclose(got, np.log1p([3.0, 5.0, 2.0, 1.0, 4.0]), rtol=1e-6)
 
 
 def test_labels_join_schema_and_order() -> None:
