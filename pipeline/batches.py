@@ -6,8 +6,8 @@ list of row indices into (B, T) tensors with one vectorised gather, no Python lo
 
     pos   = arange(T)                              # (T,)
     valid = pos < length[:, None]                  # (B, T)
-    src   = (start[:, None] + pos)[valid]          # flat indices of the kept events
-    out[valid] = flat[src]                         # padding stays 0
+    src   = where(valid, start[:, None] + pos, 0)  # (B, T) flat index of each slot (pads read event 0)
+    out   = flat[src].masked_fill(~valid, 0)       # one dense gather, then zero the padding
 
 `LengthBucketSampler` groups customers of similar length so that little of each batch is padding, and training
 may crop sequences longer than `crop_len` to a random contiguous window (as ptls's random slice).
@@ -107,16 +107,18 @@ class SequenceDataset(Dataset):
         rows = rows.long()
         lengths = self.lengths[rows] if lengths is None else lengths.long()  # (B,)
         starts = torch.zeros_like(lengths) if starts is None else starts.long()
-        T = max(int(lengths.max()), 1) if len(rows) else 1
+        B = len(rows)
+        T = max(int(lengths.max()), 1) if B else 1
         pos = torch.arange(T)  # (T,)
         valid = pos[None, :] < lengths[:, None]  # (B, T)
-        src = (self.offsets[rows] + starts)[:, None] + pos[None, :]  # (B, T) flat index (out of range at pads)
-        src = src[valid]  # (n,) only the real events are read
+        src = (self.offsets[rows] + starts)[:, None] + pos[None, :]  # (B, T) flat index of each slot
+        src = torch.where(valid, src, 0).flatten()  # padding slots read event 0, then are zeroed
 
         def pad(flat: torch.Tensor) -> torch.Tensor:
-            out = flat.new_zeros((len(rows), T, *flat.shape[1:]))
-            out[valid] = flat[src]
-            return out
+            if flat.shape[0] == 0:  # no events at all: nothing to read
+                return flat.new_zeros((B, T, *flat.shape[1:]))
+            out = flat.index_select(0, src).view(B, T, *flat.shape[1:])  # dense gather, no boolean indexing
+            return out.masked_fill_(~valid.view(B, T, *([1] * (flat.dim() - 1))), 0)
 
         return Batch(
             mcc=pad(self.mcc), tr_type=pad(self.tr_type), numeric=pad(self.numeric), event_time=pad(self.event_time),
