@@ -103,6 +103,55 @@ def _add_sequences(sub: argparse._SubParsersAction) -> None:
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     """`txseq train`: train/compare models, track in MLflow, register (owner: pipeline.train / compare)."""
+    from pathlib import Path
+
+    p = sub.add_parser(
+        "train",
+        help="train and compare models (encoders + GBDT), track them in MLflow, register, write the report",
+        description="Train the chosen models on one split under one parent MLflow run (a nested run per model), "
+        "register each as a pyfunc model (the `champion` alias moves only on a better test ROC AUC on the same "
+        "split), and write report.md + report.png under <data root>/runs/<run>/. Re-running with the same --run "
+        "resumes from the last epoch checkpoints.",
+    )
+    p.add_argument("--sequences", type=Path, help="sequences folder (default: <data root>/sequences)")
+    p.add_argument("--events", type=Path, help="validated events folder (default: <data root>/events)")
+    p.add_argument("--models", default=None,
+                   help="comma-separated: transformer,performer,infinite_former,eam,gbdt (default: all of them)")
+    p.add_argument("--preset", default="demo", choices=["tiny", "demo", "full"], help="run configuration (%(default)s)")
+    p.add_argument("--epochs", type=int, help="override the preset's epoch count")
+    p.add_argument("--fold", type=int, default=0, help="validation fold of the split (%(default)s)")
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help="default: the preset's (auto)")
+    p.add_argument("--run", default=None, help="run name (default: <timestamp>-<preset>); an existing one resumes")
+    p.add_argument("--no-register", action="store_true", help="log the models but do not register them")
+
+    def handler(args: argparse.Namespace) -> int:
+        import logging
+
+        from pipeline.compare import run_comparison
+        from pipeline.presets import get
+        from pipeline.settings import load_settings
+        from pipeline.tracking import TrackingError
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        settings = load_settings()
+        preset = get(args.preset, epochs=args.epochs, device=args.device)
+        models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+        try:
+            result = run_comparison(
+                args.sequences or settings.sequences_dir, args.events or settings.events_dir, preset, models,
+                fold=args.fold, settings=settings, run_name=args.run, register=not args.no_register,
+            )
+        except TrackingError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(result.table)
+        print(f"\nreport: {result.report_md} and {result.report_png} (MLflow parent run {result.parent_run_id})")
+        for r in result.results:
+            if r.version:
+                print(f"  {r.model}: {settings.registered_model} v{r.version} — {r.champion}")
+        return 0
+
+    p.set_defaults(handler=handler)
 
 
 def _add_score(sub: argparse._SubParsersAction) -> None:

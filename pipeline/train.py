@@ -32,6 +32,7 @@ from models.batch import Batch
 from pipeline.metrics import MemoryMonitor, Stopwatch, classification_metrics
 
 log = logging.getLogger(__name__)
+_RUNTIME_ONLY = frozenset({"progress", "device"})  # may differ between a run and its resumption
 
 
 class MetricLogger(Protocol):
@@ -181,6 +182,10 @@ def fit(
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         if (ckpt_dir / "last.pt").exists():
             ckpt = load_checkpoint(ckpt_dir / "last.pt", device)
+            mismatch = {k for k, v in asdict(config).items() if k not in _RUNTIME_ONLY and ckpt["config"].get(k) != v}
+            if mismatch:
+                raise ValueError(f"{ckpt_dir / 'last.pt'} was written with other settings ({sorted(mismatch)}): "
+                                 "resume with the same TrainConfig or use a new checkpoint folder")
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
             sched.load_state_dict(ckpt["scheduler"])

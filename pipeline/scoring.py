@@ -1,0 +1,220 @@
+"""The MLflow pyfunc model: a raw transactions table in, one row per customer out (customer_id, probability,
+prediction). Both kinds of model (sequence encoders and the GBDT baseline) sit behind the same interface.
+
+    raw rows ──validate (as ingest)──▶ events ──build_sequences(stored vocab)──▶ batches ──model──▶ scores
+                                              └─build_features(stored spec)──▶ GBDT ──────────────▶ scores
+
+What is stored is data, never a pickled object: the state dict (`torch.load(weights_only=True)`), a JSON config
+(model, sequence and ingest settings) and the vocabularies; the GBDT as skops with a fixed trusted-type list. The
+pyfunc itself is logged as "models from code" (a three-line file that calls `set_model`), so MLflow pickles nothing
+either; the `pipeline` and `models` packages travel with it as code paths.
+
+`SequenceScorer` / `GBDTScorer` are plain callables (no MLflow): the pyfunc's `load_context` builds one from the
+artifacts once, and `predict` just calls it. Customers all of whose rows fail validation get no output row.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import polars as pl
+import torch
+from mlflow.models import ModelSignature
+from mlflow.types.schema import AnyType, ColSpec, Schema
+
+from models import ModelConfig, build_model
+from pipeline import schema as S
+from pipeline.batches import make_loader
+from pipeline.features import FeatureSpec, build_features
+from pipeline.gbdt import feature_matrix, load_gbdt, save_gbdt
+from pipeline.ingest import IngestConfig, validate
+from pipeline.sequences import SequenceConfig, Vocab, build_sequences
+from pipeline.tracking import RegisteredVersion, Tracker
+from pipeline.train import evaluate
+
+ROOT = Path(__file__).resolve().parent.parent
+CODE_PATHS = [str(ROOT / "pipeline"), str(ROOT / "models")]
+_MODEL_CODE = "from mlflow.models import set_model\nfrom pipeline.scoring import TxSeqModel\nset_model(TxSeqModel())\n"
+_REQUIREMENTS = ("torch", "polars", "pyarrow", "numpy", "pandas", "scikit-learn", "skops", "mlflow")
+OUTPUT_COLUMNS = (S.CUSTOMER_ID, S.PROBABILITY, S.PREDICTION)
+
+
+def pip_requirements() -> list[str]:
+    """Pinned versions of what the pyfunc imports, as installed here (local build tags such as +cpu dropped)."""
+    return [f"{name}=={metadata.version(name).split('+')[0]}" for name in _REQUIREMENTS]
+
+
+def signature() -> ModelSignature:
+    """Raw-schema columns in (strings as read from CSV, or already typed values: both are accepted), scores out."""
+    inputs = Schema([ColSpec(AnyType(), c, required=c not in S.RAW_OPTIONAL_COLUMNS) for c in S.RAW_COLUMNS])
+    outputs = Schema([ColSpec("long", S.CUSTOMER_ID), ColSpec("double", S.PROBABILITY), ColSpec("long", S.PREDICTION)])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def raw_events(raw: pd.DataFrame | pl.DataFrame, ingest: IngestConfig) -> pl.LazyFrame:
+    """Any raw-schema frame -> validated events (the rejects are dropped here; batch scoring keeps them)."""
+    frame = pl.from_pandas(raw) if isinstance(raw, pd.DataFrame) else raw
+    if S.TERM_ID not in frame.columns:
+        frame = frame.with_columns(pl.lit(None, pl.String).alias(S.TERM_ID))
+    strings = frame.select([pl.col(c).cast(pl.String) for c in S.RAW_COLUMNS])
+    events, _rejects = validate(strings.lazy(), "pyfunc-input", ingest)
+    return events
+
+
+def _scores(customer_id: np.ndarray, prob: np.ndarray, threshold: float) -> pd.DataFrame:
+    order = np.argsort(customer_id, kind="stable")
+    return pd.DataFrame({
+        S.CUSTOMER_ID: customer_id[order].astype(np.int64),
+        S.PROBABILITY: prob[order].astype(np.float64),
+        S.PREDICTION: (prob[order] >= threshold).astype(np.int64),
+    })
+
+
+@dataclass
+class SequenceScorer:
+    model: torch.nn.Module
+    vocab: Vocab
+    sequence: SequenceConfig
+    ingest: IngestConfig
+    batch_size: int = 64
+    threshold: float = 0.5
+
+    def __call__(self, raw: pd.DataFrame | pl.DataFrame) -> pd.DataFrame:
+        seq = build_sequences(raw_events(raw, self.ingest), self.vocab, self.sequence, labels=None)
+        if seq.height == 0:
+            return _scores(np.empty(0, np.int64), np.empty(0), self.threshold)
+        out = evaluate(self.model, make_loader(seq, batch_size=self.batch_size), torch.device("cpu"), "fp32")
+        return _scores(out["customer_id"], out["prob"], self.threshold)
+
+
+@dataclass
+class GBDTScorer:
+    model: Any  # HistGradientBoostingClassifier
+    spec: FeatureSpec
+    ingest: IngestConfig
+    threshold: float = 0.5
+
+    def __call__(self, raw: pd.DataFrame | pl.DataFrame) -> pd.DataFrame:
+        features = build_features(raw_events(raw, self.ingest), self.spec).collect()
+        ids = features[S.CUSTOMER_ID].to_numpy()
+        if len(ids) == 0:
+            return _scores(np.empty(0, np.int64), np.empty(0), self.threshold)
+        prob = self.model.predict_proba(feature_matrix(features, ids))[:, 1]
+        return _scores(ids, prob, self.threshold)
+
+
+def load_scorer(artifacts: dict[str, str]) -> SequenceScorer | GBDTScorer:
+    """Live scorer from the artifact files (config.json says which kind)."""
+    cfg = json.loads(Path(artifacts["config"]).read_text())
+    ingest = IngestConfig(**cfg["ingest"])
+    if cfg["kind"] == "gbdt":
+        spec = FeatureSpec.load(Path(artifacts["feature_spec"]))
+        return GBDTScorer(load_gbdt(Path(artifacts["model"])), spec, ingest, cfg["threshold"])
+    model = build_model(ModelConfig.from_dict(cfg["model"]))
+    model.load_state_dict(torch.load(artifacts["model"], map_location="cpu", weights_only=True))
+    model.eval()
+    return SequenceScorer(model, Vocab.load(artifacts["vocab"]), SequenceConfig(**cfg["sequence"]), ingest,
+                          cfg["batch_size"], cfg["threshold"])
+
+
+class TxSeqModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper: `load_context` builds the scorer once; `predict` only calls it."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        self.scorer = load_scorer(context.artifacts)
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        return self.scorer(model_input)
+
+
+def _config_json(kind: str, ingest: IngestConfig, threshold: float, **extra: Any) -> dict:
+    return {"kind": kind, "schema_version": S.SCHEMA_VERSION, "ingest": asdict(ingest), "threshold": threshold, **extra}
+
+
+def log_model(
+    tracker: Tracker,
+    run_id: str,
+    *,
+    artifacts_dir: Path,
+    config: dict,
+    files: dict[str, Path],
+    input_example: pd.DataFrame,
+    registered_model: str,
+    version_tags: dict[str, str],
+) -> RegisteredVersion:
+    """Write config.json beside `files` and log + register the pyfunc (models from code)."""
+    artifacts_dir.mkdir(parents=True, exist_ok=True)
+    (artifacts_dir / "config.json").write_text(json.dumps(config, indent=1))
+    artifacts = {"config": str(artifacts_dir / "config.json"), **{k: str(v) for k, v in files.items()}}
+    with tempfile.TemporaryDirectory(prefix="txseq-pyfunc-") as tmp:
+        code = Path(tmp) / "txseq_model.py"
+        code.write_text(_MODEL_CODE)
+        return tracker.log_pyfunc(
+            run_id, name="model", python_model=code, artifacts=artifacts, code_paths=CODE_PATHS,
+            signature=signature(), input_example=input_example, pip_requirements=pip_requirements(),
+            registered_model=registered_model, version_tags=version_tags,
+        )
+
+
+def save_sequence_artifacts(
+    out_dir: Path, model: torch.nn.Module, model_config: ModelConfig, vocab: Vocab, sequence: SequenceConfig,
+    ingest: IngestConfig, batch_size: int = 64, threshold: float = 0.5,
+) -> tuple[dict, dict[str, Path]]:
+    """(config.json content, artifact files) of a trained sequence model."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = out_dir / "model.pt"
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
+    vocab_path = vocab.save(out_dir / "vocab.json")
+    config = _config_json("sequence", ingest, threshold, model=model_config.to_dict(), sequence=asdict(sequence),
+                          batch_size=batch_size)
+    return config, {"model": weights, "vocab": vocab_path}
+
+
+def save_gbdt_artifacts(out_dir: Path, model: Any, spec: FeatureSpec, ingest: IngestConfig,
+                        threshold: float = 0.5) -> tuple[dict, dict[str, Path]]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"model": save_gbdt(model, out_dir / "model.skops"), "feature_spec": spec.save(out_dir / "feature_spec.json")}
+    return _config_json("gbdt", ingest, threshold), files
+
+
+def load_registered(name: str, alias_or_version: str = "champion") -> Any:
+    """`models:/<name>@<alias>` (or `/<version>` when a number) as a pyfunc model."""
+    uri = f"models:/{name}/{alias_or_version}" if alias_or_version.isdigit() else f"models:/{name}@{alias_or_version}"
+    return mlflow.pyfunc.load_model(uri)
+
+
+def load_batch_scorer(model_uri: str, tracking_uri: str | None = None) -> tuple[Any, Any]:
+    """(scorer, `batch_scoring.ModelRef`) for a registered or logged model, for `pipeline.batch_scoring`.
+
+    The scorer is the very object the pyfunc's `predict` calls (built once by `load_context`), taken unwrapped so
+    that chunks skip pandas conversion and signature checks; `models:/<name>@<alias>` is resolved to its version so
+    every output row names the version that scored it.
+    """
+    from pipeline.batch_scoring import ModelRef
+    from pipeline.settings import load_settings
+
+    mlflow.set_tracking_uri(tracking_uri or load_settings().tracking_uri)
+    pyfunc = mlflow.pyfunc.load_model(model_uri)
+    name, version = _model_name_version(model_uri, pyfunc)
+    return pyfunc.unwrap_python_model().scorer, ModelRef(name, version, model_uri)
+
+
+def _model_name_version(model_uri: str, pyfunc: Any) -> tuple[str, str]:
+    if model_uri.startswith("models:/"):
+        ref = model_uri.removeprefix("models:/")
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            return name, str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
+        name, _, version = ref.partition("/")
+        if version.isdigit():
+            return name, version
+    run_id = pyfunc.metadata.run_id or "unknown"
+    return f"run-{run_id[:8]}", pyfunc.metadata.model_id or run_id

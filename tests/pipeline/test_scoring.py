@@ -1,0 +1,132 @@
+"""The pyfunc model: raw transactions in, one row per customer out; reloaded from the registry it scores exactly
+like the in-memory model (sequence encoder and GBDT alike)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import polars as pl
+import pytest
+import torch
+
+from models import ModelConfig, build_model
+from pipeline import schema as S
+from pipeline.batches import make_loader, numeric_stats
+from pipeline.features import FeatureConfig
+from pipeline.gbdt import GBDTConfig, train_gbdt
+from pipeline.ingest import IngestConfig, read_events
+from pipeline.presets import tiny
+from pipeline.scoring import (
+    GBDTScorer,
+    SequenceScorer,
+    load_scorer,
+    log_model,
+    save_gbdt_artifacts,
+    save_sequence_artifacts,
+)
+from pipeline.sequences import SequenceConfig, Vocab
+from pipeline.settings import Settings
+from pipeline.splits import Split
+from pipeline.tracking import CHAMPION, TAG_SPLIT_ID, TAG_TEST_AUROC, Tracker, setup
+from pipeline.train import evaluate
+
+from _train_data import TinyData, tiny_dataset  # tests/pipeline is on sys.path (pytest rootdir insertion)
+
+NAME = "scoring-tests"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> TinyData:
+    return tiny_dataset(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def tracker(tmp_path_factory: pytest.TempPathFactory) -> Tracker:
+    root = tmp_path_factory.mktemp("mlflow")
+    return setup(Settings(root, f"sqlite:///{root / 'mlflow.db'}", root / "artifacts", NAME), NAME)
+
+
+@pytest.fixture(scope="module")
+def raw(data: TinyData) -> pd.DataFrame:
+    """Raw CSV rows (all strings) of the test customers, plus one unparseable row."""
+    split = Split.load(data.sequences / "split.json")
+    frame = pl.read_csv(data.raw / "transactions.csv.gz", infer_schema=False)
+    frame = frame.filter(pl.col(S.CUSTOMER_ID).cast(pl.Int64).is_in(list(split.test_ids)))
+    bad = frame.head(1).with_columns(pl.lit("999999999").alias(S.CUSTOMER_ID), pl.lit("not a date").alias(S.TR_DATETIME))
+    return pl.concat([frame, bad]).to_pandas()
+
+
+def _sequence_model(data: TinyData) -> tuple[torch.nn.Module, ModelConfig, Vocab]:
+    vocab = Vocab.load(data.sequences / "vocab.json")
+    cfg = ModelConfig(n_mcc=vocab.size_mcc, n_tr_type=vocab.size_tr_type, **tiny().model_kwargs("transformer"))
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.embedding.set_numeric_stats(*numeric_stats(data.sequences / "sequences.parquet"))
+    return model.eval(), cfg, vocab
+
+
+def _log(tracker: Tracker, tmp: Path, config: dict, files: dict, example: pd.DataFrame, auroc: float) -> str:
+    with tracker.run("model") as run_id:
+        version = log_model(tracker, run_id, artifacts_dir=tmp, config=config, files=files, input_example=example,
+                            registered_model=NAME, version_tags={TAG_SPLIT_ID: "s", TAG_TEST_AUROC: str(auroc)})
+    tracker.promote_champion(NAME, version.version, auroc, "s")
+    return version.version
+
+
+def test_sequence_pyfunc_from_the_registry_scores_like_the_in_memory_model(
+    data: TinyData, tracker: Tracker, raw: pd.DataFrame, tmp_path: Path
+) -> None:
+    model, cfg, vocab = _sequence_model(data)
+    seq_cfg = SequenceConfig(max_len=200, min_count=2)
+    config, files = save_sequence_artifacts(tmp_path, model, cfg, vocab, seq_cfg, IngestConfig(), batch_size=32)
+    version = _log(tracker, tmp_path, config, files, raw.head(10), auroc=0.5)
+
+    loaded = mlflow.pyfunc.load_model(f"models:/{NAME}@{CHAMPION}")
+    assert loaded.metadata.get_input_schema().input_names() == list(S.RAW_COLUMNS)
+    got = loaded.predict(raw)
+    assert list(got.columns) == [S.CUSTOMER_ID, S.PROBABILITY, S.PREDICTION]
+    test_ids = sorted(Split.load(data.sequences / "split.json").test_ids)
+    assert got[S.CUSTOMER_ID].tolist() == test_ids  # one row per customer, sorted; the bad row's customer is absent
+
+    in_memory = SequenceScorer(model, vocab, seq_cfg, IngestConfig(), batch_size=7)(raw)  # other batching
+    pd.testing.assert_frame_equal(got, in_memory, check_exact=False, atol=1e-6)
+    # and the same as the model on the prepared sequences table (the preprocessing travels with the model)
+    direct = evaluate(model, make_loader(data.sequences / "sequences.parquet", test_ids, batch_size=64),
+                      torch.device("cpu"))
+    order = np.argsort(direct["customer_id"])
+    np.testing.assert_allclose(got[S.PROBABILITY].to_numpy(), direct["prob"][order], atol=1e-6)
+    assert set(got[S.PREDICTION]) <= {0, 1}
+    assert tracker.client.get_model_version(NAME, version).tags[TAG_SPLIT_ID] == "s"
+
+
+def test_gbdt_pyfunc_from_the_registry_scores_like_the_in_memory_model(
+    data: TinyData, tracker: Tracker, raw: pd.DataFrame, tmp_path: Path
+) -> None:
+    split = Split.load(data.sequences / "split.json")
+    labels = pl.read_parquet(data.sequences / "sequences.parquet", columns=[S.CUSTOMER_ID, S.GENDER]).drop_nulls()
+    config = GBDTConfig(max_iter=10, features=FeatureConfig(top_mcc=8, top_tr_type=4))
+    run = train_gbdt(read_events(data.events), labels, (split.train_ids(0), split.val_ids(0), split.test_ids), config)
+    cfg, files = save_gbdt_artifacts(tmp_path, run.model, run.spec, IngestConfig())
+    version = _log(tracker, tmp_path, cfg, files, raw.head(10), auroc=run.metrics["test/auroc"])
+
+    loaded = mlflow.pyfunc.load_model(f"models:/{NAME}/{version}")
+    got = loaded.predict(raw)
+    in_memory = GBDTScorer(run.model, run.spec, IngestConfig())(raw)
+    pd.testing.assert_frame_equal(got, in_memory)
+    # the test customers' probabilities are the ones train_gbdt computed from the ingested events
+    np.testing.assert_allclose(got[S.PROBABILITY].to_numpy(), run.test_prob[np.argsort(split.test_ids)], atol=1e-12)
+
+
+def test_scorer_accepts_typed_polars_input_and_empty_input(data: TinyData, tmp_path: Path, raw: pd.DataFrame) -> None:
+    model, cfg, vocab = _sequence_model(data)
+    config, files = save_sequence_artifacts(tmp_path, model, cfg, vocab, SequenceConfig(max_len=200), IngestConfig())
+    (tmp_path / "config.json").write_text(__import__("json").dumps(config))
+    scorer = load_scorer({"config": str(tmp_path / "config.json"), **{k: str(v) for k, v in files.items()}})
+    typed = read_events(data.events).select(S.RAW_COLUMNS).head(300).collect()  # Int64 ids, Float64 amounts
+    out = scorer(typed)
+    assert len(out) == typed[S.CUSTOMER_ID].n_unique()
+    empty = scorer(raw.head(0))
+    assert list(empty.columns) == [S.CUSTOMER_ID, S.PROBABILITY, S.PREDICTION] and len(empty) == 0

@@ -1,0 +1,119 @@
+"""The trainer: every encoder learns and logs to MLflow; a resumed run ends exactly like an uninterrupted one."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from models import ModelConfig, build_model
+from pipeline.batches import SequenceDataset, make_loader, numeric_stats
+from pipeline.presets import ENCODER_MODELS, tiny
+from pipeline.settings import Settings
+from pipeline.tracking import Tracker, setup
+from pipeline.train import TrainConfig, evaluate, fit, load_checkpoint, warmup_cosine
+
+from _train_data import synthetic_sequences  # tests/pipeline is on sys.path (pytest rootdir insertion)
+
+TABLE = synthetic_sequences(n=112, max_len=32)
+CONFIG = replace(tiny().train, epochs=3, lr=5e-3, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def data() -> dict:
+    train = SequenceDataset(TABLE, list(range(80)))
+    return {"train": train, "val": SequenceDataset(TABLE, list(range(80, 112))), "stats": numeric_stats(train)}
+
+
+@pytest.fixture(scope="module")
+def tracker(tmp_path_factory: pytest.TempPathFactory) -> Tracker:
+    root = tmp_path_factory.mktemp("mlflow")
+    return setup(Settings(root, f"sqlite:///{root / 'mlflow.db'}", root / "artifacts", "train-tests"), "train-tests")
+
+
+def _model(encoder: str, data: dict) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(n_mcc=24, n_tr_type=8, **tiny().model_kwargs(encoder)))
+    model.embedding.set_numeric_stats(*data["stats"])
+    return model
+
+
+def _fit(model, data, config: TrainConfig = CONFIG, logger=None, checkpoint_dir: Path | None = None):
+    return fit(
+        model,
+        lambda epoch: make_loader(data["train"], batch_size=16, shuffle=True, crop_len=16, seed=100 + epoch),
+        lambda: make_loader(data["val"], batch_size=64),
+        config, logger, checkpoint_dir,
+    )
+
+
+@pytest.mark.parametrize("encoder", ENCODER_MODELS)
+def test_each_encoder_learns_and_logs_per_epoch_metrics(encoder: str, data: dict, tracker: Tracker) -> None:
+    with tracker.run(encoder) as run_id:
+        result = _fit(_model(encoder, data), data, logger=tracker.logger(run_id))
+    losses = [h["train/loss"] for h in result.history]
+    assert losses[-1] < losses[0], losses
+    assert result.best_val_auroc > 0.6
+    for key in ("train/loss", "val/auroc", "val/accuracy", "val/logloss", "time/epoch_s",
+                "throughput/train_events_per_s", "throughput/train_customers_per_s", "mem/rss_peak_gib"):
+        steps = sorted(m.step for m in tracker.client.get_metric_history(run_id, key))
+        assert steps == [0, 1, 2], key
+
+
+class _Killed(Exception):
+    pass
+
+
+class _KillAfter:
+    """A logger that 'kills' the run when epoch `epoch` reports (before that epoch's checkpoint is written)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def log(self, metrics, step: int) -> None:
+        if step == self.epoch:
+            raise _Killed
+
+
+@pytest.mark.parametrize("encoder", ["performer", "eam"])  # random-feature redraws; dropout + MoE aux loss
+def test_resumed_run_ends_with_the_same_metrics(encoder: str, data: dict, tmp_path: Path) -> None:
+    config = replace(CONFIG, epochs=3, patience=10)
+    whole = _fit(_model(encoder, data), data, config, checkpoint_dir=tmp_path / "whole")
+    with pytest.raises(_Killed):
+        _fit(_model(encoder, data), data, config, _KillAfter(2), tmp_path / "killed")
+    assert load_checkpoint(tmp_path / "killed" / "last.pt")["state"]["epoch"] == 1
+    resumed_model = _model(encoder, data)
+    resumed = _fit(resumed_model, data, config, checkpoint_dir=tmp_path / "killed")
+    for a, b in zip(whole.history, resumed.history, strict=True):
+        for key in ("train/loss", "val/auroc", "val/logloss", "val/accuracy"):
+            assert a[key] == b[key], (a["epoch"], key)
+    assert (whole.best_epoch, whole.best_val_auroc) == (resumed.best_epoch, resumed.best_val_auroc)
+
+
+def test_early_stopping_keeps_the_best_weights(data: dict, tmp_path: Path) -> None:
+    config = replace(CONFIG, epochs=6, lr=0.0, patience=1, warmup_frac=0.0)  # lr 0: nothing ever improves
+    model = _model("transformer", data)
+    result = _fit(model, data, config, checkpoint_dir=tmp_path)
+    assert result.stopped_early and result.epochs_run == 2 and result.best_epoch == 0
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert all(torch.equal(v, best["model"][k]) for k, v in model.state_dict().items())
+    again = _fit(_model("transformer", data), data, config, checkpoint_dir=tmp_path)  # finished: resumes to the end
+    assert again.epochs_run == 2 and again.history == result.history
+    out = evaluate(model, make_loader(data["val"], batch_size=64), torch.device("cpu"))
+    assert sorted(out["customer_id"].tolist()) == list(range(80, 112)) and out["prob"].min() >= 0
+
+
+def test_warmup_then_cosine() -> None:
+    f = warmup_cosine(100, warmup_frac=0.1, min_lr_frac=0.1)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(55) < f(10) and f(100) == pytest.approx(0.1)
+    assert all(0 < f(s) <= 1 for s in range(101)) and math.isclose(f(10), 1.0)
+
+
+def test_resume_refuses_a_checkpoint_written_with_other_settings(data: dict, tmp_path: Path) -> None:
+    _fit(_model("transformer", data), data, replace(CONFIG, epochs=1), checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match="epochs"):
+        _fit(_model("transformer", data), data, replace(CONFIG, epochs=2), checkpoint_dir=tmp_path)
