@@ -142,6 +142,14 @@ class Tracker:
         ) as active:
             yield active.info.run_id
 
+    def start_run(self, name: str, tags: Mapping[str, str] | None = None) -> str:
+        """Open a run that outlives this call (a parent whose nested runs start in other tasks or threads); close
+        it with `end_run`. Yields nothing active: children name it through `run(..., parent_run_id=...)`."""
+        return self.client.create_run(self.experiment_id, run_name=name, tags=dict(tags or {})).info.run_id
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status)
+
     def logger(self, run_id: str) -> MlflowLogger:
         return MlflowLogger(self.client, run_id)
 
