@@ -152,3 +152,30 @@ def test_run_sequences_writes_table_vocab_split_manifest(tmp_path, monkeypatch) 
     assert manifest["split"]["split_id"] == split.split_id and manifest["config"]["max_len"] == 8
     assert manifest["counts"]["events_total"] == len(rows)
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "sequences.parquet", "split.json", "vocab.json"]
+
+
+def test_cli_sequences_end_to_end_from_a_raw_csv(tmp_path, capsys) -> None:
+    """raw CSV -> txseq-style ingest -> `txseq sequences` -> files and a printed summary."""
+    ingest = pytest.importorskip("pipeline.ingest")
+    from pipeline.cli import main
+
+    rng = np.random.default_rng(1)
+    lines = ["customer_id,tr_datetime,mcc_code,tr_type,amount,term_id"]
+    for c in range(40):
+        for _ in range(int(rng.integers(1, 15))):
+            lines.append(f"{c},{int(rng.integers(0, 450))} {int(rng.integers(0, 24)):02d}:{int(rng.integers(0, 60)):02d}:"
+                         f"{int(rng.integers(0, 61)):02d},{int(rng.choice([5411, 6011, 4814]))},"
+                         f"{int(rng.choice([1010, 7070]))},{float(rng.normal()) * 1000:.2f},")
+    raw = tmp_path / "transactions.csv"
+    raw.write_text("\n".join(lines) + "\n")
+    labels = tmp_path / "gender_train.csv"
+    labels.write_text("customer_id,gender\n" + "\n".join(f"{c},{c % 2}" for c in range(30)) + "\n")
+    ingest.ingest([raw], tmp_path / "events")
+    out = tmp_path / "sequences"
+    assert main(["sequences", "--events", str(tmp_path / "events"), "--labels", str(labels), "--out", str(out),
+                 "--max-len", "10", "--min-count", "1", "--folds", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "40 customers (30 labelled)" in printed and "split" in printed
+    df = pl.read_parquet(out / "sequences.parquet")
+    assert df.height == 40 and df[schema.SEQ_LENGTH].max() <= 10
+    assert df[schema.SEQ_TOTAL].sum() == len(lines) - 1
