@@ -155,7 +155,46 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_score(sub: argparse._SubParsersAction) -> None:
-    """`txseq score`: batch-score raw transactions with a registered model (owner: pipeline.scoring)."""
+    """`txseq score`: batch-score raw transactions with a registered model (owner: pipeline.batch_scoring)."""
+    from pathlib import Path
+
+    p = sub.add_parser(
+        "score",
+        help="batch-score raw transactions with a registered model -> one row per customer",
+        description="Score raw transactions (Parquet/CSV file or folder) with an MLflow model: one row per customer "
+        "(customer_id, probability, prediction, model_name, model_version, scored_at). Rows that ingest would "
+        "reject go to a rejects Parquet beside the output. Inputs larger than memory are scored in "
+        "customer-partitioned chunks. With --landing, every file of the folder not scored before is scored into "
+        "--out-dir, once, even with several runs at the same time.",
+    )
+    p.add_argument("--model", required=True, help="models:/<name>@champion, models:/<name>/<version> or runs:/<id>/…")
+    p.add_argument("--input", type=Path, help="raw transactions: Parquet/CSV file or folder")
+    p.add_argument("--output", type=Path, help="scores Parquet (rejects go to <output>.rejects.parquet)")
+    p.add_argument("--landing", type=Path, help="landing folder: score each new file once (instead of --input)")
+    p.add_argument("--out-dir", type=Path, help="with --landing: scores, rejects and the ledger of scored files")
+    p.add_argument("--chunk-rows", type=int, default=2_000_000, help="validated rows scored at once (%(default)s)")
+    p.add_argument("--min-age-s", type=float, default=0.0, help="with --landing: skip files modified this recently")
+
+    def handler(args: argparse.Namespace) -> int:
+        from pipeline.batch_scoring import LandingConfig, ScoreConfig, score_file, score_landing, summary_markdown
+        from pipeline.scoring import load_batch_scorer
+
+        if (args.input is None) == (args.landing is None):
+            p.error("give either --input with --output, or --landing with --out-dir")
+        if (args.input and not args.output) or (args.landing and not args.out_dir):
+            p.error("--input needs --output; --landing needs --out-dir")
+        scorer, model = load_batch_scorer(args.model)
+        config = ScoreConfig(chunk_rows=args.chunk_rows)
+        if args.input:
+            results = [score_file(args.input, args.output, scorer, model, config)]
+        else:
+            landing = score_landing(args.landing, args.out_dir, scorer, model, config, LandingConfig(min_age_s=args.min_age_s))
+            results = landing.scored
+            print(f"{len(landing.scored)} new file(s) scored, {len(landing.skipped)} skipped (scored before or claimed)")
+        print(summary_markdown(results))
+        return 0
+
+    p.set_defaults(handler=handler)
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:

@@ -1,0 +1,42 @@
+"""`ingest` flow: raw transaction files -> validated Parquet + rejects + manifest, with a reconciliation artifact.
+
+The step is cached on the input files' sha256: re-running on already-ingested files skips it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.artifacts import create_table_artifact
+from pydantic import BaseModel, Field
+
+from flows.common import IO_RETRIES, cached_on, missing
+from pipeline.ingest import IngestConfig, IngestResult, ingest
+from pipeline.settings import load_settings
+
+
+class IngestParams(BaseModel):
+    inputs: list[str] = Field(default_factory=list, description="raw CSV/Parquet files or folders (default: <data root>/raw/transactions*)")
+    out_dir: str | None = Field(None, description="validated events folder (default: <data root>/events)")
+
+
+@task(cache_policy=cached_on("inputs"), **IO_RETRIES)
+def ingest_task(inputs: list[Path], out_dir: Path, config: IngestConfig) -> IngestResult:
+    return ingest(inputs, out_dir, config)
+
+
+@task
+def publish_reconciliation(result: IngestResult) -> None:
+    create_table_artifact(result.reconciliation(), key="ingest-reconciliation", description="rows in = accepted + rejected")
+
+
+@flow(name="ingest")
+def ingest_flow(params: IngestParams = IngestParams()) -> IngestResult:
+    s = load_settings()
+    inputs = [Path(p) for p in params.inputs] or sorted(s.raw_dir.glob("transactions*"))
+    out_dir = Path(params.out_dir) if params.out_dir else s.events_dir
+    step = ingest_task.with_options(refresh_cache=missing([out_dir / "manifest.json"]))
+    result = step(inputs, out_dir, IngestConfig())
+    publish_reconciliation(result)
+    return result

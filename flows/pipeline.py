@@ -1,0 +1,29 @@
+"""`pipeline` flow: ingest → build_sequences → train → report, each step its own subflow (and its own artifacts).
+
+The nightly deployment runs this on the data root; unchanged raw files and an unchanged dataset skip ingest and
+sequences through their caches, so a night without new data only retrains.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+from pydantic import BaseModel, Field
+
+from flows.ingest import IngestParams, ingest_flow
+from flows.sequences import SequencesParams, sequences_flow
+from flows.train import TrainParams, train_flow
+from pipeline.compare import ComparisonResult
+
+
+class PipelineParams(BaseModel):
+    ingest: IngestParams = Field(default_factory=IngestParams)
+    sequences: SequencesParams = Field(default_factory=SequencesParams)
+    train: TrainParams = Field(default_factory=TrainParams)
+
+
+@flow(name="pipeline")
+def pipeline(params: PipelineParams = PipelineParams()) -> ComparisonResult:
+    events = ingest_flow(params.ingest)
+    sequences = sequences_flow(params.sequences.model_copy(update={"events_dir": str(events.out_dir)}))
+    train = params.train.model_copy(update={"sequences_dir": str(sequences.out_dir), "events_dir": str(events.out_dir)})
+    return train_flow(train)

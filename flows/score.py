@@ -1,0 +1,76 @@
+"""Batch scoring flows: `score` (one Parquet file or folder) and `score_landing` (each new landing file once).
+
+Tasks pass paths and the model URI; the model is loaded inside the task (`pipeline.scoring.load_batch_scorer`), so the
+same code runs with no Prefect at all through `txseq score`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from pydantic import BaseModel, Field
+
+from flows.common import IO_RETRIES
+from pipeline.batch_scoring import LandingConfig, LandingResult, ScoreConfig, ScoreResult, score_file, summary_markdown
+from pipeline.batch_scoring import score_landing as score_landing_folder
+from pipeline.scoring import load_batch_scorer
+from pipeline.settings import load_settings
+
+CHAMPION_URI = "models:/txseq-gender@champion"
+
+
+class ScoreParams(BaseModel):
+    model_uri: str = Field(CHAMPION_URI, description="models:/<name>@<alias>, models:/<name>/<version> or runs:/…")
+    input: str | None = Field(None, description="raw transactions: Parquet/CSV file or folder (default: landing folder)")
+    output: str | None = Field(None, description="scores Parquet (default: <data root>/scores/scores-<time>.parquet)")
+    chunk_rows: int = Field(2_000_000, gt=0, description="validated rows scored at once (memory grows with it)")
+
+
+class LandingParams(BaseModel):
+    model_uri: str = Field(CHAMPION_URI, description="the model that scores new files")
+    landing_dir: str | None = Field(None, description="folder of new files (default: <data root>/landing)")
+    out_dir: str | None = Field(None, description="scores and the ledger of scored files (default: <data root>/scores)")
+    chunk_rows: int = Field(2_000_000, gt=0)
+    min_age_s: float = Field(0.0, ge=0, description="skip files modified this recently (still being written)")
+    stale_after_s: float = Field(3600.0, gt=0, description="take over claims with no heartbeat for this long")
+
+
+@task(**IO_RETRIES)
+def score_task(model_uri: str, source: Path, output: Path, chunk_rows: int) -> ScoreResult:
+    scorer, model = load_batch_scorer(model_uri)
+    return score_file(source, output, scorer, model, ScoreConfig(chunk_rows=chunk_rows))
+
+
+@task(**IO_RETRIES)
+def score_landing_task(model_uri: str, landing_dir: Path, out_dir: Path, p: LandingParams) -> LandingResult:
+    scorer, model = load_batch_scorer(model_uri)
+    landing = LandingConfig(stale_after_s=p.stale_after_s, min_age_s=p.min_age_s)
+    return score_landing_folder(landing_dir, out_dir, scorer, model, ScoreConfig(chunk_rows=p.chunk_rows), landing)
+
+
+@task
+def publish_summary(results: list[ScoreResult], key: str) -> None:
+    create_markdown_artifact(summary_markdown(results), key=key, description="txseq scoring summary")
+
+
+@flow(name="score")
+def score(params: ScoreParams = ScoreParams()) -> ScoreResult:
+    s = load_settings()
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    output = Path(params.output) if params.output else s.scores_dir / f"scores-{stamp}.parquet"
+    result = score_task(params.model_uri, Path(params.input or s.landing_dir), output, params.chunk_rows)
+    publish_summary([result], key="scoring-summary")
+    return result
+
+
+@flow(name="score-landing")
+def score_landing(params: LandingParams = LandingParams()) -> LandingResult:
+    s = load_settings()
+    landing_dir, out_dir = Path(params.landing_dir or s.landing_dir), Path(params.out_dir or s.scores_dir)
+    result = score_landing_task(params.model_uri, landing_dir, out_dir, params)
+    publish_summary(result.scored, key="landing-scoring-summary")
+    return result
+

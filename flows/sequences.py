@@ -1,0 +1,42 @@
+"""`build_sequences` flow: validated events + labels -> sequences.parquet, vocab.json, split.json, manifest.json.
+
+Cached on the contents of the events folder and the labels file: an unchanged dataset skips the step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from pydantic import BaseModel, Field
+
+from flows.common import IO_RETRIES, cached_on, missing
+from pipeline.sequences import SequenceConfig, SequencesResult, run_sequences
+from pipeline.settings import load_settings
+from pipeline.splits import SplitConfig
+
+
+class SequencesParams(BaseModel):
+    events_dir: str | None = Field(None, description="validated events (default: <data root>/events)")
+    labels: str | None = Field(None, description="gender_train.csv (default: <data root>/raw/gender_train.csv)")
+    out_dir: str | None = Field(None, description="default: <data root>/sequences")
+    max_len: int = Field(SequenceConfig().max_len, gt=0, description="latest events kept per customer")
+    min_count: int = Field(SequenceConfig().min_count, gt=0, description="rarer codes map to 'unknown'")
+
+
+@task(cache_policy=cached_on("events_dir", "labels"), **IO_RETRIES)
+def sequences_task(events_dir: Path, labels: Path, out_dir: Path, config: SequenceConfig) -> SequencesResult:
+    return run_sequences(events_dir, labels, out_dir, config, SplitConfig())
+
+
+@flow(name="build_sequences")
+def sequences_flow(params: SequencesParams = SequencesParams()) -> SequencesResult:
+    s = load_settings()
+    events_dir = Path(params.events_dir) if params.events_dir else s.events_dir
+    labels = Path(params.labels) if params.labels else s.raw_dir / "gender_train.csv"
+    out_dir = Path(params.out_dir) if params.out_dir else s.sequences_dir
+    step = sequences_task.with_options(refresh_cache=missing([out_dir / "manifest.json"]))
+    result = step(events_dir, labels, out_dir, SequenceConfig(params.max_len, params.min_count))
+    create_markdown_artifact(f"```\n{result.summary()}\n```", key="sequences-summary")
+    return result

@@ -1,0 +1,492 @@
+"""Batch scoring: raw transactions in, one row of scores per customer out, in customer-partitioned chunks.
+
+The model is any `Scorer`: a callable from a raw-transactions DataFrame (pandas or polars) to one row per customer
+with `customer_id`, `probability`, `prediction`. In production that is the MLflow pyfunc model's `predict`, loaded
+by `pipeline.scoring`; this module never imports mlflow, so it is tested with plain functions as well.
+
+    input (file or folder) ──validate (as ingest)──▶ rejects.parquet
+                           └──▶ staging buckets: hash(customer_id) % n_buckets, one streaming pass
+    buckets ──packed into chunks of ≤ chunk_rows──▶ scorer(chunk) ──▶ scores.parquet (temp name, then rename)
+
+Every customer's whole history falls in one bucket, so a chunk holds complete histories and inputs larger than
+memory are scored one chunk at a time. Only the staging pass and the final sort of the (small) scores table run
+over the whole input; both stream.
+
+Landing-folder mode (`score_landing`) scores each new file of a folder once. A file is known by the sha256 of its
+content; `<out_dir>/_ledger/<sha16>.json` records that it was scored (and by which model version), and
+`<out_dir>/_claims/<sha16>.claim`, created with O_CREAT|O_EXCL, keeps two concurrent runs from scoring it twice.
+A claim whose holder died (same host, pid gone) or that saw no heartbeat for `stale_after_s` is broken and retaken.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import schema
+from pipeline.ingest import IngestConfig, validate
+from pipeline.io import parquet_files, scan_table, sha256_file, write_parquet_atomic, write_text_atomic
+
+Scorer = Callable[[Any], Any]
+"""`predict(raw transactions DataFrame) -> DataFrame` with one row per customer: customer_id, probability,
+prediction (pandas or polars in, pandas or polars out)."""
+
+SCORES_SCHEMA: dict[str, pl.DataType] = {
+    schema.CUSTOMER_ID: pl.Int64(),
+    schema.PROBABILITY: pl.Float64(),
+    schema.PREDICTION: pl.Int32(),
+    schema.MODEL_NAME: pl.String(),
+    schema.MODEL_VERSION: pl.String(),
+    schema.SCORED_AT: pl.Datetime("us", "UTC"),
+}
+LANDING_SUFFIXES: tuple[str, ...] = (".parquet", ".csv", ".csv.gz")
+_BUCKET = "_bucket"
+# Bytes per raw row, on the low side, to size the staging buckets before the rows are counted.
+_BYTES_PER_ROW = {".parquet": 8, ".gz": 8, ".csv": 30}
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Which model scored: written into every output row and into the landing ledger."""
+
+    name: str
+    version: str
+    uri: str = ""
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    chunk_rows: int = 2_000_000  # validated rows handed to the scorer at once (memory ∝ this)
+    pandas_input: bool = False  # hand the scorer pandas (what `pyfunc.predict` documents) instead of polars
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+
+
+@dataclass
+class ScoreResult:
+    output: Path
+    rejects: Path
+    input_rows: int
+    rejected_rows: int
+    customers: int
+    chunks: int
+    model_name: str
+    model_version: str
+    seconds: float
+    histogram: list[dict[str, float]]  # probability histogram: bin_start, bin_end, customers
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # validate+stage, load chunks, model, write
+
+    @property
+    def customers_per_minute(self) -> float:
+        return 60.0 * self.customers / self.seconds if self.seconds > 0 else float("inf")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(output=str(self.output), rejects=str(self.rejects), customers_per_minute=self.customers_per_minute)
+        return d
+
+
+def default_rejects_path(output: Path) -> Path:
+    name = output.name.removesuffix(".parquet")
+    return output.with_name(f"{name}.rejects.parquet")
+
+
+def input_files(source: Path) -> list[Path]:
+    """The raw files behind `source`: the file itself, or the Parquet files of a folder (hidden ones skipped)."""
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise FileNotFoundError(f"no input at {source}")
+    files = parquet_files(source)
+    if not files:
+        raise FileNotFoundError(f"no Parquet files under {source}")
+    return files
+
+
+def score_file(
+    source: Path,
+    output: Path,
+    scorer: Scorer,
+    model: ModelRef,
+    config: ScoreConfig = ScoreConfig(),
+    rejects: Path | None = None,
+    on_chunk: Callable[[int, int], None] | None = None,
+) -> ScoreResult:
+    """Score the raw transactions at `source` (file or folder) into `output`; bad rows go to `rejects`.
+
+    Both outputs appear under their final names only when complete (written to a temp name, then renamed).
+    `on_chunk(done, total)` is called after each chunk (a heartbeat for landing claims, a progress hook).
+    """
+    started = time.perf_counter()
+    source, output = Path(source), Path(output)
+    rejects = Path(rejects) if rejects is not None else default_rejects_path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    rejects.parent.mkdir(parents=True, exist_ok=True)
+    files = input_files(source)
+    scored_at = datetime.now(UTC)
+    staging = output.parent / f".{output.name}.{uuid.uuid4().hex[:8]}.staging"
+    phases = dict.fromkeys(("stage", "load", "model", "write"), 0.0)
+    clock = time.perf_counter()
+
+    def lap(phase: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        phases[phase] += now - clock
+        clock = now
+
+    try:
+        buckets, rejected_rows = _stage(files, staging, config, rejects)
+        chunks = _pack(buckets, config.chunk_rows)
+        lap("stage")
+        unsorted = staging / "scores-unsorted.parquet"
+        with pq.ParquetWriter(unsorted, _arrow_scores_schema()) as writer:
+            for i, chunk in enumerate(chunks):
+                frame = pl.scan_parquet([p for b in chunk for p in b.files]).select(schema.RAW_COLUMNS).collect()
+                model_input = frame.to_pandas() if config.pandas_input else frame
+                lap("load")
+                scored = _conform(scorer(model_input), frame, model, scored_at)
+                lap("model")
+                writer.write_table(scored.to_arrow().cast(_arrow_scores_schema()))
+                if on_chunk is not None:
+                    on_chunk(i + 1, len(chunks))
+                lap("write")
+        write_parquet_atomic(pl.scan_parquet(unsorted).sort(schema.CUSTOMER_ID), output)
+        lap("write")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    summary = pl.scan_parquet(output).select(pl.len().alias("n")).collect().item()
+    return ScoreResult(
+        output=output,
+        rejects=rejects,
+        input_rows=sum(b.rows for b in buckets) + rejected_rows,
+        rejected_rows=rejected_rows,
+        customers=int(summary),
+        chunks=len(chunks),
+        model_name=model.name,
+        model_version=model.version,
+        seconds=time.perf_counter() - started,
+        histogram=probability_histogram(output),
+        phase_seconds=phases,
+    )
+
+
+def probability_histogram(scores: Path, bins: int = 10) -> list[dict[str, float]]:
+    """Customers per probability bin [i/bins, (i+1)/bins) (the last bin includes 1.0)."""
+    counts = (
+        pl.scan_parquet(scores)
+        .select((pl.col(schema.PROBABILITY) * bins).floor().clip(0, bins - 1).cast(pl.Int32).alias("bin"))
+        .group_by("bin")
+        .agg(pl.len().alias("n"))
+        .collect()
+    )
+    by_bin = dict(zip(counts["bin"].to_list(), counts["n"].to_list(), strict=True))
+    return [{"bin_start": i / bins, "bin_end": (i + 1) / bins, "customers": int(by_bin.get(i, 0))} for i in range(bins)]
+
+
+def summary_markdown(results: list[ScoreResult]) -> str:
+    """Customers scored, rejects, model version and probability histogram of each scored input."""
+    if not results:
+        return "# Scoring summary\n\nNo new files to score."
+    lines = ["# Scoring summary", "", "| output | model | customers | input rows | rejected rows | seconds |"]
+    lines.append("|---|---|---:|---:|---:|---:|")
+    for r in results:
+        lines.append(
+            f"| `{r.output.name}` | {r.model_name} v{r.model_version} | {r.customers} | {r.input_rows} "
+            f"| {r.rejected_rows} | {r.seconds:.1f} |"
+        )
+    lines += ["", "## Probability histogram (all outputs)", "", "| probability | customers | |", "|---|---:|---|"]
+    total = [sum(r.histogram[i]["customers"] for r in results) for i in range(len(results[0].histogram))]
+    peak = max(total) or 1
+    for b, n in zip(results[0].histogram, total, strict=True):
+        lines.append(f"| {b['bin_start']:.1f}–{b['bin_end']:.1f} | {n} | {'█' * round(20 * n / peak)} |")
+    return "\n".join(lines)
+
+
+# --- staging: one streaming pass, validated rows into customer buckets ------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Bucket:
+    key: int
+    files: tuple[Path, ...]
+    rows: int
+
+
+def _is_data_file(p: Path) -> bool:
+    return p.name.endswith(LANDING_SUFFIXES)
+
+
+def _estimated_rows(files: Sequence[Path]) -> int:
+    total = 0
+    for f in files:
+        if f.suffix == ".parquet":
+            total += pl.scan_parquet(f).select(pl.len()).collect().item()
+        else:
+            total += f.stat().st_size // _BYTES_PER_ROW.get(f.suffix, 8)
+    return total
+
+
+def _stage(files: Sequence[Path], staging: Path, config: ScoreConfig, rejects: Path) -> tuple[list[_Bucket], int]:
+    """Validate every file as ingest does; accepted rows land in hash buckets, rejected rows in `rejects`."""
+    n_buckets = int(min(4096, max(1, 4 * math.ceil(_estimated_rows(files) / config.chunk_rows))))
+    staging.mkdir(parents=True)
+    reject_parts = []
+    for i, f in enumerate(files):
+        events, bad = validate(scan_table(f), str(f), config.ingest)
+        bucketed = events.with_columns((pl.col(schema.CUSTOMER_ID).hash(seed=0) % n_buckets).alias(_BUCKET))
+        part = staging / "rejects" / f"{i:05d}.parquet"
+        part.parent.mkdir(exist_ok=True)
+        pl.collect_all(
+            [
+                bucketed.sink_parquet(
+                    pl.PartitionBy(staging / "events" / f"{i:05d}", key=_BUCKET, include_key=False),
+                    mkdir=True,
+                    lazy=True,
+                ),
+                bad.sink_parquet(part, lazy=True),
+            ]
+        )
+        reject_parts.append(part)
+    write_parquet_atomic(pl.scan_parquet(reject_parts).cast(schema.REJECTS_SCHEMA), rejects)
+    rejected_rows = pl.scan_parquet(rejects).select(pl.len()).collect().item()
+    by_key: dict[int, list[Path]] = {}
+    for p in sorted((staging / "events").glob(f"*/{_BUCKET}=*/*.parquet")):
+        by_key.setdefault(int(p.parent.name.split("=", 1)[1]), []).append(p)
+    buckets = [
+        _Bucket(k, tuple(ps), int(pl.scan_parquet(ps).select(pl.len()).collect().item()))
+        for k, ps in sorted(by_key.items())
+    ]
+    return buckets, int(rejected_rows)
+
+
+def _pack(buckets: Sequence[_Bucket], chunk_rows: int) -> list[list[_Bucket]]:
+    """Consecutive buckets grouped into chunks of at most `chunk_rows` rows (a bigger bucket is a chunk alone)."""
+    chunks: list[list[_Bucket]] = []
+    rows = 0
+    for b in buckets:
+        if b.rows == 0:
+            continue
+        if not chunks or rows + b.rows > chunk_rows:
+            chunks.append([])
+            rows = 0
+        chunks[-1].append(b)
+        rows += b.rows
+    return chunks
+
+
+def _arrow_scores_schema() -> pa.Schema:
+    return pl.DataFrame(schema=SCORES_SCHEMA).to_arrow().schema
+
+
+def _conform(scored: Any, frame: pl.DataFrame, model: ModelRef, scored_at: datetime) -> pl.DataFrame:
+    """The scorer's output as one row per customer of the chunk, with the score columns and their dtypes."""
+    out = scored if isinstance(scored, pl.DataFrame) else pl.from_pandas(scored)
+    missing = {schema.CUSTOMER_ID, schema.PROBABILITY, schema.PREDICTION} - set(out.columns)
+    if missing:
+        raise ValueError(f"scorer output lacks columns {sorted(missing)}; got {out.columns}")
+    expected = frame.get_column(schema.CUSTOMER_ID).n_unique()
+    if out.height != expected or out.get_column(schema.CUSTOMER_ID).n_unique() != expected:
+        raise ValueError(f"scorer returned {out.height} rows for {expected} customers; expected one row each")
+    return out.select(
+        pl.col(schema.CUSTOMER_ID).cast(pl.Int64),
+        pl.col(schema.PROBABILITY).cast(pl.Float64),
+        pl.col(schema.PREDICTION).cast(pl.Int32),
+        pl.lit(model.name, pl.String).alias(schema.MODEL_NAME),
+        pl.lit(str(model.version), pl.String).alias(schema.MODEL_VERSION),
+        pl.lit(scored_at, pl.Datetime("us", "UTC")).alias(schema.SCORED_AT),
+    )
+
+
+# --- landing-folder mode ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LandingConfig:
+    stale_after_s: float = 3600.0  # a claim with no heartbeat for this long is taken over
+    min_age_s: float = 0.0  # files modified more recently than this are left for the next run (still being written)
+
+
+@dataclass
+class LandingResult:
+    scored: list[ScoreResult]
+    skipped: list[Path]  # already scored (ledger) or claimed by a concurrent run
+    ledger: list[dict[str, Any]]  # the ledger records written by this run
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scored": [r.to_dict() for r in self.scored], "skipped": [str(p) for p in self.skipped]}
+
+
+def landing_files(landing_dir: Path, min_age_s: float = 0.0) -> list[Path]:
+    """Data files directly in the landing folder, oldest first; hidden/temp files and fresh writes are left out."""
+    now = time.time()
+    files = [
+        p
+        for p in Path(landing_dir).iterdir()
+        if p.is_file() and not p.name.startswith((".", "_")) and _is_data_file(p) and now - p.stat().st_mtime >= min_age_s
+    ]
+    return sorted(files, key=lambda p: (p.stat().st_mtime, p.name))
+
+
+def ledger_dir(out_dir: Path) -> Path:
+    return Path(out_dir) / "_ledger"
+
+
+def read_ledger(out_dir: Path) -> list[dict[str, Any]]:
+    """Every file scored into `out_dir` so far (one record each: source, sha256, output, model name/version)."""
+    return [json.loads(p.read_text()) for p in sorted(ledger_dir(out_dir).glob("*.json"))]
+
+
+def score_landing(
+    landing_dir: Path,
+    out_dir: Path,
+    scorer: Scorer,
+    model: ModelRef,
+    config: ScoreConfig = ScoreConfig(),
+    landing: LandingConfig = LandingConfig(),
+) -> LandingResult:
+    """Score each landing file not scored before into `<out_dir>/<stem>.<sha12>.<model>-v<version>.parquet`."""
+    out_dir = Path(out_dir)
+    (out_dir / "_claims").mkdir(parents=True, exist_ok=True)
+    ledger_dir(out_dir).mkdir(parents=True, exist_ok=True)
+    result = LandingResult(scored=[], skipped=[], ledger=[])
+    for f in landing_files(Path(landing_dir), landing.min_age_s):
+        digest = sha256_file(f)
+        record_path = ledger_dir(out_dir) / f"{digest[:16]}.json"
+        if record_path.exists():
+            result.skipped.append(f)
+            continue
+        claim = try_claim(out_dir / "_claims" / f"{digest[:16]}.claim", landing.stale_after_s)
+        if claim is None:
+            result.skipped.append(f)
+            continue
+        try:
+            if record_path.exists():  # scored by another run between our check and our claim
+                result.skipped.append(f)
+                continue
+            stem = f.name.removesuffix(".gz").removesuffix(".csv").removesuffix(".parquet")
+            output = out_dir / f"{stem}.{digest[:12]}.{_safe(model.name)}-v{_safe(model.version)}.parquet"
+            scored = score_file(
+                f, output, scorer, model, config, rejects=out_dir / f"{stem}.{digest[:12]}.rejects.parquet",
+                on_chunk=lambda *_: claim.heartbeat(),
+            )
+            record = {
+                "source": str(f),
+                "sha256": digest,
+                "output": output.name,
+                "rejects": scored.rejects.name,
+                "model_name": model.name,
+                "model_version": str(model.version),
+                "model_uri": model.uri,
+                "input_rows": scored.input_rows,
+                "rejected_rows": scored.rejected_rows,
+                "customers": scored.customers,
+                "scored_at": datetime.now(UTC).isoformat(),
+            }
+            write_text_atomic(json.dumps(record, indent=2), record_path)
+            result.scored.append(scored)
+            result.ledger.append(record)
+        finally:
+            claim.release()
+    return result
+
+
+def _safe(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(s))
+
+
+# --- claims: one scorer per landing file --------------------------------------------------------------------------
+
+
+@dataclass
+class Claim:
+    """An exclusive claim file; `heartbeat` keeps it fresh, `release` removes it if it is still ours."""
+
+    path: Path
+    token: str
+
+    def heartbeat(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self.path)
+
+    def release(self) -> None:
+        if _claim_info(self.path).get("token") == self.token:
+            self.path.unlink(missing_ok=True)
+
+
+def try_claim(path: Path, stale_after_s: float = 3600.0) -> Claim | None:
+    """Create `path` exclusively (O_CREAT|O_EXCL) and return the claim; None when a live claim holds it.
+
+    A claim is stale when its holder ran on this host and its pid is gone, or when it saw no heartbeat (mtime) for
+    `stale_after_s`. A stale claim is broken by renaming it aside (atomic: one breaker wins), then retaken.
+    """
+    token = uuid.uuid4().hex
+    body = json.dumps({"token": token, "pid": os.getpid(), "host": socket.gethostname(), "created": time.time()})
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if _break_if_stale(path, stale_after_s):
+                continue
+            return None
+        with os.fdopen(fd, "w") as fh:
+            fh.write(body)
+        return Claim(path, token)
+    return None
+
+
+def _claim_info(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def _is_stale(path: Path, info: dict[str, Any], stale_after_s: float) -> bool:
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return True
+    if age > stale_after_s:
+        return True
+    if info.get("host") == socket.gethostname() and isinstance(info.get("pid"), int):
+        try:
+            os.kill(info["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+    return False
+
+
+def _break_if_stale(path: Path, stale_after_s: float) -> bool:
+    """Remove a stale claim; True when the caller should try to claim again."""
+    info = _claim_info(path)
+    if not _is_stale(path, info, stale_after_s):
+        return False
+    aside = path.with_name(f"{path.name}.stale-{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return True  # another run broke it first
+    if _claim_info(aside).get("token") != info.get("token"):
+        # A fresh claim replaced the stale one between our read and our rename: put it back.
+        with contextlib.suppress(FileExistsError):
+            os.link(aside, path)
+        aside.unlink(missing_ok=True)
+        return False
+    aside.unlink(missing_ok=True)
+    return True

@@ -1,0 +1,183 @@
+"""The flows end to end on the committed sample, under the session's Prefect test server.
+
+One pipeline run (tiny preset) feeds every test of this module: outputs, artifacts, MLflow runs, the cache skip of a
+second run, scoring equal to the pyfunc model's own predictions, and the landing folder scored once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from pathlib import Path
+from uuid import UUID
+
+import mlflow
+import polars as pl
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.sorting import ArtifactSort
+
+from flows.ingest import IngestParams, ingest_flow
+from flows.pipeline import PipelineParams, pipeline
+from flows.score import LandingParams, ScoreParams, score, score_landing
+from flows.sequences import SequencesParams, sequences_flow
+from flows.train import TrainParams
+from pipeline import schema
+from pipeline.io import scan_table
+from pipeline.settings import load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = Path(os.environ.get("TXSEQ_SAMPLE_DIR", ROOT / "data" / "sample"))  # override: a bigger sample
+MODELS = ["transformer", "gbdt"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("data")
+    shutil.copytree(SAMPLE, root / "raw")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TXSEQ_DATA_ROOT", str(root))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.setenv("TXSEQ_REGISTERED_MODEL", "txseq-flow-test")
+        yield root
+
+
+@pytest.fixture(scope="module")
+def first_run(data_root: Path):
+    state = pipeline(PipelineParams(train=TrainParams(preset="tiny", models=MODELS)), return_state=True)
+    assert state.is_completed(), state.message
+    return state
+
+
+@pytest.fixture(scope="module")
+def champion_uri(first_run) -> str:
+    return f"models:/{load_settings().registered_model}@champion"
+
+
+def _run(coro):
+    return asyncio.run(coro)
+
+
+async def _artifact(key: str):
+    async with get_client() as client:
+        found = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), sort=ArtifactSort.CREATED_DESC, limit=1
+        )
+    assert found, f"no artifact {key!r}"
+    return found[0]
+
+
+async def _task_states(flow_run_id: UUID) -> dict[str, str]:
+    """task name (without the run suffix) -> state name, for every task run of a flow run and its subflows."""
+    async with get_client() as client:
+        runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[r.id for r in runs])))
+    return {t.name.rsplit("-", 1)[0]: t.state.name for t in tasks}
+
+
+def test_pipeline_writes_every_step_output(first_run, data_root: Path) -> None:
+    s = load_settings()
+    assert (s.events_dir / "manifest.json").exists()
+    assert {p.name for p in s.sequences_dir.iterdir()} >= {"sequences.parquet", "vocab.json", "split.json", "manifest.json"}
+    result = first_run.result()
+    assert [r.model for r in result.results] == MODELS
+    assert result.report_md.exists() and "test ROC AUC" in result.report_md.read_text()
+
+
+def test_artifacts_reconcile_and_compare(first_run) -> None:
+    rows = json.loads(_run(_artifact("ingest-reconciliation")).data)
+    total = next(r for r in rows if r["file"] == "TOTAL")
+    assert total["rows_in"] == total["accepted"] + total["rejected"] > 0
+    table = _run(_artifact("train-comparison")).data
+    assert all(f"| {m} |" in table for m in MODELS)
+
+
+def test_mlflow_has_one_parent_run_with_a_nested_run_per_model(first_run) -> None:
+    result = first_run.result()
+    client = mlflow.MlflowClient(load_settings().tracking_uri)
+    parent = client.get_run(result.parent_run_id)
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{result.parent_run_id}'"
+    )
+    assert sorted(r.data.tags["mlflow.runName"] for r in children) == sorted(MODELS)
+    assert all("test/auroc" in r.data.metrics for r in children)
+    champion = client.get_model_version_by_alias(load_settings().registered_model, "champion")
+    assert champion.run_id in {r.info.run_id for r in children}
+
+
+def test_a_second_run_on_unchanged_input_skips_ingest_and_sequences(first_run) -> None:
+    ingest_state = ingest_flow(IngestParams(), return_state=True)
+    seq_state = sequences_flow(SequencesParams(), return_state=True)
+    assert _run(_task_states(ingest_state.state_details.flow_run_id))["ingest_task"] == "Cached"
+    assert _run(_task_states(seq_state.state_details.flow_run_id))["sequences_task"] == "Cached"
+    # a changed input runs the step again
+    raw = load_settings().raw_dir
+    extra = raw / "transactions-extra.csv"
+    pl.read_csv(next(raw.glob("transactions*")), infer_schema=False).head(5).write_csv(extra)
+    try:
+        again = ingest_flow(IngestParams(), return_state=True)
+        assert _run(_task_states(again.state_details.flow_run_id))["ingest_task"] == "Completed"
+    finally:
+        extra.unlink()
+
+
+def _sample_transactions() -> Path:
+    return next(load_settings().raw_dir.glob("transactions*"))
+
+
+def test_score_flow_equals_the_pyfunc_models_predictions(champion_uri: str, tmp_path: Path) -> None:
+    out = tmp_path / "scores.parquet"
+    result = score(ScoreParams(model_uri=champion_uri, input=str(_sample_transactions()), output=str(out), chunk_rows=20_000))
+    assert result.chunks >= 1 and result.customers > 0
+
+    mlflow.set_tracking_uri(load_settings().tracking_uri)
+    raw = scan_table(_sample_transactions()).collect().to_pandas()
+    expected = pl.from_pandas(mlflow.pyfunc.load_model(champion_uri).predict(raw)).sort(schema.CUSTOMER_ID)
+    got = pl.read_parquet(out)
+    assert got[schema.CUSTOMER_ID].to_list() == expected[schema.CUSTOMER_ID].to_list()
+    assert got[schema.PROBABILITY].to_numpy() == pytest.approx(expected[schema.PROBABILITY].to_numpy(), abs=1e-6)
+    assert got[schema.PREDICTION].to_list() == expected[schema.PREDICTION].to_list()
+    champion = mlflow.MlflowClient().get_model_version_by_alias(load_settings().registered_model, "champion")
+    assert set(got[schema.MODEL_VERSION]) == {str(champion.version)}
+    assert "Scoring summary" in _run(_artifact("scoring-summary")).data
+
+
+def test_landing_flow_scores_each_new_file_once(champion_uri: str, tmp_path: Path) -> None:
+    landing, out = tmp_path / "landing", tmp_path / "scores"
+    landing.mkdir()
+    raw = scan_table(_sample_transactions()).collect()
+    ids = raw[schema.CUSTOMER_ID].unique().sort()
+    half = ids.head(len(ids) // 2)
+    raw.filter(pl.col(schema.CUSTOMER_ID).is_in(half.implode())).write_parquet(landing / "part1.parquet")
+    raw.filter(~pl.col(schema.CUSTOMER_ID).is_in(half.implode())).write_parquet(landing / "part2.parquet")
+    params = LandingParams(model_uri=champion_uri, landing_dir=str(landing), out_dir=str(out))
+    first = score_landing(params)
+    assert len(first.scored) == 2
+    second = score_landing(params)
+    assert second.scored == [] and len(second.skipped) == 2
+    scored = pl.concat([pl.read_parquet(r.output) for r in first.scored])
+    assert scored[schema.CUSTOMER_ID].n_unique() == scored.height
+    assert "No new files" in _run(_artifact("landing-scoring-summary")).data
+
+
+def test_txseq_score_cli_writes_the_same_scores(champion_uri: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from pipeline.cli import main
+
+    out = tmp_path / "cli.parquet"
+    assert main(["score", "--model", champion_uri, "--input", str(_sample_transactions()), "--output", str(out)]) == 0
+    assert "Scoring summary" in capsys.readouterr().out
+    flow_out = tmp_path / "flow.parquet"
+    score(ScoreParams(model_uri=champion_uri, input=str(_sample_transactions()), output=str(flow_out)))
+    cols = [schema.CUSTOMER_ID, schema.PROBABILITY, schema.PREDICTION, schema.MODEL_VERSION]
+    assert pl.read_parquet(out, columns=cols).equals(pl.read_parquet(flow_out, columns=cols))
+    assert (tmp_path / "cli.rejects.parquet").exists()
+
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    shutil.copy(_sample_transactions(), landing)
+    args = ["score", "--model", champion_uri, "--landing", str(landing), "--out-dir", str(tmp_path / "scores")]
+    assert main(args) == 0 and "1 new file(s) scored" in capsys.readouterr().out
+    assert main(args) == 0 and "0 new file(s) scored, 1 skipped" in capsys.readouterr().out
