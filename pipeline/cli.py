@@ -54,6 +54,44 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 def _add_ingest(sub: argparse._SubParsersAction) -> None:
     """`txseq ingest`: raw CSV/Parquet -> validated Parquet + rejects + manifest (owner: pipeline.ingest)."""
+    from pathlib import Path
+
+    from pipeline.ingest import IngestConfig
+
+    d = IngestConfig()
+    p = sub.add_parser(
+        "ingest",
+        help="raw CSV/Parquet transactions -> validated events Parquet + rejects + manifest",
+        description="Validate raw transaction files (CSV plain or .gz with ',' or ';', Parquet file or folder) into "
+        "<out>/events/ and <out>/rejects/ (one part per input, named by its sha256) and record rows in = accepted + "
+        "rejected per file in <out>/manifest.json. Re-ingesting a file is a no-op; rows already ingested from "
+        "another file are rejected as duplicate_of_ingested_row. File-level problems exit with status 2.",
+    )
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="raw transactions file(s) or Parquet folder(s)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: <data root>/events)")
+    p.add_argument("--max-day", type=int, default=d.max_day, help="largest accepted day number (%(default)s)")
+    p.add_argument("--max-abs-amount", type=float, default=d.max_abs_amount, help="largest accepted |amount| (%(default)g)")
+    p.add_argument("--allow-extra-columns", action="store_true", help="drop unknown columns instead of refusing the file")
+    p.add_argument("--dedupe-date-only", action="store_true",
+                   help='also reject repeated date-only ("<day> 00:00:00") rows of one file as duplicate_row')
+
+    def handler(args: argparse.Namespace) -> int:
+        from pipeline.ingest import IngestError, ingest
+        from pipeline.settings import load_settings
+
+        config = IngestConfig(max_day=args.max_day, max_abs_amount=args.max_abs_amount,
+                              allow_extra_columns=args.allow_extra_columns, dedupe_date_only=args.dedupe_date_only)
+        out = args.out or load_settings().events_dir
+        try:
+            result = ingest(args.inputs, out, config)
+        except IngestError as e:
+            print(f"txseq ingest: error: {e}", file=sys.stderr)
+            return 2
+        print(result.format_table())
+        print(f"manifest: {out / 'manifest.json'}")
+        return 0
+
+    p.set_defaults(handler=handler)
 
 
 def _add_sequences(sub: argparse._SubParsersAction) -> None:

@@ -23,6 +23,7 @@ Everything is vectorised numpy per chunk of customers (no per-event Python loops
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import math
@@ -435,8 +436,11 @@ def generate(out_dir: Path, config: GeneratorConfig = GeneratorConfig()) -> Gene
             if writer is not None:
                 writer.close()
     else:
-        opener = (lambda p: gzip.open(p, "wb", compresslevel=config.gzip_level)) if config.format == "csv.gz" else (lambda p: open(p, "wb"))
-        with opener(tmp) as fh:
+        with open(tmp, "wb") as raw, (
+            # mtime=0 and no file name in the gzip header: the same config gives the same bytes (and sha256)
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=config.gzip_level, mtime=0)
+            if config.format == "csv.gz" else contextlib.nullcontext(raw)
+        ) as fh:
             for k, df in enumerate(iter_chunks(config, customers)):
                 df.write_csv(fh, include_header=k == 0)
                 n_rows += df.height

@@ -1,0 +1,490 @@
+"""Raw transactions (CSV/Parquet) -> validated, typed events Parquet + rejects Parquet + a reconciling manifest.
+
+    raw file ──scan_table──▶ strings ──validate──▶ events (schema.EVENTS_SCHEMA)   events/part-<sha16>.parquet
+                                               └──▶ rejects (schema.REJECTS_SCHEMA) rejects/part-<sha16>.parquet
+                                                    manifest.json: per file sha256, rows in = accepted + rejected
+
+Per-row checks, first failing one wins (reason code, offending column):
+    missing_value         a required field is empty                                   (that column)
+    invalid_utf8          a field held bytes that are not UTF-8 (read lossily)        (that column)
+    not_an_integer        customer_id / mcc_code / tr_type not a base-10 integer      (that column)
+    unparseable_datetime  tr_datetime not "<day> HH:MM:SS" (hour 0-23, minute 0-59, second 0-60; 60 reads as 59)
+    day_out_of_range      day < 0 or day > max_day
+    unparseable_amount    amount not a decimal number ("1,5" is not silently read as 1.5)
+    non_finite_amount     NaN / inf
+    amount_out_of_range   |amount| > max_abs_amount
+    duplicate_row         identical (raw text) to an earlier row of the same file, first kept; date-only records
+                          ("<day> 00:00:00") are exempt: without a time of day, identical purchases on one day are
+                          ordinary (162 of the real sample's 167 repeated rows are such; the other 5 are same-second
+                          double postings)
+    duplicate_of_ingested_row  same values as a row already ingested from another file (ingest only)
+
+`row_hash` hashes the parsed values (customer, day, hour, minute, raw second, mcc, tr_type, amount, term_id), so the
+same transaction read from CSV ("-5087" or "-5087.0") or Parquet hashes alike; `duplicate_of_ingested_row` compares
+it with the rows of the files already in the manifest. Output parts are named by the input
+file's content hash, and the manifest is written last: ingesting the same file again is a recorded no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
+
+from pipeline import schema
+from pipeline.io import REPLACEMENT_CHAR, TableError, atomic_path, scan_table, sha256_file, write_text_atomic
+
+MANIFEST = "manifest.json"
+EVENTS_DIR = "events"
+REJECTS_DIR = "rejects"
+REASONS: tuple[str, ...] = (
+    "missing_value",
+    "invalid_utf8",
+    "not_an_integer",
+    "unparseable_datetime",
+    "day_out_of_range",
+    "unparseable_amount",
+    "non_finite_amount",
+    "amount_out_of_range",
+    "duplicate_row",
+    "duplicate_of_ingested_row",
+)
+BATCH_ROWS = 500_000  # rows validated and written at a time
+INTEGER_COLUMNS = (schema.CUSTOMER_ID, schema.MCC_CODE, schema.TR_TYPE)
+REQUIRED_COLUMNS = tuple(c for c in schema.RAW_COLUMNS if c not in schema.RAW_OPTIONAL_COLUMNS)
+_TIME = r"^\d{1,2}:\d{2}:\d{2}$"  # after "<day> "; hour 0-23, minute 0-59, second 0-60 checked numerically
+_INTEGER_DOT0 = r"^\+?\d+\.0*$"  # spreadsheets turn 5411 into "5411.0"; that is still the integer 5411
+
+
+class IngestError(Exception):
+    """A file-level problem (unreadable, empty, wrong columns, truncated); the message names the file."""
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    max_day: int = 3650
+    max_abs_amount: float = 1e12
+    allow_extra_columns: bool = False  # drop unknown columns instead of refusing the file
+    dedupe_date_only: bool = False  # also treat repeated "<day> 00:00:00" rows of one file as duplicates
+
+
+# --------------------------------------------------------------------------------------------------------------
+# validation (shared by ingest and scoring)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def check_columns(names: Sequence[str], source_file: str, allow_extra: bool = False) -> None:
+    """File-level column check: every required raw column present; no unknown column unless allowed."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in names]
+    extra = [c for c in names if c not in schema.RAW_COLUMNS]
+    found = ", ".join(names) if names else "none"
+    if missing:
+        hint = " — is the delimiter ',' or ';'?" if len(names) == 1 else ""
+        raise IngestError(f"{source_file}: missing column(s) {', '.join(missing)} (found: {found}){hint}")
+    if extra and not allow_extra:
+        raise IngestError(
+            f"{source_file}: unknown column(s) {', '.join(extra)} (expected {', '.join(schema.RAW_COLUMNS)}; "
+            "allow_extra_columns / --allow-extra-columns drops them)"
+        )
+
+
+def _raw_strings(lf: pl.LazyFrame, source_file: str, config: IngestConfig) -> pl.LazyFrame:
+    """The raw columns as Strings (Parquet types cast), `term_id` added if absent, plus the 1-based source row."""
+    names = lf.collect_schema().names()
+    renamed = {n: n.strip().lstrip("\ufeff") for n in names if n != n.strip().lstrip("\ufeff")}
+    if renamed:
+        lf = lf.rename(renamed)
+        names = [renamed.get(n, n) for n in names]
+    check_columns(names, source_file, config.allow_extra_columns)
+    return lf.select(
+        [pl.col(c).cast(pl.String) if c in names else pl.lit(None, pl.String).alias(c) for c in schema.RAW_COLUMNS]
+    ).with_row_index(schema.SOURCE_ROW, offset=1)
+
+
+def _annotate(lf: pl.LazyFrame, source_file: str, config: IngestConfig) -> pl.LazyFrame:
+    """Raw strings -> raw strings + parsed values + `reason`/`column` (null reason = valid row) + `row_hash`.
+
+    Built in stages of `with_columns` so that every string operation runs once per row (each stage refers to the
+    columns of the previous one, never re-derives them)."""
+    raw = _raw_strings(lf, source_file, config)
+    st = {c: f"_{c}_text" for c in schema.RAW_COLUMNS}  # stripped text
+    stage1 = raw.with_columns(
+        *[pl.col(c).str.strip_chars().alias(st[c]) for c in schema.RAW_COLUMNS],
+    ).with_columns(
+        pl.col(st[schema.TR_DATETIME]).str.split_exact(" ", 1).alias("_dt_parts"),
+    ).with_columns(
+        pl.col("_dt_parts").struct.field("field_0").alias("_day_text"),
+        pl.col("_dt_parts").struct.field("field_1").str.strip_chars_start().alias("_time_text"),
+    )
+    time_text = pl.col("_time_text")
+    stage2 = stage1.with_columns(
+        *[pl.col(st[c]).cast(pl.Int64, strict=False).alias(f"_{c}") for c in INTEGER_COLUMNS],
+        pl.col("_day_text").cast(pl.Int64, strict=False).alias("_day"),
+        time_text.str.contains(_TIME).alias("_time_ok"),
+        time_text.str.head(-6).cast(pl.Int32, strict=False).alias("_h"),
+        time_text.str.slice(-5, 2).cast(pl.Int32, strict=False).alias("_m"),
+        time_text.str.tail(2).cast(pl.Int32, strict=False).alias("_s"),
+        pl.col(st[schema.AMOUNT]).cast(pl.Float64, strict=False).alias("_amount"),
+        pl.when(pl.col(st[schema.TERM_ID]) != "").then(pl.col(st[schema.TERM_ID])).alias("_term"),
+    )
+    # Integers written as "5411.0" (spreadsheets) parse too; only those rows pay for the regex.
+    stage3 = stage2.with_columns(
+        *[
+            pl.when(pl.col(f"_{c}").is_null() & pl.col(st[c]).str.contains(_INTEGER_DOT0))
+            .then(pl.col(st[c]).str.replace(r"\.0*$", "").cast(pl.Int64, strict=False))
+            .otherwise(pl.col(f"_{c}"))
+            .alias(f"_{c}")
+            for c in INTEGER_COLUMNS
+        ]
+    )
+    int_max = {schema.CUSTOMER_ID: 2**63 - 1, schema.MCC_CODE: 2**31 - 1, schema.TR_TYPE: 2**31 - 1}
+    checks: list[tuple[pl.Expr, str, str | None]] = []
+    for c in REQUIRED_COLUMNS:
+        checks.append((pl.col(st[c]).fill_null("") == "", "missing_value", c))
+    for c in schema.RAW_COLUMNS:
+        checks.append((pl.col(c).str.contains(REPLACEMENT_CHAR, literal=True).fill_null(False), "invalid_utf8", c))
+    for c in INTEGER_COLUMNS:
+        bad = pl.col(f"_{c}").is_null() | (pl.col(f"_{c}") < 0) | (pl.col(f"_{c}") > int_max[c])
+        checks.append((bad | pl.col(st[c]).str.starts_with("-"), "not_an_integer", c))
+    no_time = (
+        ~pl.col("_time_ok").fill_null(False) | ~pl.col("_day_text").str.contains(r"^-?\d+$").fill_null(False)
+        | (pl.col("_h") > 23) | (pl.col("_m") > 59) | (pl.col("_s") > 60)
+    )
+    checks.append((no_time, "unparseable_datetime", schema.TR_DATETIME))
+    day_bad = pl.col("_day").is_null() | (pl.col("_day") < 0) | (pl.col("_day") > config.max_day)
+    checks.append((day_bad, "day_out_of_range", schema.TR_DATETIME))
+    amount = pl.col("_amount")
+    checks.append((amount.is_null(), "unparseable_amount", schema.AMOUNT))
+    # "nan", "inf", "infinity" are not finite; "1e400" overflows to inf but is a (too large) number.
+    word = pl.col(st[schema.AMOUNT]).str.contains(r"(?i)nan|inf")
+    checks.append((amount.is_nan() | (amount.is_infinite() & word), "non_finite_amount", schema.AMOUNT))
+    checks.append((amount.abs() > config.max_abs_amount, "amount_out_of_range", schema.AMOUNT))
+
+    reason: pl.Expr = pl.when(checks[0][0]).then(pl.lit(checks[0][1]))
+    column: pl.Expr = pl.when(checks[0][0]).then(pl.lit(checks[0][2]))
+    for cond, r, c in checks[1:]:
+        reason = reason.when(cond).then(pl.lit(r))
+        column = column.when(cond).then(pl.lit(c))
+    stage4 = stage3.with_columns(
+        reason.otherwise(pl.lit(None, pl.String)).alias(schema.REASON),
+        column.otherwise(pl.lit(None, pl.String)).alias(schema.REJECT_COLUMN),
+    )
+    valid = pl.col(schema.REASON).is_null()
+    row_hash = pl.struct(
+        pl.col(f"_{schema.CUSTOMER_ID}"), pl.col("_day"), pl.col("_h"), pl.col("_m"), pl.col("_s"),
+        pl.col(f"_{schema.MCC_CODE}"), pl.col(f"_{schema.TR_TYPE}"), pl.col("_amount"), pl.col("_term"),
+    ).hash(seed=0)
+    repeated = _repeated_rows(raw, config)
+    return (
+        stage4.with_columns(pl.when(valid).then(row_hash).alias(schema.ROW_HASH))
+        .with_columns(
+            pl.when(valid & pl.col(schema.SOURCE_ROW).is_in(repeated.implode()))
+            .then(pl.lit("duplicate_row"))
+            .otherwise(pl.col(schema.REASON))
+            .alias(schema.REASON)
+        )
+        .with_columns(pl.lit(source_file, pl.String).alias(schema.SOURCE_FILE))
+    )
+
+
+def _repeated_rows(raw: pl.LazyFrame, config: IngestConfig) -> pl.Series:
+    """Source rows that repeat an earlier row of the same input exactly (raw values, byte for byte).
+
+    A narrow eager pass (a 64-bit hash per row, ~12 bytes a row) so that the main validation pass has no
+    whole-column operation and streams. Date-only records ("<day> 00:00:00") are left out unless
+    `config.dedupe_date_only`."""
+    key = pl.struct(schema.RAW_COLUMNS).hash(seed=0)
+    if not config.dedupe_date_only:
+        dt = pl.col(schema.TR_DATETIME).str.strip_chars()
+        date_only = dt.str.ends_with(" 00:00:00") | dt.str.ends_with(" 0:00:00")
+        key = pl.when(~date_only.fill_null(False)).then(key)
+    keys = raw.select(pl.col(schema.SOURCE_ROW), key.alias("_key")).collect()
+    return keys.filter(pl.col("_key").is_not_null() & ~pl.col("_key").is_first_distinct())[schema.SOURCE_ROW]
+
+
+def _events(annotated: pl.LazyFrame) -> pl.LazyFrame:
+    second_of_day = pl.col("_h") * 3600 + pl.col("_m") * 60 + pl.min_horizontal(pl.col("_s"), pl.lit(59))
+    cols = {
+        schema.CUSTOMER_ID: pl.col(f"_{schema.CUSTOMER_ID}"),
+        schema.TR_DATETIME: pl.col(f"_{schema.TR_DATETIME}_text"),
+        schema.DAY: pl.col("_day"),
+        schema.SECOND_OF_DAY: second_of_day,
+        schema.EVENT_TIME: pl.col("_day") + second_of_day / 86400.0,
+        schema.MCC_CODE: pl.col(f"_{schema.MCC_CODE}"),
+        schema.TR_TYPE: pl.col(f"_{schema.TR_TYPE}"),
+        schema.AMOUNT: pl.col("_amount"),
+        schema.TERM_ID: pl.col("_term"),
+        schema.SOURCE_FILE: pl.col(schema.SOURCE_FILE),
+        schema.SOURCE_ROW: pl.col(schema.SOURCE_ROW),
+        schema.ROW_HASH: pl.col(schema.ROW_HASH),
+    }
+    return annotated.filter(pl.col(schema.REASON).is_null()).select(
+        [cols[c].cast(t).alias(c) for c, t in schema.EVENTS_SCHEMA.items()]
+    )
+
+
+def _rejects(annotated: pl.LazyFrame) -> pl.LazyFrame:
+    return annotated.filter(pl.col(schema.REASON).is_not_null()).select(
+        [pl.col(c).cast(t).alias(c) for c, t in schema.REJECTS_SCHEMA.items()]
+    )
+
+
+def validate(lf: pl.LazyFrame, source_file: str, config: IngestConfig = IngestConfig()) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """Raw columns (strings, or Parquet types) -> (events with EVENTS_SCHEMA, rejects with REJECTS_SCHEMA).
+
+    Raises IngestError for a missing or unknown column (file level); every other problem rejects the row."""
+    annotated = _annotate(lf, source_file, config)
+    return _events(annotated), _rejects(annotated)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# ingest: files -> parts + manifest
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FileReport:
+    path: str
+    sha256: str
+    rows_in: int
+    accepted: int
+    rejected: int
+    rejected_by_reason: dict[str, int]
+    status: str = "ingested"  # or "already ingested"
+    seconds: float = 0.0
+
+    @property
+    def part(self) -> str:
+        return f"part-{self.sha256[:16]}.parquet"
+
+
+@dataclass
+class IngestResult:
+    out_dir: Path
+    files: list[FileReport]
+    manifest: dict = field(repr=False, default_factory=dict)
+
+    @property
+    def rows_in(self) -> int:
+        return sum(f.rows_in for f in self.files)
+
+    @property
+    def accepted(self) -> int:
+        return sum(f.accepted for f in self.files)
+
+    @property
+    def rejected(self) -> int:
+        return sum(f.rejected for f in self.files)
+
+    def reconciliation(self) -> list[dict]:
+        """One row per input file of this call plus a total: rows in = accepted + rejected, by reason."""
+        reasons = sorted({r for f in self.files for r in f.rejected_by_reason})
+        rows = []
+        for f in self.files:
+            rows.append({"file": f.path, "status": f.status, "sha256": f.sha256[:16], "rows_in": f.rows_in,
+                         "accepted": f.accepted, "rejected": f.rejected,
+                         **{r: f.rejected_by_reason.get(r, 0) for r in reasons}})
+        rows.append({"file": "TOTAL", "status": "", "sha256": "", "rows_in": self.rows_in, "accepted": self.accepted,
+                     "rejected": self.rejected,
+                     **{r: sum(f.rejected_by_reason.get(r, 0) for f in self.files) for r in reasons}})
+        return rows
+
+    def format_table(self) -> str:
+        rows = self.reconciliation()
+        cols = list(rows[0])
+        cells = [[str(r[c]) if not isinstance(r[c], int) else f"{r[c]:,}" for c in cols] for r in rows]
+        width = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+        line = lambda vals: "  ".join(v.rjust(w) if i >= 3 else v.ljust(w) for i, (v, w) in enumerate(zip(vals, width)))  # noqa: E731
+        return "\n".join([line(cols), line(["-" * w for w in width]), *(line(r) for r in cells)])
+
+
+def _load_manifest(out_dir: Path) -> dict:
+    path = out_dir / MANIFEST
+    if path.exists():
+        manifest = json.loads(path.read_text())
+        if manifest.get("schema_version") != schema.SCHEMA_VERSION:
+            raise IngestError(
+                f"{path}: written with schema version {manifest.get('schema_version')}, this code writes "
+                f"{schema.SCHEMA_VERSION}; ingest into a fresh folder"
+            )
+        return manifest
+    return {"schema_version": schema.SCHEMA_VERSION, "polars_version": pl.__version__, "files": [], "totals": {}}
+
+
+def _totals(files: list[dict]) -> dict:
+    by_reason: dict[str, int] = {}
+    for f in files:
+        for r, n in f["rejected_by_reason"].items():
+            by_reason[r] = by_reason.get(r, 0) + n
+    return {
+        "files": len(files),
+        "rows_in": sum(f["rows_in"] for f in files),
+        "accepted": sum(f["accepted"] for f in files),
+        "rejected": sum(f["rejected"] for f in files),
+        "rejected_by_reason": dict(sorted(by_reason.items())),
+    }
+
+
+class _ParquetSink:
+    """A Parquet file written batch by batch with a fixed schema (an empty file with that schema if no batch)."""
+
+    def __init__(self, path: Path, columns: dict[str, pl.DataType]):
+        self.path, self.columns, self.writer = path, columns, None
+
+    def write(self, df: pl.DataFrame) -> None:
+        if df.height:
+            table = df.to_arrow()
+            if self.writer is None:
+                self.writer = pq.ParquetWriter(self.path, table.schema, compression="zstd")
+            self.writer.write_table(table)
+
+    def __enter__(self) -> "_ParquetSink":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        elif exc[0] is None:
+            pl.DataFrame(schema=self.columns).write_parquet(self.path)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _ingest_file(path: Path, sha: str, out_dir: Path, seen: list[Path], config: IngestConfig) -> FileReport:
+    t0 = time.perf_counter()
+    source = str(path)
+    try:
+        annotated = _annotate(scan_table(path), source, config)
+    except TableError as e:
+        raise IngestError(str(e)) from e
+    except (pl.exceptions.PolarsError, OSError) as e:
+        raise IngestError(f"{path}: cannot be read to the end: {_first_line(e)}") from e
+    if seen:  # rows identical to ones already ingested from other files
+        hashes = pl.scan_parquet(seen).select(schema.ROW_HASH).collect()[schema.ROW_HASH]
+        again = pl.col(schema.REASON).is_null() & pl.col(schema.ROW_HASH).is_in(hashes.implode())
+        annotated = annotated.with_columns(
+            pl.when(again).then(pl.lit("duplicate_of_ingested_row")).otherwise(pl.col(schema.REASON)).alias(schema.REASON)
+        )
+    part = f"part-{sha[:16]}.parquet"
+    by_reason: dict[str, int] = {}
+    rows_in = accepted = rejected = last_row = 0
+    try:
+        # One streaming pass: each batch of validated rows is split into the two outputs (two lazy sinks of the
+        # same query would run the whole validation twice).
+        with atomic_path(out_dir / EVENTS_DIR / part) as ev, atomic_path(out_dir / REJECTS_DIR / part) as rj, \
+                _ParquetSink(ev, schema.EVENTS_SCHEMA) as events_out, _ParquetSink(rj, schema.REJECTS_SCHEMA) as rejects_out:
+            for batch in annotated.collect_batches(chunk_size=BATCH_ROWS):
+                good, bad = _events(batch.lazy()).collect(), _rejects(batch.lazy()).collect()
+                events_out.write(good)
+                rejects_out.write(bad)
+                rows_in += batch.height
+                accepted += good.height
+                rejected += bad.height
+                last_row = max(last_row, batch[schema.SOURCE_ROW].max() or 0)
+                for r, n in bad[schema.REASON].value_counts().iter_rows():
+                    by_reason[r] = by_reason.get(r, 0) + n
+    except (pl.exceptions.PolarsError, OSError) as e:
+        raise IngestError(f"{path}: cannot be read to the end: {_first_line(e)}") from e
+    # Reconciliation: every row read (numbered 1..n at the scan) is in exactly one of the two outputs.
+    assert accepted + rejected == rows_in == last_row, f"{path}: {accepted} accepted + {rejected} rejected != {rows_in} rows in"
+    assert rejected == sum(by_reason.values()), f"{path}: rejects by reason do not add up"
+    return FileReport(source, sha, rows_in, accepted, rejected, dict(sorted(by_reason.items())),
+                      seconds=time.perf_counter() - t0)
+
+
+def ingest(inputs: Sequence[str | Path], out_dir: str | Path, config: IngestConfig = IngestConfig()) -> IngestResult:
+    """Validate each input into `out_dir/events|rejects/part-<sha16>.parquet` and record it in `manifest.json`.
+
+    A file whose content was ingested before (same sha256) is skipped and reported as "already ingested". Raises
+    IngestError for file-level problems; parts of files finished before the error stay valid and recorded."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = _load_manifest(out_dir)
+    reports: list[FileReport] = []
+    for raw_path in inputs:
+        path = Path(raw_path)
+        if not path.exists():
+            raise IngestError(f"{path}: no such file or folder")
+        sha = sha256_file(path)
+        done = {f["sha256"]: f for f in manifest["files"]}
+        if sha in done and all((out_dir / d / done[sha]["part"]).exists() for d in (EVENTS_DIR, REJECTS_DIR)):
+            reports.append(FileReport(str(path), sha, 0, 0, 0, {}, status=f"already ingested (as {done[sha]['path']})"))
+            continue
+        seen = [out_dir / EVENTS_DIR / f["part"] for f in manifest["files"] if f["sha256"] != sha]
+        report = _ingest_file(path, sha, out_dir, seen, config)
+        reports.append(report)
+        entry = {k: v for k, v in asdict(report).items() if k not in ("status", "seconds")}
+        entry["part"] = report.part
+        entry["ingested_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        manifest["files"] = [f for f in manifest["files"] if f["sha256"] != sha] + [entry]
+        manifest["totals"] = _totals(manifest["files"])
+        manifest["config"] = asdict(config)
+        write_text_atomic(json.dumps(manifest, indent=1) + "\n", out_dir / MANIFEST)
+    return IngestResult(out_dir, reports, manifest)
+
+
+def read_events(out_dir: str | Path) -> pl.LazyFrame:
+    """All events recorded in `out_dir/manifest.json` (EVENTS_SCHEMA), in ingestion order."""
+    out_dir = Path(out_dir)
+    manifest_path = out_dir / MANIFEST
+    if not manifest_path.exists():
+        raise IngestError(f"{out_dir}: no {MANIFEST}; run `txseq ingest` first")
+    parts = [out_dir / EVENTS_DIR / f["part"] for f in _load_manifest(out_dir)["files"]]
+    if not parts:
+        return pl.LazyFrame(schema=schema.EVENTS_SCHEMA)
+    return pl.scan_parquet(parts, schema=schema.EVENTS_SCHEMA)
+
+
+def read_rejects(out_dir: str | Path) -> pl.LazyFrame:
+    out_dir = Path(out_dir)
+    parts = [out_dir / REJECTS_DIR / f["part"] for f in _load_manifest(out_dir)["files"]]
+    if not parts:
+        return pl.LazyFrame(schema=schema.REJECTS_SCHEMA)
+    return pl.scan_parquet(parts, schema=schema.REJECTS_SCHEMA)
+
+
+def read_labels(path: str | Path) -> pl.DataFrame:
+    """gender_train.csv -> customer_id (Int64), gender (Int8), file order.
+
+    Labels are few and every one matters, so there is no labels rejects file: any bad row (missing or non-integer
+    id, gender not 0/1, repeated id) or a wrong header fails the whole file with an IngestError that lists the
+    first offending rows (1-based data row numbers) and their reasons."""
+    path = Path(path)
+    try:
+        lf = scan_table(path)
+    except TableError as e:
+        raise IngestError(str(e)) from e
+    names = [n.strip().lstrip("\ufeff") for n in lf.collect_schema().names()]
+    if sorted(names) != sorted(schema.LABEL_COLUMNS):
+        raise IngestError(f"{path}: expected columns {', '.join(schema.LABEL_COLUMNS)}, found {', '.join(names)}")
+    try:
+        raw = lf.rename(dict(zip(lf.collect_schema().names(), names))).collect()
+    except pl.exceptions.PolarsError as e:
+        raise IngestError(f"{path}: cannot be read: {e}") from e
+    cid = pl.col(schema.CUSTOMER_ID).cast(pl.String).str.strip_chars()
+    gender = pl.col(schema.GENDER).cast(pl.String).str.strip_chars()
+    checked = raw.with_row_index("row", offset=1).with_columns(
+        cid.cast(pl.Int64, strict=False).alias("_id"),
+        pl.when(cid.is_null() | (cid == "")).then(pl.lit("missing customer_id"))
+        .when(~cid.str.contains(r"^\+?\d+$") | cid.cast(pl.Int64, strict=False).is_null()).then(pl.lit("customer_id not an integer"))
+        .when(gender.is_null() | ~gender.is_in(["0", "1"])).then(pl.lit("gender not 0/1"))
+        .alias("problem"),
+    ).with_columns(
+        pl.when(pl.col("problem").is_null() & pl.col("_id").is_duplicated()).then(pl.lit("repeated customer_id"))
+        .otherwise(pl.col("problem")).alias("problem")
+    )
+    bad = checked.filter(pl.col("problem").is_not_null())
+    if bad.height:
+        shown = "; ".join(f"row {r}: {p}" for r, p in bad.select("row", "problem").head(5).iter_rows())
+        raise IngestError(f"{path}: {bad.height} bad label row(s): {shown}")
+    if checked.height == 0:
+        raise IngestError(f"{path}: no label rows")
+    return checked.select(pl.col("_id").alias(schema.CUSTOMER_ID), gender.cast(pl.Int8).alias(schema.GENDER))

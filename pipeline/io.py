@@ -1,0 +1,141 @@
+"""Reading raw tables (CSV plain or .gz, Parquet file or folder) as lazy frames, and writing files atomically.
+
+`scan_table` checks what it can see without reading the data (file exists, not empty, a header, the delimiter) and
+raises `TableError` naming the file; problems found while streaming the data (a truncated .gz, a corrupt Parquet
+page) surface when the frame is collected, and `pipeline.ingest` turns them into file-level errors too.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import tempfile
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import polars as pl
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+CSV_DELIMITERS = (",", ";")
+REPLACEMENT_CHAR = "\ufffd"  # what lossy UTF-8 decoding puts in place of invalid bytes
+
+
+class TableError(Exception):
+    """A file-level problem with an input table; the message names the file."""
+
+
+def is_parquet(path: Path) -> bool:
+    return path.is_dir() or path.name.lower().endswith(PARQUET_SUFFIXES)
+
+
+def is_gzip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
+
+def parquet_files(path: Path) -> list[Path]:
+    """The data files of a Parquet file or folder (hive-partitioned or flat), sorted, hidden files skipped."""
+    if path.is_file():
+        return [path]
+    return sorted(
+        p for p in path.rglob("*")
+        if p.is_file() and p.name.lower().endswith(PARQUET_SUFFIXES)
+        and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
+    )
+
+
+def read_header_line(path: Path) -> str:
+    """First line of a CSV (plain or gzip), decoded lossily, BOM and line ending stripped; '' for an empty file."""
+    opener = gzip.open if is_gzip(path) else open
+    try:
+        with opener(path, "rb") as fh:
+            line = fh.readline(1 << 20)
+    except (OSError, EOFError, zlib.error) as e:
+        raise TableError(f"{path}: cannot read the header: {e}") from e
+    return line.decode("utf-8", errors="replace").lstrip("\ufeff").rstrip("\r\n")
+
+
+def sniff_delimiter(header: str) -> str:
+    """`,` or `;`, whichever splits the header line into more fields (`,` on a tie)."""
+    return max(CSV_DELIMITERS, key=lambda d: (header.count(d), d == ","))
+
+
+def scan_table(path: str | Path) -> pl.LazyFrame:
+    """A raw table as a lazy frame. CSV: every column a String (validation types them), invalid UTF-8 bytes
+    replaced by U+FFFD (validation rejects those rows), empty fields null. Parquet: the file's own types."""
+    path = Path(path)
+    if not path.exists():
+        raise TableError(f"{path}: no such file or folder")
+    if is_parquet(path):
+        files = parquet_files(path)
+        if not files:
+            raise TableError(f"{path}: folder holds no Parquet files")
+        try:
+            lf = pl.scan_parquet(files if path.is_dir() else path, hive_partitioning=path.is_dir())
+            lf.collect_schema()
+        except Exception as e:  # polars raises several error types for unreadable footers
+            raise TableError(f"{path}: not a readable Parquet dataset: {e}") from e
+        return lf
+    if path.stat().st_size == 0:
+        raise TableError(f"{path}: file is empty")
+    header = read_header_line(path)
+    if not header.strip():
+        raise TableError(f"{path}: file is empty (no header line)")
+    return pl.scan_csv(
+        path,
+        separator=sniff_delimiter(header),
+        infer_schema=False,
+        encoding="utf8-lossy",
+        raise_if_empty=False,
+        missing_columns="raise",
+    )
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    """sha256 of a file's bytes; for a Parquet folder, of its data files' relative paths and contents."""
+    path = Path(path)
+    h = hashlib.sha256()
+    if path.is_dir():
+        for f in parquet_files(path):
+            h.update(f"{f.relative_to(path).as_posix()}\0{sha256_file(f)}\n".encode())
+        return h.hexdigest()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path in the target's folder; renamed onto `path` if the block succeeds, removed if not."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_parquet_atomic(df: pl.DataFrame | pl.LazyFrame, path: str | Path) -> Path:
+    """Write (or stream, for a LazyFrame) to a temp name in the same folder, then `os.replace`."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if isinstance(df, pl.LazyFrame):
+            df.sink_parquet(tmp)
+        else:
+            df.write_parquet(tmp)
+    return path
+
+
+def write_text_atomic(text: str, path: str | Path) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path
