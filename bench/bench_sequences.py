@@ -118,7 +118,10 @@ def route_pandas(input_path: Path, labels_path: Path, work: Path, max_len: int) 
 def child(route: str, input_path: Path, labels_path: Path, work: Path, max_len: int) -> None:
     fn = {"ours": route_ours, "pandas": route_pandas}[route]
     result = fn(input_path, labels_path, work, max_len)
-    result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result["peak_rss_gib"] = usage.ru_maxrss / 2**20  # KiB on Linux
+    result["cpu_s"] = usage.ru_utime + usage.ru_stime  # whole process, imports included: robust to a busy machine
+    result["load_avg_1m"] = os.getloadavg()[0]
     print("RESULT " + json.dumps(result))
 
 
@@ -209,9 +212,10 @@ def main() -> None:
         if {"ours", "pandas"} <= results.keys() else None
 
     print(f"\ninput: {tx} ({tx.stat().st_size / 2**20:.0f} MiB)")
-    print(f"{'route':8} {'seconds':>9} {'peak RSS GiB':>13} {'rows/s':>12} {'× ours':>7}")
+    print(f"{'route':8} {'seconds':>9} {'CPU s':>7} {'peak RSS GiB':>13} {'rows/s':>12} {'× ours':>7}")
     for route, s, rss, rps, ratio in rows:
-        print(f"{route:8} {s:9.1f} {rss:13.2f} {rps or 0:12,.0f} {ratio or 0:7.1f}")
+        print(f"{route:8} {s:9.1f} {results[route]['cpu_s']:7.1f} {rss:13.2f} {rps or 0:12,.0f} {ratio or 0:7.1f}")
+    print(f"load average now: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     if agree is not None:
         print(f"outputs agree: {agree}")
 

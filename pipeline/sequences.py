@@ -36,7 +36,7 @@ from pathlib import Path
 import polars as pl
 
 from pipeline import schema
-from pipeline.splits import Split, SplitConfig, make_split
+from pipeline.splits import SplitConfig, make_split
 
 SEQUENCES_FILE = "sequences.parquet"
 VOCAB_FILE = "vocab.json"
