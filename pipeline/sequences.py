@@ -302,7 +302,7 @@ class SequencesResult:
             f"sequences: {self.n_customers:,} customers ({self.n_labelled:,} labelled) -> {self.sequences_path}",
             f"  events: {self.n_events_total:,} in, {self.n_events_kept:,} kept "
             f"({self.n_truncated:,} customers truncated to max_len={m.get('config', {}).get('max_len')})",
-            f"  vocab: mcc {self.vocab_size_mcc} codes, tr_type {self.vocab_size_tr_type} codes "
+            f"  vocab: {self.vocab_size_mcc - 2} mcc and {self.vocab_size_tr_type - 2} tr_type codes (+ padding, unknown) "
             f"(fitted on {m.get('vocab', {}).get('n_customers', 0):,} non-test customers) -> {self.vocab_path}",
             f"  split {self.split_id}: test {m.get('split', {}).get('n_test', 0):,}, "
             f"{m.get('split', {}).get('n_folds', 0)} folds of ~{m.get('split', {}).get('fold_size', 0):,} -> {self.split_path}",
