@@ -24,10 +24,7 @@ passes the saved `Vocab` back to `build_sequences`, so codes it never saw map to
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -36,6 +33,8 @@ from pathlib import Path
 import polars as pl
 
 from pipeline import schema
+from pipeline.ingest import read_events, read_labels
+from pipeline.io import sha256_file, write_parquet_atomic, write_text_atomic
 from pipeline.splits import SplitConfig, make_split
 
 SEQUENCES_FILE = "sequences.parquet"
@@ -97,7 +96,7 @@ class Vocab:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        _write_text_atomic(path, json.dumps(self.to_dict(), indent=None) + "\n")
+        write_text_atomic(json.dumps(self.to_dict(), indent=None) + "\n", path)
         return path
 
     @classmethod
@@ -319,8 +318,6 @@ def run_sequences(
 ) -> SequencesResult:
     """split -> vocab (non-test customers) -> sequences; writes sequences.parquet, vocab.json, split.json and
     manifest.json into `out_dir`, each atomically (temp file + rename), manifest last."""
-    from pipeline.ingest import read_events, read_labels  # the validated-events contract (pipeline.ingest)
-
     t0 = time.perf_counter()
     events_dir, out_dir = Path(events_dir), Path(out_dir)
     events = read_events(events_dir)
@@ -334,7 +331,7 @@ def run_sequences(
     seq = build_sequences(events, vocab, config, labels)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    seq_path = _write_parquet_atomic(seq, out_dir / SEQUENCES_FILE)
+    seq_path = write_parquet_atomic(seq, out_dir / SEQUENCES_FILE)
     vocab_path = vocab.save(out_dir / VOCAB_FILE)
     split_path = split.save(out_dir / SPLIT_FILE)
 
@@ -348,9 +345,9 @@ def run_sequences(
         "created_unix": time.time(),
         "input": {
             "events_dir": str(events_dir),
-            "events_manifest_sha256": _sha256(input_manifest) if input_manifest.exists() else None,
+            "events_manifest_sha256": sha256_file(input_manifest) if input_manifest.exists() else None,
             "labels_path": str(labels_path) if labels_path is not None else None,
-            "labels_sha256": _sha256(Path(labels_path)) if labels_path is not None else None,
+            "labels_sha256": sha256_file(labels_path) if labels_path is not None else None,
         },
         "config": asdict(config),
         "split_config": asdict(split_config),
@@ -368,7 +365,7 @@ def run_sequences(
         "files": {"sequences": SEQUENCES_FILE, "vocab": VOCAB_FILE, "split": SPLIT_FILE},
     }
     manifest_path = out_dir / MANIFEST_FILE
-    _write_text_atomic(manifest_path, json.dumps(manifest, indent=1) + "\n")
+    write_text_atomic(json.dumps(manifest, indent=1) + "\n", manifest_path)
     return SequencesResult(
         out_dir=out_dir, sequences_path=seq_path, vocab_path=vocab_path, split_path=split_path,
         manifest_path=manifest_path, n_customers=seq.height, n_labelled=n_labelled, n_events_total=n_total,
@@ -376,36 +373,3 @@ def run_sequences(
         vocab_size_tr_type=vocab.size_tr_type, split_id=split.split_id, seconds=time.perf_counter() - t0,
         manifest=manifest,
     )
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_parquet_atomic(df: pl.DataFrame, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        df.write_parquet(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

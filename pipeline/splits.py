@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import numpy as np
 import polars as pl
 
 from pipeline import schema
+from pipeline.io import write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -85,7 +84,7 @@ class Split:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        _write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
+        write_text_atomic(json.dumps(self.to_dict(), indent=1) + "\n", path)
         return path
 
     @classmethod
@@ -147,15 +146,3 @@ def _content_hash(test_ids: tuple[int, ...], folds: tuple[tuple[int, ...], ...],
     payload = json.dumps({"test": list(test_ids), "folds": [list(f) for f in folds], "seed": seed,
                           "test_fraction": test_fraction}, separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

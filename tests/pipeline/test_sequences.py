@@ -122,21 +122,20 @@ def test_matches_a_per_customer_reference(draw, max_len) -> None:
 
 def test_run_sequences_writes_table_vocab_split_manifest(tmp_path, monkeypatch) -> None:
     """The step end to end on a tiny validated-events folder (read through pipeline.ingest.read_events)."""
-    ingest = pytest.importorskip("pipeline.ingest")
     import json
 
-    from pipeline.sequences import run_sequences
+    from pipeline import sequences
+    from pipeline.sequences import Vocab, run_sequences
     from pipeline.splits import Split, SplitConfig
-    from pipeline.sequences import Vocab
 
     rng = np.random.default_rng(0)
     rows = [(c, int(rng.integers(0, 400)), int(rng.integers(0, 86400)), int(rng.choice([10, 20, 30, 40])),
              int(rng.choice([7, 8])), float(rng.normal()) * 100) for c in range(60) for _ in range(int(rng.integers(1, 30)))]
     events = events_frame(rows).collect()
-    monkeypatch.setattr(ingest, "read_events", lambda d: events.lazy())
+    monkeypatch.setattr(sequences, "read_events", lambda d: events.lazy())
     labels_path = tmp_path / "gender_train.csv"
     pl.DataFrame({schema.CUSTOMER_ID: list(range(50)), schema.GENDER: [i % 2 for i in range(50)]}).write_csv(labels_path)
-    monkeypatch.setattr(ingest, "read_labels", lambda p: pl.read_csv(p))
+    monkeypatch.setattr(sequences, "read_labels", lambda p: pl.read_csv(p))
     out = tmp_path / "seq"
     res = run_sequences(tmp_path / "events", labels_path, out, SequenceConfig(max_len=8, min_count=1),
                         SplitConfig(n_folds=3, seed=1))
@@ -156,7 +155,7 @@ def test_run_sequences_writes_table_vocab_split_manifest(tmp_path, monkeypatch) 
 
 def test_cli_sequences_end_to_end_from_a_raw_csv(tmp_path, capsys) -> None:
     """raw CSV -> txseq-style ingest -> `txseq sequences` -> files and a printed summary."""
-    ingest = pytest.importorskip("pipeline.ingest")
+    from pipeline import ingest
     from pipeline.cli import main
 
     rng = np.random.default_rng(1)
