@@ -212,7 +212,7 @@ def start_comparison(
     tracker = setup(settings, experiment)
     sequences_dir = Path(sequences_dir)
     data = _load_data(sequences_dir, Path(events_dir), fold)
-    models = tuple(models or preset.models)
+    models = tuple(m if m == "gbdt" else canonical_encoder_name(m) for m in (models or preset.models))
     run_name = run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{preset.name}"
     run_dir = settings.runs_dir / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -227,7 +227,8 @@ def start_comparison(
 
 
 def train_one(plan: ComparisonPlan, name: str) -> ModelResult:
-    """Train, test, log and (optionally) register one model as a nested run under the plan's parent run."""
+    """Train, test, log and (optionally) register one model as a nested run under the plan's parent run.
+    The champion alias is decided later, by `finish_comparison`."""
     tracker = setup(plan.settings, plan.experiment)
     data = _load_data(plan.sequences_dir, plan.events_dir, plan.fold)
     train_ids, val_ids, test_ids = data.ids
@@ -261,19 +262,22 @@ def train_one(plan: ComparisonPlan, name: str) -> ModelResult:
                 version_tags={TAG_SPLIT_ID: data.split.split_id, TAG_TEST_AUROC: f"{row.metrics['test/auroc']:.6f}",
                               "model": name, "preset": preset.name, "run_id": child},
             )
-            decision = tracker.promote_champion(version.name, version.version, row.metrics["test/auroc"],
-                                                data.split.split_id)
-            row.version, row.champion = version.version, decision.reason
+            row.version = version.version
     return row
 
 
 def finish_comparison(plan: ComparisonPlan, results: Sequence[ModelResult], failed: Sequence[str] = ()) -> ComparisonResult:
-    """Write the report of the models that trained, log it on the parent run and close that run (FAILED when some
-    model in `failed` did not train)."""
+    """Move the champion alias (registered versions, in plan order), write the report of the models that trained,
+    log it on the parent run and close that run (FAILED when some model in `failed` did not train)."""
     tracker = setup(plan.settings, plan.experiment)
     data = _load_data(plan.sequences_dir, plan.events_dir, plan.fold)
     train_ids, val_ids, test_ids = data.ids
     results = list(results)
+    for r in results:  # one at a time, in plan order: models trained in parallel cannot race for the alias
+        if r.version is not None:
+            decision = tracker.promote_champion(plan.settings.registered_model, r.version, r.metrics["test/auroc"],
+                                                data.split.split_id)
+            r.champion = decision.reason
     table = markdown_table(results)
     not_trained = f"\n\nNot trained (failed): {', '.join(failed)}.\n" if failed else ""
     header = (f"# Comparison `{plan.run_name}`\n\npreset `{plan.preset.name}`, split `{data.split.split_id}` fold "
