@@ -239,9 +239,11 @@ def block_sparse_attention(
 ) -> torch.Tensor:
     """Exact softmax attention restricted to ``block_sparse_pattern``, without ever forming a T×T matrix.
 
-    Queries are cut into blocks of ``window``; each block attends to the keys of its own block and its two
-    neighbours (3w keys) and to the strided keys j % stride == 0 (T/stride keys) that are not already local. Cost
-    O(T·(3w + T/stride)·d) time and memory instead of O(T²·d).
+    Queries are cut into blocks of ``window``; all queries of a block see the same keys: those of their own block and
+    its two neighbours (3w keys) and the strided keys j % stride == 0 (G = ⌈T/stride⌉ keys) that are not already
+    local. So each block is one small dense attention over its 3w + G gathered keys with a key mask, and all blocks
+    go through one fused ``scaled_dot_product_attention`` call (batch = B·blocks): O(T·(3w + G)·d) time and
+    O(T·d + (T/w)·G·d) memory instead of O(T²·d) time (and O(T²) memory when materialised).
 
     q/k/v (B, H, T, d), valid (B, T) -> (B, H, T, d)
     """
@@ -254,36 +256,29 @@ def block_sparse_attention(
         q, k, v = (F.pad(z, (0, 0, 0, pad)) for z in (q, k, v))
         valid_keys = F.pad(valid_keys, (0, pad), value=False)
     tp = n_blocks * w
-    scale = 1.0 / math.sqrt(d)
-    neg = torch.finfo(q.dtype).min
-
-    # Local part: for each query block, the keys of blocks (i-1, i, i+1) -> (B, H, nb, 3w, d)
-    qb = q.reshape(b, h, n_blocks, w, d)
 
     def neighbours(z: torch.Tensor) -> torch.Tensor:
-        zb = z.reshape(*z.shape[:2], n_blocks, w, *z.shape[3:])  # (B, H|1, nb, w, ...)
-        prev = F.pad(zb, (0, 0) * (zb.dim() - 3) + (1, 0))[:, :, :-1]  # block i-1 (zeros before block 0)
-        nxt = F.pad(zb, (0, 0) * (zb.dim() - 3) + (0, 1))[:, :, 1:]  # block i+1
-        return torch.cat([prev, zb, nxt], dim=3)  # (B, H|1, nb, 3w, ...)
+        """(B, C, T, ...) -> (B, C, nb, 3w, ...): for block i, the positions of blocks i-1, i, i+1 (zeros off the edges)."""
+        zb = z.reshape(*z.shape[:2], n_blocks, w, *z.shape[3:])
+        tail = (0, 0) * (zb.dim() - 3)
+        prev = F.pad(zb, tail + (1, 0))[:, :, :-1]
+        nxt = F.pad(zb, tail + (0, 1))[:, :, 1:]
+        return torch.cat([prev, zb, nxt], dim=3)
 
-    k_loc, v_loc = neighbours(k), neighbours(v)  # (B, H, nb, 3w, d)
-    valid_loc = neighbours(valid_keys[:, None, :, None].float())[..., 0] > 0.5  # (B, 1, nb, 3w); False off the edges
-    s_loc = torch.einsum("bhnqd,bhnkd->bhnqk", qb, k_loc) * scale  # (B, H, nb, w, 3w)
-    s_loc = s_loc.masked_fill(~valid_loc[:, :, :, None, :], neg)
-
+    keys, values = neighbours(k), neighbours(v)  # (B, H, nb, 3w, d)
+    keep = neighbours(valid_keys[:, None, :, None].to(q.dtype))[:, 0, ..., 0] > 0.5  # (B, nb, 3w)
     if stride > 0:
         g_pos = torch.arange(0, tp, stride, device=q.device)  # (G,) strided key positions
-        k_g, v_g = k[:, :, g_pos], v[:, :, g_pos]  # (B, H, G, d)
-        s_g = torch.einsum("bhnqd,bhgd->bhnqg", qb, k_g) * scale  # (B, H, nb, w, G)
+        n_g = g_pos.numel()
+        keys = torch.cat([keys, k[:, :, None, g_pos].expand(b, h, n_blocks, n_g, d)], dim=3)  # (B, H, nb, 3w+G, d)
+        values = torch.cat([values, v[:, :, None, g_pos].expand(b, h, n_blocks, n_g, d)], dim=3)
         q_block = torch.arange(n_blocks, device=q.device)
         not_local = (q_block[:, None] - (g_pos // w)[None, :]).abs() > 1  # (nb, G): count each key once
-        keep_g = valid_keys[:, g_pos][:, None, None, None, :] & not_local[None, None, :, None, :]
-        s_g = s_g.masked_fill(~keep_g, neg)
-        scores = torch.cat([s_loc, s_g], dim=-1)  # (B, H, nb, w, 3w + G)
-        probs = scores.softmax(dim=-1)
-        out = torch.einsum("bhnqk,bhnkd->bhnqd", probs[..., : 3 * w], v_loc)
-        out = out + torch.einsum("bhnqg,bhgd->bhnqd", probs[..., 3 * w :], v_g)
-    else:
-        probs = s_loc.softmax(dim=-1)
-        out = torch.einsum("bhnqk,bhnkd->bhnqd", probs, v_loc)
-    return out.reshape(b, h, tp, d)[:, :, :t]
+        keep = torch.cat([keep, valid_keys[:, None, g_pos] & not_local[None]], dim=2)  # (B, nb, 3w+G)
+    n_keys = keys.shape[3]
+    qb = q.reshape(b, h, n_blocks, w, d).transpose(1, 2).reshape(b * n_blocks, h, w, d)  # (B·nb, H, w, d)
+    keys = keys.transpose(1, 2).reshape(b * n_blocks, h, n_keys, d)
+    values = values.transpose(1, 2).reshape(b * n_blocks, h, n_keys, d)
+    keep = keep.reshape(b * n_blocks, n_keys)
+    out = sdpa_attention(qb, keys, values, keep)  # (B·nb, H, w, d); a block without valid keys gets finite garbage
+    return out.reshape(b, n_blocks, h, w, d).transpose(1, 2).reshape(b, h, tp, d)[:, :, :t]

@@ -147,7 +147,8 @@ class InfiniteFormerAttention(MultiHeadSelfAttention):
                 positions = self._sample_positions(mu, sigma, valid_s)  # (B, M)
                 old = AF.rbf_basis(positions, self.centers, self.widths).to(x.dtype) @ memory  # (B, M, D)
                 fitted = update_g[n_s] @ torch.cat([old, x_s], dim=1)  # (B, R, M+L) @ (B, M+L, D)
-                fitted = torch.where(has_memory[:, None, None], fitted, first_g[n_s] @ x_s)
+                if not has_memory.all():  # customers without any event so far
+                    fitted = torch.where(has_memory[:, None, None], fitted, first_g[n_s] @ x_s)
             else:
                 ltm_parts.append(torch.zeros_like(q_s))
                 fitted = first_g[n_s] @ x_s  # (B, R, L) @ (B, L, D)
