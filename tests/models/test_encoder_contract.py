@@ -114,3 +114,13 @@ def test_odd_model_sizes(encoder_name: str, d_model: int, n_heads: int) -> None:
 
 def test_encoders_list_is_the_documented_one() -> None:
     assert set(ENCODERS) == {"transformer", "transformer_materialized", "performer", "infinite_former", "eam"}
+
+
+@pytest.mark.parametrize("encoder_name", ENCODER_NAMES)
+def test_runs_under_bf16_autocast(encoder_name: str) -> None:
+    enc = tiny_encoder(encoder_name).train()
+    x = torch.randn(2, 13, D, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = _run(enc, x, lengths_mask([13, 6]))
+    (out.hidden.float().sum() + out.aux_loss).backward()
+    assert torch.isfinite(out.hidden).all() and torch.isfinite(x.grad).all()
