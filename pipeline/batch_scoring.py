@@ -44,7 +44,9 @@ from pipeline.io import parquet_files, scan_table, sha256_file, write_parquet_at
 
 Scorer = Callable[[Any], Any]
 """`predict(raw transactions DataFrame) -> DataFrame` with one row per customer: customer_id, probability,
-prediction (pandas or polars in, pandas or polars out)."""
+prediction (pandas or polars in, pandas or polars out). A scorer that also has `score_events(events LazyFrame)`
+(the validated EVENTS_SCHEMA rows; `pipeline.scoring`'s scorers do) is handed the rows validated here, so they
+are not validated a second time inside the model."""
 
 SCORES_SCHEMA: dict[str, pl.DataType] = {
     schema.CUSTOMER_ID: pl.Int64(),
@@ -73,7 +75,7 @@ class ModelRef:
 class ScoreConfig:
     chunk_rows: int = 2_000_000  # validated rows handed to the scorer at once (memory ∝ this)
     pandas_input: bool = False  # hand the scorer pandas (what `pyfunc.predict` documents) instead of polars
-    ingest: IngestConfig = field(default_factory=IngestConfig)
+    ingest: IngestConfig | None = None  # row validation; None: the scorer's own (`scorer.ingest`), else the default
 
 
 @dataclass
@@ -128,7 +130,9 @@ def score_file(
 ) -> ScoreResult:
     """Score the raw transactions at `source` (file or folder) into `output`; bad rows go to `rejects`.
 
-    Both outputs appear under their final names only when complete (written to a temp name, then renamed).
+    Rows are validated with the model's own ingest settings (`scorer.ingest`, stored with the model) unless
+    `config.ingest` is set. Rejects and scores appear under their final names only when the whole run succeeded
+    (each written to a temp name, then renamed; rejects first).
     `on_chunk(done, total)` is called after each chunk (a heartbeat for landing claims, a progress hook).
     """
     started = time.perf_counter()
@@ -137,6 +141,7 @@ def score_file(
     output.parent.mkdir(parents=True, exist_ok=True)
     rejects.parent.mkdir(parents=True, exist_ok=True)
     files = input_files(source)
+    ingest = config.ingest or getattr(scorer, "ingest", None) or IngestConfig()
     scored_at = datetime.now(UTC)
     staging = output.parent / f".{output.name}.{uuid.uuid4().hex[:8]}.staging"
     phases = dict.fromkeys(("stage", "load", "model", "write"), 0.0)
@@ -149,32 +154,33 @@ def score_file(
         clock = now
 
     try:
-        buckets, rejected_rows = _stage(files, staging, config, rejects)
+        buckets, reject_parts = _stage(files, staging, config, ingest)
         chunks = _pack(buckets, config.chunk_rows)
         lap("stage")
         unsorted = staging / "scores-unsorted.parquet"
         with pq.ParquetWriter(unsorted, _arrow_scores_schema()) as writer:
             for i, chunk in enumerate(chunks):
-                frame = pl.scan_parquet([p for b in chunk for p in b.files]).select(schema.RAW_COLUMNS).collect()
-                model_input = frame.to_pandas() if config.pandas_input else frame
+                frame = pl.read_parquet([p for b in chunk for p in b.files])
                 lap("load")
-                scored = _conform(scorer(model_input), frame, model, scored_at)
+                scored = _conform(_predict(scorer, frame, config), frame, model, scored_at)
                 lap("model")
                 writer.write_table(scored.to_arrow().cast(_arrow_scores_schema()))
                 if on_chunk is not None:
                     on_chunk(i + 1, len(chunks))
                 lap("write")
+        write_parquet_atomic(pl.scan_parquet(reject_parts).cast(schema.REJECTS_SCHEMA), rejects)
         write_parquet_atomic(pl.scan_parquet(unsorted).sort(schema.CUSTOMER_ID), output)
         lap("write")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    summary = pl.scan_parquet(output).select(pl.len().alias("n")).collect().item()
+    rejected_rows = pl.scan_parquet(rejects).select(pl.len()).collect().item()
+    customers = pl.scan_parquet(output).select(pl.len()).collect().item()
     return ScoreResult(
         output=output,
         rejects=rejects,
         input_rows=sum(b.rows for b in buckets) + rejected_rows,
         rejected_rows=rejected_rows,
-        customers=int(summary),
+        customers=int(customers),
         chunks=len(chunks),
         model_name=model.name,
         model_version=model.version,
@@ -240,13 +246,13 @@ def _estimated_rows(files: Sequence[Path]) -> int:
     return total
 
 
-def _stage(files: Sequence[Path], staging: Path, config: ScoreConfig, rejects: Path) -> tuple[list[_Bucket], int]:
-    """Validate every file as ingest does; accepted rows land in hash buckets, rejected rows in `rejects`."""
+def _stage(files: Sequence[Path], staging: Path, config: ScoreConfig, ingest: IngestConfig) -> tuple[list[_Bucket], list[Path]]:
+    """Validate every file as ingest does: accepted rows land in hash buckets, rejected rows in reject parts."""
     n_buckets = int(min(4096, max(1, 4 * math.ceil(_estimated_rows(files) / config.chunk_rows))))
     staging.mkdir(parents=True)
     reject_parts = []
     for i, f in enumerate(files):
-        events, bad = validate(scan_table(f), str(f), config.ingest)
+        events, bad = validate(scan_table(f), str(f), ingest)
         bucketed = events.with_columns((pl.col(schema.CUSTOMER_ID).hash(seed=0) % n_buckets).alias(_BUCKET))
         part = staging / "rejects" / f"{i:05d}.parquet"
         part.parent.mkdir(exist_ok=True)
@@ -261,8 +267,6 @@ def _stage(files: Sequence[Path], staging: Path, config: ScoreConfig, rejects: P
             ]
         )
         reject_parts.append(part)
-    write_parquet_atomic(pl.scan_parquet(reject_parts).cast(schema.REJECTS_SCHEMA), rejects)
-    rejected_rows = pl.scan_parquet(rejects).select(pl.len()).collect().item()
     by_key: dict[int, list[Path]] = {}
     for p in sorted((staging / "events").glob(f"*/{_BUCKET}=*/*.parquet")):
         by_key.setdefault(int(p.parent.name.split("=", 1)[1]), []).append(p)
@@ -270,7 +274,7 @@ def _stage(files: Sequence[Path], staging: Path, config: ScoreConfig, rejects: P
         _Bucket(k, tuple(ps), int(pl.scan_parquet(ps).select(pl.len()).collect().item()))
         for k, ps in sorted(by_key.items())
     ]
-    return buckets, int(rejected_rows)
+    return buckets, reject_parts
 
 
 def _pack(buckets: Sequence[_Bucket], chunk_rows: int) -> list[list[_Bucket]]:
@@ -286,6 +290,14 @@ def _pack(buckets: Sequence[_Bucket], chunk_rows: int) -> list[list[_Bucket]]:
         chunks[-1].append(b)
         rows += b.rows
     return chunks
+
+
+def _predict(scorer: Scorer, events: pl.DataFrame, config: ScoreConfig) -> Any:
+    score_events = getattr(scorer, "score_events", None)
+    if score_events is not None:
+        return score_events(events.lazy())
+    raw = events.select(schema.RAW_COLUMNS)
+    return scorer(raw.to_pandas() if config.pandas_input else raw)
 
 
 def _arrow_scores_schema() -> pa.Schema:

@@ -88,7 +88,11 @@ class SequenceScorer:
     threshold: float = 0.5
 
     def __call__(self, raw: pd.DataFrame | pl.DataFrame) -> pd.DataFrame:
-        seq = build_sequences(raw_events(raw, self.ingest), self.vocab, self.sequence, labels=None)
+        return self.score_events(raw_events(raw, self.ingest))
+
+    def score_events(self, events: pl.LazyFrame) -> pd.DataFrame:
+        """Already validated events (EVENTS_SCHEMA) -> scores: batch scoring validates once, then calls this."""
+        seq = build_sequences(events, self.vocab, self.sequence, labels=None)
         if seq.height == 0:
             return _scores(np.empty(0, np.int64), np.empty(0), self.threshold)
         out = evaluate(self.model, make_loader(seq, batch_size=self.batch_size), torch.device("cpu"), "fp32")
@@ -103,7 +107,11 @@ class GBDTScorer:
     threshold: float = 0.5
 
     def __call__(self, raw: pd.DataFrame | pl.DataFrame) -> pd.DataFrame:
-        features = build_features(raw_events(raw, self.ingest), self.spec).collect()
+        return self.score_events(raw_events(raw, self.ingest))
+
+    def score_events(self, events: pl.LazyFrame) -> pd.DataFrame:
+        """Already validated events (EVENTS_SCHEMA) -> scores: batch scoring validates once, then calls this."""
+        features = build_features(events, self.spec).collect()
         ids = features[S.CUSTOMER_ID].to_numpy()
         if len(ids) == 0:
             return _scores(np.empty(0, np.int64), np.empty(0), self.threshold)

@@ -115,6 +115,23 @@ def test_the_scorer_gets_polars_or_pandas(raw_file: Path, tmp_path: Path, pandas
     assert seen == [pd.DataFrame if pandas_input else pl.DataFrame]
 
 
+def test_a_scorer_with_score_events_gets_the_validated_rows(raw_file: Path, tmp_path: Path) -> None:
+    class EventsScorer:
+        seen: list[dict] = []
+
+        def __call__(self, df):  # noqa: ANN001 - never called when score_events exists
+            raise AssertionError("raw path used")
+
+        def score_events(self, events: pl.LazyFrame) -> pd.DataFrame:
+            self.seen.append(events.collect_schema())
+            return count_scorer(events.select(schema.RAW_COLUMNS).collect())
+
+    via_events = score_file(raw_file, tmp_path / "e.parquet", EventsScorer(), MODEL, ScoreConfig(chunk_rows=20))
+    via_raw = score_file(raw_file, tmp_path / "r.parquet", count_scorer, MODEL, ScoreConfig(chunk_rows=20))
+    assert all(dict(s) == schema.EVENTS_SCHEMA for s in EventsScorer.seen) and len(EventsScorer.seen) == via_events.chunks
+    assert_frame_equal(_scores(via_events.output), _scores(via_raw.output))
+
+
 def test_a_failed_scorer_leaves_no_output_and_no_temp_files(raw_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
 
@@ -123,7 +140,7 @@ def test_a_failed_scorer_leaves_no_output_and_no_temp_files(raw_file: Path, tmp_
 
     with pytest.raises(RuntimeError, match="model exploded"):
         score_file(raw_file, out / "s.parquet", broken, MODEL, ScoreConfig(chunk_rows=20))
-    assert not (out / "s.parquet").exists()
+    assert not (out / "s.parquet").exists() and not (out / "s.rejects.parquet").exists()
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
 
 
