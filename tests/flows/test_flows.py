@@ -116,7 +116,7 @@ def test_a_second_run_on_unchanged_input_skips_ingest_and_sequences(first_run) -
     # a changed input runs the step again
     raw = load_settings().raw_dir
     extra = raw / "transactions-extra.csv"
-    pl.read_csv(next(raw.glob("transactions*")), infer_schema=False).head(5).write_csv(extra)
+    scan_table(_sample_transactions()).head(5).collect().write_csv(extra)
     try:
         again = ingest_flow(IngestParams(), return_state=True)
         assert _run(_task_states(again.state_details.flow_run_id))["ingest_task"] == "Completed"
@@ -125,7 +125,7 @@ def test_a_second_run_on_unchanged_input_skips_ingest_and_sequences(first_run) -
 
 
 def _sample_transactions() -> Path:
-    return next(load_settings().raw_dir.glob("transactions*"))
+    return sorted(load_settings().raw_dir.glob("transactions*"))[0]
 
 
 def test_score_flow_equals_the_pyfunc_models_predictions(champion_uri: str, tmp_path: Path) -> None:
