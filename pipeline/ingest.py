@@ -391,6 +391,8 @@ def _ingest_file(path: Path, sha: str, out_dir: Path, seen: list[Path], config: 
                 last_row = max(last_row, batch[schema.SOURCE_ROW].max() or 0)
                 for r, n in bad[schema.REASON].value_counts().iter_rows():
                     by_reason[r] = by_reason.get(r, 0) + n
+            if rows_in == 0:
+                raise IngestError(f"{path}: no data rows (header only)")
     except (pl.exceptions.PolarsError, OSError) as e:
         raise IngestError(f"{path}: cannot be read to the end: {_first_line(e)}") from e
     # Reconciliation: every row read (numbered 1..n at the scan) is in exactly one of the two outputs.

@@ -1,0 +1,92 @@
+"""pipeline.io: table scanning (CSV/.gz/Parquet file and folder), delimiter sniffing, hashing, atomic writes."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from pipeline.io import (
+    TableError,
+    scan_table,
+    sha256_file,
+    sniff_delimiter,
+    write_parquet_atomic,
+    write_text_atomic,
+)
+
+CSV = "customer_id,tr_datetime,mcc_code,tr_type,amount,term_id\n1,0 10:00:00,5411,1010,-1.5,\n2,3 11:00:60,6011,2010,-20,007\n"
+
+
+def test_sniff_delimiter() -> None:
+    assert sniff_delimiter("a,b,c") == ","
+    assert sniff_delimiter("a;b;c") == ";"
+    assert sniff_delimiter("mcc_code;mcc_description") == ";"
+    assert sniff_delimiter("single") == ","
+
+
+@pytest.mark.parametrize("kind", ["csv", "semicolon", "gz", "bom"])
+def test_csv_variants_read_as_strings(tmp_path: Path, kind: str) -> None:
+    text = CSV.replace(",", ";") if kind == "semicolon" else CSV
+    path = tmp_path / ("t.csv.gz" if kind == "gz" else "t.csv")
+    data = text.encode()
+    if kind == "bom":
+        data = b"\xef\xbb\xbf" + data
+    path.write_bytes(gzip.compress(data) if kind == "gz" else data)
+    df = scan_table(path).collect()
+    assert df.columns[:2] == ["customer_id", "tr_datetime"]
+    assert all(dtype == pl.String for dtype in df.dtypes)
+    assert df.rows() == [("1", "0 10:00:00", "5411", "1010", "-1.5", None), ("2", "3 11:00:60", "6011", "2010", "-20", "007")]
+
+
+def test_parquet_file_and_hive_folder(tmp_path: Path) -> None:
+    df = pl.DataFrame({"customer_id": [1, 2, 3], "amount": [-1.0, 2.0, 3.5], "part": ["a", "b", "a"]})
+    df.write_parquet(tmp_path / "one.parquet")
+    df.write_parquet(tmp_path / "hive", partition_by="part")
+    assert scan_table(tmp_path / "one.parquet").collect().equals(df)
+    back = scan_table(tmp_path / "hive").collect().sort("customer_id")
+    assert back.select(df.columns).with_columns(pl.col("part").cast(pl.String)).equals(df)
+
+
+def test_sha256_of_file_and_folder(tmp_path: Path) -> None:
+    path = tmp_path / "a.csv"
+    path.write_text(CSV)
+    assert sha256_file(path) == hashlib.sha256(CSV.encode()).hexdigest()
+    folder = tmp_path / "f"
+    folder.mkdir()
+    pl.DataFrame({"x": [1]}).write_parquet(folder / "a.parquet")
+    first = sha256_file(folder)
+    pl.DataFrame({"x": [2]}).write_parquet(folder / "b.parquet")
+    assert sha256_file(folder) != first
+
+
+def test_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(TableError, match="nope.csv: no such file"):
+        scan_table(tmp_path / "nope.csv")
+    (tmp_path / "empty.csv").write_bytes(b"")
+    with pytest.raises(TableError, match="empty.csv: file is empty"):
+        scan_table(tmp_path / "empty.csv")
+    (tmp_path / "blank.csv").write_text("\n\n")
+    with pytest.raises(TableError, match="blank.csv"):
+        scan_table(tmp_path / "blank.csv")
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(TableError, match="holds no Parquet"):
+        scan_table(tmp_path / "empty_dir")
+    (tmp_path / "bad.parquet").write_bytes(b"garbage")
+    with pytest.raises(TableError, match="bad.parquet"):
+        scan_table(tmp_path / "bad.parquet")
+
+
+def test_atomic_writes_leave_nothing_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "out" / "x.parquet"
+    write_parquet_atomic(pl.DataFrame({"a": [1]}), target)
+    assert pl.read_parquet(target)["a"].to_list() == [1]
+    with pytest.raises(Exception):
+        write_parquet_atomic(pl.LazyFrame({"a": ["x"]}).select(pl.col("a").cast(pl.Int64, strict=True)), target)
+    assert pl.read_parquet(target)["a"].to_list() == [1]  # old content intact
+    assert sorted(p.name for p in target.parent.iterdir()) == ["x.parquet"]  # no temp file left
+    write_text_atomic("hello", tmp_path / "t.txt")
+    assert (tmp_path / "t.txt").read_text() == "hello"
