@@ -232,6 +232,10 @@ def build_sequences(
     `events` follows `schema.EVENTS_SCHEMA` (only customer_id, event_time, day, second_of_day, mcc_code, tr_type,
     amount are required; source_file/source_row break ties when present). `labels` (customer_id, gender) is
     left-joined: customers without a label keep a null gender.
+
+    `events` is executed twice: a small pre-pass for the sort key (`order_keys`), then the build. That is cheap on a
+    Parquet scan; when `events` is an expensive lazy query (e.g. validation of raw rows), pass it materialised
+    (`df.lazy()`) so the query runs once.
     """
     flat, order = event_features(events, vocab)
     n = config.max_len
