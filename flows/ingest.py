@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from flows.common import IO_RETRIES, cached_on, missing
 from pipeline.ingest import IngestConfig, IngestResult, ingest
+from pipeline.io import check_io_paths
 from pipeline.settings import load_settings
 
 
@@ -35,7 +36,7 @@ def publish_reconciliation(result: IngestResult) -> None:
 def ingest_flow(params: IngestParams = IngestParams()) -> IngestResult:
     s = load_settings()
     inputs = [Path(p) for p in params.inputs] or sorted(s.raw_dir.glob("transactions*"))
-    out_dir = Path(params.out_dir) if params.out_dir else s.events_dir
+    inputs, (out_dir,) = check_io_paths(inputs, [Path(params.out_dir) if params.out_dir else s.events_dir])
     step = ingest_task.with_options(refresh_cache=missing([out_dir / "manifest.json"]))
     result = step(inputs, out_dir, IngestConfig())
     publish_reconciliation(result)

@@ -14,8 +14,17 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
 from flows.common import IO_RETRIES
-from pipeline.batch_scoring import LandingConfig, LandingResult, ScoreConfig, ScoreResult, score_file, summary_markdown
+from pipeline.batch_scoring import (
+    LandingConfig,
+    LandingResult,
+    ScoreConfig,
+    ScoreResult,
+    default_rejects_path,
+    score_file,
+    summary_markdown,
+)
 from pipeline.batch_scoring import score_landing as score_landing_folder
+from pipeline.io import check_io_paths
 from pipeline.scoring import load_batch_scorer
 from pipeline.settings import load_settings
 
@@ -61,7 +70,8 @@ def score(params: ScoreParams = ScoreParams()) -> ScoreResult:
     s = load_settings()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     output = Path(params.output) if params.output else s.scores_dir / f"scores-{stamp}.parquet"
-    result = score_task(params.model_uri, Path(params.input or s.landing_dir), output, params.chunk_rows)
+    (source,), (output, _) = check_io_paths([params.input or s.landing_dir], [output, default_rejects_path(output)])
+    result = score_task(params.model_uri, source, output, params.chunk_rows)
     publish_summary([result], key="scoring-summary")
     return result
 
@@ -69,8 +79,10 @@ def score(params: ScoreParams = ScoreParams()) -> ScoreResult:
 @flow(name="score-landing")
 def score_landing(params: LandingParams = LandingParams()) -> LandingResult:
     s = load_settings()
-    landing_dir, out_dir = Path(params.landing_dir or s.landing_dir), Path(params.out_dir or s.scores_dir)
+    (landing_dir,), (out_dir,) = check_io_paths([params.landing_dir or s.landing_dir], [params.out_dir or s.scores_dir])
     result = score_landing_task(params.model_uri, landing_dir, out_dir, params)
     publish_summary(result.scored, key="landing-scoring-summary")
+    if result.failed:  # the other files were scored; the run still fails so that someone looks at these
+        raise RuntimeError("; ".join(error for _, error in result.failed))
     return result
 

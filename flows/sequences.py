@@ -12,6 +12,7 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
 from flows.common import IO_RETRIES, cached_on, missing
+from pipeline.io import check_io_paths
 from pipeline.sequences import SequenceConfig, SequencesResult, run_sequences
 from pipeline.settings import load_settings
 from pipeline.splits import SplitConfig
@@ -33,9 +34,11 @@ def sequences_task(events_dir: Path, labels: Path, out_dir: Path, config: Sequen
 @flow(name="build_sequences")
 def sequences_flow(params: SequencesParams = SequencesParams()) -> SequencesResult:
     s = load_settings()
-    events_dir = Path(params.events_dir) if params.events_dir else s.events_dir
-    labels = Path(params.labels) if params.labels else s.raw_dir / "gender_train.csv"
-    out_dir = Path(params.out_dir) if params.out_dir else s.sequences_dir
+    (events_dir, labels), (out_dir,) = check_io_paths(
+        [Path(params.events_dir) if params.events_dir else s.events_dir,
+         Path(params.labels) if params.labels else s.raw_dir / "gender_train.csv"],
+        [Path(params.out_dir) if params.out_dir else s.sequences_dir],
+    )
     step = sequences_task.with_options(refresh_cache=missing([out_dir / "manifest.json"]))
     result = step(events_dir, labels, out_dir, SequenceConfig(params.max_len, params.min_count))
     create_markdown_artifact(f"```\n{result.summary()}\n```", key="sequences-summary")

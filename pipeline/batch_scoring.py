@@ -21,6 +21,7 @@ A claim whose holder died (same host, pid gone) or that saw no heartbeat for `st
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import math
 import os
@@ -39,8 +40,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import schema
-from pipeline.ingest import IngestConfig, validate
-from pipeline.io import parquet_files, scan_table, sha256_file, write_parquet_atomic, write_text_atomic
+from pipeline.ingest import IngestConfig, IngestError, check_columns, validate
+from pipeline.io import (
+    TableError,
+    is_gzip,
+    is_parquet,
+    parquet_files,
+    scan_table,
+    sha256_file,
+    write_parquet_atomic,
+    write_text_atomic,
+)
 
 Scorer = Callable[[Any], Any]
 """`predict(raw transactions DataFrame) -> DataFrame` with one row per customer: customer_id, probability,
@@ -119,6 +129,40 @@ def input_files(source: Path) -> list[Path]:
     return files
 
 
+def check_inputs(source: Path) -> list[Path]:
+    """The files behind `source`, each checked as far as it can be without reading its rows: it exists, has a
+    readable header or Parquet footer, the required columns and a data row. Raises IngestError naming the file, so a bad
+    input is reported before a model is loaded (problems further into a file, such as a .gz that ends early, surface
+    while scoring, also as IngestError)."""
+    try:
+        files = input_files(Path(source))
+    except FileNotFoundError as e:
+        raise IngestError(str(e)) from e
+    for f in files:
+        try:
+            names = scan_table(f).collect_schema().names()
+        except TableError as e:
+            raise IngestError(str(e)) from e
+        check_columns([n.strip().lstrip("\ufeff") for n in names], str(f), allow_extra=True)
+    try:
+        if is_parquet(files[0]):  # a Parquet file or folder: the footers hold the row counts
+            empty = pl.scan_parquet(files).select(pl.len()).collect().item() == 0
+        else:  # a CSV input is one file
+            empty = not _csv_has_a_row(files[0])
+    except (pl.exceptions.PolarsError, OSError, EOFError) as e:
+        raise IngestError(f"{source}: cannot be read: {e}") from e
+    if empty:
+        raise IngestError(f"{source}: no data rows (header only)")
+    return files
+
+
+def _csv_has_a_row(path: Path) -> bool:
+    """A non-blank line after the header (plain or gzip; reads two lines)."""
+    with (gzip.open if is_gzip(path) else open)(path, "rb") as fh:
+        fh.readline(1 << 20)
+        return bool(fh.readline(1 << 20).strip())
+
+
 def score_file(
     source: Path,
     output: Path,
@@ -140,7 +184,7 @@ def score_file(
     rejects = Path(rejects) if rejects is not None else default_rejects_path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     rejects.parent.mkdir(parents=True, exist_ok=True)
-    files = input_files(source)
+    files = check_inputs(source)
     ingest = config.ingest or getattr(scorer, "ingest", None) or IngestConfig()
     scored_at = datetime.now(UTC)
     staging = output.parent / f".{output.name}.{uuid.uuid4().hex[:8]}.staging"
@@ -155,6 +199,8 @@ def score_file(
 
     try:
         buckets, reject_parts = _stage(files, staging, config, ingest)
+        if not buckets and pl.scan_parquet(reject_parts).select(pl.len()).collect().item() == 0:
+            raise IngestError(f"{source}: no data rows (header only)")
         chunks = _pack(buckets, config.chunk_rows)
         lap("stage")
         unsorted = staging / "scores-unsorted.parquet"
@@ -252,20 +298,26 @@ def _stage(files: Sequence[Path], staging: Path, config: ScoreConfig, ingest: In
     staging.mkdir(parents=True)
     reject_parts = []
     for i, f in enumerate(files):
-        events, bad = validate(scan_table(f), str(f), ingest)
-        bucketed = events.with_columns((pl.col(schema.CUSTOMER_ID).hash(seed=0) % n_buckets).alias(_BUCKET))
-        part = staging / "rejects" / f"{i:05d}.parquet"
-        part.parent.mkdir(exist_ok=True)
-        pl.collect_all(
-            [
-                bucketed.sink_parquet(
-                    pl.PartitionBy(staging / "events" / f"{i:05d}", key=_BUCKET, include_key=False),
-                    mkdir=True,
-                    lazy=True,
-                ),
-                bad.sink_parquet(part, lazy=True),
-            ]
-        )
+        try:
+            events, bad = validate(scan_table(f), str(f), ingest)
+            bucketed = events.with_columns((pl.col(schema.CUSTOMER_ID).hash(seed=0) % n_buckets).alias(_BUCKET))
+            part = staging / "rejects" / f"{i:05d}.parquet"
+            part.parent.mkdir(exist_ok=True)
+            pl.collect_all(
+                [
+                    bucketed.sink_parquet(
+                        pl.PartitionBy(staging / "events" / f"{i:05d}", key=_BUCKET, include_key=False),
+                        mkdir=True,
+                        lazy=True,
+                    ),
+                    bad.sink_parquet(part, lazy=True),
+                ]
+            )
+        except TableError as e:
+            raise IngestError(str(e)) from e
+        except (pl.exceptions.PolarsError, OSError) as e:  # a truncated .gz, a corrupt Parquet page
+            first_line = (str(e).strip() or type(e).__name__).splitlines()[0]
+            raise IngestError(f"{f}: cannot be read to the end: {first_line}") from e
         reject_parts.append(part)
     by_key: dict[int, list[Path]] = {}
     for p in sorted((staging / "events").glob(f"*/{_BUCKET}=*/*.parquet")):
@@ -337,9 +389,11 @@ class LandingResult:
     scored: list[ScoreResult]
     skipped: list[Path]  # already scored (ledger) or claimed by a concurrent run
     ledger: list[dict[str, Any]]  # the ledger records written by this run
+    failed: list[tuple[Path, str]] = field(default_factory=list)  # unreadable files and why (tried again next run)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"scored": [r.to_dict() for r in self.scored], "skipped": [str(p) for p in self.skipped]}
+        return {"scored": [r.to_dict() for r in self.scored], "skipped": [str(p) for p in self.skipped],
+                "failed": [{"source": str(p), "error": e} for p, e in self.failed]}
 
 
 def landing_files(landing_dir: Path, min_age_s: float = 0.0) -> list[Path]:
@@ -370,7 +424,11 @@ def score_landing(
     config: ScoreConfig = ScoreConfig(),
     landing: LandingConfig = LandingConfig(),
 ) -> LandingResult:
-    """Score each landing file not scored before into `<out_dir>/<stem>.<sha12>.<model>-v<version>.parquet`."""
+    """Score each landing file not scored before into `<out_dir>/<stem>.<sha12>.<model>-v<version>.parquet`.
+
+    A file with a file-level problem (IngestError: empty, wrong columns, truncated) is listed in `failed` and left
+    unscored, and the other files are still scored: one bad export does not hold up the folder. It is tried again
+    by the next run (a file still being copied in may be complete by then)."""
     out_dir = Path(out_dir)
     (out_dir / "_claims").mkdir(parents=True, exist_ok=True)
     ledger_dir(out_dir).mkdir(parents=True, exist_ok=True)
@@ -391,10 +449,14 @@ def score_landing(
                 continue
             stem = f.name.removesuffix(".gz").removesuffix(".csv").removesuffix(".parquet")
             output = out_dir / f"{stem}.{digest[:12]}.{_safe(model.name)}-v{_safe(model.version)}.parquet"
-            scored = score_file(
-                f, output, scorer, model, config, rejects=out_dir / f"{stem}.{digest[:12]}.rejects.parquet",
-                on_chunk=lambda *_: claim.heartbeat(),
-            )
+            try:
+                scored = score_file(
+                    f, output, scorer, model, config, rejects=out_dir / f"{stem}.{digest[:12]}.rejects.parquet",
+                    on_chunk=lambda *_: claim.heartbeat(),
+                )
+            except IngestError as e:
+                result.failed.append((f, str(e)))
+                continue
             record = {
                 "source": str(f),
                 "sha256": digest,

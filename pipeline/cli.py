@@ -79,12 +79,14 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
         from pipeline.ingest import IngestError, ingest
         from pipeline.settings import load_settings
 
+        from pipeline.io import PathError, check_io_paths
+
         config = IngestConfig(max_day=args.max_day, max_abs_amount=args.max_abs_amount,
                               allow_extra_columns=args.allow_extra_columns, dedupe_date_only=args.dedupe_date_only)
-        out = args.out or load_settings().events_dir
         try:
-            result = ingest(args.inputs, out, config)
-        except IngestError as e:
+            inputs, (out,) = check_io_paths(args.inputs, [args.out or load_settings().events_dir])
+            result = ingest(inputs, out, config)
+        except (IngestError, PathError) as e:
             print(f"txseq ingest: error: {e}", file=sys.stderr)
             return 2
         print(result.format_table())
@@ -122,17 +124,26 @@ def _add_sequences(sub: argparse._SubParsersAction) -> None:
                    help="labelled customers held out as the test set (%(default)s)")
 
     def handler(args: argparse.Namespace) -> int:
+        from pipeline.ingest import IngestError
+        from pipeline.io import PathError, check_io_paths
         from pipeline.sequences import run_sequences
         from pipeline.settings import load_settings
 
         settings = load_settings()
-        result = run_sequences(
-            events_dir=args.events or settings.events_dir,
-            labels_path=args.labels,
-            out_dir=args.out or settings.sequences_dir,
-            config=SequenceConfig(max_len=args.max_len, min_count=args.min_count),
-            split_config=SplitConfig(test_fraction=args.test_fraction, n_folds=args.folds, seed=args.seed),
-        )
+        try:
+            labels = [args.labels] if args.labels else []
+            inputs, (out,) = check_io_paths([args.events or settings.events_dir, *labels],
+                                            [args.out or settings.sequences_dir])
+            result = run_sequences(
+                events_dir=inputs[0],
+                labels_path=inputs[1] if args.labels else None,
+                out_dir=out,
+                config=SequenceConfig(max_len=args.max_len, min_count=args.min_count),
+                split_config=SplitConfig(test_fraction=args.test_fraction, n_folds=args.folds, seed=args.seed),
+            )
+        except (IngestError, PathError) as e:
+            print(f"txseq sequences: error: {e}", file=sys.stderr)
+            return 2
         print(result.summary())
         return 0
 
@@ -159,7 +170,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, help="override the preset's epoch count")
     p.add_argument("--fold", type=int, default=0, help="validation fold of the split (%(default)s)")
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help="default: the preset's (auto)")
-    p.add_argument("--run", default=None, help="run name (default: <timestamp>-<preset>); an existing one resumes")
+    p.add_argument("--run", default=None, help="run name (default: <timestamp>-<preset>-<4 hex>); an existing one resumes")
     p.add_argument("--no-register", action="store_true", help="log the models but do not register them")
 
     def handler(args: argparse.Namespace) -> int:
@@ -214,22 +225,51 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-age-s", type=float, default=0.0, help="with --landing: skip files modified this recently")
 
     def handler(args: argparse.Namespace) -> int:
-        from pipeline.batch_scoring import LandingConfig, ScoreConfig, score_file, score_landing, summary_markdown
-        from pipeline.scoring import load_batch_scorer
+        from pipeline.batch_scoring import (
+            LandingConfig,
+            ScoreConfig,
+            check_inputs,
+            default_rejects_path,
+            score_file,
+            score_landing,
+            summary_markdown,
+        )
+        from pipeline.ingest import IngestError
+        from pipeline.io import PathError, check_io_paths
 
         if (args.input is None) == (args.landing is None):
             p.error("give either --input with --output, or --landing with --out-dir")
         if (args.input and not args.output) or (args.landing and not args.out_dir):
             p.error("--input needs --output; --landing needs --out-dir")
-        scorer, model = load_batch_scorer(args.model)
-        config = ScoreConfig(chunk_rows=args.chunk_rows)
-        if args.input:
-            results = [score_file(args.input, args.output, scorer, model, config)]
-        else:
-            landing = score_landing(args.landing, args.out_dir, scorer, model, config, LandingConfig(min_age_s=args.min_age_s))
-            results = landing.scored
-            print(f"{len(landing.scored)} new file(s) scored, {len(landing.skipped)} skipped (scored before or claimed)")
+        try:
+            # Paths and the input's header/footer are checked before the (slow) model load.
+            if args.input:
+                (source,), (output, _) = check_io_paths([args.input], [args.output, default_rejects_path(args.output)])
+                if output.is_dir():
+                    raise PathError(f"{output}: is a folder; --output names the scores Parquet file")
+                check_inputs(source)
+            else:
+                (landing_dir,), (out_dir,) = check_io_paths([args.landing], [args.out_dir])
+            from pipeline.scoring import load_batch_scorer
+
+            scorer, model = load_batch_scorer(args.model)
+            config = ScoreConfig(chunk_rows=args.chunk_rows)
+            if args.input:
+                results = [score_file(source, output, scorer, model, config)]
+            else:
+                landing = score_landing(landing_dir, out_dir, scorer, model, config,
+                                        LandingConfig(min_age_s=args.min_age_s))
+                results = landing.scored
+                print(f"{len(landing.scored)} new file(s) scored, {len(landing.skipped)} skipped (scored before or "
+                      f"claimed), {len(landing.failed)} failed")
+        except (IngestError, PathError) as e:
+            print(f"txseq score: error: {e}", file=sys.stderr)
+            return 2
         print(summary_markdown(results))
+        if args.landing and landing.failed:
+            for _, error in landing.failed:
+                print(f"txseq score: error: {error}", file=sys.stderr)
+            return 2
         return 0
 
     p.set_defaults(handler=handler)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import tempfile
+import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,6 +25,40 @@ REPLACEMENT_CHAR = "\ufffd"  # what lossy UTF-8 decoding puts in place of invali
 
 class TableError(Exception):
     """A file-level problem with an input table; the message names the file."""
+
+
+class PathError(ValueError):
+    """Input/output paths that cannot be used together (an output would overwrite or land inside an input)."""
+
+
+def check_io_paths(
+    inputs: Iterable[str | Path], outputs: Iterable[str | Path], *, inputs_must_exist: bool = True
+) -> tuple[list[Path], list[Path]]:
+    """Resolve the paths of one step (`~` expanded, symlinks followed) and refuse overlapping ones.
+
+    Every input must exist (unless `inputs_must_exist=False`); no output may be an input, lie inside an input
+    folder (the next read of that folder would pick it up) or contain an input (the step would read what it
+    writes), and no two outputs may coincide. Returns the resolved (inputs, outputs): the one check used by the
+    CLI handlers and the flows.
+    """
+    ins = [Path(p).expanduser().resolve() for p in inputs]
+    outs = [Path(p).expanduser().resolve() for p in outputs]
+    if inputs_must_exist:
+        for p in ins:
+            if not p.exists():
+                raise PathError(f"{p}: no such file or folder")
+    for o in outs:
+        for i in ins:
+            if o == i:
+                raise PathError(f"{o}: output is also an input; it would be overwritten")
+            if o.is_relative_to(i):
+                raise PathError(f"{o}: output lies inside the input folder {i}; write it elsewhere")
+            if i.is_relative_to(o):
+                raise PathError(f"{i}: input lies inside the output folder {o}; write the output elsewhere")
+    for a, o in enumerate(outs):
+        if any(o == other for other in outs[a + 1:]):
+            raise PathError(f"{o}: the same path is given for two outputs")
+    return ins, outs
 
 
 def is_parquet(path: Path) -> bool:
@@ -113,9 +147,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path in the target's folder; renamed onto `path` if the block succeeds, removed if not."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")  # created by the writer: umask perms
     try:
         yield tmp_path
         os.replace(tmp_path, path)
