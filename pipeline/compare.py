@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import subprocess
 import time
 from collections.abc import Sequence
@@ -32,11 +33,12 @@ from pipeline.scoring import log_model, save_gbdt_artifacts, save_sequence_artif
 from pipeline.sequences import MANIFEST_FILE, SEQUENCES_FILE, SPLIT_FILE, VOCAB_FILE, SequenceConfig, Vocab
 from pipeline.settings import Settings, load_settings
 from pipeline.splits import Split
-from pipeline.tracking import TAG_SPLIT_ID, TAG_TEST_AUROC, Tracker, setup
+from pipeline.tracking import TAG_SPLIT_ID, TAG_TEST_AUROC, Tracker, process_tags, setup
 from pipeline.train import evaluate, fit, resolve_device
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
+TAG_RUN_NAME = "txseq.run_name"  # on the parent and every nested run of one comparison (its checkpoints folder)
 # logged every epoch by `fit`: the run summary does not repeat them
 _PER_EPOCH = frozenset({"mem/rss_peak_gib", "mem/cuda_peak_gib", "mem/cuda_reserved_gib", "time/epoch_s",
                         "throughput/train_events_per_s"})
@@ -147,6 +149,8 @@ def _train_encoder(name: str, data: _Data, preset: RunPreset, datasets: dict, tr
                                             IngestConfig(), preset.eval_batch_size)
     params = {"model": cfg.to_dict(), "train": result.config, "batch_size": preset.batch_size,
               "crop_len": preset.crop_len, "device": result.device}
+    if result.resumed_from_epoch is not None:  # continued from the checkpoint of an interrupted run
+        params["resumed_from_epoch"] = result.resumed_from_epoch
     row = ModelResult(name, metrics, len(result.history), run_id, roc=roc_points(test["label"], test["prob"]))
     return row, params, {"config": config, "files": files, "plots": [art / "training_curve.png"]}
 
@@ -213,14 +217,20 @@ def start_comparison(
     sequences_dir = Path(sequences_dir)
     data = _load_data(sequences_dir, Path(events_dir), fold)
     models = tuple(m if m == "gbdt" else canonical_encoder_name(m) for m in (models or preset.models))
-    run_name = run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{preset.name}"
+    # default: unique even for two runs started in the same second (a shared name would share checkpoints)
+    run_name = run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{preset.name}-{os.urandom(2).hex()}"
     run_dir = settings.runs_dir / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     train_ids, val_ids, test_ids = data.ids
     common = {"split_id": data.split.split_id, "fold": fold, "data.sequences_manifest_sha256": data.manifest_sha256,
               "data.n_train": len(train_ids), "data.n_val": len(val_ids), "data.n_test": len(test_ids),
               "git_commit": git_commit() or "unknown", "preset": preset.name}
-    parent = tracker.start_run(run_name, tags={"txseq.kind": "comparison"})
+    # A run of the same name left RUNNING by a killed process is marked FAILED; this one resumes its checkpoints.
+    stale = tracker.fail_stale_runs(TAG_RUN_NAME, run_name)
+    tags = {"txseq.kind": "comparison", TAG_RUN_NAME: run_name, **process_tags()}
+    if stale:
+        tags["txseq.resumes_failed_runs"] = ",".join(stale)
+    parent = tracker.start_run(run_name, tags=tags)
     tracker.log_params(parent, {**common, "models": ",".join(models), "preset_config": preset.to_dict()})
     return ComparisonPlan(run_name, run_dir, parent, sequences_dir, Path(events_dir), preset, models, fold, settings,
                           register, experiment, common)
@@ -234,7 +244,8 @@ def train_one(plan: ComparisonPlan, name: str) -> ModelResult:
     train_ids, val_ids, test_ids = data.ids
     preset, run_dir = plan.preset, plan.run_dir
     log.info("training %s", name)
-    with tracker.run(name, parent_run_id=plan.parent_run_id, tags={"txseq.model": name}) as child:
+    tags = {"txseq.model": name, TAG_RUN_NAME: plan.run_name, **process_tags()}
+    with tracker.run(name, parent_run_id=plan.parent_run_id, tags=tags) as child:
         if name == "gbdt":
             row, params, art = _train_gbdt(data, preset, child, run_dir)
             for step, auc in enumerate(art["val_curve"]):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import tempfile
 import time
 import urllib.error
@@ -38,6 +39,27 @@ TAG_TEST_AUROC = "test_auroc"
 TAG_DECISION = "champion_decision"
 TAG_PROMOTED = "champion_promoted"
 _MAX_PARAM_CHARS = 6000
+
+
+TAG_HOST = "txseq.host"
+TAG_PID = "txseq.pid"
+
+
+def process_tags() -> dict[str, str]:
+    """Which process opened a run: lets a later run tell a killed run (process gone) from a live one."""
+    return {TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid())}
+
+
+def _alive(pid: str) -> bool:
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class TrackingError(RuntimeError):
@@ -149,6 +171,25 @@ class Tracker:
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)
+
+    def fail_stale_runs(self, tag: str, value: str) -> list[str]:
+        """Mark FAILED every run tagged `tag = value` that is still RUNNING although the process that opened it
+        (tags `txseq.host` / `txseq.pid`, see `process_tags`) is gone from this host: what a killed training leaves
+        behind. Runs opened on another host are left alone (their process cannot be checked from here).
+        Returns the ids of the runs marked failed."""
+        runs = self.client.search_runs(
+            [self.experiment_id], f"tags.`{tag}` = '{value}' and attributes.status = 'RUNNING'", max_results=1000
+        )
+        failed = []
+        for run in runs:
+            tags = run.data.tags
+            if tags.get(TAG_HOST) != socket.gethostname() or _alive(tags.get(TAG_PID, "")):
+                continue
+            self.client.set_tag(run.info.run_id, "txseq.failure",
+                                f"process {tags.get(TAG_PID)} ended without closing the run (killed?)")
+            self.client.set_terminated(run.info.run_id, "FAILED")
+            failed.append(run.info.run_id)
+        return failed
 
     def logger(self, run_id: str) -> MlflowLogger:
         return MlflowLogger(self.client, run_id)

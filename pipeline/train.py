@@ -118,6 +118,7 @@ class FitResult:
     n_parameters: int
     device: str
     config: dict = field(default_factory=dict)
+    resumed_from_epoch: int | None = None  # the last finished epoch of the checkpoint this run resumed from
 
 
 def _rng_state() -> dict:
@@ -178,6 +179,7 @@ def fit(
              "done": False}
 
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    resumed_from = None
     if ckpt_dir is not None:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         if (ckpt_dir / "last.pt").exists():
@@ -193,7 +195,11 @@ def fit(
                 scaler.load_state_dict(ckpt["scaler"])
             _set_rng_state(ckpt["rng"])
             state = ckpt["state"]
+            resumed_from = state["epoch"]
             log.info("resumed from %s at epoch %d", ckpt_dir / "last.pt", state["epoch"])
+            if logger is not None:  # the epochs run before the interruption, so the new run's curves are whole
+                for row in state["history"]:
+                    logger.log({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
 
     best_weights = None
     for epoch in range(state["epoch"] + 1, config.epochs):
@@ -273,5 +279,5 @@ def fit(
     return FitResult(
         history=state["history"], best_epoch=state["best_epoch"], best_val_auroc=float(state["best_auroc"]),
         train_s=state["train_s"], epochs_run=state["epoch"] + 1, stopped_early=state["done"],
-        n_parameters=n_params, device=str(device), config=asdict(config),
+        n_parameters=n_params, device=str(device), config=asdict(config), resumed_from_epoch=resumed_from,
     )
