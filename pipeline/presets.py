@@ -72,21 +72,23 @@ def tiny() -> RunPreset:
 
 
 def demo() -> RunPreset:
-    """The README's demo: the whole comparison on the default generated data in a few minutes on 2 CPU cores."""
+    """The README's demo: the whole comparison on the default generated data (15,000 customers, 8,400 labelled) in
+    minutes on 2 CPU cores. Small models, short random windows (crop 128) and 40 batches per epoch keep training
+    cheap; evaluation still reads every validation/test customer at full length (the sequences' max_len)."""
     return RunPreset(
         name="demo",
-        train=TrainConfig(epochs=3, lr=2e-3, warmup_frac=0.05, patience=2),
+        train=TrainConfig(epochs=2, lr=3e-3, warmup_frac=0.1, patience=2, max_steps_per_epoch=40),
         model=dict(
             d_model=32, n_layers=1, n_heads=4, ff_mult=2, dropout=0.1, mcc_dim=16, tr_type_dim=8, numeric_dim=8,
             time_dim=8,
             performer=PerformerConfig(nb_features=32),
-            infinite_former=InfiniteFormerConfig(segment_len=64, n_basis=32, n_samples=32),
+            infinite_former=InfiniteFormerConfig(segment_len=128, n_basis=32, n_samples=32),
             eam=EAMConfig(window=32, stride=32, pool_size=2, n_experts=4, top_k=2),
         ),
         batch_size=64,
         eval_batch_size=128,
-        crop_len=256,
-        gbdt=GBDTConfig(max_iter=300, learning_rate=0.05),
+        crop_len=128,
+        gbdt=GBDTConfig(max_iter=120, learning_rate=0.1),
     )
 
 
