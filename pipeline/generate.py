@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 
 from pipeline import schema, settings
 from pipeline.dictionaries import MCC_FILE, TR_TYPES_FILE, read_mcc_codes, resource_path
+from pipeline.io import atomic_path
 
 CALIBRATION_FILE = "calibration.json"
 N_DAYS = 457  # days 0..456
@@ -397,11 +398,10 @@ def _chunk(customers: pl.DataFrame, counts: np.ndarray, first_index: int, tab: _
     )
 
 
-def iter_chunks(config: GeneratorConfig, customers: pl.DataFrame | None = None) -> Iterator[pl.DataFrame]:
+def iter_chunks(config: GeneratorConfig) -> Iterator[pl.DataFrame]:
     """The transactions, chunk by chunk of `config.chunk_customers` customers (raw schema)."""
     rng = np.random.default_rng([config.seed, 0])
-    drawn = _customers(config, rng)
-    customers = drawn if customers is None else customers
+    customers = _customers(config, rng)
     counts = draw_counts(customers.height, rng, config.mean_count, config.max_count)
     tab = _tables(load_calibration(), config)
     for k, start in enumerate(range(0, customers.height, config.chunk_customers)):
@@ -410,47 +410,51 @@ def iter_chunks(config: GeneratorConfig, customers: pl.DataFrame | None = None) 
 
 
 def customers_and_labels(config: GeneratorConfig) -> pl.DataFrame:
-    """customer_id, gender (latent for unlabelled customers), labelled — the draw `generate` uses."""
+    """customer_id, gender (latent for unlabelled customers), labelled — the draw `iter_chunks` starts from."""
     return _customers(config, np.random.default_rng([config.seed, 0]))
 
 
-def generate(out_dir: Path, config: GeneratorConfig = GeneratorConfig()) -> GeneratedPaths:
-    """Write transactions (csv / csv.gz / parquet), gender_train.csv and the two dictionaries into `out_dir`."""
-    if config.format not in ("csv", "csv.gz", "parquet"):
-        raise ValueError(f"format must be csv, csv.gz or parquet, not {config.format!r}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tx_path = out_dir / f"transactions.{config.format}"
-    tmp = tx_path.with_name(f".{tx_path.name}.tmp")
-    customers = customers_and_labels(config)
+def _write_transactions(path: Path, config: GeneratorConfig) -> int:
     n_rows = 0
     if config.format == "parquet":
         writer = None
         try:
-            for df in iter_chunks(config, customers):
+            for df in iter_chunks(config):
                 table = df.to_arrow()
-                writer = writer or pq.ParquetWriter(tmp, table.schema, compression="zstd")
+                writer = writer or pq.ParquetWriter(path, table.schema, compression="zstd")
                 writer.write_table(table)
                 n_rows += df.height
         finally:
             if writer is not None:
                 writer.close()
-    else:
-        with open(tmp, "wb") as raw, (
-            # mtime=0 and no file name in the gzip header: the same config gives the same bytes (and sha256)
-            gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=config.gzip_level, mtime=0)
-            if config.format == "csv.gz" else contextlib.nullcontext(raw)
-        ) as fh:
-            for k, df in enumerate(iter_chunks(config, customers)):
-                df.write_csv(fh, include_header=k == 0)
-                n_rows += df.height
-    tmp.replace(tx_path)
+        return n_rows
+    with open(path, "wb") as raw, (
+        # mtime=0 and no file name in the gzip header: the same config gives the same bytes (and sha256)
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=config.gzip_level, mtime=0)
+        if config.format == "csv.gz" else contextlib.nullcontext(raw)
+    ) as fh:
+        for k, df in enumerate(iter_chunks(config)):
+            df.write_csv(fh, include_header=k == 0)
+            n_rows += df.height
+    return n_rows
 
-    labels_path = out_dir / "gender_train.csv"
-    customers.filter(pl.col("labelled")).select(schema.CUSTOMER_ID, schema.GENDER).write_csv(labels_path)
-    mcc_path, types_path = out_dir / MCC_FILE, out_dir / TR_TYPES_FILE
-    shutil.copyfile(resource_path(MCC_FILE), mcc_path)
-    shutil.copyfile(resource_path(TR_TYPES_FILE), types_path)
+
+def generate(out_dir: Path, config: GeneratorConfig = GeneratorConfig()) -> GeneratedPaths:
+    """Write transactions (csv / csv.gz / parquet), gender_train.csv and the two dictionaries into `out_dir`
+    (each file written under a temporary name and renamed into place)."""
+    if config.format not in ("csv", "csv.gz", "parquet"):
+        raise ValueError(f"format must be csv, csv.gz or parquet, not {config.format!r}")
+    out_dir = Path(out_dir)
+    paths = {name: out_dir / name for name in (f"transactions.{config.format}", "gender_train.csv", MCC_FILE, TR_TYPES_FILE)}
+    tx_path, labels_path, mcc_path, types_path = paths.values()
+    with atomic_path(tx_path) as tmp:
+        n_rows = _write_transactions(tmp, config)
+    customers = customers_and_labels(config)
+    with atomic_path(labels_path) as tmp:
+        customers.filter(pl.col("labelled")).select(schema.CUSTOMER_ID, schema.GENDER).write_csv(tmp)
+    for path in (mcc_path, types_path):
+        with atomic_path(path) as tmp:
+            shutil.copyfile(resource_path(path.name), tmp)
     return GeneratedPaths(tx_path, labels_path, mcc_path, types_path, n_rows, customers.height)
 
 

@@ -28,6 +28,7 @@ file's content hash, and the manifest is written last: ingesting the same file a
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -55,6 +56,7 @@ REASONS: tuple[str, ...] = (
     "duplicate_of_ingested_row",
 )
 BATCH_ROWS = 500_000  # rows validated and written at a time
+DEDUP_BUCKET_ROWS = 8_000_000  # rows checked for repeats at a time (~0.3 GB)
 INTEGER_COLUMNS = (schema.CUSTOMER_ID, schema.MCC_CODE, schema.TR_TYPE)
 REQUIRED_COLUMNS = tuple(c for c in schema.RAW_COLUMNS if c not in schema.RAW_OPTIONAL_COLUMNS)
 _TIME = r"^\d{1,2}:\d{2}:\d{2}$"  # after "<day> "; hour 0-23, minute 0-59, second 0-60 checked numerically
@@ -195,16 +197,29 @@ def _annotate(lf: pl.LazyFrame, source_file: str, config: IngestConfig) -> pl.La
 def _repeated_rows(raw: pl.LazyFrame, config: IngestConfig) -> pl.Series:
     """Source rows that repeat an earlier row of the same input exactly (raw values, byte for byte).
 
-    A narrow eager pass (a 64-bit hash per row, ~12 bytes a row) so that the main validation pass has no
-    whole-column operation and streams. Date-only records ("<day> 00:00:00") are left out unless
-    `config.dedupe_date_only`."""
+    A narrow first pass: (row number, 64-bit hash of the raw text) streams into a temporary Parquet file (12 bytes a
+    row), which is then checked in hash buckets of at most `DEDUP_BUCKET_ROWS` rows, so memory stays bounded for
+    inputs of any length and the main validation pass has no whole-column operation. Date-only records
+    ("<day> 00:00:00") are left out unless `config.dedupe_date_only`."""
     key = pl.struct(schema.RAW_COLUMNS).hash(seed=0)
     if not config.dedupe_date_only:
         dt = pl.col(schema.TR_DATETIME).str.strip_chars()
         date_only = dt.str.ends_with(" 00:00:00") | dt.str.ends_with(" 0:00:00")
         key = pl.when(~date_only.fill_null(False)).then(key)
-    keys = raw.select(pl.col(schema.SOURCE_ROW), key.alias("_key")).collect()
-    return keys.filter(pl.col("_key").is_not_null() & ~pl.col("_key").is_first_distinct())[schema.SOURCE_ROW]
+    keys = raw.select(pl.col(schema.SOURCE_ROW), key.alias("_key")).filter(pl.col("_key").is_not_null())
+    repeated = lambda df: df.sort(schema.SOURCE_ROW).filter(~pl.col("_key").is_first_distinct())[schema.SOURCE_ROW]  # noqa: E731
+    with tempfile.TemporaryDirectory(prefix="txseq-dedup-") as tmp:
+        flat = Path(tmp) / "keys.parquet"
+        keys.sink_parquet(flat)
+        n = pl.scan_parquet(flat).select(pl.len()).collect().item()
+        n_buckets = -(-n // DEDUP_BUCKET_ROWS)
+        if n_buckets <= 1:
+            return repeated(pl.read_parquet(flat))
+        pl.scan_parquet(flat).with_columns((pl.col("_key") % n_buckets).alias("_bucket")).sink_parquet(
+            pl.PartitionBy(Path(tmp) / "buckets", key="_bucket", include_key=False), mkdir=True
+        )
+        found = [repeated(pl.read_parquet(d)) for d in sorted((Path(tmp) / "buckets").iterdir())]
+    return pl.concat(found).sort()
 
 
 def _events(annotated: pl.LazyFrame) -> pl.LazyFrame:

@@ -341,3 +341,16 @@ def test_out_of_range_clock_values_are_unparseable(stamps: list[tuple[int, int, 
                        schema.TERM_ID: [None] * n})
     _, rejects = validate(lf, "prop")
     assert rejects.collect()[schema.REASON].to_list() == ["unparseable_datetime"] * n
+
+
+def test_repeat_check_in_buckets_equals_in_one_go(mixed_csv: Path, monkeypatch) -> None:
+    import pipeline.ingest as ingest_module
+
+    def rejected_rows() -> list[tuple[int, str]]:
+        _, rejects = validate(pl.scan_csv(mixed_csv, infer_schema=False), "m", IngestConfig(dedupe_date_only=True))
+        return list(rejects.collect().select(schema.SOURCE_ROW, schema.REASON).iter_rows())
+
+    whole = rejected_rows()
+    monkeypatch.setattr(ingest_module, "DEDUP_BUCKET_ROWS", 3)
+    assert rejected_rows() == whole
+    assert [r for r in whole if r[1] == "duplicate_row"] == [(4, "duplicate_row"), (len(GOOD) + len(BAD) + 1, "duplicate_row")]
