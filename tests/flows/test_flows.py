@@ -47,7 +47,8 @@ def data_root(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def first_run(data_root: Path):
-    state = pipeline(PipelineParams(train=TrainParams(preset="tiny", models=MODELS)), return_state=True)
+    # two models at a time: each model task opens its nested run from its own thread
+    state = pipeline(PipelineParams(train=TrainParams(preset="tiny", models=MODELS, max_parallel=2)), return_state=True)
     assert state.is_completed(), state.message
     return state
 
