@@ -53,7 +53,3 @@ def missing(paths: Iterable[Path]) -> bool:
     """True when an expected output is gone: the flow then refreshes the step's cache instead of trusting it."""
     return not all(Path(p).exists() for p in paths)
 
-
-def paths(values: Iterable[str] | None, default: Path) -> list[Path]:
-    """Parameter strings to paths, or `[default]` when none were given."""
-    return [Path(v).expanduser() for v in values] if values else [default]
