@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import math
 import os
 import socket
@@ -76,6 +77,11 @@ def _probe_writable(folder: Path, what: str) -> None:
         raise TrackingError(f"{what} {folder} is not writable: {e.strerror or e}") from e
 
 
+def _sqlite_path(tracking_uri: str) -> Path:
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    return db if db.is_absolute() else Path.cwd() / db
+
+
 def preflight(tracking_uri: str, artifact_root: Path | None = None, timeout_s: float = 5.0) -> None:
     """Fail fast with a clear message when the store cannot be reached or written.
 
@@ -85,8 +91,7 @@ def preflight(tracking_uri: str, artifact_root: Path | None = None, timeout_s: f
     """
     parsed = urlparse(tracking_uri)
     if parsed.scheme == "sqlite":
-        db = Path(tracking_uri.removeprefix("sqlite:///"))
-        db = db if db.is_absolute() else Path.cwd() / db
+        db = _sqlite_path(tracking_uri)
         _probe_writable(db.parent, "MLflow tracking folder")
         if db.exists() and not os.access(db, os.W_OK):
             raise TrackingError(f"MLflow tracking database {db} is read-only")
@@ -101,9 +106,28 @@ def preflight(tracking_uri: str, artifact_root: Path | None = None, timeout_s: f
     if artifact_root is not None:
         _probe_writable(Path(artifact_root), "MLflow artifact folder")
     try:
-        MlflowClient(tracking_uri).search_experiments(max_results=1)
+        with store_lock(tracking_uri):  # the first use of a SQLite file creates and migrates its tables
+            MlflowClient(tracking_uri).search_experiments(max_results=1)
     except Exception as e:  # noqa: BLE001 - any failure here means the store is unusable; say so plainly
         raise TrackingError(f"MLflow tracking store {tracking_uri} cannot be used: {e}") from e
+
+
+@contextmanager
+def store_lock(tracking_uri: str) -> Iterator[None]:
+    """For a SQLite store, an exclusive lock (`<db>.lock` beside the file) held while the database is created or
+    migrated and the experiment is created: MLflow's schema set-up fails when two processes run it at once (seen
+    with two `txseq train` on a fresh store). Other stores: no lock. Ordinary run writes need none (SQLite's own
+    locking and MLflow's retries serialise them)."""
+    if urlparse(tracking_uri).scheme != "sqlite":
+        yield
+        return
+    db = _sqlite_path(tracking_uri)
+    with open(db.with_name(f"{db.name}.lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 # --- runs, params, metrics ---------------------------------------------------------------------------------------
@@ -286,6 +310,7 @@ def setup(settings: Settings | None = None, experiment: str = "txseq") -> Tracke
     preflight(settings.tracking_uri, settings.artifact_root)
     mlflow.set_tracking_uri(settings.tracking_uri)
     client = MlflowClient(settings.tracking_uri)
-    experiment_id = get_or_create_experiment(client, experiment, settings.artifact_root / experiment)
+    with store_lock(settings.tracking_uri):  # two processes must not both create the experiment
+        experiment_id = get_or_create_experiment(client, experiment, settings.artifact_root / experiment)
     mlflow.set_experiment(experiment_id=experiment_id)
     return Tracker(settings.tracking_uri, experiment_id, client)
