@@ -1,0 +1,286 @@
+"""Bad input through `ingest` and `score`: every case is a real file written here, and ends either in a clear
+file-level error (exit code 2, the message names the file and the problem, no traceback, nothing left behind) or in
+rows in the rejects output with a reason, with the reconciliation holding:
+
+- ingest: rows in = accepted + rejected (manifest), and the events and rejects parts hold every source row once;
+- score: input rows = rows in the rejects + rows of scored customers, and exactly the customers with at least one
+  valid row are scored (one row each).
+
+Every case goes through `txseq ingest` as a subprocess. Through scoring, file-level cases run `txseq score` as a
+subprocess and row-level cases call `pipeline.batch_scoring.score_file` with the session's registered model (the
+same function the CLI calls after loading the model). The CASES table is the list the README counts.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import random
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import schema as S
+from pipeline.batch_scoring import score_file
+from pipeline.ingest import IngestError, read_labels, validate
+from pipeline.io import scan_table
+
+from conftest import Session, files_under, no_traceback
+
+HEADER = ",".join(S.RAW_COLUMNS)
+
+
+def line(cid: object = 1001, dt: str = "5 10:00:01", mcc: object = 5411, tr: object = 1010, amount: object = "-120.5",
+         term: object = "") -> str:
+    return f"{cid},{dt},{mcc},{tr},{amount},{term}"
+
+
+def good_lines(n: int = 6, cid: int = 1001, first_day: int = 0) -> list[str]:
+    """Valid rows of one customer, codes seen in training, distinct times."""
+    codes = [(5411, 1010), (6011, 2010), (4814, 1030), (5499, 1110)]
+    return [line(cid, f"{first_day + i // 3} {8 + i % 12:02d}:{(7 * i) % 60:02d}:{(13 * i) % 60:02d}",
+                 *codes[i % len(codes)], f"-{100 + 17 * i}.25") for i in range(n)]
+
+
+def csv_text(*rows: str, header: str = HEADER, sep: str = ",", newline: str = "\n") -> bytes:
+    text = newline.join([header, *rows]) + newline
+    return (text.replace(",", sep) if sep != "," else text).encode()
+
+
+def write_bytes(name: str, data: bytes) -> Callable[[Path], Path]:
+    def write(folder: Path) -> Path:
+        path = folder / name
+        path.write_bytes(data)
+        return path
+
+    return write
+
+
+def write_parquet(name: str, table: pa.Table, cut: float | None = None) -> Callable[[Path], Path]:
+    def write(folder: Path) -> Path:
+        path = folder / name
+        pq.write_table(table, path)
+        if cut is not None:
+            data = path.read_bytes()
+            path.write_bytes(data[: int(len(data) * cut)])
+        return path
+
+    return write
+
+
+def truncated_gzip(name: str) -> Callable[[Path], Path]:
+    rows = [r for c in range(1001, 1201) for r in good_lines(20, c)]
+
+    def write(folder: Path) -> Path:
+        buf = io.BytesIO()
+        with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz:
+            gz.write(csv_text(*rows))
+        data = buf.getvalue()
+        path = folder / name
+        path.write_bytes(data[: int(len(data) * 0.6)])  # ends early: no trailer, last block cut
+        return path
+
+    return write
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad input. `error`: substrings of the file-level error; else `rejected`: reason -> rows rejected."""
+
+    id: str
+    what: str  # the README's wording
+    write: Callable[[Path], Path]
+    error: tuple[str, ...] = ()
+    rejected: dict[str, int] = field(default_factory=dict)
+    rows: int = 0  # data rows written (row-level cases)
+
+    @property
+    def file_level(self) -> bool:
+        return bool(self.error)
+
+
+def rows_case(id: str, what: str, rows: list[str], rejected: dict[str, int], raw: bytes | None = None,
+              name: str = "input.csv") -> Case:
+    return Case(id, what, write_bytes(name, raw if raw is not None else csv_text(*rows)), rejected=rejected,
+                rows=len(rows))
+
+
+_typed = pa.table({
+    S.CUSTOMER_ID: pa.array([1001.0, 1001.0, 1002.5, 1003.0], pa.float64()),  # a float id column: 1002.5 is no id
+    S.TR_DATETIME: pa.array(["1 10:00:00", "1 11:00:00", "2 10:00:00", "3 10:00:00"]),
+    S.MCC_CODE: pa.array([5411, 6011, 5411, 5411], pa.int64()),
+    S.TR_TYPE: pa.array([1010, 1010, 1010, 1010], pa.int32()),
+    S.AMOUNT: pa.array(["-12.5", "abc", "-3", "7"]),  # amounts stored as text
+})
+_good_parquet = pa.table({c: pa.array([r.split(",")[i] for r in good_lines(400)]) for i, c in enumerate(S.RAW_COLUMNS)})
+_utf8_rows = [*good_lines(4), line(1002, term="caf\udce9"), line(1003, mcc="54\udcff1")]
+_cap_rows = good_lines(600, cid=1005)  # the model's sequences keep the latest 200 events
+
+CASES: list[Case] = [
+    Case("empty_file", "empty file (0 bytes)", write_bytes("input.csv", b""), error=("file is empty",)),
+    Case("header_only", "header only", write_bytes("input.csv", csv_text()), error=("no data rows",)),
+    Case("wrong_delimiter", "wrong delimiter (tab)", write_bytes("input.csv", csv_text(*good_lines(), sep="\t")),
+         error=("missing column", "delimiter")),
+    Case("missing_column", "missing column (amount)",
+         write_bytes("input.csv", csv_text(*[r.rsplit(",", 2)[0] + "," for r in good_lines()],
+                                           header="customer_id,tr_datetime,mcc_code,tr_type,term_id")),
+         error=("missing column(s) amount",)),
+    Case("extra_column", "extra column", write_bytes("input.csv", csv_text(*[r + ",x" for r in good_lines()],
+                                                                           header=HEADER + ",comment")),
+         error=("unknown column(s) comment",)),
+    Case("not_a_table", "random bytes named .csv", write_bytes("input.csv", random.Random(0).randbytes(4000)),
+         error=("missing column",)),
+    rows_case("wrong_type_text", "columns of the wrong type (text in integer columns)",
+              [*good_lines(3), line(mcc="54x1"), line(cid="-5"), line(tr="1.5"), line(cid="12ab")],
+              {"not_an_integer": 4}),
+    Case("wrong_type_parquet", "Parquet columns of the wrong type (float ids, text amounts)",
+         write_parquet("input.parquet", _typed), rejected={"not_an_integer": 1, "unparseable_amount": 1}, rows=4),
+    rows_case("datetime_malformed", "tr_datetime malformed",
+              [*good_lines(3), line(dt="2020-01-01 10:00:00"), line(dt="12 25:00:00"), line(dt="12 10:61:00"),
+               line(dt="abc"), line(dt="12"), line(dt="12 10:00:61")],
+              {"unparseable_datetime": 6}),
+    rows_case("datetime_second_60", "tr_datetime with :60 seconds (read as :59)",
+              [*good_lines(3), line(1002, dt="12 10:00:60"), line(1002, dt="12 23:59:60")], {}),
+    rows_case("negative_day", "tr_datetime with a negative day (and one past max_day)",
+              [*good_lines(3), line(dt="-3 10:00:00"), line(1002, dt="-1 00:00:00"), line(dt="99999 10:00:00")],
+              {"day_out_of_range": 3}),
+    rows_case("amount_nan_inf_huge", "NaN / inf / huge / unparseable / empty amounts",
+              [*good_lines(3), line(amount="nan"), line(amount="inf"), line(amount="-Infinity"),
+               line(amount="1e400"), line(amount="2e13"), line(amount='"1,5"'), line(amount="")],
+              {"non_finite_amount": 3, "amount_out_of_range": 2, "unparseable_amount": 1, "missing_value": 1}),
+    rows_case("duplicate_rows", "duplicate rows (date-only repeats are kept)",
+              [*good_lines(3), line(dt="7 10:00:01"), line(dt="7 10:00:01"), line(dt="7 10:00:01"),
+               line(1002, dt="8 00:00:00"), line(1002, dt="8 00:00:00")],
+              {"duplicate_row": 2}),
+    rows_case("single_transaction", "customer with a single transaction", [*good_lines(5), line(1009)], {}),
+    rows_case("over_cap", "customer with 3x the truncation cap of events", _cap_rows, {}),
+    rows_case("unseen_codes", "MCC codes and tr_types never seen in training",
+              [*good_lines(3), line(1002, mcc=1, tr=1), line(1002, dt="6 11:00:00", mcc=9998, tr=9997)], {}),
+    rows_case("non_utf8", "non-UTF-8 bytes", _utf8_rows, {"invalid_utf8": 2},
+              raw="\n".join([HEADER, *_utf8_rows, ""]).encode("utf-8", "surrogateescape")),  # lone 0xE9, 0xFF
+    rows_case("missing_values", "empty required fields", [*good_lines(3), line(cid=""), line(mcc=""), line(dt="")],
+              {"missing_value": 3}),
+    rows_case("semicolon_bom_crlf", "';' delimiter, UTF-8 BOM, CRLF line ends (accepted)", good_lines(5), {},
+              raw=b"\xef\xbb\xbf" + csv_text(*good_lines(5), sep=";", newline="\r\n")),
+    Case("truncated_parquet", "truncated Parquet file", write_parquet("input.parquet", _good_parquet, cut=0.6),
+         error=("not a readable Parquet",)),
+    Case("not_parquet", "random bytes named .parquet",
+         write_bytes("input.parquet", random.Random(1).randbytes(3000)), error=("not a readable Parquet",)),
+    Case("truncated_gzip", "gzip that ends early", truncated_gzip("input.csv.gz"), error=("cannot be read to the end",)),
+]
+IDS = [c.id for c in CASES]
+assert len(set(IDS)) == len(IDS)
+
+
+def _assert_file_error(proc, path: Path, case: Case) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    no_traceback(proc)
+    err = proc.stderr.strip().splitlines()[-1]
+    assert str(path) in err, err
+    for part in case.error:
+        assert part in err, err
+
+
+# --- ingest -----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_ingest(case: Case, session: Session, tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    path = case.write(tmp_path / "in")
+    out = tmp_path / "events"
+    proc = session.txseq("ingest", path, "--out", out)
+    if case.file_level:
+        _assert_file_error(proc, path, case)
+        assert not [p for p in out.rglob("*") if p.is_file()], f"left behind: {files_under(out)}"
+        return
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    no_traceback(proc)
+    import json
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    (entry,) = manifest["files"]
+    rejected = sum(case.rejected.values())
+    assert (entry["rows_in"], entry["accepted"], entry["rejected"]) == (case.rows, case.rows - rejected, rejected)
+    assert entry["rejected_by_reason"] == case.rejected
+    events = pl.read_parquet(out / "events" / entry["part"])
+    rejects = pl.read_parquet(out / "rejects" / entry["part"])
+    assert sorted([*events[S.SOURCE_ROW], *rejects[S.SOURCE_ROW]]) == list(range(1, case.rows + 1))
+    assert rejects[S.REASON].null_count() == 0
+    whole_row = pl.col(S.REASON).str.starts_with("duplicate_")  # a duplicate is the whole row, not one column
+    assert rejects.filter(~whole_row)[S.REJECT_COLUMN].null_count() == 0
+    assert dict(Counter(rejects[S.REASON].to_list())) == case.rejected
+    if case.id == "datetime_second_60":
+        seconds = events.filter(pl.col(S.CUSTOMER_ID) == 1002).sort(S.SOURCE_ROW)[S.SECOND_OF_DAY].to_list()
+        assert seconds == [10 * 3600 + 59, 23 * 3600 + 59 * 60 + 59]
+    if case.id == "non_utf8":
+        assert set(rejects[S.REJECT_COLUMN]) == {S.TERM_ID, S.MCC_CODE}
+
+
+# --- score ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_score(case: Case, session: Session, scorer, tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    path = case.write(tmp_path / "in")
+    out_dir = tmp_path / "scores"
+    output = out_dir / "scores.parquet"
+    if case.file_level:
+        proc = session.txseq("score", "--model", session.model_uri, "--input", path, "--output", output)
+        _assert_file_error(proc, path, case)
+        assert not [p for p in out_dir.rglob("*") if p.is_file()] if out_dir.exists() else True, files_under(out_dir)
+        assert not any(p.name.endswith(".staging") for p in out_dir.glob(".*")) if out_dir.exists() else True
+        return
+    model, ref = scorer
+    result = score_file(path, output, model, ref)
+    scores, rejects = pl.read_parquet(result.output), pl.read_parquet(result.rejects)
+    rejected = sum(case.rejected.values())
+    assert (result.input_rows, result.rejected_rows) == (case.rows, rejected)
+    assert dict(Counter(rejects[S.REASON].to_list())) == case.rejected
+    events, _ = validate(scan_table(path), str(path), model.ingest)  # what ingest accepts, scored customer by customer
+    valid = events.collect()
+    assert valid.height + rejects.height == case.rows
+    assert sorted(scores[S.CUSTOMER_ID]) == sorted(valid[S.CUSTOMER_ID].unique())
+    assert result.customers == scores.height == scores[S.CUSTOMER_ID].n_unique()
+    assert scores[S.PROBABILITY].is_between(0, 1).all() and scores[S.PROBABILITY].is_finite().all()
+    assert set(scores[S.MODEL_VERSION]) == {ref.version}
+    if case.id == "over_cap":
+        from pipeline.sequences import build_sequences
+
+        seq = build_sequences(valid.lazy(), model.vocab, model.sequence, labels=None)
+        assert (seq[S.SEQ_LENGTH].to_list(), seq[S.SEQ_TOTAL].to_list()) == ([model.sequence.max_len], [600])
+    if case.id == "unseen_codes":
+        assert not {1, 9998} & set(model.vocab.mcc) and 1002 in scores[S.CUSTOMER_ID].to_list()
+    assert not [p for p in out_dir.iterdir() if p.name.startswith(".")], "temp files left behind"
+
+
+# --- labels (they enter through `txseq sequences --labels`) -----------------------------------------------------------
+
+LABEL_CASES = {
+    "gender_not_0_1": ("customer_id,gender\n1001,1\n1002,2\n1003,M\n", "gender not 0/1"),
+    "duplicated_customer": ("customer_id,gender\n1001,1\n1002,0\n1001,0\n", "repeated customer_id"),
+    "wrong_header": ("client,sex\n1001,1\n", "expected columns customer_id, gender"),
+    "non_integer_id": ("customer_id,gender\nabc,1\n", "customer_id not an integer"),
+}
+
+
+@pytest.mark.parametrize("case", list(LABEL_CASES), ids=list(LABEL_CASES))
+def test_labels(case: str, session: Session, tmp_path: Path) -> None:
+    text, problem = LABEL_CASES[case]
+    path = tmp_path / "gender_train.csv"
+    path.write_text(text)
+    with pytest.raises(IngestError, match=problem):
+        read_labels(path)
+    out = tmp_path / "sequences"
+    proc = session.txseq("sequences", "--events", session.data.events, "--labels", path, "--out", out)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    no_traceback(proc)
+    assert str(path) in proc.stderr and problem in proc.stderr
+    assert not [p for p in out.rglob("*") if p.is_file()] if out.exists() else True
