@@ -252,7 +252,8 @@ def _rejects(annotated: pl.LazyFrame) -> pl.LazyFrame:
 def validate(lf: pl.LazyFrame, source_file: str, config: IngestConfig = IngestConfig()) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     """Raw columns (strings, or Parquet types) -> (events with EVENTS_SCHEMA, rejects with REJECTS_SCHEMA).
 
-    Raises IngestError for a missing or unknown column (file level); every other problem rejects the row."""
+    Raises IngestError for a missing or unknown column (file level); every other problem rejects the row. Reads
+    the input once up front for the repeat check (narrow, in bounded buckets); the returned frames are lazy."""
     annotated = _annotate(lf, source_file, config)
     return _events(annotated), _rejects(annotated)
 
@@ -270,12 +271,11 @@ class FileReport:
     accepted: int
     rejected: int
     rejected_by_reason: dict[str, int]
-    status: str = "ingested"  # or "already ingested"
-    seconds: float = 0.0
+    status: str = "ingested"  # or "already ingested (as <path>)"
 
     @property
     def part(self) -> str:
-        return f"part-{self.sha256[:16]}.parquet"
+        return part_name(self.sha256)
 
 
 @dataclass
@@ -370,13 +370,17 @@ class _ParquetSink:
             pl.DataFrame(schema=self.columns).write_parquet(self.path)
 
 
+def part_name(sha256: str) -> str:
+    """Events and rejects part of an input, named by its content hash."""
+    return f"part-{sha256[:16]}.parquet"
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
 
 
 def _ingest_file(path: Path, sha: str, out_dir: Path, seen: list[Path], config: IngestConfig) -> FileReport:
-    t0 = time.perf_counter()
     source = str(path)
     try:
         annotated = _annotate(scan_table(path), source, config)
@@ -390,7 +394,7 @@ def _ingest_file(path: Path, sha: str, out_dir: Path, seen: list[Path], config: 
         annotated = annotated.with_columns(
             pl.when(again).then(pl.lit("duplicate_of_ingested_row")).otherwise(pl.col(schema.REASON)).alias(schema.REASON)
         )
-    part = f"part-{sha[:16]}.parquet"
+    part = part_name(sha)
     by_reason: dict[str, int] = {}
     rows_in = accepted = rejected = last_row = 0
     try:
@@ -410,13 +414,14 @@ def _ingest_file(path: Path, sha: str, out_dir: Path, seen: list[Path], config: 
                     by_reason[r] = by_reason.get(r, 0) + n
             if rows_in == 0:
                 raise IngestError(f"{path}: no data rows (header only)")
+            # Reconciliation, before the parts are renamed into place: every row read (numbered 1..n at the scan)
+            # is in exactly one of the two outputs, and the reasons add up.
+            if not (accepted + rejected == rows_in == last_row and rejected == sum(by_reason.values())):
+                raise RuntimeError(f"{path}: reconciliation failed: {accepted} accepted + {rejected} rejected "
+                                   f"({by_reason}) vs {rows_in} rows read, last source row {last_row}")
     except (pl.exceptions.PolarsError, OSError) as e:
         raise IngestError(f"{path}: cannot be read to the end: {_first_line(e)}") from e
-    # Reconciliation: every row read (numbered 1..n at the scan) is in exactly one of the two outputs.
-    assert accepted + rejected == rows_in == last_row, f"{path}: {accepted} accepted + {rejected} rejected != {rows_in} rows in"
-    assert rejected == sum(by_reason.values()), f"{path}: rejects by reason do not add up"
-    return FileReport(source, sha, rows_in, accepted, rejected, dict(sorted(by_reason.items())),
-                      seconds=time.perf_counter() - t0)
+    return FileReport(source, sha, rows_in, accepted, rejected, dict(sorted(by_reason.items())))
 
 
 def ingest(inputs: Sequence[str | Path], out_dir: str | Path, config: IngestConfig = IngestConfig()) -> IngestResult:
@@ -440,12 +445,10 @@ def ingest(inputs: Sequence[str | Path], out_dir: str | Path, config: IngestConf
         seen = [out_dir / EVENTS_DIR / f["part"] for f in manifest["files"] if f["sha256"] != sha]
         report = _ingest_file(path, sha, out_dir, seen, config)
         reports.append(report)
-        entry = {k: v for k, v in asdict(report).items() if k not in ("status", "seconds")}
-        entry["part"] = report.part
-        entry["ingested_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        entry = {k: v for k, v in asdict(report).items() if k != "status"}
+        entry |= {"part": report.part, "config": asdict(config), "ingested_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         manifest["files"] = [f for f in manifest["files"] if f["sha256"] != sha] + [entry]
         manifest["totals"] = _totals(manifest["files"])
-        manifest["config"] = asdict(config)
         write_text_atomic(json.dumps(manifest, indent=1) + "\n", out_dir / MANIFEST)
     return IngestResult(out_dir, reports, manifest)
 

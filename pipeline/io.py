@@ -124,7 +124,6 @@ def scan_table(path: str | Path) -> pl.LazyFrame:
         infer_schema=False,
         encoding="utf8-lossy",
         raise_if_empty=False,
-        missing_columns="raise",
     )
 
 
