@@ -93,6 +93,10 @@ def render(res: dict[str, str], seconds: float | None) -> str:
               "| labels case | expected error | result |", "|---|---|---|"]
     for name, (_, problem) in LABEL_CASES.items():
         lines.append(f"| {name.replace('_', ' ')} | “{problem}” | {mark(bad.get(f'test_bad_input::test_labels[{name}]'))} |")
+    others = {k: v for k, v in bad.items() if not k.split("::")[1].startswith(("test_ingest[", "test_score[", "test_labels["))}
+    if others:
+        lines += ["", "| other bad-input test | result |", "|---|---|"]
+        lines += [f"| {k.split('::', 1)[1].removeprefix('test_').replace('_', ' ')} | {mark(v)} |" for k, v in others.items()]
     for module, title in (("test_faults", "Faults"), ("test_concurrency", "Concurrency"), ("test_safety", "Safety")):
         lines += ["", f"### {title}", "", "| test | result |", "|---|---|"]
         for k, v in res.items():

@@ -284,3 +284,28 @@ def test_labels(case: str, session: Session, tmp_path: Path) -> None:
     no_traceback(proc)
     assert str(path) in proc.stderr and problem in proc.stderr
     assert not [p for p in out.rglob("*") if p.is_file()] if out.exists() else True
+
+
+# --- a bad file in a landing folder ------------------------------------------------------------------------------------
+
+
+def test_a_bad_file_in_the_landing_folder_does_not_stop_the_others(session: Session, tmp_path: Path) -> None:
+    """The bad files are reported (exit status 2, each named) and left unscored; the good one is scored."""
+    from pipeline.batch_scoring import read_ledger
+
+    landing, out = tmp_path / "landing", tmp_path / "scores"
+    landing.mkdir()
+    bad = [case.write(tmp_path) for case in CASES if case.id in ("empty_file", "truncated_gzip")]
+    for i, path in enumerate(bad):
+        path.rename(landing / f"bad{i}{''.join(path.suffixes)}")
+    (landing / "good.csv").write_bytes(csv_text(*good_lines(5), *good_lines(4, cid=1002)))
+    proc = session.txseq("score", "--model", session.model_uri, "--landing", landing, "--out-dir", out)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    no_traceback(proc)
+    assert "1 new file(s) scored" in proc.stdout and "2 failed" in proc.stdout
+    assert str(landing / "bad0.csv") in proc.stderr and "file is empty" in proc.stderr
+    assert str(landing / "bad1.csv.gz") in proc.stderr and "cannot be read to the end" in proc.stderr
+    (record,) = read_ledger(out)
+    assert Path(record["source"]).name == "good.csv" and record["customers"] == 2
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("_")) == sorted(
+        [record["output"], record["rejects"]])
