@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	$(BIN)/txseq demo
+	$(BIN)/txseq-demo
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -275,14 +275,10 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=handler)
 
 
-def _add_demo(sub: argparse._SubParsersAction) -> None:
-    """`txseq demo`: the README's main job end to end on the bundled/generated data."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="txseq", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_generate, _add_ingest, _add_sequences, _add_train, _add_score, _add_demo):
+    for add in (_add_generate, _add_ingest, _add_sequences, _add_train, _add_score):
         add(sub)
     return parser
 
