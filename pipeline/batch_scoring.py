@@ -1,8 +1,9 @@
 """Batch scoring: raw transactions in, one row of scores per customer out, in customer-partitioned chunks.
 
 The model is any `Scorer`: a callable from a raw-transactions DataFrame (pandas or polars) to one row per customer
-with `customer_id`, `probability`, `prediction`. In production that is the MLflow pyfunc model's `predict`, loaded
-by `pipeline.scoring`; this module never imports mlflow, so it is tested with plain functions as well.
+with `customer_id`, `probability`, `prediction`. In production that is the scorer inside the MLflow pyfunc model
+(`pipeline.scoring.load_batch_scorer`), which is handed the rows validated here; this module never imports mlflow,
+so it is tested with plain functions as well.
 
     input (file or folder) ──validate (as ingest)──▶ rejects.parquet
                            └──▶ staging buckets: hash(customer_id) % n_buckets, one streaming pass
@@ -273,7 +274,6 @@ def summary_markdown(results: list[ScoreResult]) -> str:
 
 @dataclass(frozen=True)
 class _Bucket:
-    key: int
     files: tuple[Path, ...]
     rows: int
 
@@ -323,8 +323,8 @@ def _stage(files: Sequence[Path], staging: Path, config: ScoreConfig, ingest: In
     for p in sorted((staging / "events").glob(f"*/{_BUCKET}=*/*.parquet")):
         by_key.setdefault(int(p.parent.name.split("=", 1)[1]), []).append(p)
     buckets = [
-        _Bucket(k, tuple(ps), int(pl.scan_parquet(ps).select(pl.len()).collect().item()))
-        for k, ps in sorted(by_key.items())
+        _Bucket(tuple(ps), int(pl.scan_parquet(ps).select(pl.len()).collect().item()))
+        for _, ps in sorted(by_key.items())
     ]
     return buckets, reject_parts
 
