@@ -20,12 +20,14 @@ from pipeline.batch_scoring import (
     ScoreConfig,
     ScoreResult,
     default_rejects_path,
+    landing_files,
+    pending_files,
     score_file,
     summary_markdown,
 )
 from pipeline.batch_scoring import score_landing as score_landing_folder
 from pipeline.io import check_io_paths
-from pipeline.scoring import load_batch_scorer
+from pipeline.scoring import ModelLoadError, load_batch_scorer
 from pipeline.settings import load_settings
 
 CHAMPION_URI = "models:/txseq-gender@champion"
@@ -47,14 +49,27 @@ class LandingParams(BaseModel):
     stale_after_s: float = Field(3600.0, gt=0, description="take over claims with no heartbeat for this long")
 
 
-@task(**IO_RETRIES)
+def _worth_retrying(task, task_run, state) -> bool:
+    """Retry I/O failures, but not a model that does not exist (its URI will not appear by retrying)."""
+    try:
+        state.result()
+    except ModelLoadError as e:
+        return e.transient
+    except Exception:  # noqa: BLE001 - any other failure: the usual I/O retries
+        return True
+    return True
+
+
+@task(**IO_RETRIES, retry_condition_fn=_worth_retrying)
 def score_task(model_uri: str, source: Path, output: Path, chunk_rows: int) -> ScoreResult:
     scorer, model = load_batch_scorer(model_uri)
     return score_file(source, output, scorer, model, ScoreConfig(chunk_rows=chunk_rows))
 
 
-@task(**IO_RETRIES)
+@task(**IO_RETRIES, retry_condition_fn=_worth_retrying)
 def score_landing_task(model_uri: str, landing_dir: Path, out_dir: Path, p: LandingParams) -> LandingResult:
+    if not pending_files(landing_dir, out_dir, p.min_age_s):  # nothing new: no model to load
+        return LandingResult(scored=[], skipped=landing_files(landing_dir, p.min_age_s), ledger=[])
     scorer, model = load_batch_scorer(model_uri)
     landing = LandingConfig(stale_after_s=p.stale_after_s, min_age_s=p.min_age_s)
     return score_landing_folder(landing_dir, out_dir, scorer, model, ScoreConfig(chunk_rows=p.chunk_rows), landing)
@@ -79,6 +94,8 @@ def score(params: ScoreParams = ScoreParams()) -> ScoreResult:
 @flow(name="score-landing")
 def score_landing(params: LandingParams = LandingParams()) -> LandingResult:
     s = load_settings()
+    if params.landing_dir is None:  # the default folder may not exist yet on a new data root: nothing to score
+        s.landing_dir.mkdir(parents=True, exist_ok=True)
     (landing_dir,), (out_dir,) = check_io_paths([params.landing_dir or s.landing_dir], [params.out_dir or s.scores_dir])
     result = score_landing_task(params.model_uri, landing_dir, out_dir, params)
     publish_summary(result.scored, key="landing-scoring-summary")

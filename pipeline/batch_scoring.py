@@ -407,6 +407,12 @@ def landing_files(landing_dir: Path, min_age_s: float = 0.0) -> list[Path]:
     return sorted(files, key=lambda p: (p.stat().st_mtime, p.name))
 
 
+def pending_files(landing_dir: Path, out_dir: Path, min_age_s: float = 0.0) -> list[Path]:
+    """Landing files with no ledger record yet: callers skip loading a model when there are none."""
+    done = {p.stem for p in ledger_dir(out_dir).glob("*.json")}
+    return [f for f in landing_files(Path(landing_dir), min_age_s) if sha256_file(f)[:16] not in done]
+
+
 def ledger_dir(out_dir: Path) -> Path:
     return Path(out_dir) / "_ledger"
 

@@ -230,6 +230,8 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
             ScoreConfig,
             check_inputs,
             default_rejects_path,
+            landing_files,
+            pending_files,
             score_file,
             score_landing,
             summary_markdown,
@@ -250,9 +252,17 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
                 check_inputs(source)
             else:
                 (landing_dir,), (out_dir,) = check_io_paths([args.landing], [args.out_dir])
-            from pipeline.scoring import load_batch_scorer
+                if not pending_files(landing_dir, out_dir, args.min_age_s):  # nothing new: no model to load
+                    n = len(landing_files(landing_dir, args.min_age_s))
+                    print(f"0 new file(s) scored, {n} skipped (scored before or claimed), 0 failed")
+                    return 0
+            from pipeline.scoring import ModelLoadError, load_batch_scorer
 
-            scorer, model = load_batch_scorer(args.model)
+            try:
+                scorer, model = load_batch_scorer(args.model)
+            except ModelLoadError as e:  # a missing model/alias/version or an unreachable store: one line, exit 2
+                print(f"txseq score: error: {e}", file=sys.stderr)
+                return 2
             config = ScoreConfig(chunk_rows=args.chunk_rows)
             if args.input:
                 results = [score_file(source, output, scorer, model, config)]

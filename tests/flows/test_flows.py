@@ -182,3 +182,10 @@ def test_txseq_score_cli_writes_the_same_scores(champion_uri: str, tmp_path: Pat
     args = ["score", "--model", champion_uri, "--landing", str(landing), "--out-dir", str(tmp_path / "scores")]
     assert main(args) == 0 and "1 new file(s) scored" in capsys.readouterr().out
     assert main(args) == 0 and "0 new file(s) scored, 1 skipped" in capsys.readouterr().out
+
+
+def test_an_empty_landing_folder_needs_no_model(tmp_path: Path) -> None:
+    (tmp_path / "landing").mkdir()
+    params = LandingParams(model_uri="models:/no-such-model@champion", landing_dir=str(tmp_path / "landing"),
+                           out_dir=str(tmp_path / "scores"))
+    assert score_landing(params).scored == []
