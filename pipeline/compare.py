@@ -14,7 +14,7 @@ import math
 import os
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from pipeline.gbdt import train_gbdt
 from pipeline.ingest import IngestConfig, read_events
 from pipeline.metrics import classification_metrics, plot_roc, plot_training_curves, pyplot, roc_points
 from pipeline.presets import RunPreset
-from pipeline.scoring import log_model, save_gbdt_artifacts, save_sequence_artifacts
+from pipeline.scoring import log_model, save_gbdt_artifacts, save_sequence_artifacts, score_with_model
 from pipeline.sequences import MANIFEST_FILE, SEQUENCES_FILE, SPLIT_FILE, VOCAB_FILE, SequenceConfig, Vocab
 from pipeline.settings import Settings, load_settings
 from pipeline.splits import Split
@@ -277,6 +277,34 @@ def train_one(plan: ComparisonPlan, name: str) -> ModelResult:
     return row
 
 
+def champion_evaluator(data: _Data) -> Callable[[str], tuple[float, str]]:
+    """`pipeline.tracking.ChampionEvaluator` for this comparison's split: a model URI -> its ROC AUC on the split's
+    test customers (the labelled customers of the sequences table with a test id, the ones every model of the
+    comparison was tested on), scored through the model's pyfunc from their validated events. A test customer the
+    model returns no score for (its own stored validation rejected all of the customer's rows) counts as 0.5 and is
+    named in the route. Results are cached per URI: the champion is re-scored once per comparison."""
+    labels = (pl.read_parquet(data.sequences_dir / SEQUENCES_FILE, columns=[S.CUSTOMER_ID, S.GENDER])
+              .filter(pl.col(S.GENDER).is_not_null()
+                      & pl.col(S.CUSTOMER_ID).is_in(pl.Series(data.split.test_ids, dtype=pl.Int64)))
+              .sort(S.CUSTOMER_ID))
+    cache: dict[str, tuple[float, str]] = {}
+
+    def evaluate_champion(model_uri: str) -> tuple[float, str]:
+        if model_uri not in cache:
+            events = data.events.filter(pl.col(S.CUSTOMER_ID).is_in(labels[S.CUSTOMER_ID]))
+            scores = pl.from_pandas(score_with_model(model_uri, events)).select(
+                pl.col(S.CUSTOMER_ID).cast(pl.Int64), pl.col(S.PROBABILITY).cast(pl.Float64))
+            joined = labels.join(scores, on=S.CUSTOMER_ID, how="left")
+            missing = joined[S.PROBABILITY].null_count()
+            prob = joined[S.PROBABILITY].fill_null(0.5).to_numpy()
+            auroc = classification_metrics(joined[S.GENDER].to_numpy(), prob)["auroc"]
+            route = f"its pyfunc on the validated events of the {labels.height} test customers"
+            cache[model_uri] = (auroc, route + (f", {missing} of them unscored (counted as 0.5)" if missing else ""))
+        return cache[model_uri]
+
+    return evaluate_champion
+
+
 def finish_comparison(plan: ComparisonPlan, results: Sequence[ModelResult], failed: Sequence[str] = ()) -> ComparisonResult:
     """Move the champion alias (registered versions, in plan order), write the report of the models that trained,
     log it on the parent run and close that run (FAILED when some model in `failed` did not train)."""
@@ -284,10 +312,11 @@ def finish_comparison(plan: ComparisonPlan, results: Sequence[ModelResult], fail
     data = _load_data(plan.sequences_dir, plan.events_dir, plan.fold)
     train_ids, val_ids, test_ids = data.ids
     results = list(results)
+    evaluate_champion = champion_evaluator(data)  # for a champion measured on another split: re-scored on this one
     for r in results:  # one at a time, in plan order: models trained in parallel cannot race for the alias
         if r.version is not None:
             decision = tracker.promote_champion(plan.settings.registered_model, r.version, r.metrics["test/auroc"],
-                                                data.split.split_id)
+                                                data.split.split_id, evaluate_champion)
             r.champion = decision.reason
     table = markdown_table(results)
     not_trained = f"\n\nNot trained (failed): {', '.join(failed)}.\n" if failed else ""

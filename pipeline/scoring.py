@@ -199,6 +199,16 @@ def load_registered(name: str, alias_or_version: str = "champion") -> Any:
     return mlflow.pyfunc.load_model(uri)
 
 
+def score_with_model(model_uri: str, events: pl.LazyFrame) -> pd.DataFrame:
+    """Score validated events (EVENTS_SCHEMA, e.g. a slice of the ingest output) with a logged or registered model
+    through its pyfunc `predict`, fed the raw-schema columns as strings as a CSV read gives them: the route analysts
+    use, so the model's own stored preprocessing and validation rules apply (used to re-measure a champion that was
+    tested on another split). One row per customer with a valid row: customer_id, probability, prediction."""
+    model = mlflow.pyfunc.load_model(model_uri)
+    raw = events.select([pl.col(c).cast(pl.String) for c in S.RAW_COLUMNS]).collect()
+    return model.predict(raw.to_pandas())
+
+
 def load_batch_scorer(model_uri: str, tracking_uri: str | None = None) -> tuple[Any, Any]:
     """(scorer, `batch_scoring.ModelRef`) for a registered or logged model, for `pipeline.batch_scoring`.
 

@@ -6,8 +6,10 @@
 - `Tracker.run(name, parent_run_id=...)`: one parent run per comparison, nested runs per model.
 - `MlflowLogger.log(metrics, step)`: the trainer's `MetricLogger`.
 - `Tracker.log_pyfunc(...)` logs and registers a pyfunc model; `Tracker.promote_champion(...)` moves the
-  `champion` alias only when the new version beats the champion's test ROC AUC on the same split id, and records
-  the decision as tags on the new version. Aliases, never stages.
+  `champion` alias only when the new version beats the champion's test ROC AUC on the same test customers (the
+  champion's recorded score on the same split id, or, for a champion measured on another split, its score
+  re-measured by a `ChampionEvaluator` on this split's test customers), and records the decision as tags on the new
+  version. Aliases, never stages.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,6 +172,11 @@ class ChampionDecision:
     reason: str
 
 
+ChampionEvaluator = Callable[[str], tuple[float, str]]
+"""`evaluate(model_uri) -> (test ROC AUC, how it was measured)`: the current champion re-scored on the test customers
+of the split the new version was measured on (see `pipeline.compare`). Raising means it cannot be scored."""
+
+
 @dataclass
 class Tracker:
     tracking_uri: str
@@ -263,11 +270,18 @@ class Tracker:
             self.client.set_model_version_tag(registered_model, version, key, str(value))
         return RegisteredVersion(registered_model, version, info.model_uri)
 
-    def promote_champion(self, name: str, version: str, test_auroc: float, split_id: str) -> ChampionDecision:
-        """Move `champion` to `version` only if it beats the current champion's test ROC AUC on the same split id.
+    def promote_champion(self, name: str, version: str, test_auroc: float, split_id: str,
+                         evaluate_champion: ChampionEvaluator | None = None) -> ChampionDecision:
+        """Move `champion` to `version` only if its test ROC AUC beats the champion's on the same test customers.
 
-        The first version becomes champion; a champion measured on another split is not compared (no move).
-        The decision is written as tags on `version`.
+        - no champion yet: `version` becomes champion;
+        - champion measured on the same split id: compared with its recorded `test_auroc` tag;
+        - champion measured on another split (new labels, another split seed): `evaluate_champion(models:/name/v)`
+          re-scores it on this split's test customers and the two are compared on that; when it cannot be loaded or
+          scored (artifacts gone, ...), `version` is promoted and the tag says why. Without an evaluator the champion
+          is not compared and stays.
+        A tie never moves the alias. The decision (both scores and how the champion's was obtained) is written as
+        tags on `version`.
         """
         try:
             current = self.client.get_model_version_by_alias(name, CHAMPION)
@@ -277,24 +291,45 @@ class Tracker:
             decision = ChampionDecision(True, f"first champion (test ROC AUC {test_auroc:.4f}, split {split_id})")
         elif current.version == str(version):
             decision = ChampionDecision(False, f"version {version} already champion")
-        elif current.tags.get(TAG_SPLIT_ID) != split_id:
+        elif current.tags.get(TAG_SPLIT_ID) == split_id:
+            best = float(current.tags.get(TAG_TEST_AUROC, "nan"))
+            decision = _compare(test_auroc, best, f"champion v{current.version} ({best:.4f}) on split {split_id}")
+        elif evaluate_champion is None:
             decision = ChampionDecision(
                 False,
                 f"not compared: champion v{current.version} was measured on split "
                 f"{current.tags.get(TAG_SPLIT_ID)!r}, this version on {split_id!r}",
             )
         else:
-            best = float(current.tags.get(TAG_TEST_AUROC, "nan"))
-            beats = math.isfinite(test_auroc) and (not math.isfinite(best) or test_auroc > best)
-            verb = "beats" if beats else "does not beat"
-            decision = ChampionDecision(
-                beats, f"test ROC AUC {test_auroc:.4f} {verb} champion v{current.version} ({best:.4f}) on split {split_id}"
-            )
+            decision = self._compare_across_splits(name, current, test_auroc, split_id, evaluate_champion)
         if decision.promoted:
             self.client.set_registered_model_alias(name, CHAMPION, str(version))
         self.client.set_model_version_tag(name, str(version), TAG_DECISION, decision.reason)
         self.client.set_model_version_tag(name, str(version), TAG_PROMOTED, str(decision.promoted).lower())
         return decision
+
+    def _compare_across_splits(self, name: str, current: Any, test_auroc: float, split_id: str,
+                               evaluate_champion: ChampionEvaluator) -> ChampionDecision:
+        old_split, old_auroc = current.tags.get(TAG_SPLIT_ID), current.tags.get(TAG_TEST_AUROC, "nan")
+        was = f"it had {float(old_auroc):.4f} on split {old_split}"
+        try:
+            best, route = evaluate_champion(f"models:/{name}/{current.version}")
+        except Exception as e:  # noqa: BLE001 - whatever stops the old champion from scoring, it cannot stay champion
+            first_line = (str(e).strip() or type(e).__name__).splitlines()[0][:300]
+            return ChampionDecision(
+                True,
+                f"promoted: champion v{current.version} ({was}) could not be re-scored on split {split_id}: "
+                f"{type(e).__name__}: {first_line}; test ROC AUC {test_auroc:.4f} (split {split_id})",
+            )
+        return _compare(test_auroc, best, f"champion v{current.version} re-scored on split {split_id}: "
+                                          f"{best:.4f} ({route}; {was})")
+
+
+def _compare(test_auroc: float, best: float, against: str) -> ChampionDecision:
+    """Strictly better wins (a tie keeps the champion); a NaN champion score loses to any finite one."""
+    beats = math.isfinite(test_auroc) and (not math.isfinite(best) or test_auroc > best)
+    verb = "beats" if beats else "does not beat"
+    return ChampionDecision(beats, f"test ROC AUC {test_auroc:.4f} {verb} {against}")
 
 
 def get_or_create_experiment(client: MlflowClient, name: str, artifact_location: Path) -> str:

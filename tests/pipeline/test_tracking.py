@@ -127,3 +127,49 @@ def test_champion_moves_only_on_a_better_score_on_the_same_split(tracker: Tracke
     tags = tracker.client.get_model_version(name, v3).tags
     assert tags[TAG_PROMOTED] == "false" and "0.7400" in tags[TAG_DECISION]
     assert tracker.client.get_model_version(name, v2).tags[TAG_PROMOTED] == "true"
+
+
+def test_a_champion_from_another_split_is_rescored_and_compared(tracker: Tracker) -> None:
+    """Given an evaluator, a champion measured on another split is re-scored on this split's test customers."""
+    name = "champion-resplit"
+    v1 = _version(tracker, name, 0.90, "old")
+    assert tracker.promote_champion(name, v1, 0.90, "old").promoted
+    asked: list[str] = []
+
+    def rescored(auroc: float):
+        def evaluate(model_uri: str) -> tuple[float, str]:
+            asked.append(model_uri)
+            return auroc, "its pyfunc on 40 test customers"
+        return evaluate
+
+    v2 = _version(tracker, name, 0.80, "new")
+    kept = tracker.promote_champion(name, v2, 0.80, "new", rescored(0.85))  # champion still better on the new split
+    assert not kept.promoted and _champion(tracker, name) == v1 and asked == [f"models:/{name}/{v1}"]
+    assert "0.8000 does not beat" in kept.reason and "re-scored on split new: 0.8500" in kept.reason
+    assert "its pyfunc on 40 test customers" in kept.reason and "0.9000 on split old" in kept.reason
+    v3 = _version(tracker, name, 0.85, "new")
+    assert not tracker.promote_champion(name, v3, 0.85, "new", rescored(0.85)).promoted  # a tie does not move it
+    v4 = _version(tracker, name, 0.86, "new")
+    moved = tracker.promote_champion(name, v4, 0.86, "new", rescored(0.85))
+    assert moved.promoted and _champion(tracker, name) == v4 and "0.8600 beats champion" in moved.reason
+    tags = tracker.client.get_model_version(name, v4).tags
+    assert tags[TAG_PROMOTED] == "true" and "re-scored on split new: 0.8500" in tags[TAG_DECISION]
+
+
+def test_a_champion_that_cannot_be_rescored_is_replaced(tracker: Tracker) -> None:
+    """The champion's artifacts are gone (here: never there): loading it through the registry fails, so the new
+    version is promoted and the tag says why."""
+    from pipeline.scoring import score_with_model
+
+    import polars as pl
+
+    name = "champion-gone"
+    v1 = _version(tracker, name, 0.95, "old")
+    assert tracker.promote_champion(name, v1, 0.95, "old").promoted
+    v2 = _version(tracker, name, 0.70, "new")
+    events = pl.LazyFrame()
+    decision = tracker.promote_champion(name, v2, 0.70, "new",
+                                        lambda uri: (0.0, str(score_with_model(uri, events))))
+    assert decision.promoted and _champion(tracker, name) == v2
+    assert decision.reason.startswith(f"promoted: champion v{v1} (it had 0.9500 on split old) could not be re-scored")
+    assert tracker.client.get_model_version(name, v2).tags[TAG_DECISION] == decision.reason
