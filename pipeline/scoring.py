@@ -37,7 +37,7 @@ from pipeline.features import FeatureSpec, build_features
 from pipeline.gbdt import feature_matrix, load_gbdt, save_gbdt
 from pipeline.ingest import IngestConfig, validate
 from pipeline.sequences import SequenceConfig, Vocab, build_sequences
-from pipeline.tracking import RegisteredVersion, Tracker
+from pipeline.tracking import RegisteredVersion, Tracker, TrackingError, check_readable
 from pipeline.train import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -215,14 +215,58 @@ def load_batch_scorer(model_uri: str, tracking_uri: str | None = None) -> tuple[
     The scorer is the very object the pyfunc's `predict` calls (built once by `load_context`), taken unwrapped so
     that chunks skip pandas conversion and signature checks; `models:/<name>@<alias>` is resolved to its version so
     every output row names the version that scored it.
+
+    Raises `ModelLoadError` (one line naming the URI and the problem, the cause chained) when the tracking store is
+    missing or unreachable, the model, alias or version does not exist, or its artifacts do not load.
     """
     from pipeline.batch_scoring import ModelRef
     from pipeline.settings import load_settings
 
-    mlflow.set_tracking_uri(tracking_uri or load_settings().tracking_uri)
-    pyfunc = mlflow.pyfunc.load_model(model_uri)
-    name, version = _model_name_version(model_uri, pyfunc)
-    return pyfunc.unwrap_python_model().scorer, ModelRef(name, version, model_uri)
+    tracking_uri = tracking_uri or load_settings().tracking_uri
+    if model_uri.startswith(("models:/", "runs:/")):  # these resolve through the tracking store
+        try:
+            check_readable(tracking_uri)
+        except TrackingError as e:
+            raise ModelLoadError(f"cannot load model {model_uri}: {e}", transient=True) from e
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        pyfunc = mlflow.pyfunc.load_model(model_uri)
+        name, version = _model_name_version(model_uri, pyfunc)
+        scorer = pyfunc.unwrap_python_model().scorer
+    except Exception as e:  # noqa: BLE001 - MLflow, OS, torch and skops errors alike: say which model and why
+        raise ModelLoadError(f"cannot load model {model_uri} (tracking store {tracking_uri}): "
+                             f"{_first_line(e).rstrip('.')}{_registry_hint(model_uri)}") from e
+    return scorer, ModelRef(name, version, model_uri)
+
+
+class ModelLoadError(RuntimeError):
+    """A model URI that cannot be loaded; the message names the URI and the problem. `transient` is True when the
+    tracking store could not be reached (worth retrying), False when the model itself is missing or broken."""
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:500]
+
+
+def _registry_hint(model_uri: str) -> str:
+    """'; registered model x has versions 1, 2 and aliases champion -> 2' for a models:/ URI whose name exists."""
+    if not model_uri.startswith("models:/"):
+        return ""
+    name = model_uri.removeprefix("models:/").split("@", 1)[0].split("/", 1)[0]
+    try:
+        client = mlflow.MlflowClient()
+        aliases = client.get_registered_model(name).aliases
+        versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+    except Exception:  # noqa: BLE001 - only a hint: an unknown name has none
+        return ""
+    shown = ", ".join(map(str, versions[-10:])) or "none"
+    alias_text = ", ".join(f"{a} -> {v}" for a, v in sorted(aliases.items())) or "none"
+    return f"; registered model {name} has versions {shown} and aliases {alias_text}"
 
 
 def _model_name_version(model_uri: str, pyfunc: Any) -> tuple[str, str]:

@@ -98,13 +98,7 @@ def preflight(tracking_uri: str, artifact_root: Path | None = None, timeout_s: f
         if db.exists() and not os.access(db, os.W_OK):
             raise TrackingError(f"MLflow tracking database {db} is read-only")
     elif parsed.scheme in {"http", "https"}:
-        url = tracking_uri.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - scheme checked above
-                if resp.status != 200:
-                    raise TrackingError(f"MLflow tracking server {tracking_uri} answered {resp.status} on /health")
-        except (urllib.error.URLError, OSError) as e:
-            raise TrackingError(f"MLflow tracking server {tracking_uri} is unreachable: {e}") from e
+        _check_server(tracking_uri, timeout_s)
     if artifact_root is not None:
         _probe_writable(Path(artifact_root), "MLflow artifact folder")
     try:
@@ -112,6 +106,32 @@ def preflight(tracking_uri: str, artifact_root: Path | None = None, timeout_s: f
             MlflowClient(tracking_uri).search_experiments(max_results=1)
     except Exception as e:  # noqa: BLE001 - any failure here means the store is unusable; say so plainly
         raise TrackingError(f"MLflow tracking store {tracking_uri} cannot be used: {e}") from e
+
+
+def _check_server(tracking_uri: str, timeout_s: float) -> None:
+    url = tracking_uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - http(s) checked by the callers
+            if resp.status != 200:
+                raise TrackingError(f"MLflow tracking server {tracking_uri} answered {resp.status} on /health")
+    except (urllib.error.URLError, OSError) as e:
+        raise TrackingError(f"MLflow tracking server {tracking_uri} is unreachable: {e}") from e
+
+
+def check_readable(tracking_uri: str, timeout_s: float = 5.0) -> None:
+    """For a reader (scoring): the store must already exist and answer, and nothing is created or written (MLflow
+    would silently create an empty SQLite database at a mistyped path, then report the model as missing).
+    sqlite:///path -> the file exists and is readable; http(s) -> GET /health within `timeout_s`."""
+    scheme = urlparse(tracking_uri).scheme
+    if scheme == "sqlite":
+        db = _sqlite_path(tracking_uri)
+        if not db.is_file():
+            raise TrackingError(f"MLflow tracking database {db} does not exist (wrong MLFLOW_TRACKING_URI or "
+                                f"TXSEQ_DATA_ROOT?)")
+        if not os.access(db, os.R_OK):
+            raise TrackingError(f"MLflow tracking database {db} is not readable")
+    elif scheme in {"http", "https"}:
+        _check_server(tracking_uri, timeout_s)
 
 
 @contextmanager

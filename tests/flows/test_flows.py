@@ -189,3 +189,32 @@ def test_an_empty_landing_folder_needs_no_model(tmp_path: Path) -> None:
     params = LandingParams(model_uri="models:/no-such-model@champion", landing_dir=str(tmp_path / "landing"),
                            out_dir=str(tmp_path / "scores"))
     assert score_landing(params).scored == []
+
+
+def test_the_score_flow_fails_on_a_missing_model_with_the_cli_message(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same one-line message as `txseq score`; a model that does not exist is not retried."""
+    from mlflow import MlflowClient
+
+    from pipeline.scoring import ModelLoadError
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(store).search_experiments()  # an existing, empty store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    source = tmp_path / "in.csv"
+    source.write_text(",".join(schema.RAW_COLUMNS) + "\n1001,0 10:00:00,5411,1010,-12.5,\n")
+    uri = "models:/no-such-model@champion"
+    state = score(ScoreParams(model_uri=uri, input=str(source), output=str(tmp_path / "s.parquet")), return_state=True)
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, ModelLoadError) and not error.transient
+    assert str(error).startswith(f"cannot load model {uri}") and "not found" in str(error)
+    assert str(error) in state.message and not (tmp_path / "s.parquet").exists()
+    assert _run(_task_run_counts(state.state_details.flow_run_id)) == {"score_task": 1}  # not retried
+    mlflow.set_tracking_uri(None)
+
+
+async def _task_run_counts(flow_run_id: UUID) -> dict[str, int]:
+    async with get_client() as client:
+        tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {t.name.rsplit("-", 1)[0]: t.run_count for t in tasks}

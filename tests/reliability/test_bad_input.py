@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import io
 import random
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -309,3 +310,60 @@ def test_a_bad_file_in_the_landing_folder_does_not_stop_the_others(session: Sess
     assert Path(record["source"]).name == "good.csv" and record["customers"] == 2
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith("_")) == sorted(
         [record["output"], record["rejects"]])
+
+
+# --- a model that cannot be loaded (`txseq score --model ...`) -----------------------------------------------------------
+
+# case -> (model URI, extra environment, expected problem). "{root}" is the session's data root, "{tmp}" the test's
+# temporary folder; "gone" is a version registered here whose artifacts are then deleted.
+MODEL_CASES = {
+    "unknown_model_name": ("models:/no-such-model@champion", {}, "name=no-such-model not found"),
+    "alias_not_set": ("models:/reliability-model@nightly", {}, "alias nightly not found"),
+    "version_not_registered": ("models:/reliability-model/999", {}, "version=999) not found"),
+    "unknown_run": ("runs:/0123456789abcdef0123456789abcdef/model", {}, "Run with id"),
+    "artifacts_deleted": ("models:/reliability-gone/1", {}, "cannot load model"),
+    "tracking_server_unreachable": ("models:/reliability-model@champion",
+                                    {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}, "is unreachable"),
+    "tracking_database_missing": ("models:/reliability-model@champion",
+                                  {"MLFLOW_TRACKING_URI": "sqlite:///{tmp}/no-store/mlflow.db"}, "does not exist"),
+}
+
+
+def _register_without_artifacts(session: Session, tmp_path: Path) -> None:
+    """`reliability-gone` version 1: a copy of the champion's files, registered, then deleted."""
+    import shutil
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient(session.tracking_uri)
+    if client.search_registered_models("name = 'reliability-gone'"):
+        return
+    local = Path(mlflow.artifacts.download_artifacts(session.model_uri, dst_path=str(tmp_path / "gone"),
+                                                     tracking_uri=session.tracking_uri))
+    client.create_registered_model("reliability-gone")
+    client.create_model_version("reliability-gone", source=local.resolve().as_uri())
+    shutil.rmtree(local)
+
+
+@pytest.mark.parametrize("case", list(MODEL_CASES), ids=list(MODEL_CASES))
+def test_model(case: str, session: Session, tmp_path: Path) -> None:
+    """One line on stderr names the model URI and the problem; exit status 2, no traceback, no output, and a
+    missing store is not created. The score flow raises the same message (`flows.score.score_task`)."""
+    uri, env, problem = MODEL_CASES[case]
+    env = {k: v.format(root=session.root, tmp=tmp_path) for k, v in env.items()}
+    if case == "artifacts_deleted":
+        _register_without_artifacts(session, tmp_path)
+    source = tmp_path / "in.csv"
+    source.write_bytes(csv_text(*good_lines(5)))
+    output = tmp_path / "scores" / "scores.parquet"
+    t0 = time.monotonic()
+    proc = session.txseq("score", "--model", uri, "--input", source, "--output", output, env=env)
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    no_traceback(proc)
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("txseq score: error:")]
+    assert len(errors) == 1 and uri in errors[0] and problem in errors[0], proc.stderr[-2000:]
+    assert errors[0].startswith(f"txseq score: error: cannot load model {uri}")
+    assert not output.parent.exists() or not any(output.parent.iterdir()), files_under(output.parent)
+    assert not (tmp_path / "no-store").exists()
+    assert time.monotonic() - t0 < 60
