@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import logging
 import math
 import os
 import shutil
@@ -47,12 +48,15 @@ from pipeline.io import (
     is_gzip,
     is_parquet,
     parquet_files,
+    remove_dead_temp,
     scan_table,
     sha256_file,
+    temp_path,
     write_parquet_atomic,
     write_text_atomic,
 )
 
+log = logging.getLogger(__name__)
 Scorer = Callable[[Any], Any]
 """`predict(raw transactions DataFrame) -> DataFrame` with one row per customer: customer_id, probability,
 prediction (pandas or polars in, pandas or polars out). A scorer that also has `score_events(events LazyFrame)`
@@ -188,7 +192,10 @@ def score_file(
     files = check_inputs(source)
     ingest = config.ingest or getattr(scorer, "ingest", None) or IngestConfig()
     scored_at = datetime.now(UTC)
-    staging = output.parent / f".{output.name}.{uuid.uuid4().hex[:8]}.staging"
+    for folder in {output.parent, rejects.parent}:  # what killed runs left here (their process is gone)
+        for leftover in remove_dead_temp(folder):
+            log.info("removed %s, left by a scoring run that was killed", leftover)
+    staging = temp_path(output, ".staging")
     phases = dict.fromkeys(("stage", "load", "model", "write"), 0.0)
     clock = time.perf_counter()
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import re
+import shutil
+import socket
 import uuid
 import zlib
 from collections.abc import Iterable, Iterator
@@ -141,12 +144,61 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+# --- temporary names that say which process made them --------------------------------------------------------------
+# `.<target name>.<host8>-<pid>-<random8>.tmp|.staging`: host8 is the first 8 hex digits of sha256(host name), so a
+# later run on the same host can tell a killed run's leftovers (pid gone) from a live concurrent run's (pid alive).
+_TEMP_NAME = re.compile(r"^\..+\.(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)-[0-9a-f]{8}\.(?:tmp|staging)$")
+
+
+def _host8() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def temp_path(path: str | Path, suffix: str = ".tmp") -> Path:
+    """A hidden temporary name beside `path` that records this host and process (see `remove_dead_temp`)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{_host8()}-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}")
+
+
+def pid_alive(pid: int) -> bool:
+    """A process with this id runs on this host (one we may not signal counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_dead_temp(folder: str | Path) -> list[Path]:
+    """Remove the temp files and staging folders (named by `temp_path`) directly in `folder` whose process is gone:
+    what a killed run leaves behind. Entries of a live process (a concurrent run), of another host (its processes
+    cannot be checked from here) and names of any other shape are left alone. Returns what was removed."""
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    host = _host8()
+    for entry in folder.iterdir():
+        m = _TEMP_NAME.match(entry.name)
+        if m is None or m["host"] != host or pid_alive(int(m["pid"])):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        if not entry.exists():
+            removed.append(entry)
+    return removed
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path in the target's folder; renamed onto `path` if the block succeeds, removed if not."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")  # created by the writer: umask perms
+    tmp_path = temp_path(path, ".tmp")  # created by the writer: umask perms
     try:
         yield tmp_path
         os.replace(tmp_path, path)

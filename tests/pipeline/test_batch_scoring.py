@@ -230,3 +230,24 @@ def test_two_concurrent_runs_never_score_a_file_twice(tmp_path: Path) -> None:
     assert len(read_ledger(out)) == 6
     assert len(list(out.glob("*.toy-v1.parquet"))) == 6
     assert list((out / "_claims").iterdir()) == []
+
+
+def test_a_rerun_removes_the_staging_of_a_killed_run_but_not_of_a_live_one(raw_file: Path, tmp_path: Path) -> None:
+    """Leftovers named by a process that is gone (here: a subprocess that ran and ended) are removed by the next
+    run into the same folder; those of a live process (this one, standing for a concurrent run) stay."""
+    from pipeline.io import temp_path
+
+    out = tmp_path / "out"
+    out.mkdir()
+    child = subprocess.run([sys.executable, "-c", "import sys; from pipeline.io import temp_path; "
+                            "p = temp_path(sys.argv[1], '.staging'); p.mkdir(); (p / 'x.parquet').write_bytes(b'x'); "
+                            "q = temp_path(sys.argv[2]); q.write_bytes(b'partial'); print(p.name, q.name)",
+                            str(out / "scores.parquet"), str(out / "scores.rejects.parquet")],
+                           capture_output=True, text=True, check=True, cwd=ROOT)
+    dead = [out / name for name in child.stdout.split()]
+    live = temp_path(out / "scores.parquet", ".staging")
+    live.mkdir()
+    assert all(p.exists() for p in dead)
+    score_file(raw_file, out / "scores.parquet", count_scorer, MODEL)
+    assert not any(p.exists() for p in dead) and live.is_dir()
+    assert sorted(p.name for p in out.iterdir()) == sorted(["scores.parquet", "scores.rejects.parquet", live.name])

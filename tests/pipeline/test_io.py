@@ -90,3 +90,39 @@ def test_atomic_writes_leave_nothing_on_failure(tmp_path: Path) -> None:
     assert sorted(p.name for p in target.parent.iterdir()) == ["x.parquet"]  # no temp file left
     write_text_atomic("hello", tmp_path / "t.txt")
     assert (tmp_path / "t.txt").read_text() == "hello"
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_leftovers_of_dead_processes_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
+    import os
+
+    from pipeline.io import remove_dead_temp, temp_path
+
+    mine = temp_path(tmp_path / "scores.parquet", ".staging")  # this (live) process
+    mine.mkdir()
+    (mine / "part.parquet").write_bytes(b"x")
+    host8, pid, rand = mine.name.split(".")[-2].split("-")
+    assert pid == str(os.getpid())
+    dead = _dead_pid()
+    dead_dir = tmp_path / f".scores.parquet.{host8}-{dead}-0123abcd.staging"
+    dead_dir.mkdir()
+    (dead_dir / "part.parquet").write_bytes(b"x")
+    dead_file = tmp_path / f".scores.parquet.{host8}-{dead}-89abcdef.tmp"
+    dead_file.write_bytes(b"x")
+    other_host = tmp_path / f".scores.parquet.{'0' * 8 if host8 != '0' * 8 else '1' * 8}-{dead}-0123abcd.tmp"
+    other_host.write_bytes(b"x")
+    legacy = tmp_path / ".scores.parquet.0123456789ab.tmp"  # the old name: owner unknown
+    legacy.write_bytes(b"x")
+    user = tmp_path / "scores.parquet"
+    user.write_bytes(b"x")
+    assert sorted(remove_dead_temp(tmp_path)) == sorted([dead_dir, dead_file])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (mine, other_host, legacy, user))
+    assert remove_dead_temp(tmp_path / "missing") == []

@@ -48,7 +48,7 @@ def mark(status: str | None) -> str:
 
 def render(res: dict[str, str], seconds: float | None) -> str:
     sys.path.insert(0, str(HERE))
-    from test_bad_input import CASES, LABEL_CASES
+    from test_bad_input import CASES, LABEL_CASES, MODEL_CASES
 
     counts = Counter(res.values())
     bad = {k: v for k, v in res.items() if k.startswith("test_bad_input::")}
@@ -93,7 +93,15 @@ def render(res: dict[str, str], seconds: float | None) -> str:
               "| labels case | expected error | result |", "|---|---|---|"]
     for name, (_, problem) in LABEL_CASES.items():
         lines.append(f"| {name.replace('_', ' ')} | “{problem}” | {mark(bad.get(f'test_bad_input::test_labels[{name}]'))} |")
-    others = {k: v for k, v in bad.items() if not k.split("::")[1].startswith(("test_ingest[", "test_score[", "test_labels["))}
+    lines += ["", "Models that cannot be loaded (`txseq score --model …`, a subprocess: exit status 2, one line naming the",
+              "URI and the problem, no traceback, no output; the score flow fails with the same message):", "",
+              "| model case | URI | expected error | result |", "|---|---|---|---|"]
+    for name, (uri, env, problem) in MODEL_CASES.items():
+        where = f" with `MLFLOW_TRACKING_URI={env['MLFLOW_TRACKING_URI'].replace('{tmp}', '…')}`" if env else ""
+        lines.append(f"| {name.replace('_', ' ')} | `{uri}`{where} | “{problem}” | "
+                     f"{mark(bad.get(f'test_bad_input::test_model[{name}]'))} |")
+    others = {k: v for k, v in bad.items()
+              if not k.split("::")[1].startswith(("test_ingest[", "test_score[", "test_labels[", "test_model["))}
     if others:
         lines += ["", "| other bad-input test | result |", "|---|---|"]
         lines += [f"| {k.split('::', 1)[1].removeprefix('test_').replace('_', ' ')} | {mark(v)} |" for k, v in others.items()]
@@ -113,7 +121,9 @@ NOTES = """### What the suite relies on
   `txseq.pid`), logs `resumed_from_epoch` on the model's run and replays the restored epochs' metrics. Runs opened
   on another host are not touched (their process cannot be checked from here).
 - Scores and rejects are written under temporary names and renamed at the end; a killed scoring run leaves only
-  hidden `.…staging` / `.….tmp` entries, which a rerun ignores (they are not cleaned up automatically).
+  hidden `.<name>.<host>-<pid>-<random>.staging` / `.tmp` entries. The next scoring run into that folder removes
+  the ones whose process is gone (same host, pid not running); those of a live concurrent run, of another host or
+  with names of any other shape (older versions) are left alone.
 - A SQLite tracking store is created and migrated under a file lock (`mlflow.db.lock`): without it two processes
   starting on a fresh store fail in MLflow's schema migration.
 - In a landing folder, a file with a file-level problem is reported (exit status 2, the flow fails) while the other
