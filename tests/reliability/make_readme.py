@@ -94,7 +94,8 @@ def render(res: dict[str, str], seconds: float | None) -> str:
     for name, (_, problem) in LABEL_CASES.items():
         lines.append(f"| {name.replace('_', ' ')} | “{problem}” | {mark(bad.get(f'test_bad_input::test_labels[{name}]'))} |")
     lines += ["", "Models that cannot be loaded (`txseq score --model …`, a subprocess: exit status 2, one line naming the",
-              "URI and the problem, no traceback, no output; the score flow fails with the same message):", "",
+              "URI and the problem, no traceback, no output; `tests/flows/test_flows.py` checks that the score flow",
+              "fails with the same message, without retrying a model that does not exist):", "",
               "| model case | URI | expected error | result |", "|---|---|---|---|"]
     for name, (uri, env, problem) in MODEL_CASES.items():
         where = f" with `MLFLOW_TRACKING_URI={env['MLFLOW_TRACKING_URI'].replace('{tmp}', '…')}`" if env else ""

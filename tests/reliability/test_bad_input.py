@@ -349,7 +349,7 @@ def _register_without_artifacts(session: Session, tmp_path: Path) -> None:
 @pytest.mark.parametrize("case", list(MODEL_CASES), ids=list(MODEL_CASES))
 def test_model(case: str, session: Session, tmp_path: Path) -> None:
     """One line on stderr names the model URI and the problem; exit status 2, no traceback, no output, and a
-    missing store is not created. The score flow raises the same message (`flows.score.score_task`)."""
+    missing store is not created. (The score flow's failure message: tests/flows/test_flows.py.)"""
     uri, env, problem = MODEL_CASES[case]
     env = {k: v.format(root=session.root, tmp=tmp_path) for k, v in env.items()}
     if case == "artifacts_deleted":
