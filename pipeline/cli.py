@@ -10,6 +10,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from pipeline.settings import apply_library_defaults
+
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     """`txseq generate`: calibrated synthetic dataset in the raw schema (owner: pipeline.generate)."""
@@ -294,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    apply_library_defaults()
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)

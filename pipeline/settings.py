@@ -45,6 +45,21 @@ class Settings:
         return self.data_root / "scores"
 
 
+# Quiet, offline-friendly defaults for the libraries we drive (a user's own setting always wins): no Prefect
+# telemetry from a bank's pipeline, no MLflow pip-requirements inference (needs the network) or progress bars in logs.
+LIBRARY_ENV_DEFAULTS: dict[str, str] = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK": "true",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
+def apply_library_defaults() -> None:
+    """Set LIBRARY_ENV_DEFAULTS where the user has not: call before prefect or mlflow is imported."""
+    for key, value in LIBRARY_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
 def shared_data_dir() -> Path | None:
     """The real Sberbank files (labels, dictionaries, a real sample) when `../shared` sits beside the project."""
     env = os.environ.get("TXSEQ_SHARED_DATA")
