@@ -198,12 +198,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path in the target's folder; renamed onto `path` if the block succeeds, removed if not."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = temp_path(path, ".tmp")  # created by the writer: umask perms
+    # The temp file lives in a private staging folder that is removed as a whole: a writer that fails can still
+    # create its file a moment after raising (polars' streaming sink does), and it cannot do so once the folder
+    # is gone, so nothing is left behind.
+    staging = temp_path(path, ".staging")
+    staging.mkdir()
+    tmp_path = staging / path.name  # created by the writer: umask perms
     try:
         yield tmp_path
         os.replace(tmp_path, path)
     finally:
-        tmp_path.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_parquet_atomic(df: pl.DataFrame | pl.LazyFrame, path: str | Path) -> Path:
