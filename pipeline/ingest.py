@@ -95,28 +95,48 @@ def check_columns(names: Sequence[str], source_file: str, allow_extra: bool = Fa
         )
 
 
-def _raw_strings(lf: pl.LazyFrame, source_file: str, config: IngestConfig) -> pl.LazyFrame:
-    """The raw columns as Strings (Parquet types cast), `term_id` added if absent, plus the 1-based source row."""
+def _numeric_columns(dtypes: dict[str, pl.DataType]) -> frozenset[str]:
+    """Raw columns whose typed values are checked as numbers instead of as their text (typed Parquet).
+
+    Integer ids (any signed/unsigned width) and a Float64 amount: for these the checks on the number give exactly
+    the reason the text route gives (the text of an integer or a Float64 reads back to the same value). Other types
+    (float ids such as 5411.0, a Float32 amount whose text is not its Float64 value, decimals, booleans) take the
+    text route."""
+    ints = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64)
+    out = {c for c in INTEGER_COLUMNS if c in dtypes and dtypes[c] in ints}
+    if dtypes.get(schema.AMOUNT) == pl.Float64:
+        out.add(schema.AMOUNT)
+    return frozenset(out)
+
+
+def _raw_columns(lf: pl.LazyFrame, source_file: str, config: IngestConfig, text_only: bool = False
+                 ) -> tuple[pl.LazyFrame, frozenset[str]]:
+    """The raw columns (Strings, except the `_numeric_columns` kept typed), `term_id` added if absent, plus the
+    1-based source row; and the names of the typed columns. `text_only` casts every column to String."""
     names = lf.collect_schema().names()
     renamed = {n: n.strip().lstrip("\ufeff") for n in names if n != n.strip().lstrip("\ufeff")}
     if renamed:
         lf = lf.rename(renamed)
         names = [renamed.get(n, n) for n in names]
     check_columns(names, source_file, config.allow_extra_columns)
+    numeric = frozenset() if text_only else _numeric_columns(dict(lf.collect_schema().items()))
     return lf.select(
-        [pl.col(c).cast(pl.String) if c in names else pl.lit(None, pl.String).alias(c) for c in schema.RAW_COLUMNS]
-    ).with_row_index(schema.SOURCE_ROW, offset=1)
+        [pl.col(c) if c in numeric else pl.col(c).cast(pl.String) if c in names else pl.lit(None, pl.String).alias(c)
+         for c in schema.RAW_COLUMNS]
+    ).with_row_index(schema.SOURCE_ROW, offset=1), numeric
 
 
-def _annotate(lf: pl.LazyFrame, source_file: str, config: IngestConfig) -> pl.LazyFrame:
+def _annotate(lf: pl.LazyFrame, source_file: str, config: IngestConfig, text_only: bool = False) -> pl.LazyFrame:
     """Raw strings -> raw strings + parsed values + `reason`/`column` (null reason = valid row) + `row_hash`.
 
     Built in stages of `with_columns` so that every string operation runs once per row (each stage refers to the
-    columns of the previous one, never re-derives them)."""
-    raw = _raw_strings(lf, source_file, config)
-    st = {c: f"_{c}_text" for c in schema.RAW_COLUMNS}  # stripped text
+    columns of the previous one, never re-derives them). Typed numeric columns (`_numeric_columns`) are checked
+    as numbers, with the same outcome as the text route (`text_only=True` forces it; the tests compare both)."""
+    raw, numeric = _raw_columns(lf, source_file, config, text_only)
+    text_cols = [c for c in schema.RAW_COLUMNS if c not in numeric]
+    st = {c: f"_{c}_text" for c in text_cols}  # stripped text
     stage1 = raw.with_columns(
-        *[pl.col(c).str.strip_chars().alias(st[c]) for c in schema.RAW_COLUMNS],
+        *[pl.col(c).str.strip_chars().alias(st[c]) for c in text_cols],
     ).with_columns(
         pl.col(st[schema.TR_DATETIME]).str.split_exact(" ", 1).alias("_dt_parts"),
     ).with_columns(
@@ -125,36 +145,39 @@ def _annotate(lf: pl.LazyFrame, source_file: str, config: IngestConfig) -> pl.La
     )
     time_text = pl.col("_time_text")
     stage2 = stage1.with_columns(
-        *[pl.col(st[c]).cast(pl.Int64, strict=False).alias(f"_{c}") for c in INTEGER_COLUMNS],
+        # a typed integer above Int64's range (UInt64) becomes null: not_an_integer, as its text would be
+        *[pl.col(c if c in numeric else st[c]).cast(pl.Int64, strict=False).alias(f"_{c}") for c in INTEGER_COLUMNS],
         pl.col("_day_text").cast(pl.Int64, strict=False).alias("_day"),
         time_text.str.contains(_TIME).alias("_time_ok"),
         time_text.str.head(-6).cast(pl.Int32, strict=False).alias("_h"),
         time_text.str.slice(-5, 2).cast(pl.Int32, strict=False).alias("_m"),
         time_text.str.tail(2).cast(pl.Int32, strict=False).alias("_s"),
-        pl.col(st[schema.AMOUNT]).cast(pl.Float64, strict=False).alias("_amount"),
+        pl.col(schema.AMOUNT if schema.AMOUNT in numeric else st[schema.AMOUNT]).cast(pl.Float64, strict=False).alias("_amount"),
         pl.when(pl.col(st[schema.TERM_ID]) != "").then(pl.col(st[schema.TERM_ID])).alias("_term"),
     )
     # Integers written as "5411.0" (spreadsheets) parse too. Polars evaluates every branch of a when/then, so the
     # regex runs on the text of the rows whose cast failed only (null elsewhere: skipped), not on every row.
-    failed = {c: pl.when(pl.col(f"_{c}").is_null()).then(pl.col(st[c])) for c in INTEGER_COLUMNS}
+    text_ints = [c for c in INTEGER_COLUMNS if c not in numeric]
+    failed = {c: pl.when(pl.col(f"_{c}").is_null()).then(pl.col(st[c])) for c in text_ints}
     stage3 = stage2.with_columns(
         *[
             pl.when(failed[c].str.contains(_INTEGER_DOT0))
             .then(failed[c].str.replace(r"\.0*$", "").cast(pl.Int64, strict=False))
             .otherwise(pl.col(f"_{c}"))
             .alias(f"_{c}")
-            for c in INTEGER_COLUMNS
+            for c in text_ints
         ]
     )
     int_max = {schema.CUSTOMER_ID: 2**63 - 1, schema.MCC_CODE: 2**31 - 1, schema.TR_TYPE: 2**31 - 1}
     checks: list[tuple[pl.Expr, str, str | None]] = []
+    # The text of a number is never empty, never holds U+FFFD and starts with "-" only when the number is < 0.
     for c in REQUIRED_COLUMNS:
-        checks.append((pl.col(st[c]).fill_null("") == "", "missing_value", c))
-    for c in schema.RAW_COLUMNS:
+        checks.append((pl.col(c).is_null() if c in numeric else pl.col(st[c]).fill_null("") == "", "missing_value", c))
+    for c in text_cols:
         checks.append((pl.col(c).str.contains(REPLACEMENT_CHAR, literal=True).fill_null(False), "invalid_utf8", c))
     for c in INTEGER_COLUMNS:
         bad = pl.col(f"_{c}").is_null() | (pl.col(f"_{c}") < 0) | (pl.col(f"_{c}") > int_max[c])
-        checks.append((bad | pl.col(st[c]).str.starts_with("-"), "not_an_integer", c))
+        checks.append((bad if c in numeric else bad | pl.col(st[c]).str.starts_with("-"), "not_an_integer", c))
     no_time = (
         ~pl.col("_time_ok").fill_null(False) | ~pl.col("_day_text").str.contains(r"^-?\d+$").fill_null(False)
         | (pl.col("_h") > 23) | (pl.col("_m") > 59) | (pl.col("_s") > 60)
@@ -165,8 +188,11 @@ def _annotate(lf: pl.LazyFrame, source_file: str, config: IngestConfig) -> pl.La
     amount = pl.col("_amount")
     checks.append((amount.is_null(), "unparseable_amount", schema.AMOUNT))
     # "nan", "inf", "infinity" are not finite; "1e400" overflows to inf but is a (too large) number.
-    word = pl.when(amount.is_infinite()).then(pl.col(st[schema.AMOUNT])).str.contains(r"(?i)nan|inf")  # inf rows only
-    non_finite = amount.is_nan() | (amount.is_infinite() & word.fill_null(False))
+    if schema.AMOUNT in numeric:  # a typed inf is written "inf": the word, not an overflowing number
+        non_finite = amount.is_nan() | amount.is_infinite()
+    else:
+        word = pl.when(amount.is_infinite()).then(pl.col(st[schema.AMOUNT])).str.contains(r"(?i)nan|inf")  # inf rows only
+        non_finite = amount.is_nan() | (amount.is_infinite() & word.fill_null(False))
     checks.append((non_finite, "non_finite_amount", schema.AMOUNT))
     checks.append((amount.abs() > config.max_abs_amount, "amount_out_of_range", schema.AMOUNT))
 
@@ -184,7 +210,7 @@ def _annotate(lf: pl.LazyFrame, source_file: str, config: IngestConfig) -> pl.La
         pl.col(f"_{schema.CUSTOMER_ID}"), pl.col("_day"), pl.col("_h"), pl.col("_m"), pl.col("_s"),
         pl.col(f"_{schema.MCC_CODE}"), pl.col(f"_{schema.TR_TYPE}"), pl.col("_amount"), pl.col("_term"),
     ).hash(seed=0)
-    repeated = _repeated_rows(raw, config)
+    repeated = _repeated_rows(raw, config, numeric)
     return (
         stage4.with_columns(pl.when(valid).then(row_hash).alias(schema.ROW_HASH))
         .with_columns(
@@ -197,15 +223,20 @@ def _annotate(lf: pl.LazyFrame, source_file: str, config: IngestConfig) -> pl.La
     )
 
 
-def _repeated_rows(raw: pl.LazyFrame, config: IngestConfig) -> pl.Series:
+def _repeated_rows(raw: pl.LazyFrame, config: IngestConfig, numeric: frozenset[str] = frozenset()) -> pl.Series:
     """Source rows that repeat an earlier row of the same input exactly (raw values, byte for byte).
 
     A narrow first pass: (row number, 64-bit hash of the raw text) streams into a temporary uncompressed Arrow IPC
     file (12 bytes a row: the hashes do not compress, and IPC reads back without decoding), which is then checked in
     hash buckets of at most `DEDUP_BUCKET_ROWS` rows, so memory stays bounded for inputs of any length and the main
     validation pass has no whole-column operation. Date-only records
-    ("<day> 00:00:00") are left out unless `config.dedupe_date_only`."""
-    key = pl.struct(schema.RAW_COLUMNS).hash(seed=0)
+    ("<day> 00:00:00") are left out unless `config.dedupe_date_only`. Typed numeric columns are hashed as numbers;
+    a Float64 amount's hash does not tell -0.0 from 0.0 (their texts differ), so its sign bit is hashed too."""
+    fields = [pl.col(c) for c in schema.RAW_COLUMNS]
+    if schema.AMOUNT in numeric:
+        a = pl.col(schema.AMOUNT)
+        fields.append(((a == 0) & (1.0 / a < 0)).alias("_negative_zero"))
+    key = pl.struct(fields).hash(seed=0)
     if not config.dedupe_date_only:
         dt = pl.col(schema.TR_DATETIME).str.strip_chars()
         date_only = dt.str.ends_with(" 00:00:00") | dt.str.ends_with(" 0:00:00")
@@ -253,12 +284,14 @@ def _rejects(annotated: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def validate(lf: pl.LazyFrame, source_file: str, config: IngestConfig = IngestConfig()) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+def validate(lf: pl.LazyFrame, source_file: str, config: IngestConfig = IngestConfig(), *, text_only: bool = False
+             ) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     """Raw columns (strings, or Parquet types) -> (events with EVENTS_SCHEMA, rejects with REJECTS_SCHEMA).
 
     Raises IngestError for a missing or unknown column (file level); every other problem rejects the row. Reads
-    the input once up front for the repeat check (narrow, in bounded buckets); the returned frames are lazy."""
-    annotated = _annotate(lf, source_file, config)
+    the input once up front for the repeat check (narrow, in bounded buckets); the returned frames are lazy.
+    `text_only` checks typed numeric columns through their text instead of as numbers (same result, slower)."""
+    annotated = _annotate(lf, source_file, config, text_only)
     return _events(annotated), _rejects(annotated)
 
 
