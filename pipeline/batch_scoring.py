@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import schema
-from pipeline.ingest import IngestConfig, IngestError, check_columns, validate
+from pipeline.ingest import IngestConfig, IngestError, check_columns, split_combined, validate_combined
 from pipeline.io import (
     TableError,
     is_gzip,
@@ -214,7 +214,7 @@ def score_file(
         unsorted = staging / "scores-unsorted.parquet"
         with pq.ParquetWriter(unsorted, _arrow_scores_schema()) as writer:
             for i, chunk in enumerate(chunks):
-                frame = pl.read_parquet([p for b in chunk for p in b.files])
+                frame = pl.read_parquet([p for b in chunk for p in b.files], columns=list(schema.EVENTS_SCHEMA))
                 lap("load")
                 scored = _conform(_predict(scorer, frame, config), frame, model, scored_at)
                 lap("model")
@@ -306,20 +306,23 @@ def _stage(files: Sequence[Path], staging: Path, config: ScoreConfig, ingest: In
     reject_parts = []
     for i, f in enumerate(files):
         try:
-            events, bad = validate(scan_table(f), str(f), ingest)
-            bucketed = events.with_columns((pl.col(schema.CUSTOMER_ID).hash(seed=0) % n_buckets).alias(_BUCKET))
+            # One pass: accepted rows into their customer bucket, rejected rows into bucket `n_buckets`, then
+            # split (two sinks of validate()'s two frames would run the validation twice).
+            combined = validate_combined(scan_table(f), str(f), ingest)
+            bucket = pl.when(pl.col(schema.REASON).is_null()).then(pl.col(schema.CUSTOMER_ID).hash(seed=0) % n_buckets)
+            folder = staging / "events" / f"{i:05d}"
+            combined.with_columns(bucket.fill_null(n_buckets).alias(_BUCKET)).sink_parquet(
+                pl.PartitionBy(folder, key=_BUCKET, include_key=False), mkdir=True,
+                compression="lz4", statistics=False,  # read back whole, once: cheap to write, nothing to prune
+            )
             part = staging / "rejects" / f"{i:05d}.parquet"
             part.parent.mkdir(exist_ok=True)
-            pl.collect_all(
-                [
-                    bucketed.sink_parquet(
-                        pl.PartitionBy(staging / "events" / f"{i:05d}", key=_BUCKET, include_key=False),
-                        mkdir=True,
-                        lazy=True,
-                    ),
-                    bad.sink_parquet(part, lazy=True),
-                ]
-            )
+            rejected = sorted((folder / f"{_BUCKET}={n_buckets}").glob("*.parquet"))
+            if rejected:
+                split_combined(pl.scan_parquet(rejected))[1].sink_parquet(part)
+                shutil.rmtree(folder / f"{_BUCKET}={n_buckets}")
+            else:
+                pl.DataFrame(schema=schema.REJECTS_SCHEMA).write_parquet(part)
         except TableError as e:
             raise IngestError(str(e)) from e
         except (pl.exceptions.PolarsError, OSError) as e:  # a truncated .gz, a corrupt Parquet page

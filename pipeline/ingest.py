@@ -257,7 +257,8 @@ def _repeated_rows(raw: pl.LazyFrame, config: IngestConfig, numeric: frozenset[s
     return pl.concat(found).sort()
 
 
-def _events(annotated: pl.LazyFrame) -> pl.LazyFrame:
+def _event_columns() -> list[tuple[str, pl.DataType, pl.Expr]]:
+    """(name, dtype, expression on the annotated frame) of each EVENTS_SCHEMA column, uncast."""
     second_of_day = pl.col("_h") * 3600 + pl.col("_m") * 60 + pl.min_horizontal(pl.col("_s"), pl.lit(59))
     cols = {
         schema.CUSTOMER_ID: pl.col(f"_{schema.CUSTOMER_ID}"),
@@ -273,15 +274,44 @@ def _events(annotated: pl.LazyFrame) -> pl.LazyFrame:
         schema.SOURCE_ROW: pl.col(schema.SOURCE_ROW),
         schema.ROW_HASH: pl.col(schema.ROW_HASH),
     }
-    return annotated.filter(pl.col(schema.REASON).is_null()).select(
-        [cols[c].cast(t).alias(c) for c, t in schema.EVENTS_SCHEMA.items()]
-    )
+    return [(c, t, cols[c].alias(c)) for c, t in schema.EVENTS_SCHEMA.items()]
+
+
+def _events(annotated: pl.LazyFrame) -> pl.LazyFrame:
+    return annotated.filter(pl.col(schema.REASON).is_null()).select([e.cast(t) for _, t, e in _event_columns()])
 
 
 def _rejects(annotated: pl.LazyFrame) -> pl.LazyFrame:
     return annotated.filter(pl.col(schema.REASON).is_not_null()).select(
         [pl.col(c).cast(t).alias(c) for c, t in schema.REJECTS_SCHEMA.items()]
     )
+
+
+REJECT_TEXT_PREFIX = "_reject_text_"  # validate_combined: a rejected row's raw text, per raw column
+
+
+def validate_combined(lf: pl.LazyFrame, source_file: str, config: IngestConfig = IngestConfig()) -> pl.LazyFrame:
+    """`validate` as one frame, for callers that write both outputs in one pass (two sinks of the two lazy frames
+    would run the validation twice): the EVENTS_SCHEMA columns (null on rejected rows, except source file and
+    row), the raw text as `REJECT_TEXT_PREFIX + column` and `reason`/`reject_column` (null on accepted rows).
+    `split_combined` turns it back into (events, rejects)."""
+    annotated = _annotate(lf, source_file, config)
+    valid = pl.col(schema.REASON).is_null()
+    shared = (schema.SOURCE_FILE, schema.SOURCE_ROW)
+    events = [e.cast(t) if c in shared else pl.when(valid).then(e).cast(t).alias(c)  # masked, then cast (strict)
+              for c, t, e in _event_columns()]
+    texts = [pl.when(~valid).then(pl.col(c).cast(pl.String)).alias(REJECT_TEXT_PREFIX + c) for c in schema.RAW_COLUMNS]
+    return annotated.select(*events, *texts, pl.col(schema.REJECT_COLUMN), pl.col(schema.REASON))
+
+
+def split_combined(combined: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """A `validate_combined` frame (or its rows read back) -> (events with EVENTS_SCHEMA, rejects with REJECTS_SCHEMA)."""
+    events = combined.filter(pl.col(schema.REASON).is_null()).select(list(schema.EVENTS_SCHEMA))
+    rejects = combined.filter(pl.col(schema.REASON).is_not_null()).select(
+        [(pl.col(REJECT_TEXT_PREFIX + c) if c in schema.RAW_COLUMNS else pl.col(c)).cast(t).alias(c)
+         for c, t in schema.REJECTS_SCHEMA.items()]
+    )
+    return events, rejects
 
 
 def validate(lf: pl.LazyFrame, source_file: str, config: IngestConfig = IngestConfig(), *, text_only: bool = False

@@ -453,3 +453,16 @@ def test_typed_numeric_columns_validate_exactly_as_their_text(case: tuple[list[t
     assert_frame_equal(fast_events, text_events)
     assert_frame_equal(fast_rejects, text_rejects)
     assert fast_events.height + fast_rejects.height == len(rows)
+
+
+def test_combined_validation_splits_into_the_same_events_and_rejects(mixed_csv: Path) -> None:
+    from pipeline.ingest import split_combined, validate_combined
+
+    for lf in (pl.scan_csv(mixed_csv, infer_schema=False), _typed_frame(_TYPED_ROWS, _TYPED_COLUMNS).lazy()):
+        events, rejects = (x.collect() for x in validate(lf, "f"))
+        combined = validate_combined(lf, "f").collect()
+        assert combined.height == events.height + rejects.height
+        split_events, split_rejects = (x.collect() for x in split_combined(combined.lazy()))
+        assert_frame_equal(split_events, events)
+        assert_frame_equal(split_rejects, rejects)
+        assert rejects.height > 0 and events.height > 0
