@@ -8,6 +8,8 @@ and come back as zeros.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from typing import NamedTuple
 
 import torch
@@ -82,6 +84,13 @@ class Block(nn.Module):
         x = x + self.drop(self.attn(self.ln_1(x), valid))
         y, aux = self.ff(self.ln_2(x), valid)
         return x + self.drop(y), aux
+
+
+def feed_forward_blocks(
+    d_model: int, n_layers: int, ff_mult: int, dropout: float, attention: Callable[[], nn.Module]
+) -> list[Block]:
+    """`n_layers` pre-norm blocks of a fresh `attention()` and a FeedForward (built in that order, per block)."""
+    return [Block(d_model, attention(), FeedForward(d_model, ff_mult, dropout), dropout) for _ in range(n_layers)]
 
 
 class StackedEncoder(nn.Module):

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.attention import functional as AF
-from models.encoders.base import Block, FeedForward, MultiHeadSelfAttention, StackedEncoder
+from models.encoders.base import MultiHeadSelfAttention, StackedEncoder, feed_forward_blocks
 
 
 @dataclass(frozen=True)
@@ -206,10 +206,5 @@ class InfiniteFormerEncoder(StackedEncoder):
         config: InfiniteFormerConfig | None = None,
     ) -> None:
         config = config or InfiniteFormerConfig()
-        blocks = [
-            Block(
-                d_model, InfiniteFormerAttention(d_model, n_heads, config), FeedForward(d_model, ff_mult, dropout), dropout
-            )
-            for _ in range(n_layers)
-        ]
-        super().__init__(d_model, blocks)
+        attention = lambda: InfiniteFormerAttention(d_model, n_heads, config)  # noqa: E731
+        super().__init__(d_model, feed_forward_blocks(d_model, n_layers, ff_mult, dropout, attention))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from models.attention import functional as AF
-from models.encoders.base import Block, FeedForward, MultiHeadSelfAttention, StackedEncoder
+from models.encoders.base import MultiHeadSelfAttention, StackedEncoder, feed_forward_blocks
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,5 @@ class PerformerEncoder(StackedEncoder):
         config: PerformerConfig | None = None,
     ) -> None:
         config = config or PerformerConfig()
-        blocks = [
-            Block(d_model, FavorAttention(d_model, n_heads, config), FeedForward(d_model, ff_mult, dropout), dropout)
-            for _ in range(n_layers)
-        ]
-        super().__init__(d_model, blocks)
+        attention = lambda: FavorAttention(d_model, n_heads, config)  # noqa: E731
+        super().__init__(d_model, feed_forward_blocks(d_model, n_layers, ff_mult, dropout, attention))

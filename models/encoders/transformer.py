@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from models.attention import functional as AF
-from models.encoders.base import Block, FeedForward, MultiHeadSelfAttention, StackedEncoder
+from models.encoders.base import MultiHeadSelfAttention, StackedEncoder, feed_forward_blocks
 
 
 class SdpaAttention(MultiHeadSelfAttention):
@@ -36,11 +36,8 @@ class TransformerEncoder(StackedEncoder):
     def __init__(
         self, d_model: int, n_layers: int, n_heads: int, ff_mult: int = 4, dropout: float = 0.1, config: None = None
     ) -> None:
-        blocks = [
-            Block(d_model, self.attention_cls(d_model, n_heads), FeedForward(d_model, ff_mult, dropout), dropout)
-            for _ in range(n_layers)
-        ]
-        super().__init__(d_model, blocks)
+        attention = lambda: self.attention_cls(d_model, n_heads)  # noqa: E731
+        super().__init__(d_model, feed_forward_blocks(d_model, n_layers, ff_mult, dropout, attention))
 
 
 class MaterializedTransformerEncoder(TransformerEncoder):
