@@ -12,12 +12,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy, CachePolicy
 from prefect.context import TaskRunContext
 from prefect.utilities.hashing import hash_objects
+from pydantic import BaseModel, Field
 
+from pipeline.engines import Engine
 from pipeline.io import sha256_file
 
 IO_RETRIES = {"retries": 2, "retry_delay_seconds": [2, 10]}
@@ -53,3 +55,14 @@ def missing(paths: Iterable[Path]) -> bool:
     """True when an expected output is gone: the flow then refreshes the step's cache instead of trusting it."""
     return not all(Path(p).exists() for p in paths)
 
+
+
+class EngineParams(BaseModel):
+    """Flow parameters choosing the engine of a step (see `pipeline.engines`)."""
+
+    engine: Literal["polars", "spark"] = Field("polars", description="polars: in the flow's process; spark: on Spark")
+    spark_master: str | None = Field(None, description="with engine=spark: master URL (default local[*])")
+    spark_conf: list[str] = Field(default_factory=list, description="with engine=spark: spark.* settings, KEY=VALUE")
+
+    def engine_choice(self) -> Engine:
+        return Engine(self.engine, self.spark_master, tuple(self.spark_conf))

@@ -9,22 +9,23 @@ from pathlib import Path
 
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from flows.common import IO_RETRIES, cached_on, missing
-from pipeline.ingest import IngestConfig, IngestResult, ingest
+from flows.common import IO_RETRIES, EngineParams, cached_on, missing
+from pipeline.engines import Engine, ingest_with
+from pipeline.ingest import IngestConfig, IngestResult
 from pipeline.io import check_io_paths
 from pipeline.settings import load_settings
 
 
-class IngestParams(BaseModel):
+class IngestParams(EngineParams):
     inputs: list[str] = Field(default_factory=list, description="raw CSV/Parquet files or folders (default: <data root>/raw/transactions*)")
     out_dir: str | None = Field(None, description="validated events folder (default: <data root>/events)")
 
 
 @task(cache_policy=cached_on("inputs"), **IO_RETRIES)
-def ingest_task(inputs: list[Path], out_dir: Path, config: IngestConfig) -> IngestResult:
-    return ingest(inputs, out_dir, config)
+def ingest_task(inputs: list[Path], out_dir: Path, config: IngestConfig, engine: Engine = Engine()) -> IngestResult:
+    return ingest_with(engine, inputs, out_dir, config)
 
 
 @task
@@ -38,6 +39,6 @@ def ingest_flow(params: IngestParams = IngestParams()) -> IngestResult:
     inputs = [Path(p) for p in params.inputs] or sorted(s.raw_dir.glob("transactions*"))
     inputs, (out_dir,) = check_io_paths(inputs, [Path(params.out_dir) if params.out_dir else s.events_dir])
     step = ingest_task.with_options(refresh_cache=missing([out_dir / "manifest.json"]))
-    result = step(inputs, out_dir, IngestConfig())
+    result = step(inputs, out_dir, IngestConfig(), params.engine_choice())
     publish_reconciliation(result)
     return result

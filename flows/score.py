@@ -13,7 +13,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
-from flows.common import IO_RETRIES
+from flows.common import IO_RETRIES, EngineParams
 from pipeline.batch_scoring import (
     LandingConfig,
     LandingResult,
@@ -22,10 +22,10 @@ from pipeline.batch_scoring import (
     default_rejects_path,
     landing_files,
     pending_files,
-    score_file,
     summary_markdown,
 )
 from pipeline.batch_scoring import score_landing as score_landing_folder
+from pipeline.engines import Engine, score_file_with
 from pipeline.io import check_io_paths
 from pipeline.scoring import ModelLoadError, load_batch_scorer
 from pipeline.settings import load_settings
@@ -33,7 +33,7 @@ from pipeline.settings import load_settings
 CHAMPION_URI = "models:/txseq-gender@champion"
 
 
-class ScoreParams(BaseModel):
+class ScoreParams(EngineParams):
     model_uri: str = Field(CHAMPION_URI, description="models:/<name>@<alias>, models:/<name>/<version> or runs:/…")
     input: str | None = Field(None, description="raw transactions: Parquet/CSV file or folder (default: landing folder)")
     output: str | None = Field(None, description="scores Parquet (default: <data root>/scores/scores-<time>.parquet)")
@@ -61,9 +61,10 @@ def _worth_retrying(task, task_run, state) -> bool:
 
 
 @task(**IO_RETRIES, retry_condition_fn=_worth_retrying)
-def score_task(model_uri: str, source: Path, output: Path, chunk_rows: int) -> ScoreResult:
+def score_task(model_uri: str, source: Path, output: Path, chunk_rows: int, engine: Engine = Engine()) -> ScoreResult:
     scorer, model = load_batch_scorer(model_uri)
-    return score_file(source, output, scorer, model, ScoreConfig(chunk_rows=chunk_rows))
+    return score_file_with(engine, source, output, scorer, model, ScoreConfig(chunk_rows=chunk_rows),
+                           load_settings().tracking_uri)
 
 
 @task(**IO_RETRIES, retry_condition_fn=_worth_retrying)
@@ -86,7 +87,7 @@ def score(params: ScoreParams = ScoreParams()) -> ScoreResult:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     output = Path(params.output) if params.output else s.scores_dir / f"scores-{stamp}.parquet"
     (source,), (output, _) = check_io_paths([params.input or s.landing_dir], [output, default_rejects_path(output)])
-    result = score_task(params.model_uri, source, output, params.chunk_rows)
+    result = score_task(params.model_uri, source, output, params.chunk_rows, params.engine_choice())
     publish_summary([result], key="scoring-summary")
     return result
 

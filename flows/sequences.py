@@ -9,16 +9,17 @@ from pathlib import Path
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from flows.common import IO_RETRIES, cached_on, missing
+from flows.common import IO_RETRIES, EngineParams, cached_on, missing
+from pipeline.engines import Engine, sequences_with
 from pipeline.io import check_io_paths
-from pipeline.sequences import SequenceConfig, SequencesResult, run_sequences
+from pipeline.sequences import SequenceConfig, SequencesResult
 from pipeline.settings import load_settings
 from pipeline.splits import SplitConfig
 
 
-class SequencesParams(BaseModel):
+class SequencesParams(EngineParams):
     events_dir: str | None = Field(None, description="validated events (default: <data root>/events)")
     labels: str | None = Field(None, description="gender_train.csv (default: <data root>/raw/gender_train.csv)")
     out_dir: str | None = Field(None, description="default: <data root>/sequences")
@@ -27,8 +28,9 @@ class SequencesParams(BaseModel):
 
 
 @task(cache_policy=cached_on("events_dir", "labels"), **IO_RETRIES)
-def sequences_task(events_dir: Path, labels: Path, out_dir: Path, config: SequenceConfig) -> SequencesResult:
-    return run_sequences(events_dir, labels, out_dir, config, SplitConfig())
+def sequences_task(events_dir: Path, labels: Path, out_dir: Path, config: SequenceConfig, engine: Engine = Engine()
+                   ) -> SequencesResult:
+    return sequences_with(engine, events_dir, labels, out_dir, config, SplitConfig())
 
 
 @flow(name="build_sequences")
@@ -40,6 +42,6 @@ def sequences_flow(params: SequencesParams = SequencesParams()) -> SequencesResu
         [Path(params.out_dir) if params.out_dir else s.sequences_dir],
     )
     step = sequences_task.with_options(refresh_cache=missing([out_dir / "manifest.json"]))
-    result = step(events_dir, labels, out_dir, SequenceConfig(params.max_len, params.min_count))
+    result = step(events_dir, labels, out_dir, SequenceConfig(params.max_len, params.min_count), params.engine_choice())
     create_markdown_artifact(f"```\n{result.summary()}\n```", key="sequences-summary")
     return result

@@ -48,7 +48,7 @@ def _as_table(source: pa.Table | pl.DataFrame | str | Path) -> pa.Table:
     if isinstance(source, pl.DataFrame):
         return source.to_arrow()
     path = Path(source)
-    if path.is_dir():
+    if path.is_dir() and (path / "sequences.parquet").exists():  # a sequences folder (the table may be a folder too)
         path = path / "sequences.parquet"
     return pq.read_table(path, columns=[schema.CUSTOMER_ID, schema.GENDER, *_LIST_COLUMNS])
 

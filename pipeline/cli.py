@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from pipeline.engines import add_engine_arguments, engine_from_args
 from pipeline.settings import apply_library_defaults
 
 
@@ -76,9 +77,12 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-extra-columns", action="store_true", help="drop unknown columns instead of refusing the file")
     p.add_argument("--dedupe-date-only", action="store_true",
                    help='also reject repeated date-only ("<day> 00:00:00") rows of one file as duplicate_row')
+    add_engine_arguments(p)
 
     def handler(args: argparse.Namespace) -> int:
-        from pipeline.ingest import IngestError, ingest
+        from pipeline.engines import ingest_with
+        from pipeline.engines.spark import SparkError
+        from pipeline.ingest import IngestError
         from pipeline.settings import load_settings
 
         from pipeline.io import PathError, check_io_paths
@@ -87,8 +91,8 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
                               allow_extra_columns=args.allow_extra_columns, dedupe_date_only=args.dedupe_date_only)
         try:
             inputs, (out,) = check_io_paths(args.inputs, [args.out or load_settings().events_dir])
-            result = ingest(inputs, out, config)
-        except (IngestError, PathError) as e:
+            result = ingest_with(engine_from_args(args), inputs, out, config)
+        except (IngestError, PathError, SparkError) as e:
             print(f"txseq ingest: error: {e}", file=sys.stderr)
             return 2
         print(result.format_table())
@@ -124,11 +128,13 @@ def _add_sequences(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--folds", type=int, default=split_d.n_folds, help="stratified folds (%(default)s)")
     p.add_argument("--test-fraction", type=float, default=split_d.test_fraction,
                    help="labelled customers held out as the test set (%(default)s)")
+    add_engine_arguments(p)
 
     def handler(args: argparse.Namespace) -> int:
+        from pipeline.engines import sequences_with
+        from pipeline.engines.spark import SparkError
         from pipeline.ingest import IngestError
         from pipeline.io import PathError, check_io_paths
-        from pipeline.sequences import run_sequences
         from pipeline.settings import load_settings
 
         settings = load_settings()
@@ -136,14 +142,15 @@ def _add_sequences(sub: argparse._SubParsersAction) -> None:
             labels = [args.labels] if args.labels else []
             inputs, (out,) = check_io_paths([args.events or settings.events_dir, *labels],
                                             [args.out or settings.sequences_dir])
-            result = run_sequences(
+            result = sequences_with(
+                engine_from_args(args),
                 events_dir=inputs[0],
-                labels_path=inputs[1] if args.labels else None,
+                labels=inputs[1] if args.labels else None,
                 out_dir=out,
                 config=SequenceConfig(max_len=args.max_len, min_count=args.min_count),
                 split_config=SplitConfig(test_fraction=args.test_fraction, n_folds=args.folds, seed=args.seed),
             )
-        except (IngestError, PathError) as e:
+        except (IngestError, PathError, SparkError) as e:
             print(f"txseq sequences: error: {e}", file=sys.stderr)
             return 2
         print(result.summary())
@@ -225,8 +232,12 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out-dir", type=Path, help="with --landing: scores, rejects and the ledger of scored files")
     p.add_argument("--chunk-rows", type=int, default=2_000_000, help="validated rows scored at once (%(default)s)")
     p.add_argument("--min-age-s", type=float, default=0.0, help="with --landing: skip files modified this recently")
+    add_engine_arguments(p)
 
     def handler(args: argparse.Namespace) -> int:
+        from pipeline.engines import score_file_with
+        from pipeline.engines.spark import SparkError
+        from pipeline.settings import load_settings
         from pipeline.batch_scoring import (
             LandingConfig,
             ScoreConfig,
@@ -234,7 +245,6 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
             default_rejects_path,
             landing_files,
             pending_files,
-            score_file,
             score_landing,
             summary_markdown,
         )
@@ -245,6 +255,8 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
             p.error("give either --input with --output, or --landing with --out-dir")
         if (args.input and not args.output) or (args.landing and not args.out_dir):
             p.error("--input needs --output; --landing needs --out-dir")
+        if args.landing and args.engine != "polars":
+            p.error("--landing scores with --engine polars only (each landing file is small); use --input for Spark")
         try:
             # Paths and the input's header/footer are checked before the (slow) model load.
             if args.input:
@@ -267,14 +279,15 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
                 return 2
             config = ScoreConfig(chunk_rows=args.chunk_rows)
             if args.input:
-                results = [score_file(source, output, scorer, model, config)]
+                results = [score_file_with(engine_from_args(args), source, output, scorer, model, config,
+                                           load_settings().tracking_uri)]
             else:
                 landing = score_landing(landing_dir, out_dir, scorer, model, config,
                                         LandingConfig(min_age_s=args.min_age_s))
                 results = landing.scored
                 print(f"{len(landing.scored)} new file(s) scored, {len(landing.skipped)} skipped (scored before or "
                       f"claimed), {len(landing.failed)} failed")
-        except (IngestError, PathError) as e:
+        except (IngestError, PathError, SparkError) as e:
             print(f"txseq score: error: {e}", file=sys.stderr)
             return 2
         print(summary_markdown(results))

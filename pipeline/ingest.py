@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -38,7 +38,15 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from pipeline import schema
-from pipeline.io import REPLACEMENT_CHAR, TableError, atomic_path, scan_table, sha256_file, write_text_atomic
+from pipeline.io import (
+    REPLACEMENT_CHAR,
+    TableError,
+    atomic_path,
+    parquet_files,
+    scan_table,
+    sha256_file,
+    write_text_atomic,
+)
 
 MANIFEST = "manifest.json"
 EVENTS_DIR = "events"
@@ -109,30 +117,33 @@ def _numeric_columns(dtypes: dict[str, pl.DataType]) -> frozenset[str]:
     return frozenset(out)
 
 
-def _raw_columns(lf: pl.LazyFrame, source_file: str, config: IngestConfig, text_only: bool = False
-                 ) -> tuple[pl.LazyFrame, frozenset[str]]:
+def _raw_columns(lf: pl.LazyFrame, source_file: str, config: IngestConfig, text_only: bool = False,
+                 numbered: bool = False) -> tuple[pl.LazyFrame, frozenset[str]]:
     """The raw columns (Strings, except the `_numeric_columns` kept typed), `term_id` added if absent, plus the
-    1-based source row; and the names of the typed columns. `text_only` casts every column to String."""
-    names = lf.collect_schema().names()
+    1-based source row; and the names of the typed columns. `text_only` casts every column to String. `numbered`:
+    `lf` already carries its SOURCE_ROW column (an engine that reads a file in parallel numbers the rows itself)."""
+    names = [n for n in lf.collect_schema().names() if not (numbered and n == schema.SOURCE_ROW)]
     renamed = {n: n.strip().lstrip("\ufeff") for n in names if n != n.strip().lstrip("\ufeff")}
     if renamed:
         lf = lf.rename(renamed)
         names = [renamed.get(n, n) for n in names]
     check_columns(names, source_file, config.allow_extra_columns)
     numeric = frozenset() if text_only else _numeric_columns(dict(lf.collect_schema().items()))
-    return lf.select(
-        [pl.col(c) if c in numeric else pl.col(c).cast(pl.String) if c in names else pl.lit(None, pl.String).alias(c)
-         for c in schema.RAW_COLUMNS]
-    ).with_row_index(schema.SOURCE_ROW, offset=1), numeric
+    columns = [pl.col(c) if c in numeric else pl.col(c).cast(pl.String) if c in names else pl.lit(None, pl.String).alias(c)
+               for c in schema.RAW_COLUMNS]
+    if numbered:
+        return lf.select(pl.col(schema.SOURCE_ROW).cast(pl.Int64), *columns), numeric
+    return lf.select(columns).with_row_index(schema.SOURCE_ROW, offset=1), numeric
 
 
-def _annotate(lf: pl.LazyFrame, source_file: str, config: IngestConfig, text_only: bool = False) -> pl.LazyFrame:
+def _annotate(lf: pl.LazyFrame, source_file: str, config: IngestConfig, text_only: bool = False,
+              numbered: bool = False) -> pl.LazyFrame:
     """Raw strings -> raw strings + parsed values + `reason`/`column` (null reason = valid row) + `row_hash`.
 
     Built in stages of `with_columns` so that every string operation runs once per row (each stage refers to the
     columns of the previous one, never re-derives them). Typed numeric columns (`_numeric_columns`) are checked
     as numbers, with the same outcome as the text route (`text_only=True` forces it; the tests compare both)."""
-    raw, numeric = _raw_columns(lf, source_file, config, text_only)
+    raw, numeric = _raw_columns(lf, source_file, config, text_only, numbered)
     text_cols = [c for c in schema.RAW_COLUMNS if c not in numeric]
     st = {c: f"_{c}_text" for c in text_cols}  # stripped text
     stage1 = raw.with_columns(
@@ -290,17 +301,20 @@ def _rejects(annotated: pl.LazyFrame) -> pl.LazyFrame:
 REJECT_TEXT_PREFIX = "_reject_text_"  # validate_combined: a rejected row's raw text, per raw column
 
 
-def validate_combined(lf: pl.LazyFrame, source_file: str, config: IngestConfig = IngestConfig()) -> pl.LazyFrame:
+def validate_combined(lf: pl.LazyFrame, source_file: str, config: IngestConfig = IngestConfig(), *,
+                      numbered: bool = False, all_texts: bool = False) -> pl.LazyFrame:
     """`validate` as one frame, for callers that write both outputs in one pass (two sinks of the two lazy frames
     would run the validation twice): the EVENTS_SCHEMA columns (null on rejected rows, except source file and
     row), the raw text as `REJECT_TEXT_PREFIX + column` and `reason`/`reject_column` (null on accepted rows).
-    `split_combined` turns it back into (events, rejects)."""
-    annotated = _annotate(lf, source_file, config)
+    `split_combined` turns it back into (events, rejects). `numbered`: `lf` carries its own SOURCE_ROW; `all_texts`:
+    keep the raw text of accepted rows too (a later `mark_ingested_repeats` may still reject them)."""
+    annotated = _annotate(lf, source_file, config, numbered=numbered)
     valid = pl.col(schema.REASON).is_null()
     shared = (schema.SOURCE_FILE, schema.SOURCE_ROW)
     events = [e.cast(t) if c in shared else pl.when(valid).then(e).cast(t).alias(c)  # masked, then cast (strict)
               for c, t, e in _event_columns()]
-    texts = [pl.when(~valid).then(pl.col(c).cast(pl.String)).alias(REJECT_TEXT_PREFIX + c) for c in schema.RAW_COLUMNS]
+    text = lambda c: pl.col(c).cast(pl.String) if all_texts else pl.when(~valid).then(pl.col(c).cast(pl.String))  # noqa: E731
+    texts = [text(c).alias(REJECT_TEXT_PREFIX + c) for c in schema.RAW_COLUMNS]
     return annotated.select(*events, *texts, pl.col(schema.REJECT_COLUMN), pl.col(schema.REASON))
 
 
@@ -463,6 +477,37 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def mark_ingested_repeats(annotated: pl.LazyFrame, seen_hashes: pl.Series) -> pl.LazyFrame:
+    """Accepted rows whose `row_hash` is among `seen_hashes` (rows of files ingested before) become
+    `duplicate_of_ingested_row`; works on `_annotate` and `validate_combined` frames alike."""
+    again = pl.col(schema.REASON).is_null() & pl.col(schema.ROW_HASH).is_in(seen_hashes.cast(pl.UInt64).implode())
+    return annotated.with_columns(
+        pl.when(again).then(pl.lit("duplicate_of_ingested_row")).otherwise(pl.col(schema.REASON)).alias(schema.REASON)
+    )
+
+
+def part_files(out_dir: str | Path, folder: str, part: str) -> list[Path]:
+    """The Parquet file(s) of one part: the part file itself, or the files of a part folder (the Spark engine
+    writes each part as a folder of per-partition files). A missing part stays in the list: reading it fails."""
+    path = Path(out_dir) / folder / part
+    return parquet_files(path) if path.is_dir() else [path]
+
+
+def reconcile(path: Path, rows_in: int, accepted: int, rejected: int, last_row: int, by_reason: dict[str, int]) -> None:
+    """Before the parts are renamed into place: every row read (numbered 1..n) is in exactly one of the two
+    outputs, and the reasons add up; a header-only file is an IngestError."""
+    if rows_in == 0:
+        raise IngestError(f"{path}: no data rows (header only)")
+    if not (accepted + rejected == rows_in == last_row and rejected == sum(by_reason.values())):
+        raise RuntimeError(f"{path}: reconciliation failed: {accepted} accepted + {rejected} rejected "
+                           f"({by_reason}) vs {rows_in} rows read, last source row {last_row}")
+
+
+FileStep = Callable[[Path, str, Path, list[Path], IngestConfig], FileReport]
+"""One input file -> its events and rejects parts under `out_dir` (path, sha256, out_dir, parts of the files
+ingested before, config): `_ingest_file` (polars) or an engine's (`pipeline.engines.spark`)."""
+
+
 def _ingest_file(path: Path, sha: str, out_dir: Path, seen: list[Path], config: IngestConfig) -> FileReport:
     source = str(path)
     try:
@@ -472,11 +517,7 @@ def _ingest_file(path: Path, sha: str, out_dir: Path, seen: list[Path], config: 
     except (pl.exceptions.PolarsError, OSError) as e:
         raise IngestError(f"{path}: cannot be read to the end: {_first_line(e)}") from e
     if seen:  # rows identical to ones already ingested from other files
-        hashes = pl.scan_parquet(seen).select(schema.ROW_HASH).collect()[schema.ROW_HASH]
-        again = pl.col(schema.REASON).is_null() & pl.col(schema.ROW_HASH).is_in(hashes.implode())
-        annotated = annotated.with_columns(
-            pl.when(again).then(pl.lit("duplicate_of_ingested_row")).otherwise(pl.col(schema.REASON)).alias(schema.REASON)
-        )
+        annotated = mark_ingested_repeats(annotated, pl.scan_parquet(seen).select(schema.ROW_HASH).collect()[schema.ROW_HASH])
     part = part_name(sha)
     by_reason: dict[str, int] = {}
     rows_in = accepted = rejected = last_row = 0
@@ -495,20 +536,16 @@ def _ingest_file(path: Path, sha: str, out_dir: Path, seen: list[Path], config: 
                 last_row = max(last_row, batch[schema.SOURCE_ROW].max() or 0)
                 for r, n in bad[schema.REASON].value_counts().iter_rows():
                     by_reason[r] = by_reason.get(r, 0) + n
-            if rows_in == 0:
-                raise IngestError(f"{path}: no data rows (header only)")
-            # Reconciliation, before the parts are renamed into place: every row read (numbered 1..n at the scan)
-            # is in exactly one of the two outputs, and the reasons add up.
-            if not (accepted + rejected == rows_in == last_row and rejected == sum(by_reason.values())):
-                raise RuntimeError(f"{path}: reconciliation failed: {accepted} accepted + {rejected} rejected "
-                                   f"({by_reason}) vs {rows_in} rows read, last source row {last_row}")
+            reconcile(path, rows_in, accepted, rejected, last_row, by_reason)
     except (pl.exceptions.PolarsError, OSError) as e:
         raise IngestError(f"{path}: cannot be read to the end: {_first_line(e)}") from e
     return FileReport(source, sha, rows_in, accepted, rejected, dict(sorted(by_reason.items())))
 
 
-def ingest(inputs: Sequence[str | Path], out_dir: str | Path, config: IngestConfig = IngestConfig()) -> IngestResult:
+def ingest(inputs: Sequence[str | Path], out_dir: str | Path, config: IngestConfig = IngestConfig(),
+           file_step: FileStep | None = None) -> IngestResult:
     """Validate each input into `out_dir/events|rejects/part-<sha16>.parquet` and record it in `manifest.json`.
+    `file_step` validates one file (default: polars in this process; the Spark engine passes its own).
 
     A file whose content was ingested before (same sha256) is skipped and reported as "already ingested". Raises
     IngestError for file-level problems; parts of files finished before the error stay valid and recorded."""
@@ -525,8 +562,8 @@ def ingest(inputs: Sequence[str | Path], out_dir: str | Path, config: IngestConf
         if sha in done and all((out_dir / d / done[sha]["part"]).exists() for d in (EVENTS_DIR, REJECTS_DIR)):
             reports.append(FileReport(str(path), sha, 0, 0, 0, {}, status=f"already ingested (as {done[sha]['path']})"))
             continue
-        seen = [out_dir / EVENTS_DIR / f["part"] for f in manifest["files"] if f["sha256"] != sha]
-        report = _ingest_file(path, sha, out_dir, seen, config)
+        seen = [p for f in manifest["files"] if f["sha256"] != sha for p in part_files(out_dir, EVENTS_DIR, f["part"])]
+        report = (file_step or _ingest_file)(path, sha, out_dir, seen, config)
         reports.append(report)
         entry = {k: v for k, v in asdict(report).items() if k != "status"}
         entry |= {"part": report.part, "config": asdict(config), "ingested_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -542,15 +579,20 @@ def read_events(out_dir: str | Path) -> pl.LazyFrame:
     manifest_path = out_dir / MANIFEST
     if not manifest_path.exists():
         raise IngestError(f"{out_dir}: no {MANIFEST}; run `txseq ingest` first")
-    parts = [out_dir / EVENTS_DIR / f["part"] for f in _load_manifest(out_dir)["files"]]
+    parts = event_part_files(out_dir)
     if not parts:
         return pl.LazyFrame(schema=schema.EVENTS_SCHEMA)
     return pl.scan_parquet(parts, schema=schema.EVENTS_SCHEMA)
 
 
+def event_part_files(out_dir: Path) -> list[Path]:
+    """The events Parquet files of every input recorded in `out_dir/manifest.json`, in ingestion order."""
+    return [p for f in _load_manifest(out_dir)["files"] for p in part_files(out_dir, EVENTS_DIR, f["part"])]
+
+
 def read_rejects(out_dir: str | Path) -> pl.LazyFrame:
     out_dir = Path(out_dir)
-    parts = [out_dir / REJECTS_DIR / f["part"] for f in _load_manifest(out_dir)["files"]]
+    parts = [p for f in _load_manifest(out_dir)["files"] for p in part_files(out_dir, REJECTS_DIR, f["part"])]
     if not parts:
         return pl.LazyFrame(schema=schema.REJECTS_SCHEMA)
     return pl.scan_parquet(parts, schema=schema.REJECTS_SCHEMA)

@@ -35,7 +35,7 @@ import polars as pl
 from pipeline import schema
 from pipeline.ingest import read_events, read_labels
 from pipeline.io import atomic_path, sha256_file, write_text_atomic
-from pipeline.splits import SplitConfig, make_split
+from pipeline.splits import Split, SplitConfig, make_split
 
 SEQUENCES_FILE = "sequences.parquet"
 VOCAB_FILE = "vocab.json"
@@ -114,15 +114,21 @@ class Vocab:
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
-def _rank_map(events: pl.LazyFrame, column: str, min_count: int) -> pl.LazyFrame:
-    """(code, count) -> code's frequency rank from 2, ties broken by the smaller code (deterministic)."""
-    return (
-        events.group_by(column)
-        .agg(pl.len().alias("n"))
-        .filter(pl.col(column).is_not_null() & (pl.col("n") >= min_count))
+def code_counts(events: pl.LazyFrame, column: str) -> pl.LazyFrame:
+    """(code, n): events per non-null code. Counts of disjoint sets of events add up (an engine that counts
+    partitions separately sums them before `rank_codes`)."""
+    return events.group_by(column).agg(pl.len().cast(pl.Int64).alias("n")).filter(pl.col(column).is_not_null())
+
+
+def rank_codes(counts: pl.DataFrame, column: str, min_count: int) -> dict[int, int]:
+    """(code, n) -> {code: frequency rank from 2}, codes seen fewer than `min_count` times left out, ties broken by
+    the smaller code (deterministic)."""
+    ranked = (
+        counts.filter(pl.col("n") >= min_count)
         .sort(["n", column], descending=[True, False])
         .with_row_index("rank", offset=2)
     )
+    return dict(zip(ranked[column].to_list(), ranked["rank"].to_list()))
 
 
 def fit_vocab(events: pl.LazyFrame, customer_ids: Iterable[int] | None = None, min_count: int = 5) -> Vocab:
@@ -132,13 +138,13 @@ def fit_vocab(events: pl.LazyFrame, customer_ids: Iterable[int] | None = None, m
         ids = pl.LazyFrame({schema.CUSTOMER_ID: sorted(set(customer_ids))}, schema={schema.CUSTOMER_ID: pl.Int64})
         lf = lf.join(ids, on=schema.CUSTOMER_ID, how="semi")
     mcc, tr, totals = pl.collect_all([
-        _rank_map(lf, schema.MCC_CODE, min_count),
-        _rank_map(lf, schema.TR_TYPE, min_count),
+        code_counts(lf, schema.MCC_CODE),
+        code_counts(lf, schema.TR_TYPE),
         lf.select(pl.len().alias("n"), pl.col(schema.CUSTOMER_ID).n_unique().alias("c")),
     ])
     return Vocab(
-        mcc=dict(zip(mcc[schema.MCC_CODE].to_list(), mcc["rank"].to_list())),
-        tr_type=dict(zip(tr[schema.TR_TYPE].to_list(), tr["rank"].to_list())),
+        mcc=rank_codes(mcc, schema.MCC_CODE, min_count),
+        tr_type=rank_codes(tr, schema.TR_TYPE, min_count),
         min_count=min_count,
         n_events=int(totals["n"][0]),
         n_customers=int(totals["c"][0]),
@@ -310,6 +316,13 @@ class SequencesResult:
         ])
 
 
+def labels_or_none(labels_path: str | Path | None) -> pl.DataFrame:
+    """The labels file read and checked, or an empty labels table (all customers unlabelled)."""
+    if labels_path is None:
+        return pl.DataFrame(schema={schema.CUSTOMER_ID: pl.Int64, schema.GENDER: pl.Int8})
+    return read_labels(labels_path)
+
+
 def run_sequences(
     events_dir: str | Path,
     labels_path: str | Path | None,
@@ -322,9 +335,7 @@ def run_sequences(
     t0 = time.perf_counter()
     events_dir, out_dir = Path(events_dir), Path(out_dir)
     events = read_events(events_dir)
-    labels = read_labels(labels_path) if labels_path is not None else pl.DataFrame(
-        schema={schema.CUSTOMER_ID: pl.Int64, schema.GENDER: pl.Int8})
-
+    labels = labels_or_none(labels_path)
     split = make_split(labels, split_config)
     test_ids = set(split.test_ids)
     customers = events.select(pl.col(schema.CUSTOMER_ID).unique()).collect()[schema.CUSTOMER_ID].to_list()
@@ -335,14 +346,32 @@ def run_sequences(
     # zstd level 1: 0.3 CPU s less to write and read back than polars' default level, for a 14 % larger file
     seq_path = out_dir / SEQUENCES_FILE
     with atomic_path(seq_path) as tmp:
-        seq.write_parquet(tmp, compression="zstd", compression_level=1)
+        seq.write_parquet(tmp, **PARQUET_OPTIONS)
+    return record_sequences(events_dir, labels_path, out_dir, config, split_config, vocab, split, t0)
+
+
+PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 1}
+
+
+def record_sequences(
+    events_dir: Path, labels_path: str | Path | None, out_dir: Path, config: SequenceConfig, split_config: SplitConfig,
+    vocab: Vocab, split: Split, t0: float,
+) -> SequencesResult:
+    """Write vocab.json, split.json and (last) manifest.json beside the sequences table already at
+    `out_dir/sequences.parquet` (a file, or a folder of parts from the Spark engine), counting from the table."""
+    seq_path = out_dir / SEQUENCES_FILE
     vocab_path = vocab.save(out_dir / VOCAB_FILE)
     split_path = split.save(out_dir / SPLIT_FILE)
-
-    n_total = int(seq[schema.SEQ_TOTAL].sum() or 0)
-    n_kept = int(seq[schema.SEQ_LENGTH].sum() or 0)
-    n_trunc = int((seq[schema.SEQ_TOTAL] > seq[schema.SEQ_LENGTH]).sum())
-    n_labelled = int(seq[schema.GENDER].is_not_null().sum())
+    counts = pl.scan_parquet(seq_path).select(
+        pl.len().alias("customers"),
+        pl.col(schema.GENDER).is_not_null().sum().alias("labelled"),
+        pl.col(schema.SEQ_TOTAL).cast(pl.Int64).sum().alias("total"),
+        pl.col(schema.SEQ_LENGTH).cast(pl.Int64).sum().alias("kept"),
+        (pl.col(schema.SEQ_TOTAL) > pl.col(schema.SEQ_LENGTH)).sum().alias("truncated"),
+    ).collect().row(0, named=True)
+    n_customers = int(counts["customers"])
+    n_total, n_kept = int(counts["total"] or 0), int(counts["kept"] or 0)
+    n_trunc, n_labelled = int(counts["truncated"] or 0), int(counts["labelled"] or 0)
     input_manifest = events_dir / "manifest.json"
     manifest = {
         "schema_version": schema.SCHEMA_VERSION,
@@ -356,7 +385,7 @@ def run_sequences(
         "config": asdict(config),
         "split_config": asdict(split_config),
         "counts": {
-            "customers": seq.height,
+            "customers": n_customers,
             "labelled_customers": n_labelled,
             "events_total": n_total,
             "events_kept": n_kept,
@@ -372,7 +401,7 @@ def run_sequences(
     write_text_atomic(json.dumps(manifest, indent=1) + "\n", manifest_path)
     return SequencesResult(
         out_dir=out_dir, sequences_path=seq_path, vocab_path=vocab_path, split_path=split_path,
-        manifest_path=manifest_path, n_customers=seq.height, n_labelled=n_labelled, n_events_total=n_total,
+        manifest_path=manifest_path, n_customers=n_customers, n_labelled=n_labelled, n_events_total=n_total,
         n_events_kept=n_kept, n_truncated=n_trunc, vocab_size_mcc=vocab.size_mcc,
         vocab_size_tr_type=vocab.size_tr_type, split_id=split.split_id, seconds=time.perf_counter() - t0,
         manifest=manifest,

@@ -83,3 +83,20 @@ def load_settings() -> Settings:
         artifact_root=artifact_root,
         registered_model=os.environ.get("TXSEQ_REGISTERED_MODEL", "txseq-gender"),
     )
+
+
+def java_home() -> Path | None:
+    """JAVA_HOME, when set: where Spark's launcher takes its Java from before PATH."""
+    value = os.environ.get("JAVA_HOME")
+    return Path(value) if value else None
+
+
+def spark_submitted() -> bool:
+    """This driver was started by `spark-submit` (which hands it the JVM gateway): the master comes from there."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def default_spark_python(executable: str) -> None:
+    """Spark's Python workers run PYSPARK_PYTHON (else `python3`): default it to this interpreter, whose
+    environment has the pipeline's packages; a user's setting wins."""
+    os.environ.setdefault("PYSPARK_PYTHON", executable)

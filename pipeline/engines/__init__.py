@@ -1,0 +1,89 @@
+"""Which engine runs ingest, sequences and scoring: polars in this process (the library itself) or Spark.
+
+The polars engine is `pipeline.ingest`, `pipeline.sequences` and `pipeline.batch_scoring`; `pipeline.engines.spark`
+only moves Arrow batches to where those same functions run and gathers what they write. The CLI (`--engine`,
+`--spark-master`, `--spark-conf`) and the flows (`engine`, `spark_master`, `spark_conf`) both call the
+`*_with(engine, ...)` functions below, so neither knows how an engine is started.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.batch_scoring import ModelRef, ScoreConfig, ScoreResult
+    from pipeline.engines.spark import SparkEngine
+    from pipeline.ingest import IngestConfig, IngestResult
+    from pipeline.sequences import SequenceConfig, SequencesResult
+    from pipeline.splits import SplitConfig
+
+ENGINES: tuple[str, ...] = ("polars", "spark")
+
+
+@dataclass(frozen=True)
+class Engine:
+    """`name` polars or spark; for spark, the master (None: local[*], or the one spark-submit gave) and
+    spark.* settings as KEY=VALUE strings."""
+
+    name: str = "polars"
+    spark_master: str | None = None
+    spark_conf: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.name not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.name!r}")
+
+    def spark(self) -> SparkEngine:
+        from pipeline.engines.spark import SparkConfig, SparkEngine, parse_conf
+        from pipeline.settings import spark_submitted
+
+        master = self.spark_master or (None if spark_submitted() else "local[*]")
+        return SparkEngine.start(SparkConfig(master=master, conf=parse_conf(self.spark_conf)))
+
+
+def add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    """--engine, --spark-master, --spark-conf on a subcommand."""
+    p.add_argument("--engine", choices=ENGINES, default="polars",
+                   help="polars: this process; spark: Spark (needs pyspark and Java 17+) (%(default)s)")
+    p.add_argument("--spark-master", default=None,
+                   help="with --engine spark: master URL (default local[*], or spark-submit's --master)")
+    p.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --engine spark: any spark.* setting, repeatable (e.g. spark.executor.memory=8g)")
+
+
+def engine_from_args(args: argparse.Namespace) -> Engine:
+    return Engine(args.engine, args.spark_master, tuple(args.spark_conf))
+
+
+def ingest_with(engine: Engine, inputs: list[Path], out_dir: Path, config: IngestConfig) -> IngestResult:
+    from pipeline.ingest import ingest
+
+    if engine.name == "spark":
+        return engine.spark().ingest(inputs, out_dir, config)
+    return ingest(inputs, out_dir, config)
+
+
+def sequences_with(engine: Engine, events_dir: Path, labels: Path | None, out_dir: Path, config: SequenceConfig,
+                   split_config: SplitConfig) -> SequencesResult:
+    from pipeline.sequences import run_sequences
+
+    if engine.name == "spark":
+        return engine.spark().run_sequences(events_dir, labels, out_dir, config, split_config)
+    return run_sequences(events_dir, labels, out_dir, config, split_config)
+
+
+def score_file_with(engine: Engine, source: Path, output: Path, scorer: Any, model: ModelRef, config: ScoreConfig,
+                    tracking_uri: str) -> ScoreResult:
+    """Score one input. On Spark each worker loads the model itself from `model.uri` (through `tracking_uri`);
+    `scorer` (loaded here) gives the ingest settings stored with the model."""
+    from pipeline.batch_scoring import score_file
+
+    if engine.name == "spark":
+        from pipeline.engines.spark import RegisteredScorer
+
+        return engine.spark().score_file(source, output, RegisteredScorer(model.uri, tracking_uri), model, config,
+                                         ingest_config=config.ingest or getattr(scorer, "ingest", None))
+    return score_file(source, output, scorer, model, config)

@@ -1,0 +1,607 @@
+"""Spark engine: `txseq ingest|sequences|score --engine spark` on a cluster (or `local[*]`), same outputs as polars.
+
+Spark only reads, numbers, shuffles and schedules; every rule runs in the polars code the polars engine runs, called
+on Arrow tables through `applyInArrow` / `mapInArrow` in the Python workers:
+
+    ingest    read (CSV strings / Parquet types) ─number rows─▶ group by (file, hash(raw customer_id) % n)
+              ──validate_combined──▶ group by parsed customer_id % n [cogroup: row hashes of earlier files]
+              ──mark_ingested_repeats, split_combined──▶ events/part-<sha16>.parquet/b-<n>.parquet (+ rejects)
+    sequences events ─code_counts per batch─▶ sum ─rank_codes (driver)─▶ vocab
+              events ─range-partition by customer_id─▶ build_sequences ──▶ sequences.parquet/part-<n>.parquet
+    score     read ─number rows─▶ validate_combined (as ingest) ──▶ rejects parts
+              valid rows ─range-partition by customer_id─▶ the model's scorer ──▶ scores parts ──▶ one sorted file
+
+Rules that need more than one row see all the rows they need: repeats of a row of the same file
+(`duplicate_row`) share their raw customer_id text, so one validation group holds them all; repeats of rows
+ingested before (`duplicate_of_ingested_row`) share the parsed customer_id, so the second grouping puts a file's
+rows beside the earlier files' row hashes of the same customers; a customer's events are one sequence-building or
+scoring group. Rows are numbered as the polars scan numbers them (1-based per file, header excluded) from
+`_metadata.file_block_start` and `monotonically_increasing_id`, so rejects name the same rows.
+
+The Python workers write the Parquet parts themselves (with `pipeline.ingest`'s writer: the same dtypes, e.g. the
+UInt64 row hash that Spark SQL has no type for) into a staging folder the driver renames into place when the counts
+reconcile; outputs are folders of parts, which every reader of this project reads like the single file the polars
+engine writes. Inputs may be any path Spark reads (hdfs://, s3a://, ...); outputs and the manifest go to a path
+the driver and the workers share (local disk in local mode; NFS or a mounted bucket on a cluster).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
+
+import polars as pl
+import pyarrow as pa
+
+from pipeline import schema
+from pipeline.ingest import (
+    EVENTS_DIR,
+    REJECT_TEXT_PREFIX,
+    REJECTS_DIR,
+    FileReport,
+    IngestConfig,
+    IngestError,
+    IngestResult,
+    _ParquetSink,
+    check_columns,
+    event_part_files,
+    ingest,
+    mark_ingested_repeats,
+    part_name,
+    reconcile,
+    split_combined,
+    validate_combined,
+)
+from pipeline.io import TableError, is_parquet, read_header_line, scan_table, sniff_delimiter
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+    from pipeline.batch_scoring import ModelRef, ScoreConfig, ScoreResult
+    from pipeline.sequences import SequenceConfig, SequencesResult
+    from pipeline.splits import SplitConfig
+
+JAVA_HINT = "install a JDK 17+ (e.g. `apt-get install openjdk-17-jre-headless`) or set JAVA_HOME"
+_BUCKET = "_bucket"
+_SOURCE = "_source"
+_COMBINED: dict[str, pl.DataType] = {
+    **schema.EVENTS_SCHEMA,
+    **{REJECT_TEXT_PREFIX + c: pl.String() for c in schema.RAW_COLUMNS},
+    schema.REJECT_COLUMN: pl.String(),
+    schema.REASON: pl.String(),
+}
+_COUNTS = {"kind": pl.String(), "n": pl.Int64(), "last_row": pl.Int64()}  # kind: "accepted" or a reject reason
+
+
+class SparkError(RuntimeError):
+    """Spark cannot start as asked: pyspark or a Java 17+ runtime missing (the message says what to install), or a
+    malformed --spark-conf."""
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    master: str | None = "local[*]"  # None: the one spark-submit gave
+    conf: tuple[tuple[str, str], ...] = ()  # any spark.* setting, applied after the defaults below
+    partition_rows: int = 1_000_000  # rows per customer partition: one Python task holds this many in memory
+
+
+def parse_conf(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """["spark.executor.memory=8g", ...] -> (("spark.executor.memory", "8g"), ...); SparkError naming a bad item."""
+    out = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SparkError(f"--spark-conf {item!r}: expected KEY=VALUE, e.g. spark.executor.memory=8g")
+        out.append((key.strip(), value))
+    return tuple(out)
+
+
+def java_version(java: str) -> int | None:
+    """Major version of a `java` executable (8 for "1.8.0_x"), None when it does not run."""
+    try:
+        text = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=60).stderr
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r'version "(\d+)(?:\.(\d+))?', text)
+    if m is None:
+        return None
+    major = int(m[1])
+    return int(m[2] or 0) if major == 1 else major
+
+
+def check_spark() -> None:
+    """Raise SparkError (what to install) unless pyspark imports and a Java 17+ runtime is found."""
+    from pipeline.settings import java_home
+
+    try:
+        import pyspark  # noqa: F401
+    except ImportError as e:
+        raise SparkError("pyspark is not installed: pip install -e '.[spark]' (pyspark>=4,<5 with pandas<3)") from e
+    home = java_home()
+    java = str(home / "bin" / "java") if home is not None else shutil.which("java")
+    if java is None:
+        raise SparkError(f"no Java runtime found (no `java` on PATH, JAVA_HOME unset): {JAVA_HINT}")
+    version = java_version(java)
+    if version is None or version < 17:
+        raise SparkError(f"{java} is {'not runnable' if version is None else f'Java {version}'}; Spark 4 needs "
+                               f"Java 17+: {JAVA_HINT}")
+
+
+def session(config: SparkConfig = SparkConfig()) -> SparkSession:
+    """The active SparkSession, or a new one: `config.master` (None: spark-submit's), the workers on this Python
+    (unless PYSPARK_PYTHON / spark.pyspark.python say otherwise), no console progress bars, then `config.conf`."""
+    from pipeline.settings import default_spark_python
+
+    check_spark()
+    from pyspark.sql import SparkSession
+
+    default_spark_python(sys.executable)
+
+    builder = SparkSession.builder.appName("txseq")
+    if config.master is not None:
+        builder = builder.master(config.master)
+    defaults = {"spark.ui.showConsoleProgress": "false",
+                "spark.sql.execution.arrow.pyspark.enabled": "true"}
+    for key, value in (*defaults.items(), *config.conf):
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+# --- Arrow <-> Spark plumbing ------------------------------------------------------------------------------------
+def _spark_type(dtype: pl.DataType) -> str:
+    """Spark SQL type (DDL) of a polars dtype; UInt64 travels as its bit pattern in a long."""
+    if isinstance(dtype, pl.List):
+        return f"array<{_spark_type(dtype.inner)}>"
+    return {pl.Int64: "long", pl.UInt64: "long", pl.Int32: "int", pl.Int8: "tinyint", pl.Float64: "double",
+            pl.Float32: "float", pl.String: "string"}[dtype.base_type()]
+
+
+def _ddl(columns: dict[str, pl.DataType]) -> str:
+    return ", ".join(f"`{c}` {_spark_type(t)}" for c, t in columns.items())
+
+
+def _arrow_schema(columns: dict[str, pl.DataType]) -> pa.Schema:
+    """The Arrow schema Spark expects back for `_ddl(columns)` (plain strings, UInt64 as int64)."""
+    def arrow(t: pl.DataType) -> pa.DataType:
+        if isinstance(t, pl.List):
+            return pa.list_(arrow(t.inner))
+        return {pl.Int64: pa.int64(), pl.UInt64: pa.int64(), pl.Int32: pa.int32(), pl.Int8: pa.int8(),
+                pl.Float64: pa.float64(), pl.Float32: pa.float32(), pl.String: pa.string()}[t.base_type()]
+    return pa.schema([(c, arrow(t)) for c, t in columns.items()])
+
+
+def _to_spark(df: pl.DataFrame, columns: dict[str, pl.DataType]) -> pa.Table:
+    """A polars frame as the Arrow table Spark expects for `columns` (UInt64 reinterpreted as Int64)."""
+    df = df.select([pl.col(c).reinterpret(signed=True) if t == pl.UInt64 else pl.col(c).cast(t) for c, t in columns.items()])
+    return df.to_arrow().cast(_arrow_schema(columns))
+
+
+def _from_spark(table: pa.Table, columns: dict[str, pl.DataType]) -> pl.DataFrame:
+    """An Arrow table from Spark back to `columns`' dtypes (a long that carried a UInt64 reinterpreted back)."""
+    df = pl.from_arrow(table)
+    assert isinstance(df, pl.DataFrame)
+    return df.with_columns(
+        [pl.col(c).reinterpret(signed=False) if t == pl.UInt64 and df.schema[c] == pl.Int64 else pl.col(c).cast(t)
+         for c, t in columns.items() if c in df.columns]
+    )
+
+
+def _grouped(fn: Callable[..., pa.Table], *args: Any, cogroup: bool = False) -> Callable[..., pa.Table]:
+    """`fn` with leading `args` bound, as a plain function of (key, table), or (key, left, right) for a cogroup:
+    pyspark reads the UDF kind and arity from the signature and fails on a `functools.partial` (4.3)."""
+    def grouped(key, table):  # noqa: ANN001, ANN202 - type hints would change how pyspark calls it
+        return fn(*args, _key(key), table)
+
+    def cogrouped(key, left, right):  # noqa: ANN001, ANN202
+        return fn(*args, _key(key), left, right)
+
+    return cogrouped if cogroup else grouped
+
+
+def _key(key: tuple) -> tuple:
+    """A group key as Python values (pyspark hands Arrow scalars)."""
+    return tuple(k.as_py() if hasattr(k, "as_py") else k for k in key)
+
+
+def _error_line(e: BaseException) -> str:
+    """The useful line of a Spark error: a Python worker's own exception, else the first line."""
+    lines = [x.strip() for x in str(e).strip().splitlines() if x.strip()]
+    python = [x for x in lines if re.match(r"^[A-Za-z_.]*(Error|Exception)\b", x)]
+    return (python[-1] if python else lines[0] if lines else type(e).__name__)[:500]
+
+
+def _spark_errors() -> tuple[type[BaseException], ...]:
+    from py4j.protocol import Py4JJavaError
+    from pyspark.errors import PySparkException
+
+    return (Py4JJavaError, PySparkException)
+
+
+def _staging(target: Path) -> Path:
+    path = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.staging")
+    path.mkdir(parents=True)
+    return path
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    """Replace whatever is at `target` (a file or folder from an earlier run) with the `staging` folder."""
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+    elif target.exists():
+        target.unlink()
+    staging.rename(target)
+
+
+def _local_path(uri: str) -> str:
+    parsed = urlparse(uri)
+    return unquote(parsed.path) if parsed.scheme in ("", "file") else uri
+
+
+def _partitions(spark: SparkSession, rows: int, partition_rows: int) -> int:
+    return max(spark.sparkContext.defaultParallelism, math.ceil(rows / max(partition_rows, 1)))
+
+
+# --- reading and numbering raw rows ------------------------------------------------------------------------------
+def read_numbered(spark: SparkSession, path: str | Path, allow_extra: bool, per_file: bool) -> tuple[DataFrame, int]:
+    """A raw table as (DataFrame of SOURCE_ROW, `_source`, the raw columns present; rows read).
+
+    CSV: every column a string, as `io.scan_table` reads it; Parquet: the file's own types. Rows are numbered
+    1..n in file order (a Parquet folder: its files in sorted order, numbered on across them, as polars scans it;
+    `per_file`: numbered per file, `_source` naming each file, as scoring does). Raises IngestError for what the
+    header or footer already shows (empty file, missing or unknown columns)."""
+    from pyspark.sql import functions as F
+
+    source = str(path)
+    local = urlparse(source).scheme in ("", "file")
+    if local:  # the checks `scan_table` makes up front, with the same messages
+        try:
+            scan_table(Path(_local_path(source)))
+        except TableError as e:
+            raise IngestError(str(e)) from e
+    parquet = is_parquet(Path(_local_path(source))) if local else source.rstrip("/").endswith((".parquet", ".pq"))
+    if parquet:
+        df = spark.read.parquet(source)
+    else:
+        sep = sniff_delimiter(read_header_line(Path(_local_path(source)))) if local else ","
+        df = spark.read.csv(source, header=True, sep=sep, inferSchema=False, encoding="UTF-8", mode="PERMISSIVE",
+                            enforceSchema=False)
+    names = [n.strip().lstrip("\ufeff") for n in df.columns]
+    check_columns(names, source, allow_extra)
+    raw = {n: original for n, original in zip(names, df.columns) if n in schema.RAW_COLUMNS}
+    located = df.select(
+        *[F.col(f"`{original}`").alias(n) for n, original in raw.items()],
+        F.col("_metadata.file_path").alias("_file"), F.col("_metadata.file_block_start").alias("_start"),
+        F.monotonically_increasing_id().alias("_mono"),
+    )
+    blocks = sorted(
+        located.groupBy("_file", "_start").agg(F.count("*").alias("n"), F.min("_mono").alias("m0")).collect(),
+        key=lambda r: (Path(_local_path(r["_file"])), r["_start"]),
+    )
+    bases, seen, file = [], 0, None
+    for b in blocks:  # row number = rows of the blocks before + position in the block + 1
+        if per_file and b["_file"] != file:
+            seen, file = 0, b["_file"]
+        name = _local_path(b["_file"]) if per_file else source
+        bases.append((b["_file"], b["_start"], seen - b["m0"] + 1, name))
+        seen += b["n"]
+    rows = sum(b["n"] for b in blocks)
+    if not bases:
+        return located.select(F.lit(0).cast("long").alias(schema.SOURCE_ROW), F.lit(source).alias(_SOURCE),
+                              *raw), 0
+    base = spark.createDataFrame(bases, "_file string, _start long, _base long, _source string")
+    numbered = located.join(F.broadcast(base), ["_file", "_start"]).select(
+        (F.col("_base") + F.col("_mono")).alias(schema.SOURCE_ROW), F.col(_SOURCE), *raw,
+    )
+    return numbered, rows
+
+
+def _validate_group(config: IngestConfig, key: tuple, table: pa.Table) -> pa.Table:
+    """One (file, customer bucket) of raw rows -> `validate_combined` rows, raw text kept for every row."""
+    source = key[0]
+    frame = _from_spark(table, {}).drop(_SOURCE)
+    out = validate_combined(frame.lazy(), source, config, numbered=True, all_texts=True).collect()
+    return _to_spark(out, _COMBINED)
+
+
+def validated(spark: SparkSession, numbered: DataFrame, rows: int, config: IngestConfig, partition_rows: int) -> DataFrame:
+    """Numbered raw rows -> `validate_combined` rows, grouped by (file, hash of the raw customer_id)."""
+    from pyspark.sql import functions as F
+
+    n = _partitions(spark, rows, partition_rows)
+    key = F.pmod(F.xxhash64(F.col(schema.CUSTOMER_ID)), F.lit(n))
+    return numbered.groupBy(F.col(_SOURCE), key.alias(_BUCKET)).applyInArrow(_grouped(_validate_group, config),
+                                                                              _ddl(_COMBINED))
+
+
+# --- ingest ------------------------------------------------------------------------------------------------------
+def _write_ingest_group(events_dir: str, rejects_dir: str, key: tuple, left: pa.Table, right: pa.Table | None = None
+                        ) -> pa.Table:
+    """One customer bucket of validated rows [+ the row hashes of earlier files] -> its events and rejects files."""
+    combined = _from_spark(left, _COMBINED).lazy()
+    if right is not None and right.num_rows:
+        combined = mark_ingested_repeats(combined, pl.from_arrow(right)[schema.ROW_HASH])
+    events, rejects = (f.sort(schema.SOURCE_ROW).collect() for f in split_combined(combined))
+    name = f"b-{int(key[-1]):05d}.parquet"
+    for folder, frame, columns in ((events_dir, events, schema.EVENTS_SCHEMA), (rejects_dir, rejects, schema.REJECTS_SCHEMA)):
+        with _ParquetSink(Path(folder) / name, columns) as sink:
+            sink.write(frame)
+    counts = rejects.group_by(schema.REASON).agg(pl.len().cast(pl.Int64).alias("n")).rename({schema.REASON: "kind"})
+    counts = pl.concat([pl.DataFrame({"kind": ["accepted"], "n": [events.height]}, schema={"kind": pl.String, "n": pl.Int64}),
+                        counts])
+    last = max(events[schema.SOURCE_ROW].max() or 0, rejects[schema.SOURCE_ROW].max() or 0)
+    return _to_spark(counts.with_columns(pl.lit(last, pl.Int64).alias("last_row")), _COUNTS)
+
+
+@dataclass(frozen=True)
+class SparkEngine:
+    """The three steps on one SparkSession; `config.partition_rows` sizes the customer partitions."""
+
+    spark: Any
+    config: SparkConfig = SparkConfig()
+
+    @classmethod
+    def start(cls, config: SparkConfig = SparkConfig()) -> "SparkEngine":
+        return cls(session(config), config)
+
+    def _run(self, what: str, action: Callable[[], Any]) -> Any:
+        try:
+            return action()
+        except _spark_errors() as e:
+            raise IngestError(f"{what}: cannot be read to the end: {_error_line(e)}") from e
+
+    # ingest ------------------------------------------------------------------------------------------------------
+    def ingest(self, inputs: Sequence[str | Path], out_dir: str | Path, config: IngestConfig = IngestConfig()
+               ) -> IngestResult:
+        """`pipeline.ingest.ingest` with each file validated on Spark: the same manifest, parts and counts."""
+        return ingest(inputs, out_dir, config, file_step=self._ingest_file)
+
+    def _ingest_file(self, path: Path, sha: str, out_dir: Path, seen: list[Path], config: IngestConfig) -> FileReport:
+        from pyspark.sql import functions as F
+
+        numbered, rows_in = read_numbered(self.spark, path, config.allow_extra_columns, per_file=False)
+        if rows_in == 0:
+            raise IngestError(f"{path}: no data rows (header only)")
+        part = part_name(sha)
+        events_dir, rejects_dir = _staging(out_dir / EVENTS_DIR / part), _staging(out_dir / REJECTS_DIR / part)
+        try:
+            combined = validated(self.spark, numbered, rows_in, config, self.config.partition_rows)
+            n = _partitions(self.spark, rows_in, self.config.partition_rows)
+            by_customer = F.pmod(F.coalesce(F.col(schema.CUSTOMER_ID), F.col(schema.SOURCE_ROW)), F.lit(n))
+            grouped = combined.groupBy(by_customer.alias(_BUCKET))
+            folders = (str(events_dir), str(rejects_dir))
+            if seen:
+                earlier = self.spark.read.parquet(*map(str, seen)).select(schema.CUSTOMER_ID, schema.ROW_HASH)
+                counts = grouped.cogroup(earlier.groupBy(F.pmod(F.col(schema.CUSTOMER_ID), F.lit(n)).alias(_BUCKET)))
+                counts = counts.applyInArrow(_grouped(_write_ingest_group, *folders, cogroup=True), _ddl(_COUNTS))
+            else:
+                counts = grouped.applyInArrow(_grouped(_write_ingest_group, *folders), _ddl(_COUNTS))
+            rows = self._run(str(path), counts.collect)
+            accepted = sum(r["n"] for r in rows if r["kind"] == "accepted")
+            by_reason: dict[str, int] = {}
+            for r in rows:
+                if r["kind"] != "accepted":
+                    by_reason[r["kind"]] = by_reason.get(r["kind"], 0) + r["n"]
+            rejected = sum(by_reason.values())
+            reconcile(path, rows_in, accepted, rejected, max((r["last_row"] for r in rows), default=0), by_reason)
+            _move_into_place(events_dir, out_dir / EVENTS_DIR / part)
+            _move_into_place(rejects_dir, out_dir / REJECTS_DIR / part)
+        finally:
+            shutil.rmtree(events_dir, ignore_errors=True)
+            shutil.rmtree(rejects_dir, ignore_errors=True)
+        return FileReport(str(path), sha, rows_in, accepted, rejected, dict(sorted(by_reason.items())))
+
+    # sequences ---------------------------------------------------------------------------------------------------
+    def run_sequences(self, events_dir: str | Path, labels_path: str | Path | None, out_dir: str | Path,
+                      config: SequenceConfig | None = None, split_config: SplitConfig | None = None) -> SequencesResult:
+        """`pipeline.sequences.run_sequences` on Spark: vocab counts summed over partitions, `build_sequences` on
+        customer ranges; writes sequences.parquet as a folder of parts in customer order."""
+        from pyspark.sql import functions as F
+
+        from pipeline.sequences import SEQUENCES_FILE, SequenceConfig, Vocab, labels_or_none, rank_codes, record_sequences
+        from pipeline.splits import SplitConfig, make_split
+
+        config, split_config = config or SequenceConfig(), split_config or SplitConfig()
+        t0 = time.perf_counter()
+        events_dir, out_dir = Path(events_dir), Path(out_dir)
+        if not (events_dir / "manifest.json").exists():
+            raise IngestError(f"{events_dir}: no manifest.json; run `txseq ingest` first")
+        parts = event_part_files(events_dir)
+        labels = labels_or_none(labels_path)
+        split = make_split(labels, split_config)
+        columns = [c for c in schema.EVENTS_SCHEMA if c not in (schema.ROW_HASH, schema.TR_DATETIME, schema.TERM_ID)]
+        if parts:
+            events = self.spark.read.parquet(*map(str, parts)).select(*columns)
+        else:
+            events = self.spark.createDataFrame([], _ddl({c: schema.EVENTS_SCHEMA[c] for c in columns}))
+        test = self.spark.createDataFrame([(int(i),) for i in split.test_ids], "customer_id long")
+        train = events.join(F.broadcast(test), on=schema.CUSTOMER_ID, how="left_anti")
+        counted = train.select(schema.CUSTOMER_ID, schema.MCC_CODE, schema.TR_TYPE).mapInArrow(
+            _code_counts, "column string, code long, n long").groupBy("column", "code").agg(F.sum("n").alias("n"))
+        counts = pl.DataFrame(self._run(str(events_dir), counted.collect), schema=["column", "code", "n"], orient="row")
+        totals = self._run(str(events_dir), train.agg(F.count("*").alias("n"),
+                                                     F.countDistinct(schema.CUSTOMER_ID).alias("c")).first)
+        ranked = {c: rank_codes(counts.filter(pl.col("column") == c).select(pl.col("code").alias(c), "n"), c,
+                                config.min_count) for c in (schema.MCC_CODE, schema.TR_TYPE)}
+        vocab = Vocab(mcc=ranked[schema.MCC_CODE], tr_type=ranked[schema.TR_TYPE], min_count=config.min_count,
+                      n_events=int(totals["n"]), n_customers=int(totals["c"]))
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        target = out_dir / SEQUENCES_FILE
+        staging = _staging(target)
+        try:
+            n = _partitions(self.spark, self._run(str(events_dir), events.count), self.config.partition_rows)
+            build = partial(_build_partition, vocab, config, labels, str(staging))
+            written = events.repartitionByRange(n, schema.CUSTOMER_ID).mapInArrow(build, "part int, customers long")
+            self._run(str(events_dir), written.collect)
+            if not any(staging.iterdir()):  # no events at all: one empty part with the table's schema
+                from pipeline.sequences import SEQUENCES_SCHEMA
+
+                pl.DataFrame(schema=SEQUENCES_SCHEMA).write_parquet(staging / "part-00000.parquet")
+            _move_into_place(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return record_sequences(events_dir, labels_path, out_dir, config, split_config, vocab, split, t0)
+
+    # scoring -----------------------------------------------------------------------------------------------------
+    def score_file(self, source: str | Path, output: str | Path, scorer_factory: Callable[[], Any], model: ModelRef,
+                   config: ScoreConfig | None = None, rejects: str | Path | None = None,
+                   ingest_config: IngestConfig | None = None) -> ScoreResult:
+        """`pipeline.batch_scoring.score_file` on Spark. `scorer_factory()` (picklable: it runs in each worker,
+        once per Python worker) returns the scorer; rows are validated with `ingest_config` (the model's)."""
+        from pyspark import StorageLevel
+        from pyspark.sql import functions as F
+
+        from pipeline.batch_scoring import (
+            ScoreConfig,
+            ScoreResult,
+            default_rejects_path,
+            probability_histogram,
+        )
+        from pipeline.io import write_parquet_atomic
+
+        started = time.perf_counter()
+        config = config or ScoreConfig()
+        ingest_config = ingest_config or config.ingest or IngestConfig()
+        source, output = Path(source), Path(output)
+        rejects = Path(rejects) if rejects is not None else default_rejects_path(output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        rejects.parent.mkdir(parents=True, exist_ok=True)
+        numbered, rows_in = read_numbered(self.spark, source, ingest_config.allow_extra_columns, per_file=True)
+        if rows_in == 0:
+            raise IngestError(f"{source}: no data rows (header only)")
+        staging = _staging(output)
+        scored_at = datetime.now(UTC)
+        try:
+            combined = validated(self.spark, numbered, rows_in, ingest_config, self.config.partition_rows)
+            combined = combined.persist(StorageLevel.MEMORY_AND_DISK)
+            (staging / "rejects").mkdir()
+            (staging / "scores").mkdir()
+            bad = combined.filter(F.col(schema.REASON).isNotNull()).mapInArrow(
+                partial(_write_rejects, str(staging / "rejects")), "part int, customers long")
+            self._run(str(source), bad.collect)
+            good = combined.filter(F.col(schema.REASON).isNull()).select(*schema.EVENTS_SCHEMA)
+            n = _partitions(self.spark, rows_in, self.config.partition_rows)
+            scored = good.repartitionByRange(n, schema.CUSTOMER_ID).mapInArrow(
+                partial(_score_partition, scorer_factory, model, scored_at, str(staging / "scores")),
+                "part int, customers long")
+            parts = self._run(str(source), scored.collect)
+            combined.unpersist()
+            reject_parts = sorted((staging / "rejects").glob("*.parquet"))
+            score_parts = sorted((staging / "scores").glob("*.parquet"))
+            if reject_parts:
+                write_parquet_atomic(pl.scan_parquet(reject_parts).cast(schema.REJECTS_SCHEMA), rejects)
+            else:
+                write_parquet_atomic(pl.DataFrame(schema=schema.REJECTS_SCHEMA), rejects)
+            from pipeline.batch_scoring import SCORES_SCHEMA
+
+            scores = pl.scan_parquet(score_parts) if score_parts else pl.LazyFrame(schema=SCORES_SCHEMA)
+            write_parquet_atomic(scores.sort(schema.CUSTOMER_ID), output)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        rejected_rows = pl.scan_parquet(rejects).select(pl.len()).collect().item()
+        customers = pl.scan_parquet(output).select(pl.len()).collect().item()
+        return ScoreResult(
+            output=output, rejects=rejects, input_rows=rows_in, rejected_rows=int(rejected_rows),
+            customers=int(customers), chunks=len(parts), model_name=model.name, model_version=model.version,
+            seconds=time.perf_counter() - started, histogram=probability_histogram(output),
+        )
+
+
+# --- functions run by the Python workers -------------------------------------------------------------------------
+def _batches_frame(batches: Iterator[pa.RecordBatch], columns: dict[str, pl.DataType]) -> pl.DataFrame | None:
+    """All batches of one partition as one frame (None when the partition is empty)."""
+    tables = [b for b in batches if b.num_rows]
+    if not tables:
+        return None
+    return _from_spark(pa.Table.from_batches(tables), columns)
+
+
+def _partition_id() -> int:
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    return context.partitionId() if context is not None else 0
+
+
+def _code_counts(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    from pipeline.sequences import code_counts
+
+    for batch in batches:
+        frame = pl.from_arrow(pa.Table.from_batches([batch])).lazy()
+        for column in (schema.MCC_CODE, schema.TR_TYPE):
+            counts = code_counts(frame, column).collect()
+            out = counts.select(pl.lit(column).alias("column"), pl.col(column).cast(pl.Int64).alias("code"), "n")
+            yield from _to_spark(out, {"column": pl.String(), "code": pl.Int64(), "n": pl.Int64()}).to_batches()
+
+
+def _build_partition(vocab: Any, config: Any, labels: pl.DataFrame, folder: str,
+                     batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """One customer range of events -> `build_sequences` -> part-<partition>.parquet (sorted by customer)."""
+    from pipeline.sequences import PARQUET_OPTIONS, build_sequences
+
+    frame = _batches_frame(batches, schema.EVENTS_SCHEMA)
+    if frame is None:
+        return
+    seq = build_sequences(frame.lazy(), vocab, config, labels)
+    pid = _partition_id()
+    seq.write_parquet(Path(folder) / f"part-{pid:05d}.parquet", **PARQUET_OPTIONS)
+    yield pa.RecordBatch.from_pydict({"part": [pid], "customers": [seq.height]},
+                                     schema=pa.schema([("part", pa.int32()), ("customers", pa.int64())]))
+
+
+def _write_rejects(folder: str, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    frame = _batches_frame(batches, _COMBINED)
+    if frame is None:
+        return
+    rejects = split_combined(frame.lazy())[1].collect()
+    pid = _partition_id()
+    rejects.write_parquet(Path(folder) / f"part-{pid:05d}.parquet")
+    yield pa.RecordBatch.from_pydict({"part": [pid], "customers": [rejects.height]},
+                                     schema=pa.schema([("part", pa.int32()), ("customers", pa.int64())]))
+
+
+_SCORERS: dict[Any, Any] = {}  # one scorer per Python worker process and factory (workers are reused)
+
+
+def _score_partition(scorer_factory: Callable[[], Any], model: Any, scored_at: datetime, folder: str,
+                     batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """One customer range of validated events -> the scorer -> scores part (one row per customer)."""
+    from pipeline.batch_scoring import ScoreConfig, _conform, _predict
+
+    frame = _batches_frame(batches, schema.EVENTS_SCHEMA)
+    if frame is None:
+        return
+    if scorer_factory not in _SCORERS:
+        _SCORERS[scorer_factory] = scorer_factory()
+    scored = _conform(_predict(_SCORERS[scorer_factory], frame, ScoreConfig()), frame, model, scored_at)
+    pid = _partition_id()
+    scored.write_parquet(Path(folder) / f"part-{pid:05d}.parquet")
+    yield pa.RecordBatch.from_pydict({"part": [pid], "customers": [scored.height]},
+                                     schema=pa.schema([("part", pa.int32()), ("customers", pa.int64())]))
+
+
+@dataclass(frozen=True)
+class RegisteredScorer:
+    """A picklable scorer factory: the batch scorer of an MLflow model URI, loaded in the worker."""
+
+    uri: str
+    tracking_uri: str
+
+    def __call__(self) -> Any:
+        from pipeline.scoring import load_batch_scorer
+
+        return load_batch_scorer(self.uri, self.tracking_uri)[0]

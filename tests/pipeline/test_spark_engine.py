@@ -1,0 +1,209 @@
+"""Spark engine (local[2]): the same events, rejects, manifest counts, sequences and scores as the polars engine.
+
+A missing pyspark or Java is a skip on a developer machine and a failure in CI (`CI` set): the project's own
+setup installs both (`make setup`: the `spark` extra; Java 17 from the system).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from pipeline import schema
+from pipeline.batch_scoring import ModelRef, ScoreConfig, score_file
+from pipeline.engines.spark import SparkConfig, SparkEngine, SparkError, check_spark, parse_conf
+from pipeline.ingest import IngestConfig, ingest, read_events, read_rejects
+from pipeline.sequences import SequenceConfig, run_sequences
+from pipeline.splits import SplitConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+HEADER = "customer_id,tr_datetime,mcc_code,tr_type,amount,term_id"
+TRICKY = [  # rows whose reading and checks differ most easily between two CSV readers
+    "101,0 10:48:07,5912,1010,-12570.39,",
+    "101,5 16:50:60,6010,7070,134754.95,888990",
+    "102,456 00:00:00,5411,1110,-5087,00192060",
+    "102,456 00:00:00,5411,1110,-5087,00192060",  # repeated date-only record: kept
+    "103,12 7:05:00,4814,1030,-1572.14, 302534 ",
+    "5411.0,3 23:59:59,5411.0,1010,1e3,x",
+    ",0 10:00:00,5411,1010,-1.0,",
+    "104,0 10:00:00,5411,1010,,",
+    "abc,0 10:00:00,5411,1010,-1.0,",
+    "-104,0 10:00:00,5411,1010,-1.0,",
+    "99999999999999999999,0 10:00:00,5411,1010,-1.0,",
+    "104,0 24:00:00,5411,1010,-1.0,",
+    "104,2020-01-01 10:00:00,5411,1010,-1.0,",
+    "104,3651 10:00:00,5411,1010,-1.0,",
+    '104,0 10:00:00,5411,1010,"1,5",',
+    "104,0 10:00:00,5411,1010,nan,",
+    "104,0 10:00:00,5411,1010,1e400,",
+    "101,0 10:48:07,5912,1010,-12570.39,",  # duplicate_row of the first row
+    "0101,0 10:48:07,5912,1010,-12570.39,",  # not the same text: accepted in this file
+]
+
+
+def _rows(n_customers: int, first: int = 1000, seed: int = 0) -> list[str]:
+    out = []
+    for c in range(first, first + n_customers):
+        for k in range(c % 9 + 1):
+            out.append(f"{c},{(c * 7 + k * 13 + seed) % 300} {(k * 5) % 24}:{(c + k) % 60:02d}:{k % 61:02d},"
+                       f"{5411 + (c + k) % 6},{1010 + (k % 3) * 20},{-(c % 97) - k * 1.25},{'' if k % 2 else c}")
+    return out
+
+
+@pytest.fixture(scope="session")
+def engine() -> SparkEngine:
+    """One local[2] session for the module; small partitions so that every step runs on several of them."""
+    try:
+        check_spark()
+    except SparkError as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the Spark tests: {e}")
+        pytest.skip(str(e))
+    return SparkEngine.start(SparkConfig(master="local[2]", partition_rows=150,
+                                         conf=(("spark.sql.shuffle.partitions", "4"),)))
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """A CSV with tricky and bad rows, a second CSV repeating some of its rows, and a typed Parquet folder."""
+    d = tmp_path_factory.mktemp("raw")
+    first = _rows(60)
+    (d / "a.csv").write_text("\n".join([HEADER, *first[:120], *TRICKY, *first[120:]]) + "\n")
+    (d / "b.csv").write_text("\n".join([HEADER, *first[50:90], *_rows(30, first=2000)]) + "\n")
+    typed = pl.read_csv(d / "b.csv", infer_schema=False).with_columns(
+        pl.col(schema.CUSTOMER_ID).cast(pl.Int64) + 5000, pl.col(schema.MCC_CODE).cast(pl.Int32),
+        pl.col(schema.TR_TYPE).cast(pl.Int64), pl.col(schema.AMOUNT).cast(pl.Float64))
+    (d / "c").mkdir()
+    typed.head(100).write_parquet(d / "c" / "part-0.parquet")
+    typed.tail(typed.height - 100).write_parquet(d / "c" / "part-1.parquet")
+    return [d / "a.csv", d / "b.csv", d / "c"]
+
+
+@pytest.fixture(scope="module")
+def both_ingested(engine: SparkEngine, inputs: list[Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    out = tmp_path_factory.mktemp("ingest")
+    ingest(inputs, out / "polars")
+    engine.ingest(inputs, out / "spark")
+    return out / "polars", out / "spark"
+
+
+def _sorted(lf: pl.LazyFrame) -> pl.DataFrame:
+    return lf.collect().sort(schema.SOURCE_FILE, schema.SOURCE_ROW)
+
+
+def test_ingest_gives_the_same_events_rejects_and_manifest(both_ingested: tuple[Path, Path]) -> None:
+    pol, spk = both_ingested
+    assert_frame_equal(_sorted(read_events(spk)), _sorted(read_events(pol)))
+    rejects = _sorted(read_rejects(spk))
+    assert_frame_equal(rejects, _sorted(read_rejects(pol)))
+    reasons = set(rejects[schema.REASON])
+    assert {"duplicate_row", "duplicate_of_ingested_row", "not_an_integer", "missing_value"} <= reasons
+    m_pol, m_spk = (json.loads((d / "manifest.json").read_text()) for d in (pol, spk))
+    assert m_spk["totals"] == m_pol["totals"]
+    keep = ("path", "sha256", "rows_in", "accepted", "rejected", "rejected_by_reason", "part")
+    assert [{k: f[k] for k in keep} for f in m_spk["files"]] == [{k: f[k] for k in keep} for f in m_pol["files"]]
+    assert (spk / "events" / m_spk["files"][0]["part"]).is_dir()  # a folder of per-partition parts
+
+
+def test_reingest_with_spark_is_a_recorded_no_op(engine: SparkEngine, inputs: list[Path],
+                                                 both_ingested: tuple[Path, Path]) -> None:
+    _, spk = both_ingested
+    before = (spk / "manifest.json").read_text()
+    result = engine.ingest(inputs[:1], spk)
+    assert result.files[0].status.startswith("already ingested")
+    assert (spk / "manifest.json").read_text() == before
+
+
+def test_sequences_are_the_same_table_vocab_and_counts(engine: SparkEngine, both_ingested: tuple[Path, Path],
+                                                       tmp_path: Path) -> None:
+    pol, spk = both_ingested
+    ids = read_events(pol).select(schema.CUSTOMER_ID).unique().collect()[schema.CUSTOMER_ID].sort()
+    labels = tmp_path / "labels.csv"
+    pl.DataFrame({schema.CUSTOMER_ID: ids[::2], schema.GENDER: [i % 2 for i in range(len(ids[::2]))]}).write_csv(labels)
+    config, split = SequenceConfig(max_len=6, min_count=2), SplitConfig(test_fraction=0.2, n_folds=3, seed=1)
+    a = run_sequences(pol, labels, tmp_path / "polars", config, split)
+    b = engine.run_sequences(spk, labels, tmp_path / "spark", config, split)
+    table_a = pl.read_parquet(a.sequences_path)
+    table_b = pl.read_parquet(b.sequences_path)  # a folder of parts, read in customer order
+    assert table_b[schema.CUSTOMER_ID].is_sorted()
+    assert_frame_equal(table_b, table_a)
+    assert (tmp_path / "spark" / "vocab.json").read_text() == (tmp_path / "polars" / "vocab.json").read_text()
+    assert (b.manifest["counts"], b.manifest["vocab"], b.split_id) == (a.manifest["counts"], a.manifest["vocab"], a.split_id)
+    assert b.n_truncated > 0
+
+
+class EventCountScorer:
+    """Picklable stand-in model: probability = n/(n+1) of a customer's events (a customer split across partitions
+    would show it), prediction = n % 2."""
+
+    def __call__(self) -> "EventCountScorer":
+        return self
+
+    def score_events(self, events: pl.LazyFrame) -> pd.DataFrame:
+        n = events.group_by(schema.CUSTOMER_ID).agg(pl.len().alias("n")).collect()
+        return n.select(schema.CUSTOMER_ID, (pl.col("n") / (pl.col("n") + 1)).alias(schema.PROBABILITY),
+                        (pl.col("n") % 2).alias(schema.PREDICTION)).to_pandas()
+
+    def __hash__(self) -> int:
+        return 0
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EventCountScorer)
+
+
+def test_scoring_gives_the_same_scores_and_rejects(engine: SparkEngine, inputs: list[Path], tmp_path: Path) -> None:
+    from pyspark import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import a test module
+    model = ModelRef("toy", "1", "models:/toy/1")
+    for source in (inputs[0], inputs[2]):  # a CSV, and a Parquet folder (rows numbered per file)
+        a = score_file(source, tmp_path / f"{source.name}-polars.parquet", EventCountScorer(), model,
+                       ScoreConfig(chunk_rows=200))
+        b = engine.score_file(source, tmp_path / f"{source.name}-spark.parquet", EventCountScorer(), model,
+                              ingest_config=IngestConfig())
+        drop = [schema.SCORED_AT]
+        assert_frame_equal(pl.read_parquet(b.output).drop(drop), pl.read_parquet(a.output).drop(drop), abs_tol=1e-6)
+        key = [schema.SOURCE_FILE, schema.SOURCE_ROW]
+        assert_frame_equal(pl.read_parquet(b.rejects).sort(key), pl.read_parquet(a.rejects).sort(key))
+        assert (b.input_rows, b.rejected_rows, b.customers) == (a.input_rows, a.rejected_rows, a.customers)
+
+
+def test_cli_ingest_with_spark_engine(engine: SparkEngine, inputs: list[Path], tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TXSEQ_DATA_ROOT": str(tmp_path)}
+    cmd = [sys.executable, "-m", "pipeline.cli", "ingest", str(inputs[0]), "--out", str(tmp_path / "ev"),
+           "--engine", "spark", "--spark-master", "local[2]", "--spark-conf", "spark.sql.shuffle.partitions=3"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "TOTAL" in done.stdout
+    expected = ingest(inputs[:1], tmp_path / "ev-polars")
+    manifest = json.loads((tmp_path / "ev" / "manifest.json").read_text())
+    assert manifest["totals"] == expected.manifest["totals"]
+    bad = subprocess.run([*cmd[:-2], "--spark-conf", "no-equals-sign"], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert bad.returncode == 2 and "expected KEY=VALUE" in bad.stderr
+
+
+def test_missing_java_names_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    if not os.environ.get("CI"):
+        pytest.importorskip("pyspark")  # without it the error names pyspark first (CI installs it)
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "no-jdk"))
+    with pytest.raises(SparkError, match=r"JDK 17\+.*openjdk-17-jre-headless"):
+        check_spark()
+    monkeypatch.delenv("JAVA_HOME")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(SparkError, match=r"no Java runtime found.*openjdk-17-jre-headless"):
+        check_spark()
+
+
+def test_spark_conf_items_parse_or_fail_with_the_item() -> None:
+    assert parse_conf(["spark.executor.memory=8g", "spark.x=a=b"]) == (("spark.executor.memory", "8g"), ("spark.x", "a=b"))
+    with pytest.raises(SparkError, match="'spark.executor.memory'"):
+        parse_conf(["spark.executor.memory"])
