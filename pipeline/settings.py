@@ -100,3 +100,11 @@ def default_spark_python(executable: str) -> None:
     """Spark's Python workers run PYSPARK_PYTHON (else `python3`): default it to this interpreter, whose
     environment has the pipeline's packages; a user's setting wins."""
     os.environ.setdefault("PYSPARK_PYTHON", executable)
+
+
+def torchrun_env() -> dict[str, int] | None:
+    """rank, world_size, local_rank as torchrun sets them (RANK, WORLD_SIZE, LOCAL_RANK); None outside torchrun."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return None
+    return {"rank": int(os.environ["RANK"]), "world_size": int(os.environ["WORLD_SIZE"]),
+            "local_rank": int(os.environ.get("LOCAL_RANK", "0"))}

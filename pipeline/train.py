@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from models.batch import Batch
+from pipeline import distributed
 from pipeline.metrics import MemoryMonitor, Stopwatch, classification_metrics
 
 log = logging.getLogger(__name__)
@@ -162,10 +163,15 @@ def fit(
     """Train with early stopping on val ROC AUC; resume from `checkpoint_dir/last.pt` if present.
 
     On return the model holds the best epoch's weights. Metrics go to `logger.log(metrics, step=epoch)`.
+    In a torchrun job (`pipeline.distributed`) every rank calls `fit` alike: each trains on its slice of the global
+    batch under DDP, metrics are summed over the ranks (each rank's own under `rank<r>/`), and only rank 0 writes
+    checkpoints (pass a logger on rank 0 only).
     """
-    device = resolve_device(config.device)
+    ddp = distributed.current()
+    device = distributed.device_for(resolve_device(config.device), ddp)
     seed_everything(config.seed)
     model.to(device)
+    net = distributed.wrap(model, device, ddp)
     steps_per_epoch = len(train_batches(0))  # type: ignore[arg-type]
     if config.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
@@ -205,29 +211,30 @@ def fit(
     for epoch in range(state["epoch"] + 1, config.epochs):
         if state["done"]:
             break
-        model.train()
+        net.train()
         memory.reset()
         loss_sum, n_steps, n_events, n_customers = torch.zeros((), device=device), 0, 0, 0
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, disable=not config.progress)
         with Stopwatch(sync_cuda=device.type == "cuda") as sw:
-            for step, batch in enumerate(train_batches(epoch)):
+            for step, global_batch in enumerate(train_batches(epoch)):
                 if step >= steps_per_epoch:
                     break
+                batch, weight = distributed.shard(global_batch, ddp)
                 n_events += batch.n_events  # counted on the host copy: no device sync
                 n_customers += batch.size
                 batch = batch.to(device, non_blocking=True)
                 with _autocast(device, config.precision):
-                    out = model(batch)
+                    out = net(batch)
                     loss = F.binary_cross_entropy_with_logits(out.logit.float(), batch.label.float())
                     loss = loss + out.aux_loss.float()
                 opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
+                scaler.scale(loss * weight).backward()
                 scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 scaler.step(opt)
                 scaler.update()
                 sched.step()
-                loss_sum += loss.detach()
+                loss_sum += loss.detach() * (weight / ddp.world_size)
                 n_steps += 1
                 bar.update(1)
                 if config.progress and (n_steps % 10 == 0 or n_steps == steps_per_epoch):
@@ -235,10 +242,14 @@ def fit(
                     bar.set_postfix(loss=f"{float(loss_sum) / n_steps:.4f}", ev_s=f"{n_events / elapsed:,.0f}")
         bar.close()
         train_mem = memory.read()
+        own = {"time/epoch_s": sw.seconds, "steps": float(n_steps),
+               "throughput/train_events_per_s": n_events / max(sw.seconds, 1e-9), **train_mem}
+        per_rank = distributed.gather(own, ddp)
+        loss_total, n_events, n_customers = distributed.all_reduce_sum([loss_sum, n_events, n_customers], ddp)
         val = evaluate(model, val_batches(), device, config.precision)
         q = classification_metrics(val["label"], val["prob"])
         metrics = {
-            "train/loss": float(loss_sum) / max(n_steps, 1),
+            "train/loss": loss_total / max(n_steps, 1),
             "train/lr": sched.get_last_lr()[0],
             "val/auroc": q["auroc"],
             "val/accuracy": q["accuracy"],
@@ -247,6 +258,7 @@ def fit(
             "throughput/train_events_per_s": n_events / max(sw.seconds, 1e-9),
             "throughput/train_customers_per_s": n_customers / max(sw.seconds, 1e-9),
             **train_mem,
+            **per_rank,
         }
         state["train_s"] += sw.seconds
         state["history"].append({"epoch": float(epoch), **metrics})
@@ -263,7 +275,7 @@ def fit(
             state["bad_epochs"] += 1
         state["done"] = state["bad_epochs"] >= config.patience
         state["epoch"] = epoch
-        if ckpt_dir is not None:
+        if ckpt_dir is not None and ddp.is_main:
             if improved:
                 _save_atomic({"model": best_weights, "epoch": epoch}, ckpt_dir / "best.pt")
             _save_atomic(

@@ -1,0 +1,39 @@
+"""Helper script for test_distributed.py (not a test): one `fit` on a tiny table, alone or as one rank of a
+torchrun job; rank 0 writes the history and final weights' checksum to the JSON path given as argv[1]."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _train_data import synthetic_sequences  # noqa: E402
+
+from models import ModelConfig, build_model  # noqa: E402
+from pipeline import distributed  # noqa: E402
+from pipeline.batches import SequenceDataset, make_loader  # noqa: E402
+from pipeline.train import TrainConfig, fit  # noqa: E402
+
+
+def main(out: Path, checkpoints: Path | None) -> None:
+    ddp = distributed.init_from_env("cpu")
+    torch.set_num_threads(1)
+    table = synthetic_sequences(n=96, max_len=24)
+    train, val = SequenceDataset(table.head(64)), SequenceDataset(table.tail(32))
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(n_mcc=24, n_tr_type=8, d_model=16, n_layers=1, n_heads=2, ff_mult=2, dropout=0.0,
+                                    mcc_dim=8, tr_type_dim=4, numeric_dim=4, time_dim=0))
+    config = TrainConfig(epochs=3, lr=3e-3, device="cpu", seed=0, progress=False, patience=10)
+    result = fit(model, lambda epoch: make_loader(train, batch_size=10, shuffle=True, crop_len=16, seed=epoch),
+                 lambda: make_loader(val, batch_size=32), config, checkpoint_dir=checkpoints)
+    if ddp.is_main:
+        weights = sum(float(p.detach().double().abs().sum()) for p in model.parameters())
+        out.write_text(json.dumps({"history": result.history, "weights": weights, "world": ddp.world_size}))
+    distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else None)

@@ -1,0 +1,56 @@
+"""DDP: 2 CPU processes (gloo) follow the 1-process run with the same global batch and seed; sharding is exact."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.batch import Batch
+from pipeline.distributed import Dist, shard
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = Path(__file__).with_name("_ddp_fit.py")
+# Measured: train/loss and val/logloss agree to ~1e-7, the weights' L1 norm to ~1e-6 relative (float summation order
+# of the gradient all-reduce); the tolerance leaves room for other CPUs' kernels.
+TOLERANCE = 1e-4
+
+
+def _batch(n: int) -> Batch:
+    t = torch.arange(n * 3, dtype=torch.float32).reshape(n, 3)
+    return Batch(mcc=t.long(), tr_type=t.long(), numeric=t[..., None].repeat(1, 1, 4), event_time=t,
+                 valid=torch.ones(n, 3, dtype=torch.bool), label=torch.arange(n) % 2.0, customer_id=torch.arange(n))
+
+
+@pytest.mark.parametrize("size", [1, 5, 8])
+def test_shards_cover_the_global_batch_once_with_weights_averaging_to_one(size: int) -> None:
+    world = 3
+    parts = [shard(_batch(size), Dist(rank=r, world_size=world)) for r in range(world)]
+    ids = sorted(int(i) for b, w in parts if w > 0 for i in b.customer_id)
+    assert ids == list(range(size))
+    assert sum(w for _, w in parts) / world == pytest.approx(1.0)  # DDP's mean of the weighted losses = global mean
+    assert all(b.size >= 1 for b, _ in parts)  # every rank still runs a backward pass
+
+
+def test_two_processes_match_one(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    subprocess.run([sys.executable, str(SCRIPT), str(one)], check=True, env=env, timeout=900)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           str(SCRIPT), str(two), str(tmp_path / "checkpoints")], env=env, timeout=900,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert b["world"] == 2 and len(a["history"]) == len(b["history"]) == 3
+    for ha, hb in zip(a["history"], b["history"], strict=True):
+        for key in ("train/loss", "val/logloss", "val/auroc"):
+            assert hb[key] == pytest.approx(ha[key], rel=TOLERANCE, abs=TOLERANCE), key
+        assert {"rank0/time/epoch_s", "rank1/time/epoch_s", "rank1/throughput/train_events_per_s"} <= set(hb)
+        assert hb["rank0/steps"] == hb["rank1/steps"]
+    assert b["weights"] == pytest.approx(a["weights"], rel=TOLERANCE)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.pt", "last.pt"]  # rank 0's only
