@@ -181,19 +181,42 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help="default: the preset's (auto)")
     p.add_argument("--run", default=None, help="run name (default: <timestamp>-<preset>-<4 hex>); an existing one resumes")
     p.add_argument("--no-register", action="store_true", help="log the models but do not register them")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="training processes per machine (DistributedDataParallel via torchrun; gloo on CPU, NCCL on "
+                   "GPU: one GPU each) (%(default)s)")
+    p.add_argument("--nnodes", type=int, default=1, help="machines; run the same command on each (%(default)s)")
+    p.add_argument("--node-rank", type=int, default=0, help="with --nnodes > 1: this machine's rank (%(default)s)")
+    p.add_argument("--master-addr", default=None, help="with --nnodes > 1: host of the node-rank 0 machine")
+    p.add_argument("--master-port", type=int, default=29500, help="with --nnodes > 1: its port (%(default)s)")
 
     def handler(args: argparse.Namespace) -> int:
         import logging
 
-        from pipeline.compare import run_comparison
+        from pipeline import distributed
+        from pipeline.compare import default_run_name, follow_comparison, run_comparison
         from pipeline.presets import get
-        from pipeline.settings import load_settings
+        from pipeline.settings import load_settings, torchrun_env
         from pipeline.tracking import TrackingError
+        from pipeline.train import resolve_device
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         settings = load_settings()
         preset = get(args.preset, epochs=args.epochs, device=args.device)
         models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+        if (args.nproc > 1 or args.nnodes > 1) and torchrun_env() is None:  # the launcher: one run name for all
+            if args.nnodes > 1 and not args.master_addr:
+                p.error("--nnodes > 1 needs --master-addr (the node-rank 0 machine)")
+            run = args.run or default_run_name(preset.name)
+            return distributed.launch([*distributed.worker_argv(args.argv), "--run", run], args.nproc, args.nnodes,
+                                      args.node_rank, args.master_addr, args.master_port)
+        ddp = distributed.init_from_env(resolve_device(preset.train.device).type)
+        if not ddp.is_main:  # the same fit() calls as rank 0, nothing written
+            try:
+                follow_comparison(args.sequences or settings.sequences_dir, args.events or settings.events_dir,
+                                  preset, models, args.fold, settings.runs_dir / args.run)
+            finally:
+                distributed.shutdown()
+            return 0
         try:
             result = run_comparison(
                 args.sequences or settings.sequences_dir, args.events or settings.events_dir, preset, models,
@@ -202,6 +225,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         except TrackingError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        finally:
+            distributed.shutdown()
         print(result.table)
         print(f"\nreport: {result.report_md} and {result.report_png} (MLflow parent run {result.parent_run_id})")
         for r in result.results:
@@ -312,6 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     apply_library_defaults()
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what a launcher (train --nproc) passes on
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.error(f"subcommand {args.command!r} is not implemented yet")

@@ -34,7 +34,7 @@ from pipeline.sequences import MANIFEST_FILE, SEQUENCES_FILE, SPLIT_FILE, VOCAB_
 from pipeline.settings import Settings, load_settings
 from pipeline.splits import Split
 from pipeline.tracking import TAG_SPLIT_ID, TAG_TEST_AUROC, Tracker, process_tags, setup
-from pipeline.train import evaluate, fit, resolve_device
+from pipeline.train import FitResult, MetricLogger, evaluate, fit, resolve_device
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,9 +110,19 @@ class _Data:
         return self.split.train_ids(self.fold), self.split.val_ids(self.fold), self.split.test_ids
 
 
-def _train_encoder(name: str, data: _Data, preset: RunPreset, datasets: dict, tracker: Tracker, run_id: str,
-                   run_dir: Path) -> tuple[ModelResult, dict, dict]:
-    train_ds, val_ds, test_ds = datasets["train"], datasets["val"], datasets["test"]
+def _encoder_datasets(sequences_dir: Path, data: _Data) -> dict:
+    seq_path = sequences_dir / SEQUENCES_FILE
+    train_ids, val_ids, test_ids = data.ids
+    datasets = {"train": SequenceDataset(seq_path, train_ids), "val": SequenceDataset(seq_path, val_ids),
+                "test": SequenceDataset(seq_path, test_ids)}
+    datasets["stats"] = numeric_stats(datasets["train"])
+    return datasets
+
+
+def _fit_encoder(name: str, data: _Data, preset: RunPreset, datasets: dict, logger: MetricLogger | None,
+                 run_dir: Path) -> tuple[torch.nn.Module, ModelConfig, FitResult]:
+    """Build the encoder and `fit` it (every rank of a distributed run calls this alike)."""
+    train_ds, val_ds = datasets["train"], datasets["val"]
     cfg = ModelConfig(n_mcc=data.vocab.size_mcc, n_tr_type=data.vocab.size_tr_type, **preset.model_kwargs(name))
     torch.manual_seed(preset.train.seed)
     model = build_model(cfg)
@@ -124,9 +134,26 @@ def _train_encoder(name: str, data: _Data, preset: RunPreset, datasets: dict, tr
                                   seed=tc.seed * 100_003 + epoch),
         lambda: make_loader(val_ds, batch_size=preset.eval_batch_size),
         tc,
-        tracker.logger(run_id),
+        logger,
         run_dir / "checkpoints" / name,
     )
+    return model, cfg, result
+
+
+def follow_comparison(sequences_dir: Path, events_dir: Path, preset: RunPreset, models: Sequence[str] | None,
+                      fold: int, run_dir: Path) -> None:
+    """A torchrun rank other than 0: the same `fit` of every encoder as rank 0's `run_comparison`, in the same
+    order, and nothing else (no tracking, registry, report or checkpoint)."""
+    data = _load_data(Path(sequences_dir), Path(events_dir), fold)
+    for name in (m for m in (models or preset.models) if m != "gbdt"):
+        _fit_encoder(canonical_encoder_name(name), data, preset, _encoder_datasets(Path(sequences_dir), data), None,
+                     run_dir)
+
+
+def _train_encoder(name: str, data: _Data, preset: RunPreset, datasets: dict, tracker: Tracker, run_id: str,
+                   run_dir: Path) -> tuple[ModelResult, dict, dict]:
+    test_ds, tc = datasets["test"], preset.train
+    model, cfg, result = _fit_encoder(name, data, preset, datasets, tracker.logger(run_id), run_dir)
     device = resolve_device(tc.device)
     test = evaluate(model, make_loader(test_ds, batch_size=preset.eval_batch_size), device, tc.precision)
     q = classification_metrics(test["label"], test["prob"])
@@ -199,6 +226,10 @@ def _load_data(sequences_dir: Path, events_dir: Path, fold: int) -> _Data:
     )
 
 
+def default_run_name(preset_name: str) -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{preset_name}-{os.urandom(2).hex()}"
+
+
 def start_comparison(
     sequences_dir: Path,
     events_dir: Path,
@@ -218,7 +249,7 @@ def start_comparison(
     data = _load_data(sequences_dir, Path(events_dir), fold)
     models = tuple(m if m == "gbdt" else canonical_encoder_name(m) for m in (models or preset.models))
     # default: unique even for two runs started in the same second (a shared name would share checkpoints)
-    run_name = run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{preset.name}-{os.urandom(2).hex()}"
+    run_name = run_name or default_run_name(preset.name)
     run_dir = settings.runs_dir / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     train_ids, val_ids, test_ids = data.ids
@@ -252,10 +283,7 @@ def train_one(plan: ComparisonPlan, name: str) -> ModelResult:
                 if math.isfinite(auc):
                     tracker.log_metrics(child, {"gbdt/val_auroc_per_round": auc}, step=step)
         else:
-            seq_path = plan.sequences_dir / SEQUENCES_FILE
-            datasets = {"train": SequenceDataset(seq_path, train_ids), "val": SequenceDataset(seq_path, val_ids),
-                        "test": SequenceDataset(seq_path, test_ids)}
-            datasets["stats"] = numeric_stats(datasets["train"])
+            datasets = _encoder_datasets(plan.sequences_dir, data)
             row, params, art = _train_encoder(name, data, preset, datasets, tracker, child, run_dir)
         tracker.log_params(child, {**plan.common, **params})
         per_epoch = set() if name == "gbdt" else _PER_EPOCH

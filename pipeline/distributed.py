@@ -123,6 +123,23 @@ def gather(metrics: Mapping[str, float], d: Dist) -> dict[str, float]:
     return {f"rank{r}/{k}": v for r, m in enumerate(everyone) for k, v in (m or {}).items()}
 
 
+LAUNCHER_OPTIONS = ("--nproc", "--nnodes", "--node-rank", "--master-addr", "--master-port", "--run")
+
+
+def worker_argv(argv: Sequence[str]) -> list[str]:
+    """The launcher's arguments less its own options (`--nproc 2`, `--master-addr=h`, ...): the workers learn their
+    place from torchrun, and torchrun's parser would take `--nproc` for its `--nproc-per-node`."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in LAUNCHER_OPTIONS:
+            skip = True
+        elif not a.startswith(tuple(f"{o}=" for o in LAUNCHER_OPTIONS)):
+            out.append(a)
+    return out
+
+
 def launch(argv: Sequence[str], nproc: int, nnodes: int = 1, node_rank: int = 0, master_addr: str | None = None,
            master_port: int = 29500) -> int:
     """Run `python -m pipeline.cli <argv>` as a torchrun job; returns its exit status. One node: a standalone

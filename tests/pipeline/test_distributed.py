@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from models.batch import Batch
-from pipeline.distributed import Dist, shard
+from pipeline.distributed import Dist, shard, worker_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("_ddp_fit.py")
@@ -37,6 +37,11 @@ def test_shards_cover_the_global_batch_once_with_weights_averaging_to_one(size: 
     assert all(b.size >= 1 for b, _ in parts)  # every rank still runs a backward pass
 
 
+def test_worker_arguments_leave_out_the_launcher_options() -> None:
+    argv = ["train", "--nproc", "2", "--nnodes=1", "--models", "gbdt", "--master-addr", "h", "--run", "x", "--fold", "1"]
+    assert worker_argv(argv) == ["train", "--models", "gbdt", "--fold", "1"]
+
+
 def test_two_processes_match_one(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     one, two = tmp_path / "one.json", tmp_path / "two.json"
@@ -54,3 +59,32 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
         assert hb["rank0/steps"] == hb["rank1/steps"]
     assert b["weights"] == pytest.approx(a["weights"], rel=TOLERANCE)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.pt", "last.pt"]  # rank 0's only
+
+
+def test_txseq_train_nproc_2_logs_one_parent_run_with_per_rank_metrics(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _train_data import tiny_dataset
+
+    data = tiny_dataset(tmp_path / "data")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env |= {"PYTHONPATH": str(ROOT), "TXSEQ_DATA_ROOT": str(tmp_path / "root"), "OMP_NUM_THREADS": "1",
+            "TXSEQ_REGISTERED_MODEL": "ddp-tests"}
+    cmd = [sys.executable, "-m", "pipeline.cli", "train", "--sequences", str(data.sequences), "--events",
+           str(data.events), "--preset", "tiny", "--epochs", "2", "--device", "cpu", "--models", "transformer,gbdt",
+           "--nproc", "2"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| transformer |" in done.stdout and "| gbdt |" in done.stdout  # rank 0 prints the report once
+    client = MlflowClient(f"sqlite:///{tmp_path / 'root' / 'mlflow' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("txseq").experiment_id
+    parents = client.search_runs([experiment], "tags.`txseq.kind` = 'comparison'")
+    assert len(parents) == 1
+    children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")
+    assert sorted(r.data.tags["txseq.model"] for r in children) == ["gbdt", "transformer"]
+    encoder = next(r for r in children if r.data.tags["txseq.model"] == "transformer")
+    for key in ("rank0/time/epoch_s", "rank1/time/epoch_s", "train/loss"):
+        assert len(client.get_metric_history(encoder.info.run_id, key)) == 2, key
+    run_dir = tmp_path / "root" / "runs" / parents[0].data.tags["txseq.run_name"]
+    assert (run_dir / "checkpoints" / "transformer" / "last.pt").exists()
