@@ -1,5 +1,4 @@
-"""What every flow shares: the content-hash cache policy, the retry settings of I/O tasks, and the hooks that close
-the MLflow runs of a cancelled or crashed training.
+"""What every flow shares: the content-hash cache policy and the retry settings of I/O tasks.
 
 `cached_on("inputs")` keys a task on its source code, the *contents* of the named path parameters (sha256 of a file;
 for a folder, every file's relative path, size and mtime) and the value of every other parameter. Re-running a flow
@@ -11,20 +10,14 @@ that finds a cached step's output gone passes `refresh_cache=True` (see `missing
 from __future__ import annotations
 
 import hashlib
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from prefect import Flow
 from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy, CachePolicy
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.objects import FlowRun, State
 from prefect.context import TaskRunContext
-from prefect.logging.loggers import flow_run_logger
 from prefect.utilities.hashing import hash_objects
 
-from pipeline.compare import end_comparison_runs
 from pipeline.io import sha256_file
 
 IO_RETRIES = {"retries": 2, "retry_delay_seconds": [2, 10]}
@@ -61,34 +54,3 @@ def missing(paths: Iterable[Path]) -> bool:
     return not all(Path(p).exists() for p in paths)
 
 
-
-def root_flow_run_id(flow_run: FlowRun) -> str:
-    """The id of the top-level flow run `flow_run` belongs to (itself, or the pipeline run it is a subflow of)."""
-    if flow_run.parent_task_run_id is None:
-        return str(flow_run.id)
-    with get_client(sync_client=True) as client:
-        while flow_run.parent_task_run_id is not None:
-            flow_run = client.read_flow_run(client.read_task_run(flow_run.parent_task_run_id).flow_run_id)
-    return str(flow_run.id)
-
-
-def comparison_run_name(flow_run: FlowRun, preset: str) -> str:
-    """MLflow run name of a training started by `flow_run`: ends with its root flow run's id, so that the hooks of
-    either flow (train, or the pipeline around it) find the runs to close."""
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{preset}-{root_flow_run_id(flow_run)[:8]}"
-
-
-def close_mlflow_runs(status: str) -> Callable[[Flow, FlowRun, State], None]:
-    """`on_cancellation` (status KILLED) / `on_crashed` (FAILED) hook: end the MLflow runs the flow run left RUNNING
-    (a cancelled run's process is killed before its `with` blocks and `finish_comparison` can close them)."""
-
-    def hook(flow: Flow, flow_run: FlowRun, state: State) -> None:
-        reason = f"Prefect flow run {flow_run.name!r} ({flow_run.id}) ended {state.name}"
-        ended = end_comparison_runs(f"-{root_flow_run_id(flow_run)[:8]}", status, reason)
-        flow_run_logger(flow_run, flow).info("marked %d MLflow run(s) %s: %s", len(ended), status, ", ".join(ended))
-
-    hook.__name__ = f"close_mlflow_runs_{status.lower()}"
-    return hook
-
-
-MLFLOW_HOOKS = {"on_cancellation": [close_mlflow_runs("KILLED")], "on_crashed": [close_mlflow_runs("FAILED")]}

@@ -9,7 +9,7 @@ from __future__ import annotations
 from prefect import flow
 from pydantic import BaseModel, Field
 
-from flows.common import MLFLOW_HOOKS
+from flows.hooks import MLFLOW_HOOKS
 from flows.ingest import IngestParams, ingest_flow
 from flows.sequences import SequencesParams, sequences_flow
 from flows.train import TrainParams, train_flow

@@ -16,7 +16,7 @@ from prefect.context import FlowRunContext
 from prefect.futures import wait
 from pydantic import BaseModel, Field
 
-from flows.common import MLFLOW_HOOKS, comparison_run_name
+from flows.hooks import MLFLOW_HOOKS, comparison_run_name
 
 from pipeline.compare import ComparisonPlan, ComparisonResult, ModelResult, finish_comparison, start_comparison, train_one
 from pipeline.presets import get
@@ -54,7 +54,7 @@ def finish_task(plan: ComparisonPlan, results: list[ModelResult]) -> ComparisonR
 
 @flow(name="train", **MLFLOW_HOOKS)
 def train_flow(params: TrainParams = TrainParams()) -> ComparisonResult:
-    """Cancelled or crashed, its MLflow runs end KILLED or FAILED (hooks in flows/common.py), never RUNNING."""
+    """Cancelled or crashed, its MLflow runs end KILLED or FAILED (hooks in flows/hooks.py), never RUNNING."""
     s = load_settings()
     sequences_dir = Path(params.sequences_dir) if params.sequences_dir else s.sequences_dir
     run_name = comparison_run_name(FlowRunContext.get().flow_run, params.preset)

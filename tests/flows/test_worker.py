@@ -172,7 +172,7 @@ def test_cancelling_the_nightly_retrain_ends_its_mlflow_runs_killed(deployed, tm
     project, data_root, env = deployed
     # bigger data in its own folders, so that training is still under way when the cancellation arrives
     big = tmp_path / "big"
-    generate(big / "raw", GeneratorConfig(n_customers=1500, n_labelled=1200, seed=4))
+    generate(big / "raw", GeneratorConfig(n_customers=1000, n_labelled=800, seed=4))
     params = {"params": {
         "ingest": {"inputs": [str(big / "raw" / "transactions.csv.gz")], "out_dir": str(big / "events")},
         "sequences": {"labels": str(big / "raw" / "gender_train.csv"), "out_dir": str(big / "sequences")},
