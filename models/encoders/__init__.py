@@ -17,6 +17,7 @@ from torch import nn
 from models.encoders.base import EncoderOutput, pop_stats
 from models.encoders.eam import EAMConfig, EAMEncoder
 from models.encoders.infinite_former import InfiniteFormerConfig, InfiniteFormerEncoder
+from models.encoders.informer import InformerConfig, InformerEncoder
 from models.encoders.performer import PerformerConfig, PerformerEncoder
 from models.encoders.transformer import MaterializedTransformerEncoder, TransformerConfig, TransformerEncoder
 
@@ -33,6 +34,7 @@ ENCODERS: dict[str, EncoderEntry] = {
     "performer": EncoderEntry(PerformerEncoder, PerformerConfig),
     "infinite_former": EncoderEntry(InfiniteFormerEncoder, InfiniteFormerConfig),
     "eam": EncoderEntry(EAMEncoder, EAMConfig),
+    "informer": EncoderEntry(InformerEncoder, InformerConfig),
 }
 
 

@@ -8,11 +8,13 @@ import torch
 
 from models import ENCODERS, EAMConfig, InfiniteFormerConfig, ModelConfig, PerformerConfig, build_encoder
 from models.batch import Batch
+from models.encoders.informer import InformerConfig
 
 TINY_SUBCONFIGS = dict(  # encoder name -> its config at test size (an encoder not listed runs with its defaults)
     performer=PerformerConfig(nb_features=16, redraw_interval=3),
     infinite_former=InfiniteFormerConfig(segment_len=4, n_basis=8, n_samples=6, histogram_bins=8),
     eam=EAMConfig(window=3, stride=4, pool_size=2, n_experts=3, top_k=2),
+    informer=InformerConfig(factor=1),  # u = ⌈ln L⌉: a few active queries even at 10-20 positions
 )
 
 
