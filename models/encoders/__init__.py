@@ -19,6 +19,7 @@ from models.encoders.eam import EAMConfig, EAMEncoder
 from models.encoders.infinite_former import InfiniteFormerConfig, InfiniteFormerEncoder
 from models.encoders.informer import InformerConfig, InformerEncoder
 from models.encoders.performer import PerformerConfig, PerformerEncoder
+from models.encoders.switchhead import SwitchHeadConfig, SwitchHeadEncoder
 from models.encoders.transformer import MaterializedTransformerEncoder, TransformerConfig, TransformerEncoder
 
 
@@ -35,6 +36,7 @@ ENCODERS: dict[str, EncoderEntry] = {
     "infinite_former": EncoderEntry(InfiniteFormerEncoder, InfiniteFormerConfig),
     "eam": EncoderEntry(EAMEncoder, EAMConfig),
     "informer": EncoderEntry(InformerEncoder, InformerConfig),
+    "switchhead": EncoderEntry(SwitchHeadEncoder, SwitchHeadConfig),
 }
 
 
