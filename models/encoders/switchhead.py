@@ -7,8 +7,12 @@ Per head h, with x the layer input at a token:
     s_V = σ(x W_V^h),  s_O = σ(x W_O^h)                           (E,) non-competitive sigmoid gates per token
     v = Σ_{e ∈ top-k(s_V)} s_V[e] · x W_v^{h,e}                   value: mixture of the k chosen of E experts
     y = Σ_h Σ_{e ∈ top-k(s_O)} s_O[e] · (softmax(q kᵀ/√d) v)_h W_o^{h,e}   output: the same, per destination token
-Only the chosen experts run: ``expert_linear`` gathers the rows routed to each expert and multiplies them by that
-expert's matrix (gather + matmul + gather back, pure PyTorch, CPU and GPU; no Triton). No auxiliary loss (the
+Pure PyTorch, CPU and GPU, no Triton: the top-k gates are scattered into a dense (N, H, E) gate matrix (0 for the
+experts not chosen) and each projection is one GEMM over all experts (``expert_values``, ``expert_outputs``). That
+is E/k times the FLOPs of running only the chosen experts, with the same values and gradients (an unchosen expert
+gets weight 0 and gradient 0); at our sizes it is the faster path on CPU: the routed version (argsort by expert,
+one small matmul per expert, gather back) spent its time in the sort and the small matmuls and made a demo training
+step ~2× slower than the Transformer's. No auxiliary loss (the
 paper needs none with sigmoid gates); each layer counts its expert choices in training and reports each expert's
 share per epoch through ``pop_stats`` (the trainer logs them: ``encoder.blocks.0.attn/v_expert_share_0``, …).
 
@@ -30,26 +34,28 @@ from models.encoders.base import StackedEncoder, feed_forward_blocks
 from models.moe import ExpertUsage
 
 
-def expert_linear(x: torch.Tensor, weight: torch.Tensor, expert: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """y[n, s] = gate[n, s] · x[n, s] @ weight[expert[n, s]], running each expert on the rows routed to it only.
-
-    x (N, S, I) or (N, I) (shared by the S slots), weight (G, I, O), expert (N, S) long in [0, G), gate (N, S)
-    -> (N, S, O). Rows are sorted by expert, cut into one chunk per expert, multiplied, and put back in order.
-    """
-    n, s = expert.shape
-    flat = expert.reshape(-1)  # (N·S,)
-    order = torch.argsort(flat, stable=True)
-    counts = torch.bincount(flat, minlength=weight.shape[0]).tolist()
-    rows = x[order // s] if x.dim() == 2 else x.reshape(n * s, -1)[order]  # (N·S, I), grouped by expert
-    chunks = rows.split(counts)
-    y_sorted = torch.cat([chunk @ weight[g].to(chunk.dtype) for g, chunk in enumerate(chunks)])  # (N·S, O)
-    y = y_sorted[torch.argsort(order)]  # back to (token, slot) order
-    return y.view(n, s, -1) * gate.unsqueeze(-1).to(y.dtype)
-
-
 def sigmoid_top_k(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Non-competitive gates: σ(logits), keep the k largest per row. logits (..., E) -> gates (..., k), experts (..., k)."""
     return torch.sigmoid(logits.float()).topk(k, dim=-1)
+
+
+def gated_experts(gates: torch.Tensor, experts: torch.Tensor, n_experts: int) -> torch.Tensor:
+    """Dense gate matrix: the chosen experts' gate values, 0 elsewhere. gates/experts (N, H, k) -> (N, H, E)."""
+    return torch.zeros(*gates.shape[:-1], n_experts, dtype=gates.dtype, device=gates.device).scatter(-1, experts, gates)
+
+
+def expert_values(x: torch.Tensor, w_v: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """v[n, h] = Σ_e gate[n, h, e] · x[n] @ w_v[h, e]. x (N, D), w_v (H, E, D, d), gate (N, H, E) -> (N, H, d)."""
+    h, e, d_in, d = w_v.shape
+    every = (x @ w_v.permute(2, 0, 1, 3).reshape(d_in, h * e * d)).view(-1, h, e, d)  # (N, H, E, d): one GEMM
+    return torch.einsum("nhed,nhe->nhd", every, gate.to(every.dtype))
+
+
+def expert_outputs(o: torch.Tensor, w_o: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """y[n] = Σ_h Σ_e gate[n, h, e] · o[n, h] @ w_o[h, e]. o (N, H, d), w_o (H, E, d, D), gate (N, H, E) -> (N, D)."""
+    h, e, d, d_out = w_o.shape
+    z = o.unsqueeze(2) * gate.unsqueeze(-1).to(o.dtype)  # (N, H, E, d), zero for the experts not chosen
+    return z.reshape(-1, h * e * d) @ w_o.reshape(h * e * d, d_out)  # one GEMM
 
 
 @dataclass(frozen=True)
@@ -72,32 +78,28 @@ class SwitchHeadAttention(nn.Module):
         self.n_heads, self.head_dim, self.n_experts, self.top_k = n_heads, head_dim, n_experts, top_k
         h, d, e = n_heads, head_dim, n_experts
         self.qk = nn.Linear(d_model, 2 * h * d)
-        self.w_v = nn.Parameter(torch.empty(h * e, d_model, d).uniform_(-1, 1) / math.sqrt(d_model))  # (H·E, D, d)
-        self.w_o = nn.Parameter(torch.empty(h * e, d, d_model).uniform_(-1, 1) / math.sqrt(h * d))  # (H·E, d, D)
+        self.w_v = nn.Parameter(torch.empty(h, e, d_model, d).uniform_(-1, 1) / math.sqrt(d_model))  # (H, E, D, d)
+        self.w_o = nn.Parameter(torch.empty(h, e, d, d_model).uniform_(-1, 1) / math.sqrt(h * d))  # (H, E, d, D)
         self.gate_v = nn.Linear(d_model, h * e)
         self.gate_o = nn.Linear(d_model, h * e)
         self.out_bias = nn.Parameter(torch.zeros(d_model))
         self.usage_v, self.usage_o = ExpertUsage(e, "v_"), ExpertUsage(e, "o_")
 
-    def _route(self, gate: nn.Linear, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x (N, D) -> gates (N, H·k), group ids h·E + e (N, H·k), expert ids e (N, H, k)."""
-        n = x.shape[0]
-        g, e = sigmoid_top_k(gate(x).view(n, self.n_heads, self.n_experts), self.top_k)  # (N, H, k)
-        head = torch.arange(self.n_heads, device=x.device)[None, :, None]
-        return g.reshape(n, -1), (head * self.n_experts + e).reshape(n, -1), e
+    def _gates(self, gate: nn.Linear, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (N, D) -> dense gates (N, H, E) (σ of the top k, 0 elsewhere), chosen experts (N, H, k)."""
+        g, e = sigmoid_top_k(gate(x).view(x.shape[0], self.n_heads, self.n_experts), self.top_k)  # (N, H, k)
+        return gated_experts(g, e, self.n_experts), e
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         b, t, d_model = x.shape
-        h, d, k = self.n_heads, self.head_dim, self.top_k
+        h, d = self.n_heads, self.head_dim
         q, key = self.qk(x).view(b, t, 2, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, d)
         tokens = x.reshape(b * t, d_model)  # (N, D)
-        gates_v, groups_v, experts_v = self._route(self.gate_v, tokens)
-        v = expert_linear(tokens, self.w_v, groups_v, gates_v).view(b * t, h, k, d).sum(dim=2)  # (N, H, d)
-        v = v.view(b, t, h, d).transpose(1, 2)  # (B, H, T, d)
+        gate_v, experts_v = self._gates(self.gate_v, tokens)
+        v = expert_values(tokens, self.w_v, gate_v).view(b, t, h, d).transpose(1, 2)  # (B, H, T, d)
         o = AF.sdpa_attention(q, key, v.to(q.dtype), valid)  # (B, H, T, d)
-        o = o.transpose(1, 2).reshape(b * t, h, d).repeat_interleave(k, dim=1)  # (N, H·k, d): slot h·k + j
-        gates_o, groups_o, experts_o = self._route(self.gate_o, tokens)
-        y = expert_linear(o, self.w_o, groups_o, gates_o).sum(dim=1)  # (N, D)
+        gate_o, experts_o = self._gates(self.gate_o, tokens)
+        y = expert_outputs(o.transpose(1, 2).reshape(b * t, h, d), self.w_o, gate_o)  # (N, D)
         if self.training:
             real = valid.reshape(-1)
             self.usage_v.add(experts_v[real])
