@@ -170,10 +170,10 @@ def check_inputs(source: Path) -> list[Path]:
 
 
 def _csv_has_a_row(path: Path) -> bool:
-    """A non-blank line after the header (plain or gzip; reads two lines)."""
+    """A non-blank line after the header (plain or gzip; reads up to the first one, a line at a time)."""
     with (gzip.open if is_gzip(path) else open)(path, "rb") as fh:
         fh.readline(1 << 20)
-        return bool(fh.readline(1 << 20).strip())
+        return any(line.strip() for line in iter(lambda: fh.readline(1 << 20), b""))
 
 
 def score_file(

@@ -26,9 +26,10 @@ import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import repeat
 from pathlib import Path
 from typing import BinaryIO
+
+import numpy as np
 
 READ_BYTES = 1 << 22  # 4 MiB read at a time
 MAX_RECORD_BYTES = 1 << 20  # 1 MiB: a Sberbank record is ~60 bytes; a longer one is rejected, never held whole
@@ -84,7 +85,8 @@ def _lines(fh: BinaryIO) -> Iterator[bytes | None]:
             pending = buf
         else:
             pending = buf[end + 1:]
-            yield buf[: end + 1].replace(b"\r\n", b"\n")
+            whole = buf[: end + 1]
+            yield whole.replace(b"\r\n", b"\n") if b"\r" in whole else whole
         if len(pending) > MAX_RECORD_BYTES:
             pending, skipping = b"", True
     if skipping:
@@ -106,6 +108,16 @@ def _write(fields: list[str], sep: str, flag: str) -> bytes:
     out = io.StringIO()
     csv.writer(out, delimiter=sep, lineterminator="\n").writerow([*fields, flag])
     return out.getvalue().encode("utf-8", "surrogateescape")
+
+
+def _uniform(block: bytes, sep: int, n_sep: int) -> int:
+    """The number of lines of `block` if every one holds exactly `n_sep` separators and none is longer than
+    MAX_RECORD_BYTES (counted in numpy, not line by line), else 0."""
+    a = np.frombuffer(block, np.uint8)
+    ends = np.flatnonzero(a == 10)  # one per line: a block ends with b"\n"
+    per_line = np.diff(np.searchsorted(np.flatnonzero(a == sep), ends), prepend=0)
+    longest = int(np.diff(ends, prepend=-1).max()) - 1
+    return len(ends) if bool((per_line == n_sep).all()) and longest <= MAX_RECORD_BYTES else 0
 
 
 def read_header(fh: BinaryIO) -> bytes:
@@ -143,13 +155,11 @@ def filter_csv(src: Path, dst: Path, sep: str) -> FilterStats:
                 if not kept:
                     continue
                 block = kept
-            lines = block.split(b"\n")[:-1]
-            counts = set(map(bytes.count, lines, repeat(bsep)))
-            if comma_count and counts == {comma_count} and quote not in block and max(map(len, lines)) <= MAX_RECORD_BYTES:
+            if comma_count and quote not in block and (n_lines := _uniform(block, bsep[0], comma_count)):
                 out.write(block.replace(b"\n", bsep + b"\n"))  # every line right: an empty FLAG field each
-                records += len(lines)
+                records += n_lines
                 continue
-            for line in lines:
+            for line in block.split(b"\n")[:-1]:
                 if not line.strip():
                     blanks += 1
                     continue
