@@ -12,6 +12,7 @@ Inputs (written once into --work):
 
     python bench/bench_ingest.py                        # 2,000 customers (~0.9M rows)
     python bench/bench_ingest.py --customers 300 --out /tmp/ingest.json   # quick check
+    python bench/bench_ingest.py --baseline /work/main  # also the ingest of another checkout on the generated files
 
 Writes bench/results/ingest.json (or --out) and prints a table: input, size, rows, blank lines, wall s, CPU s,
 peak RSS MiB, rows/CPU s; with the load average (the machine may be shared).
@@ -72,14 +73,14 @@ def ragged_csv(src: Path, path: Path) -> Path:
     return path
 
 
-def run_ingest(path: Path, out: Path) -> dict:
-    """`txseq ingest path --out out` in a subprocess: wall, CPU and peak RSS of that child alone."""
+def run_ingest(path: Path, out: Path, code: Path = ROOT) -> dict:
+    """`txseq ingest path --out out` (the code of the checkout `code`) in a subprocess: wall, CPU and peak RSS of
+    that child alone."""
     shutil.rmtree(out, ignore_errors=True)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    txseq = Path(sys.executable).with_name("txseq")
+    env = {**os.environ, "PYTHONPATH": str(code)}
     t0 = time.perf_counter()
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: the child is reaped by wait4 (its own rusage)
-        proc = subprocess.Popen([str(txseq), "ingest", str(path), "--out", str(out)], env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "ingest", str(path), "--out", str(out)], env=env,
                                 stdout=subprocess.DEVNULL, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -90,7 +91,7 @@ def run_ingest(path: Path, out: Path) -> dict:
     totals = json.loads((out / "manifest.json").read_text())["totals"]
     return {"wall_s": round(wall, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
             "peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "rows_in": totals["rows_in"],
-            "rejected_by_reason": totals["rejected_by_reason"], "blank_lines": totals["blank_lines"]}
+            "rejected_by_reason": totals["rejected_by_reason"], "blank_lines": totals.get("blank_lines", 0)}
 
 
 def main() -> None:
@@ -98,6 +99,8 @@ def main() -> None:
     ap.add_argument("--customers", type=int, default=2000)
     ap.add_argument("--work", type=Path, default=Path("/tmp/txseq-bench-ingest"))
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ingest.json")
+    ap.add_argument("--baseline", type=Path, help="another checkout (e.g. /work/main): its ingest on the generated "
+                    "inputs too, rows named '<input> (baseline)' (not on the adversarial ones: they took GiBs)")
     args = ap.parse_args()
     from pipeline.generate import GeneratorConfig, generate
 
@@ -121,12 +124,15 @@ def main() -> None:
     for name, path in inputs.items():
         r = run_ingest(path, work / f"out-{name}")
         rows.append({"input": name, "bytes": path.stat().st_size, **r})
+        if args.baseline and name.startswith("generated"):
+            r = run_ingest(path, work / f"out-{name}-baseline", args.baseline)
+            rows.append({"input": f"{name} (baseline)", "bytes": path.stat().st_size, **r})
     load = os.getloadavg()
-    head = f"{'input':<18} {'MiB':>8} {'rows':>10} {'blank':>11} {'wall s':>7} {'CPU s':>6} {'peak MiB':>9} {'rows/CPU s':>11}"
+    head = f"{'input':<29} {'MiB':>8} {'rows':>10} {'blank':>11} {'wall s':>7} {'CPU s':>6} {'peak MiB':>9} {'rows/CPU s':>11}"
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['input']:<18} {r['bytes'] / 2**20:>8.2f} {r['rows_in']:>10,} {r['blank_lines']:>11,} "
+        print(f"{r['input']:<29} {r['bytes'] / 2**20:>8.2f} {r['rows_in']:>10,} {r['blank_lines']:>11,} "
               f"{r['wall_s']:>7.2f} {r['cpu_s']:>6.2f} {r['peak_rss_mib']:>9.1f} {r['rows_in'] / max(r['cpu_s'], 1e-9):>11,.0f}")
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores")
     args.out.parent.mkdir(parents=True, exist_ok=True)
