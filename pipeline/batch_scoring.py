@@ -163,7 +163,7 @@ def check_inputs(source: Path) -> list[Path]:
         else:  # a CSV input is one file
             empty = not _csv_has_a_row(files[0])
     except (pl.exceptions.PolarsError, OSError, EOFError) as e:
-        raise IngestError(f"{source}: cannot be read: {e}") from e
+        raise IngestError(f"{source}: cannot be read: {printable(str(e), 200)}") from e
     if empty:
         raise IngestError(f"{source}: no data rows (header only)")
     return files

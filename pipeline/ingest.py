@@ -683,11 +683,11 @@ def read_labels(path: str | Path) -> pl.DataFrame:
         raise IngestError(str(e)) from e
     names = [n.strip().lstrip("\ufeff") for n in lf.collect_schema().names()]
     if sorted(names) != sorted(schema.LABEL_COLUMNS):
-        raise IngestError(f"{path}: expected columns {', '.join(schema.LABEL_COLUMNS)}, found {', '.join(names)}")
+        raise IngestError(f"{path}: expected columns {', '.join(schema.LABEL_COLUMNS)}, found {printable(', '.join(names))}")
     try:
         raw = lf.rename(dict(zip(lf.collect_schema().names(), names))).collect()
     except pl.exceptions.PolarsError as e:
-        raise IngestError(f"{path}: cannot be read: {e}") from e
+        raise IngestError(f"{path}: cannot be read: {printable(first_line(e), 200)}") from e
     cid = pl.col(schema.CUSTOMER_ID).cast(pl.String).str.strip_chars()
     gender = pl.col(schema.GENDER).cast(pl.String).str.strip_chars()
     checked = raw.with_row_index("row", offset=1).with_columns(

@@ -191,7 +191,7 @@ def read_header_line(path: Path) -> str:
     except (OSError, EOFError, zlib.error) as e:
         raise TableError(f"{path}: cannot read the header: {printable(str(e))}") from e
     except raw_csv.CsvReadError as e:
-        raise TableError(f"{path}: {e}") from e
+        raise TableError(f"{path}: {printable(str(e), 200)}") from e
     return line.decode("utf-8", errors="replace")
 
 
