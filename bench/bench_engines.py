@@ -91,6 +91,16 @@ class TreeMeter:
         row["peak_rss_gib"] = round(self.peak / 2**30, 3)
 
 
+def shuffle_bytes(engine: Any) -> int:
+    """Shuffle bytes written by every completed stage so far (Spark's monitoring REST API on the driver UI)."""
+    import urllib.request
+
+    sc = engine.spark.sparkContext
+    url = f"{sc.uiWebUrl}/api/v1/applications/{sc.applicationId}/stages?status=complete"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return sum(int(s.get("shuffleWriteBytes", 0)) for s in json.load(response))
+
+
 def ddp_epoch_seconds(nproc: int, customers: int, threads: int, work: Path) -> dict[str, float]:
     """Seconds per epoch of `bench/_ddp_epoch.py` with `nproc` processes (same global batch and seed)."""
     out = work / f"ddp-{nproc}.json"
@@ -129,11 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     meter = TreeMeter()
     rows: list[dict[str, Any]] = []
 
+    spark_engine: list[Any] = []
+
     def step(engine: str, name: str, fn: Callable[[], Any]) -> Any:
         row: dict[str, Any] = {"engine": engine, "step": name}
         print(f"{engine} {name} …", flush=True)
+        shuffled = shuffle_bytes(spark_engine[0]) if spark_engine else 0
         with meter.measure(row):
             result = fn()
+        if spark_engine:
+            row["shuffle_write_bytes"] = shuffle_bytes(spark_engine[0]) - shuffled
         row["rows_per_s"] = round(n_rows / row["wall_s"]) if name != "spark start" else None
         rows.append(row)
         return result
@@ -159,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                                                ScoreConfig(), rejects=out["polars"] / "scores.rejects.parquet"))
 
     engine = step("spark", "spark start", lambda: SparkEngine.start(SparkConfig(master=args.master)))
+    spark_engine.append(engine)
     step("spark", "ingest", lambda: engine.ingest([csv], out["spark"] / "events"))
     step("spark", "sequences", lambda: engine.run_sequences(out["spark"] / "events", labels, out["spark"] / "sequences"))
     step("spark", "score", lambda: engine.score_file(csv, out["spark"] / "scores.parquet", RegisteredScorer(uri, tracking),
@@ -187,13 +203,15 @@ def main(argv: list[str] | None = None) -> int:
 
     by = {(r["engine"], r["step"]): r for r in rows}
     print(f"\n{n_rows:,} rows, {args.customers:,} customers; Spark {args.master}; load avg {os.getloadavg()}")
-    print(f"{'step':<10} {'engine':<7} {'wall s':>8} {'CPU s':>8} {'peak RSS GiB':>13} {'rows/s':>10} {'spark/polars wall':>18}")
+    print(f"{'step':<11} {'engine':<7} {'wall s':>8} {'CPU s':>8} {'peak RSS GiB':>13} {'rows/s':>10} "
+          f"{'shuffle B/row':>14} {'spark/polars wall':>18}")
     for r in rows:
         ratio = ""
         if r["engine"] == "spark" and ("polars", r["step"]) in by:
             ratio = f"{r['wall_s'] / max(by[('polars', r['step'])]['wall_s'], 1e-9):.1f}x"
-        print(f"{r['step']:<10} {r['engine']:<7} {r['wall_s']:>8.1f} {r['cpu_s']:>8.1f} {r['peak_rss_gib']:>13.2f} "
-              f"{r['rows_per_s'] or '':>10} {ratio:>18}")
+        shuffle = f"{r['shuffle_write_bytes'] / n_rows:.0f}" if r.get("shuffle_write_bytes") else ""
+        print(f"{r['step']:<11} {r['engine']:<7} {r['wall_s']:>8.1f} {r['cpu_s']:>8.1f} {r['peak_rss_gib']:>13.2f} "
+              f"{r['rows_per_s'] or '':>10} {shuffle:>14} {ratio:>18}")
     for nproc, d in ddp.items():
         print(f"DDP {nproc} process(es): {d['epoch_s']:.2f} s/epoch (mean of epochs 2..), final train loss {d['loss']:.6f}")
     result = {

@@ -21,16 +21,19 @@ from pipeline.settings import load_settings
 class IngestParams(EngineParams):
     inputs: list[str] = Field(default_factory=list, description="raw CSV/Parquet files or folders (default: <data root>/raw/transactions*)")
     out_dir: str | None = Field(None, description="validated events folder (default: <data root>/events)")
+    atomic: bool = Field(False, description="commit all inputs or none (default: each input whole, in order)")
 
 
 @task(cache_policy=cached_on("inputs"), **IO_RETRIES)
-def ingest_task(inputs: list[Path], out_dir: Path, config: IngestConfig, engine: Engine = Engine()) -> IngestResult:
-    return ingest_with(engine, inputs, out_dir, config)
+def ingest_task(inputs: list[Path], out_dir: Path, config: IngestConfig, atomic: bool = False,
+                engine: Engine = Engine()) -> IngestResult:
+    return ingest_with(engine, inputs, out_dir, config, atomic=atomic)
 
 
 @task
 def publish_reconciliation(result: IngestResult) -> None:
-    create_table_artifact(result.reconciliation(), key="ingest-reconciliation", description="rows in = accepted + rejected")
+    create_table_artifact(result.reconciliation(), key="ingest-reconciliation",
+                          description=f"rows in = accepted + rejected (a column per reject reason). {result.summary()}")
 
 
 @flow(name="ingest")
@@ -39,6 +42,6 @@ def ingest_flow(params: IngestParams = IngestParams()) -> IngestResult:
     inputs = [Path(p) for p in params.inputs] or sorted(s.raw_dir.glob("transactions*"))
     inputs, (out_dir,) = check_io_paths(inputs, [Path(params.out_dir) if params.out_dir else s.events_dir])
     step = ingest_task.with_options(refresh_cache=missing([out_dir / "manifest.json"]))
-    result = step(inputs, out_dir, IngestConfig(), params.engine_choice())
+    result = step(inputs, out_dir, IngestConfig(), params.atomic, params.engine_choice())
     publish_reconciliation(result)
     return result

@@ -1,7 +1,7 @@
 """Training on several processes or machines: the pieces `pipeline.train.fit` needs for DistributedDataParallel.
 
     txseq train --nproc N [--nnodes M --node-rank R --master-addr HOST] ...
-      └─ launch(): python -m torch.distributed.run ... -m pipeline.cli train ... (same arguments, one run name)
+      └─ launch(): python -m torch.distributed.run ... -m pipeline.distributed '["train", ...]' (one run name)
            rank 0:   run_comparison (MLflow, registry, reports, checkpoints) with fit() under DDP
            rank > 0: follow_comparison: the same fit() calls, nothing written
 
@@ -14,6 +14,7 @@ for rank 0 to log (`gather`). Backend: gloo on CPU, NCCL on CUDA (one GPU per lo
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -142,7 +143,7 @@ def worker_argv(argv: Sequence[str]) -> list[str]:
 
 def launch(argv: Sequence[str], nproc: int, nnodes: int = 1, node_rank: int = 0, master_addr: str | None = None,
            master_port: int = 29500) -> int:
-    """Run `python -m pipeline.cli <argv>` as a torchrun job; returns its exit status. One node: a standalone
+    """Run `txseq <argv>` (`python -m pipeline.distributed '<argv as JSON>'`) as a torchrun job; returns its exit status. One node: a standalone
     rendezvous on a free port; several: `master_addr:master_port` (run the same command on every node with its
     `node_rank`)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--nnodes={nnodes}"]
@@ -150,4 +151,11 @@ def launch(argv: Sequence[str], nproc: int, nnodes: int = 1, node_rank: int = 0,
         cmd.append("--standalone")
     else:
         cmd += [f"--node-rank={node_rank}", f"--master-addr={master_addr or '127.0.0.1'}", f"--master-port={master_port}"]
-    return subprocess.call([*cmd, "-m", "pipeline.cli", *argv])
+    # argv travels as one JSON argument: torchrun's parser would take "--run" for its "--run-path"
+    return subprocess.call([*cmd, "-m", "pipeline.distributed", json.dumps(list(argv))])
+
+
+if __name__ == "__main__":  # a torchrun worker: the CLI with the launcher's arguments
+    from pipeline.cli import main
+
+    sys.exit(main(json.loads(sys.argv[1])))

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from models.batch import Batch
+from models.encoders.base import pop_stats
 from pipeline import distributed
 from pipeline.metrics import MemoryMonitor, Stopwatch, classification_metrics
 
@@ -159,10 +160,12 @@ def fit(
     config: TrainConfig,
     logger: MetricLogger | None = None,
     checkpoint_dir: Path | None = None,
+    name: str = "model",
 ) -> FitResult:
     """Train with early stopping on val ROC AUC; resume from `checkpoint_dir/last.pt` if present.
 
-    On return the model holds the best epoch's weights. Metrics go to `logger.log(metrics, step=epoch)`.
+    On return the model holds the best epoch's weights. Metrics go to `logger.log(metrics, step=epoch)`; `name` labels
+    the progress bar and the per-epoch log line (logger `pipeline.train`, which the flows forward to Prefect).
     In a torchrun job (`pipeline.distributed`) every rank calls `fit` alike: each trains on its slice of the global
     batch under DDP, metrics are summed over the ranks (each rank's own under `rank<r>/`), and only rank 0 writes
     checkpoints (pass a logger on rank 0 only).
@@ -208,13 +211,14 @@ def fit(
                     logger.log({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
 
     best_weights = None
+    pop_stats(model)  # discard what the model's stat-reporting modules counted before this fit
     for epoch in range(state["epoch"] + 1, config.epochs):
         if state["done"]:
             break
         net.train()
         memory.reset()
         loss_sum, n_steps, n_events, n_customers = torch.zeros((), device=device), 0, 0, 0
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, disable=not config.progress)
+        bar = tqdm(total=steps_per_epoch, desc=f"{name} epoch {epoch + 1}/{config.epochs}", leave=False, disable=not config.progress)
         with Stopwatch(sync_cuda=device.type == "cuda") as sw:
             for step, global_batch in enumerate(train_batches(epoch)):
                 if step >= steps_per_epoch:
@@ -246,6 +250,7 @@ def fit(
                "throughput/train_events_per_s": n_events / max(sw.seconds, 1e-9), **train_mem}
         per_rank = distributed.gather(own, ddp)
         loss_total, n_events, n_customers = distributed.all_reduce_sum([loss_sum, n_events, n_customers], ddp)
+        model_stats = pop_stats(model)  # e.g. SwitchHead's expert usage over this epoch's training steps
         val = evaluate(model, val_batches(), device, config.precision)
         q = classification_metrics(val["label"], val["prob"])
         metrics = {
@@ -259,13 +264,14 @@ def fit(
             "throughput/train_customers_per_s": n_customers / max(sw.seconds, 1e-9),
             **train_mem,
             **per_rank,
+            **model_stats,
         }
         state["train_s"] += sw.seconds
         state["history"].append({"epoch": float(epoch), **metrics})
         if logger is not None:
             logger.log(metrics, step=epoch)
-        log.info("epoch %d  loss %.4f  val auroc %.4f  %.1f s  %.0f events/s", epoch, metrics["train/loss"],
-                 q["auroc"], sw.seconds, metrics["throughput/train_events_per_s"])
+        log.info("%s: epoch %d/%d  loss %.4f  val auroc %.4f  %.1f s  %.0f events/s", name, epoch + 1, config.epochs,
+                 metrics["train/loss"], q["auroc"], sw.seconds, metrics["throughput/train_events_per_s"])
 
         improved = q["auroc"] > state["best_auroc"] or state["best_epoch"] < 0
         if improved:

@@ -58,12 +58,13 @@ def engine_from_args(args: argparse.Namespace) -> Engine:
     return Engine(args.engine, args.spark_master, tuple(args.spark_conf))
 
 
-def ingest_with(engine: Engine, inputs: list[Path], out_dir: Path, config: IngestConfig) -> IngestResult:
+def ingest_with(engine: Engine, inputs: list[Path], out_dir: Path, config: IngestConfig, atomic: bool = False
+                ) -> IngestResult:
     from pipeline.ingest import ingest
 
     if engine.name == "spark":
-        return engine.spark().ingest(inputs, out_dir, config)
-    return ingest(inputs, out_dir, config)
+        return engine.spark().ingest(inputs, out_dir, config, atomic=atomic)
+    return ingest(inputs, out_dir, config, atomic=atomic)
 
 
 def sequences_with(engine: Engine, events_dir: Path, labels: Path | None, out_dir: Path, config: SequenceConfig,

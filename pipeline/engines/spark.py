@@ -45,7 +45,7 @@ from urllib.parse import unquote, urlparse
 import polars as pl
 import pyarrow as pa
 
-from pipeline import schema
+from pipeline import raw_csv, schema
 from pipeline.ingest import (
     EVENTS_DIR,
     REJECT_TEXT_PREFIX,
@@ -64,7 +64,7 @@ from pipeline.ingest import (
     split_combined,
     validate_combined,
 )
-from pipeline.io import TableError, is_parquet, read_header_line, scan_table, sniff_delimiter
+from pipeline.io import TableError, clean_csv_copy, is_parquet, scan_table
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -256,32 +256,42 @@ def _partitions(spark: SparkSession, rows: int, partition_rows: int) -> int:
 
 
 # --- reading and numbering raw rows ------------------------------------------------------------------------------
-def read_numbered(spark: SparkSession, path: str | Path, allow_extra: bool, per_file: bool) -> tuple[DataFrame, int]:
-    """A raw table as (DataFrame of SOURCE_ROW, `_source`, the raw columns present; rows read).
+def read_numbered(spark: SparkSession, path: str | Path, allow_extra: bool, per_file: bool, scratch: Path
+                  ) -> tuple[DataFrame, int, int]:
+    """A raw table as (DataFrame of SOURCE_ROW, `_source`, the raw columns present [+ raw_csv.FLAG]; rows read;
+    blank lines left out).
 
-    CSV: every column a string, as `io.scan_table` reads it; Parquet: the file's own types. Rows are numbered
-    1..n in file order (a Parquet folder: its files in sorted order, numbered on across them, as polars scans it;
-    `per_file`: numbered per file, `_source` naming each file, as scoring does). Raises IngestError for what the
-    header or footer already shows (empty file, missing or unknown columns)."""
+    CSV: first the checks and the bounded clean copy of `io.open_table` (`io.clean_csv_copy`, on the driver, into
+    `scratch`, which the workers must see), read by Spark with every column a string; Parquet: the file's own
+    types, read by Spark where it lies. Rows are numbered 1..n in file order (a Parquet folder: its files in sorted
+    order, numbered on across them, as polars scans it; `per_file`: numbered per file, `_source` naming each file,
+    as scoring does). Raises IngestError for what the header or footer already shows."""
     from pyspark.sql import functions as F
 
     source = str(path)
     local = urlparse(source).scheme in ("", "file")
-    if local:  # the checks `scan_table` makes up front, with the same messages
-        try:
-            scan_table(Path(_local_path(source)))
-        except TableError as e:
-            raise IngestError(str(e)) from e
-    parquet = is_parquet(Path(_local_path(source))) if local else source.rstrip("/").endswith((".parquet", ".pq"))
-    if parquet:
-        df = spark.read.parquet(source)
-    else:
-        sep = sniff_delimiter(read_header_line(Path(_local_path(source)))) if local else ","
-        df = spark.read.csv(source, header=True, sep=sep, inferSchema=False, encoding="UTF-8", mode="PERMISSIVE",
-                            enforceSchema=False)
+    blank_lines = 0
+    try:
+        parquet = is_parquet(Path(_local_path(source))) if local else source.rstrip("/").endswith((".parquet", ".pq"))
+        if parquet:
+            if local:
+                scan_table(Path(_local_path(source))).collect_schema()  # the checks polars makes, same messages
+            df = spark.read.parquet(source)
+        else:
+            if not local:
+                raise IngestError(f"{source}: a CSV input is cleaned on the driver before Spark reads it: give a local "
+                                  "or mounted path, or Parquet on hdfs:// / s3a://")
+            clean = scratch / f"clean-{uuid.uuid4().hex[:8]}.csv"  # not hidden: Spark skips ".x" and "_x" files
+            sep, stats = clean_csv_copy(Path(source), clean)
+            blank_lines = stats.blank_lines
+            df = spark.read.csv(str(clean), header=True, sep=sep, inferSchema=False, encoding="UTF-8",
+                                mode="PERMISSIVE", enforceSchema=False)
+    except TableError as e:
+        raise IngestError(str(e)) from e
     names = [n.strip().lstrip("\ufeff") for n in df.columns]
-    check_columns(names, source, allow_extra)
-    raw = {n: original for n, original in zip(names, df.columns) if n in schema.RAW_COLUMNS}
+    check_columns([n for n in names if n != raw_csv.FLAG], source, allow_extra)
+    wanted = (*schema.RAW_COLUMNS, raw_csv.FLAG)
+    raw = {n: original for n, original in zip(names, df.columns) if n in wanted}
     located = df.select(
         *[F.col(f"`{original}`").alias(n) for n, original in raw.items()],
         F.col("_metadata.file_path").alias("_file"), F.col("_metadata.file_block_start").alias("_start"),
@@ -295,18 +305,18 @@ def read_numbered(spark: SparkSession, path: str | Path, allow_extra: bool, per_
     for b in blocks:  # row number = rows of the blocks before + position in the block + 1
         if per_file and b["_file"] != file:
             seen, file = 0, b["_file"]
-        name = _local_path(b["_file"]) if per_file else source
+        name = _local_path(b["_file"]) if per_file and parquet else source
         bases.append((b["_file"], b["_start"], seen - b["m0"] + 1, name))
         seen += b["n"]
     rows = sum(b["n"] for b in blocks)
     if not bases:
         return located.select(F.lit(0).cast("long").alias(schema.SOURCE_ROW), F.lit(source).alias(_SOURCE),
-                              *raw), 0
+                              *raw), 0, blank_lines
     base = spark.createDataFrame(bases, "_file string, _start long, _base long, _source string")
     numbered = located.join(F.broadcast(base), ["_file", "_start"]).select(
         (F.col("_base") + F.col("_mono")).alias(schema.SOURCE_ROW), F.col(_SOURCE), *raw,
     )
-    return numbered, rows
+    return numbered, rows, blank_lines
 
 
 def _validate_group(config: IngestConfig, key: tuple, table: pa.Table) -> pa.Table:
@@ -364,20 +374,21 @@ class SparkEngine:
             raise IngestError(f"{what}: cannot be read to the end: {_error_line(e)}") from e
 
     # ingest ------------------------------------------------------------------------------------------------------
-    def ingest(self, inputs: Sequence[str | Path], out_dir: str | Path, config: IngestConfig = IngestConfig()
-               ) -> IngestResult:
+    def ingest(self, inputs: Sequence[str | Path], out_dir: str | Path, config: IngestConfig = IngestConfig(), *,
+               atomic: bool = False) -> IngestResult:
         """`pipeline.ingest.ingest` with each file validated on Spark: the same manifest, parts and counts."""
-        return ingest(inputs, out_dir, config, file_step=self._ingest_file)
+        return ingest(inputs, out_dir, config, atomic=atomic, file_step=self._ingest_file)
 
     def _ingest_file(self, path: Path, sha: str, out_dir: Path, seen: list[Path], config: IngestConfig) -> FileReport:
         from pyspark.sql import functions as F
 
-        numbered, rows_in = read_numbered(self.spark, path, config.allow_extra_columns, per_file=False)
-        if rows_in == 0:
-            raise IngestError(f"{path}: no data rows (header only)")
         part = part_name(sha)
         events_dir, rejects_dir = _staging(out_dir / EVENTS_DIR / part), _staging(out_dir / REJECTS_DIR / part)
         try:
+            numbered, rows_in, blank_lines = read_numbered(self.spark, path, config.allow_extra_columns, per_file=False,
+                                                           scratch=events_dir)
+            if rows_in == 0:
+                reconcile(path, 0, 0, 0, 0, {}, blank_lines)
             combined = validated(self.spark, numbered, rows_in, config, self.config.partition_rows)
             n = _partitions(self.spark, rows_in, self.config.partition_rows)
             by_customer = F.pmod(F.coalesce(F.col(schema.CUSTOMER_ID), F.col(schema.SOURCE_ROW)), F.lit(n))
@@ -396,13 +407,16 @@ class SparkEngine:
                 if r["kind"] != "accepted":
                     by_reason[r["kind"]] = by_reason.get(r["kind"], 0) + r["n"]
             rejected = sum(by_reason.values())
-            reconcile(path, rows_in, accepted, rejected, max((r["last_row"] for r in rows), default=0), by_reason)
+            reconcile(path, rows_in, accepted, rejected, max((r["last_row"] for r in rows), default=0), by_reason,
+                      blank_lines)
+            for clean in events_dir.glob("clean-*.csv"):
+                clean.unlink()
             _move_into_place(events_dir, out_dir / EVENTS_DIR / part)
             _move_into_place(rejects_dir, out_dir / REJECTS_DIR / part)
         finally:
             shutil.rmtree(events_dir, ignore_errors=True)
             shutil.rmtree(rejects_dir, ignore_errors=True)
-        return FileReport(str(path), sha, rows_in, accepted, rejected, dict(sorted(by_reason.items())))
+        return FileReport(str(path), sha, rows_in, accepted, rejected, dict(sorted(by_reason.items())), blank_lines)
 
     # sequences ---------------------------------------------------------------------------------------------------
     def run_sequences(self, events_dir: str | Path, labels_path: str | Path | None, out_dir: str | Path,
@@ -480,12 +494,13 @@ class SparkEngine:
         rejects = Path(rejects) if rejects is not None else default_rejects_path(output)
         output.parent.mkdir(parents=True, exist_ok=True)
         rejects.parent.mkdir(parents=True, exist_ok=True)
-        numbered, rows_in = read_numbered(self.spark, source, ingest_config.allow_extra_columns, per_file=True)
-        if rows_in == 0:
-            raise IngestError(f"{source}: no data rows (header only)")
         staging = _staging(output)
         scored_at = datetime.now(UTC)
         try:
+            numbered, rows_in, _ = read_numbered(self.spark, source, ingest_config.allow_extra_columns, per_file=True,
+                                                 scratch=staging)
+            if rows_in == 0:
+                raise IngestError(f"{source}: no data rows (header only)")
             combined = validated(self.spark, numbered, rows_in, ingest_config, self.config.partition_rows)
             combined = combined.persist(StorageLevel.MEMORY_AND_DISK)
             (staging / "rejects").mkdir()
