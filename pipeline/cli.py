@@ -158,6 +158,19 @@ def _add_sequences(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=handler)
 
 
+class _EncoderListHelp(argparse.HelpFormatter):
+    """Writes the registry's encoder names into help texts holding ``{encoders}``, only when help is printed
+    (importing `models` loads torch, seconds that every other `txseq` call should not pay)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = super()._get_help_string(action)
+        if text and "{encoders}" in text:
+            from models import comparison_encoders
+
+            text = text.replace("{encoders}", ",".join(comparison_encoders()))
+        return text
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     """`txseq train`: train/compare models, track in MLflow, register (owner: pipeline.train / compare)."""
     from pathlib import Path
@@ -169,11 +182,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "register each as a pyfunc model (the `champion` alias moves only on a better test ROC AUC on the same "
         "split), and write report.md + report.png under <data root>/runs/<run>/. Re-running with the same --run "
         "resumes from the last epoch checkpoints.",
+        formatter_class=_EncoderListHelp,
     )
     p.add_argument("--sequences", type=Path, help="sequences folder (default: <data root>/sequences)")
     p.add_argument("--events", type=Path, help="validated events folder (default: <data root>/events)")
     p.add_argument("--models", default=None,
-                   help="comma-separated: transformer,performer,infinite_former,eam,gbdt (default: all of them)")
+                   help="comma-separated: {encoders},gbdt (default: all of them)")
     p.add_argument("--preset", default="demo", choices=["tiny", "demo", "full"], help="run configuration (%(default)s)")
     p.add_argument("--epochs", type=int, help="override the preset's epoch count")
     p.add_argument("--fold", type=int, default=0, help="validation fold of the split (%(default)s)")

@@ -21,7 +21,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, Fl
 from prefect.client.schemas.sorting import ArtifactSort
 
 from flows.ingest import IngestParams, ingest_flow
-from flows.pipeline import PipelineParams, pipeline
+from flows.end_to_end import PipelineParams, pipeline
 from flows.score import LandingParams, ScoreParams, score, score_landing
 from flows.sequences import SequencesParams, sequences_flow
 from flows.train import TrainParams
