@@ -159,10 +159,12 @@ def fit(
     config: TrainConfig,
     logger: MetricLogger | None = None,
     checkpoint_dir: Path | None = None,
+    name: str = "model",
 ) -> FitResult:
     """Train with early stopping on val ROC AUC; resume from `checkpoint_dir/last.pt` if present.
 
-    On return the model holds the best epoch's weights. Metrics go to `logger.log(metrics, step=epoch)`.
+    On return the model holds the best epoch's weights. Metrics go to `logger.log(metrics, step=epoch)`; `name` labels
+    the progress bar and the per-epoch log line (logger `pipeline.train`, which the flows forward to Prefect).
     """
     device = resolve_device(config.device)
     seed_everything(config.seed)
@@ -210,7 +212,7 @@ def fit(
         model.train()
         memory.reset()
         loss_sum, n_steps, n_events, n_customers = torch.zeros((), device=device), 0, 0, 0
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, disable=not config.progress)
+        bar = tqdm(total=steps_per_epoch, desc=f"{name} epoch {epoch + 1}/{config.epochs}", leave=False, disable=not config.progress)
         with Stopwatch(sync_cuda=device.type == "cuda") as sw:
             for step, batch in enumerate(train_batches(epoch)):
                 if step >= steps_per_epoch:
@@ -256,8 +258,8 @@ def fit(
         state["history"].append({"epoch": float(epoch), **metrics})
         if logger is not None:
             logger.log(metrics, step=epoch)
-        log.info("epoch %d  loss %.4f  val auroc %.4f  %.1f s  %.0f events/s", epoch, metrics["train/loss"],
-                 q["auroc"], sw.seconds, metrics["throughput/train_events_per_s"])
+        log.info("%s: epoch %d/%d  loss %.4f  val auroc %.4f  %.1f s  %.0f events/s", name, epoch + 1, config.epochs,
+                 metrics["train/loss"], q["auroc"], sw.seconds, metrics["throughput/train_events_per_s"])
 
         improved = q["auroc"] > state["best_auroc"] or state["best_epoch"] < 0
         if improved:
