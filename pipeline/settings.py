@@ -17,6 +17,7 @@ class Settings:
     tracking_uri: str
     artifact_root: Path
     registered_model: str
+    threads: int | None = None  # compute threads (TXSEQ_THREADS); None = the CPUs this process may use
 
     @property
     def raw_dir(self) -> Path:
@@ -82,4 +83,14 @@ def load_settings() -> Settings:
         tracking_uri=tracking_uri,
         artifact_root=artifact_root,
         registered_model=os.environ.get("TXSEQ_REGISTERED_MODEL", "txseq-gender"),
+        threads=_positive_int("TXSEQ_THREADS"),
     )
+
+
+def _positive_int(name: str) -> int | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{name}={raw!r}: expected a positive integer")
+    return int(raw)
