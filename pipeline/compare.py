@@ -274,6 +274,10 @@ def start_comparison(
     run_dir = settings.runs_dir / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     train_ids, val_ids, test_ids = data.ids
+    ghosts = sorted(set(data.split.labelled_ids) - data.labels.keys())
+    if ghosts:  # a split written before `sequences` left out labels without transactions
+        log.warning("%d customers of split %s have no labelled sequence (e.g. %s): left out; rebuild the sequences "
+                    "folder to get a split over existing customers only", len(ghosts), data.split.split_id, ghosts[:5])
     common = {"split_id": data.split.split_id, "fold": fold, "data.sequences_manifest_sha256": data.manifest_sha256,
               "data.n_train": len(train_ids), "data.n_val": len(val_ids), "data.n_test": len(test_ids),
               "git_commit": git_commit() or "unknown", "preset": preset.name, "threads": n_threads}

@@ -159,3 +159,34 @@ def test_a_run_resumes_only_its_own_fingerprint_and_registers_each_model_once(
     fit = json.loads((settings.runs_dir / "same" / "models" / "transformer" / "fit_customers.json").read_text())
     assert set(fit["train"]) | set(fit["validation"]) == _fit_ids(other)
     mlflow.set_tracking_uri(None)
+
+
+def test_a_split_over_labels_without_transactions_cannot_crash_the_gbdt(data: TinyData, tmp_path: Path) -> None:
+    """The reported crash: a split drawn over a labels file with thousands of ids absent from the events (what
+    `sequences` wrote before it left them out) made the GBDT fail with `KeyError`. Such a split's unknown ids are
+    now dropped before training and every logged size counts only customers that exist; `train_gbdt` itself
+    refuses unlabelled ids with a clear message."""
+    from pipeline.gbdt import train_gbdt
+
+    seq = pl.read_parquet(data.sequences / SEQUENCES_FILE, columns=[S.CUSTOMER_ID, S.GENDER]).drop_nulls()
+    ghosts = pl.DataFrame({S.CUSTOMER_ID: range(10_000_000, 10_003_000), S.GENDER: [i % 2 for i in range(3000)]},
+                          schema=seq.schema)
+    stale = tmp_path / "stale"
+    shutil.copytree(data.sequences, stale)
+    split = make_split(pl.concat([seq, ghosts]), SplitConfig(seed=5))
+    split.save(stale / SPLIT_FILE)
+    assert len(split.test_ids) > 300  # mostly customers that do not exist
+
+    with pytest.raises(ValueError, match=r"customers of the split have no label \(e\.g\. \[100000"):
+        train_gbdt(read_events(data.events), seq, (split.train_ids(0), split.val_ids(0), split.test_ids),
+                   get("tiny").gbdt)
+
+    settings = _settings(tmp_path / "root", "ghosts")
+    result = run_comparison(stale, data.events, get("tiny", device="cpu"), ["gbdt"], settings=settings,
+                            register=False)
+    existing = set(seq[S.CUSTOMER_ID].to_list())
+    params = MlflowClient(settings.tracking_uri).get_run(result.results[0].run_id).data.params
+    assert int(params["data.n_test"]) == len(set(split.test_ids) & existing)
+    assert int(params["data.n_train"]) + int(params["data.n_val"]) + int(params["data.n_test"]) == len(existing)
+    assert np.isfinite(result.results[0].metrics["test/auroc"])
+    mlflow.set_tracking_uri(None)
