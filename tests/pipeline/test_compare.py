@@ -22,7 +22,7 @@ def test_txseq_train_runs_the_comparison(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("TXSEQ_REGISTERED_MODEL", "compare-tests")
     rc = main(["train", "--sequences", str(data.sequences), "--events", str(data.events), "--preset", "tiny",
-               "--epochs", "2", "--device", "cpu", "--run", "t1"])
+               "--epochs", "2", "--device", "cpu", "--run", "t1", "--threads", "1"])
     assert rc == 0
     out = capsys.readouterr().out
     for name in DEFAULT_MODELS:
@@ -36,6 +36,7 @@ def test_txseq_train_runs_the_comparison(tmp_path: Path, monkeypatch: pytest.Mon
     parent = client.search_runs([client.get_experiment_by_name("txseq").experiment_id],
                                 "tags.`txseq.kind` = 'comparison'")[0]
     assert {"report.md", "report.png", "roc_test.png"} <= {f.path for f in client.list_artifacts(parent.info.run_id)}
+    assert parent.data.params["threads"] == "1"  # --threads reached the comparison
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(r.data.tags["txseq.model"] for r in children) == sorted(DEFAULT_MODELS)
     for child in children:
