@@ -4,8 +4,9 @@
     python bench/bench_threads.py --customers 3000 --settings default,1,2,4
 
 Each (workload, setting) runs in a fresh process (thread pools are process-wide): `default` leaves torch, OpenMP
-and BLAS as the libraries start them (one thread per core they see: what training did before), a number applies
-`pipeline.threads.apply_threads(n)`, `usable` applies the count the pipeline now chooses by itself
+and BLAS as the libraries start them (one thread per core they see, spinning while they wait: what training did
+before), a number applies the pipeline's library defaults (`OMP_WAIT_POLICY=PASSIVE`) and
+`pipeline.threads.apply_threads(n)`, `usable` the same with the count the pipeline now chooses by itself
 (`choose_threads()`: affinity and cgroup quota). Workloads: `gbdt` = `pipeline.gbdt.train_gbdt` with the demo
 preset's GBDT config (features, 120 rounds, validation early stopping, test scoring); `transformer` = one epoch of
 `pipeline.train.fit` (demo preset model, 20 steps) plus test evaluation. CPU seconds are the process's user + system
@@ -56,6 +57,10 @@ def worker(workload: str, setting: str, data: Path) -> dict:
     import resource
     import time
 
+    from pipeline.settings import apply_library_defaults
+
+    if setting != "default":
+        apply_library_defaults()  # before torch and scikit-learn load OpenMP
     import polars as pl
     import torch
 
@@ -112,7 +117,8 @@ def worker(workload: str, setting: str, data: Path) -> dict:
         test = evaluate(model, make_loader(test_ds, batch_size=preset.eval_batch_size), torch.device("cpu"), "fp32")
         wall, cpu = time.perf_counter() - t0, cpu_s() - c0
         auroc = classification_metrics(test["label"], test["prob"])["auroc"]
-    return {"workload": workload, "setting": setting, "torch_threads": torch.get_num_threads(),
+    return {"workload": workload, "setting": setting, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(active)"),
+            "torch_threads": torch.get_num_threads(),
             "openmp_blas_threads": pools, "cpu_s": round(cpu, 2), "wall_s": round(wall, 2),
             "test_auroc": round(float(auroc), 4)}
 
@@ -136,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     for workload in args.workloads.split(","):
         for setting in args.settings.split(","):
+            env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}  # each worker sets its own
             out = subprocess.run([sys.executable, __file__, "--worker", workload, setting, str(data)], cwd=ROOT,
-                                 capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                 capture_output=True, text=True, env={**env, "PYTHONPATH": str(ROOT)})
             if out.returncode != 0:
                 print(out.stderr[-3000:], file=sys.stderr)
                 return 1
@@ -161,10 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(result, indent=2) + "\n")
     print()
-    print("| workload | setting | torch threads | OpenMP/BLAS threads | CPU s | wall s | test ROC AUC |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| workload | setting | OpenMP wait | torch threads | OpenMP/BLAS threads | CPU s | wall s | test ROC AUC |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['workload']} | {r['setting']} | {r['torch_threads']} | "
+        print(f"| {r['workload']} | {r['setting']} | {r['omp_wait_policy']} | {r['torch_threads']} | "
               f"{','.join(map(str, r['openmp_blas_threads']))} | {r['cpu_s']:.1f} | {r['wall_s']:.1f} | "
               f"{r['test_auroc']:.4f} |")
     print(f"\nusable CPUs {result['usable_cpus']} of {result['logical_cpus']} logical; load average "

@@ -187,6 +187,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         from pipeline.settings import load_settings
         from pipeline.tracking import TrackingError
 
+        if args.threads is not None and args.threads < 1:
+            p.error(f"--threads must be >= 1, got {args.threads}")
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         settings = load_settings()
         preset = get(args.preset, epochs=args.epochs, device=args.device)

@@ -47,11 +47,15 @@ class Settings:
 
 
 # Quiet, offline-friendly defaults for the libraries we drive (a user's own setting always wins): no Prefect
-# telemetry from a bank's pipeline, no MLflow pip-requirements inference (needs the network) or progress bars in logs.
+# telemetry from a bank's pipeline, no MLflow pip-requirements inference (needs the network) or progress bars in logs,
+# and OpenMP threads (torch, scikit-learn) that sleep instead of spinning while they wait: on a busy machine the
+# spinning cost the GBDT 14x the CPU time (bench/bench_threads.py, docs/readme/training.md). OpenMP reads it once,
+# when torch or scikit-learn is first imported, so the entry points call `apply_library_defaults` before that.
 LIBRARY_ENV_DEFAULTS: dict[str, str] = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK": "true",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "OMP_WAIT_POLICY": "PASSIVE",
 }
 
 

@@ -8,7 +8,10 @@ most of the CPU time on spinning threads.
     threads = --threads / TXSEQ_THREADS when given, else usable
 
 `apply_threads(n)` sets torch's intra-op and inter-op pools and, through threadpoolctl, every OpenMP/BLAS pool of the
-process (scikit-learn, numpy). `loader_workers(n)` is the DataLoader worker count for that budget.
+process (scikit-learn, numpy). `loader_workers(n)` is the DataLoader worker count for that budget. Waiting OpenMP
+threads sleep instead of spinning (`OMP_WAIT_POLICY=PASSIVE`, set with the other library defaults by
+`pipeline.settings.apply_library_defaults` before torch or scikit-learn load): on a loaded machine the spinning,
+not the thread count, cost most of the CPU time.
 """
 
 from __future__ import annotations
