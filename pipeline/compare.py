@@ -30,18 +30,26 @@ import torch
 from models import ModelConfig, build_model, canonical_encoder_name
 from pipeline import schema as S
 from pipeline.batches import SequenceDataset, make_loader, numeric_stats
+from pipeline.champion import ChampionRule
 from pipeline.gbdt import train_gbdt
 from pipeline.ingest import IngestConfig, read_events
 from pipeline.metrics import classification_metrics, plot_roc, plot_training_curves, pyplot, roc_points
+from pipeline.model_card import ModelCard, card_metrics
 from pipeline.presets import RunPreset
+from pipeline.registry import (
+    FIT_IDS_ARTIFACT_DIR,
+    FIT_IDS_FILE,
+    TAG_FINGERPRINT,
+    TAG_FIT_IDS,
+    DecisionData,
+    PyfuncScorer,
+    decide_pending,
+    write_fit_ids,
+)
 from pipeline.scoring import log_model, save_gbdt_artifacts, save_sequence_artifacts, score_with_model
 from pipeline.sequences import MANIFEST_FILE, SEQUENCES_FILE, SPLIT_FILE, VOCAB_FILE, SequenceConfig, Vocab
 from pipeline.settings import Settings, load_settings
 from pipeline.splits import Split
-from pipeline.champion import ChampionRule
-from pipeline.model_card import ModelCard, card_metrics
-from pipeline.registry import FIT_IDS_ARTIFACT_DIR, FIT_IDS_FILE, TAG_FINGERPRINT, TAG_FIT_IDS, DecisionData
-from pipeline.registry import PyfuncScorer, decide_pending, write_fit_ids
 from pipeline.threads import apply_threads, choose_threads, hardware, loader_workers
 from pipeline.tracking import TAG_DECISION, TAG_SPLIT_ID, TAG_TEST_AUROC, Tracker, process_tags, setup
 from pipeline.train import evaluate, fit, resolve_device
