@@ -186,9 +186,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train and compare models (encoders + GBDT), track them in MLflow, register, write the report",
         description="Train the chosen models on one split under one parent MLflow run (a nested run per model), "
-        "register each as a pyfunc model (the `champion` alias moves only on a better test ROC AUC on the same "
-        "split), and write report.md + report.png under <data root>/runs/<run>/. Re-running with the same --run "
-        "resumes from the last epoch checkpoints.",
+        "register each as a pyfunc model and decide at once whether it becomes `champion` (both models re-scored on "
+        "customers neither trained or validated on; see docs/readme/training.md), and write report.md + report.png "
+        "under <data root>/runs/<run>/. Re-running with the same --run resumes from the last epoch checkpoints when "
+        "data, split, model and preset are unchanged, and does not register an already registered model again.",
         formatter_class=_EncoderListHelp,
     )
     p.add_argument("--sequences", type=Path, help="sequences folder (default: <data root>/sequences)")
@@ -208,6 +209,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--node-rank", type=int, default=0, help="with --nnodes > 1: this machine's rank (%(default)s)")
     p.add_argument("--master-addr", default=None, help="with --nnodes > 1: host of the node-rank 0 machine")
     p.add_argument("--master-port", type=int, default=29500, help="with --nnodes > 1: its port (%(default)s)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="compute threads for torch, OpenMP and BLAS (default: TXSEQ_THREADS, else the CPUs this "
+                        "process may use: affinity and cgroup quota)")
 
     def handler(args: argparse.Namespace) -> int:
         import logging
@@ -219,6 +223,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         from pipeline.tracking import TrackingError
         from pipeline.train import resolve_device
 
+        if args.threads is not None and args.threads < 1:
+            p.error(f"--threads must be >= 1, got {args.threads}")
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         settings = load_settings()
         preset = get(args.preset, epochs=args.epochs, device=args.device)
@@ -233,7 +239,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         if not ddp.is_main:  # the same fit() calls as rank 0, nothing written
             try:
                 follow_comparison(args.sequences or settings.sequences_dir, args.events or settings.events_dir,
-                                  preset, models, args.fold, settings.runs_dir / args.run)
+                                  preset, models, args.fold, settings.runs_dir / args.run, args.threads, settings)
             finally:
                 distributed.shutdown()
             return 0
@@ -241,6 +247,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             result = run_comparison(
                 args.sequences or settings.sequences_dir, args.events or settings.events_dir, preset, models,
                 fold=args.fold, settings=settings, run_name=args.run, register=not args.no_register,
+                threads=args.threads,
             )
         except TrackingError as e:
             print(f"error: {e}", file=sys.stderr)

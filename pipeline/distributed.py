@@ -76,6 +76,21 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def barrier(d: Dist) -> None:
+    """Wait for every rank of the job (no-op when not distributed)."""
+    if d.enabled:
+        dist.barrier()
+
+
+def from_main(value: object, d: Dist) -> object:
+    """Rank 0's `value` on every rank (`value` itself when not distributed): a decision only rank 0 can make."""
+    if not d.enabled:
+        return value
+    box = [value if d.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def device_for(device: torch.device, d: Dist) -> torch.device:
     """One GPU per local rank; CPU stays CPU."""
     return torch.device("cuda", d.local_rank) if d.enabled and device.type == "cuda" else device

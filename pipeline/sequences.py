@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -285,6 +285,46 @@ SEQUENCES_SCHEMA: dict[str, pl.DataType] = {
 
 # --- the step: events dir + labels -> sequences dir ---------------------------------------------------------------
 @dataclass(frozen=True)
+class LabelCoverage:
+    """How the labels file and the events match: labels of customers with no events are left out before the split
+    (a model can neither train nor be tested on them), customers with events but no label stay unlabelled.
+    Counts plus a few (smallest) ids of each, for the CLI output, the manifest and the flow artifact."""
+
+    n_labels: int  # rows of the labels file
+    n_labels_used: int  # labelled customers that have events
+    labels_without_events: int
+    customers_without_label: int
+    examples_labels_without_events: tuple[int, ...] = ()
+    examples_customers_without_label: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, label_ids: Iterable[int], customer_ids: Iterable[int], n_examples: int = 5) -> "LabelCoverage":
+        labelled, customers = set(label_ids), set(customer_ids)
+        orphan_labels, unlabelled = sorted(labelled - customers), sorted(customers - labelled)
+        return cls(len(labelled), len(labelled & customers), len(orphan_labels), len(unlabelled),
+                   tuple(orphan_labels[:n_examples]), tuple(unlabelled[:n_examples]))
+
+    def to_dict(self) -> dict:
+        return {"rows": self.n_labels, "used": self.n_labels_used,
+                "without_transactions": self.labels_without_events,
+                "without_transactions_examples": list(self.examples_labels_without_events),
+                "customers_without_label": self.customers_without_label,
+                "customers_without_label_examples": list(self.examples_customers_without_label)}
+
+    def lines(self) -> list[str]:
+        """Summary lines: nothing to say when every label has events."""
+        out = []
+        if self.labels_without_events:
+            ids = ", ".join(map(str, self.examples_labels_without_events))
+            out.append(f"  labels: {self.n_labels:,} in the file, {self.labels_without_events:,} of customers with no "
+                       f"transactions left out before the split (e.g. {ids}); {self.n_labels_used:,} used")
+        if self.customers_without_label:
+            ids = ", ".join(map(str, self.examples_customers_without_label))
+            out.append(f"  customers without a label: {self.customers_without_label:,} (e.g. {ids}; kept unlabelled)")
+        return out
+
+
+@dataclass(frozen=True)
 class SequencesResult:
     out_dir: Path
     sequences_path: Path
@@ -300,12 +340,14 @@ class SequencesResult:
     vocab_size_tr_type: int
     split_id: str
     seconds: float
+    coverage: LabelCoverage = field(default_factory=lambda: LabelCoverage.of([], []))
     manifest: dict = field(repr=False, default_factory=dict)
 
     def summary(self) -> str:
         m = self.manifest
         return "\n".join([
             f"sequences: {self.n_customers:,} customers ({self.n_labelled:,} labelled) -> {self.sequences_path}",
+            *self.coverage.lines(),
             f"  events: {self.n_events_total:,} in, {self.n_events_kept:,} kept "
             f"({self.n_truncated:,} customers truncated to max_len={m.get('config', {}).get('max_len')})",
             f"  vocab: {self.vocab_size_mcc - 2} mcc and {self.vocab_size_tr_type - 2} tr_type codes (+ padding, unknown) "
@@ -323,6 +365,12 @@ def labels_or_none(labels_path: str | Path | None) -> pl.DataFrame:
     return read_labels(labels_path)
 
 
+def cover_labels(labels: pl.DataFrame, customers: Sequence[int]) -> tuple[pl.DataFrame, LabelCoverage]:
+    """(the labels of customers that have events: what the split is made of, how labels and customers matched)."""
+    coverage = LabelCoverage.of(labels[schema.CUSTOMER_ID].to_list(), customers)
+    return labels.filter(pl.col(schema.CUSTOMER_ID).is_in(pl.Series(customers, dtype=pl.Int64))), coverage
+
+
 def run_sequences(
     events_dir: str | Path,
     labels_path: str | Path | None,
@@ -336,9 +384,10 @@ def run_sequences(
     events_dir, out_dir = Path(events_dir), Path(out_dir)
     events = read_events(events_dir)
     labels = labels_or_none(labels_path)
+    customers = events.select(pl.col(schema.CUSTOMER_ID).unique()).collect()[schema.CUSTOMER_ID].to_list()
+    labels, coverage = cover_labels(labels, customers)  # before the split
     split = make_split(labels, split_config)
     test_ids = set(split.test_ids)
-    customers = events.select(pl.col(schema.CUSTOMER_ID).unique()).collect()[schema.CUSTOMER_ID].to_list()
     vocab = fit_vocab(events, [c for c in customers if c not in test_ids], config.min_count)
     seq = build_sequences(events, vocab, config, labels)
 
@@ -347,7 +396,7 @@ def run_sequences(
     seq_path = out_dir / SEQUENCES_FILE
     with atomic_path(seq_path) as tmp:
         seq.write_parquet(tmp, **PARQUET_OPTIONS)
-    return record_sequences(events_dir, labels_path, out_dir, config, split_config, vocab, split, t0)
+    return record_sequences(events_dir, labels_path, out_dir, config, split_config, vocab, split, coverage, t0)
 
 
 PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 1}
@@ -355,10 +404,11 @@ PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 1}
 
 def record_sequences(
     events_dir: Path, labels_path: str | Path | None, out_dir: Path, config: SequenceConfig, split_config: SplitConfig,
-    vocab: Vocab, split: Split, t0: float,
+    vocab: Vocab, split: Split, coverage: LabelCoverage, t0: float,
 ) -> SequencesResult:
     """Write vocab.json, split.json and (last) manifest.json beside the sequences table already at
-    `out_dir/sequences.parquet` (a file, or a folder of parts from the Spark engine), counting from the table."""
+    `out_dir/sequences.parquet` (a file, or a folder of parts from the Spark engine), counting from the table;
+    `coverage` (how labels and customers matched) goes into the manifest."""
     seq_path = out_dir / SEQUENCES_FILE
     vocab_path = vocab.save(out_dir / VOCAB_FILE)
     split_path = split.save(out_dir / SPLIT_FILE)
@@ -393,6 +443,7 @@ def record_sequences(
         },
         "vocab": {"size_mcc": vocab.size_mcc, "size_tr_type": vocab.size_tr_type, "n_events": vocab.n_events,
                   "n_customers": vocab.n_customers},
+        "labels": coverage.to_dict(),
         "split": {"split_id": split.split_id, "n_test": len(split.test_ids), "n_folds": split.n_folds,
                   "fold_size": len(split.folds[0]) if split.folds else 0},
         "files": {"sequences": SEQUENCES_FILE, "vocab": VOCAB_FILE, "split": SPLIT_FILE},
@@ -404,5 +455,5 @@ def record_sequences(
         manifest_path=manifest_path, n_customers=n_customers, n_labelled=n_labelled, n_events_total=n_total,
         n_events_kept=n_kept, n_truncated=n_trunc, vocab_size_mcc=vocab.size_mcc,
         vocab_size_tr_type=vocab.size_tr_type, split_id=split.split_id, seconds=time.perf_counter() - t0,
-        manifest=manifest,
+        coverage=coverage, manifest=manifest,
     )

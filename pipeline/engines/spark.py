@@ -425,7 +425,15 @@ class SparkEngine:
         customer ranges; writes sequences.parquet as a folder of parts in customer order."""
         from pyspark.sql import functions as F
 
-        from pipeline.sequences import SEQUENCES_FILE, SequenceConfig, Vocab, labels_or_none, rank_codes, record_sequences
+        from pipeline.sequences import (
+            SEQUENCES_FILE,
+            SequenceConfig,
+            Vocab,
+            cover_labels,
+            labels_or_none,
+            rank_codes,
+            record_sequences,
+        )
         from pipeline.splits import SplitConfig, make_split
 
         config, split_config = config or SequenceConfig(), split_config or SplitConfig()
@@ -434,13 +442,16 @@ class SparkEngine:
         if not (events_dir / "manifest.json").exists():
             raise IngestError(f"{events_dir}: no manifest.json; run `txseq ingest` first")
         parts = event_part_files(events_dir)
-        labels = labels_or_none(labels_path)
-        split = make_split(labels, split_config)
         columns = [c for c in schema.EVENTS_SCHEMA if c not in (schema.ROW_HASH, schema.TR_DATETIME, schema.TERM_ID)]
         if parts:
             events = self.spark.read.parquet(*map(str, parts)).select(*columns)
         else:
             events = self.spark.createDataFrame([], _ddl({c: schema.EVENTS_SCHEMA[c] for c in columns}))
+        # labels of customers without events are left out before the split, as on polars (the ids come to the driver,
+        # which holds the labels and the split anyway)
+        customers = [r[0] for r in self._run(str(events_dir), events.select(schema.CUSTOMER_ID).distinct().collect)]
+        labels, coverage = cover_labels(labels_or_none(labels_path), customers)
+        split = make_split(labels, split_config)
         test = self.spark.createDataFrame([(int(i),) for i in split.test_ids], "customer_id long")
         train = events.join(F.broadcast(test), on=schema.CUSTOMER_ID, how="left_anti")
         counted = train.select(schema.CUSTOMER_ID, schema.MCC_CODE, schema.TR_TYPE).mapInArrow(
@@ -468,7 +479,7 @@ class SparkEngine:
             _move_into_place(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        return record_sequences(events_dir, labels_path, out_dir, config, split_config, vocab, split, t0)
+        return record_sequences(events_dir, labels_path, out_dir, config, split_config, vocab, split, coverage, t0)
 
     # scoring -----------------------------------------------------------------------------------------------------
     def score_file(self, source: str | Path, output: str | Path, scorer_factory: Callable[[], Any], model: ModelRef,

@@ -1,5 +1,6 @@
 """Helper script for test_distributed.py (not a test): one `fit` on a tiny table, alone or as one rank of a
-torchrun job; rank 0 writes the history and final weights' checksum to the JSON path given as argv[1]."""
+torchrun job; rank 0 writes the history and final weights' checksum to the JSON path given as argv[1].
+argv: OUT.json [CHECKPOINTS [FINGERPRINT as JSON]]."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pipeline.batches import SequenceDataset, make_loader  # noqa: E402
 from pipeline.train import TrainConfig, fit  # noqa: E402
 
 
-def main(out: Path, checkpoints: Path | None) -> None:
+def main(out: Path, checkpoints: Path | None, fingerprint: dict[str, str] | None) -> None:
     ddp = distributed.init_from_env("cpu")
     torch.set_num_threads(1)
     table = synthetic_sequences(n=96, max_len=24)
@@ -28,12 +29,14 @@ def main(out: Path, checkpoints: Path | None) -> None:
                                     mcc_dim=8, tr_type_dim=4, numeric_dim=4, time_dim=0))
     config = TrainConfig(epochs=3, lr=3e-3, device="cpu", seed=0, progress=False, patience=10)
     result = fit(model, lambda epoch: make_loader(train, batch_size=10, shuffle=True, crop_len=16, seed=epoch),
-                 lambda: make_loader(val, batch_size=32), config, checkpoint_dir=checkpoints)
+                 lambda: make_loader(val, batch_size=32), config, checkpoint_dir=checkpoints, fingerprint=fingerprint)
     if ddp.is_main:
         weights = sum(float(p.detach().double().abs().sum()) for p in model.parameters())
-        out.write_text(json.dumps({"history": result.history, "weights": weights, "world": ddp.world_size}))
+        out.write_text(json.dumps({"history": result.history, "weights": weights, "world": ddp.world_size,
+                                   "resumed_from_epoch": result.resumed_from_epoch}))
     distributed.shutdown()
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else None)
+    main(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else None,
+         json.loads(sys.argv[3]) if len(sys.argv) > 3 else None)

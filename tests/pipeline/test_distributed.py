@@ -60,6 +60,18 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
     assert b["weights"] == pytest.approx(a["weights"], rel=TOLERANCE)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.pt", "last.pt"]  # rank 0's only
 
+    # another fingerprint: rank 0 alone moves the checkpoints aside, every rank starts fresh (none waits for the other)
+    three = tmp_path / "three.json"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           str(SCRIPT), str(three), str(tmp_path / "checkpoints"), json.dumps({"split_id": "other"})],
+                          env=env, timeout=900, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    c = json.loads(three.read_text())
+    assert c["resumed_from_epoch"] is None and len(c["history"]) == 3
+    assert c["weights"] == pytest.approx(b["weights"], rel=TOLERANCE)  # the same fresh training
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.pt", "last.pt", "replaced-1"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints" / "replaced-1").iterdir()) == ["best.pt", "last.pt"]
+
 
 def test_txseq_train_nproc_2_logs_one_parent_run_with_per_rank_metrics(tmp_path: Path) -> None:
     from mlflow import MlflowClient
@@ -86,5 +98,15 @@ def test_txseq_train_nproc_2_logs_one_parent_run_with_per_rank_metrics(tmp_path:
     encoder = next(r for r in children if r.data.tags["txseq.model"] == "transformer")
     for key in ("rank0/time/epoch_s", "rank1/time/epoch_s", "train/loss"):
         assert len(client.get_metric_history(encoder.info.run_id, key)) == 2, key
-    run_dir = tmp_path / "root" / "runs" / parents[0].data.tags["txseq.run_name"]
+    run_name = parents[0].data.tags["txseq.run_name"]
+    run_dir = tmp_path / "root" / "runs" / run_name
     assert (run_dir / "checkpoints" / "transformer" / "last.pt").exists()
+    versions = client.search_model_versions("name = 'ddp-tests'")
+    assert len(versions) == 2
+
+    # the same run again: rank 0 reuses both registered versions (same fingerprint) and rank 1 skips the transformer
+    # with it instead of waiting for a training step that never comes
+    again = subprocess.run([*cmd, "--run", run_name], env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "rank 0 reuses its registered version" in again.stderr
+    assert len(client.search_model_versions("name = 'ddp-tests'")) == 2

@@ -22,7 +22,7 @@ from pipeline.batch_scoring import ModelRef, ScoreConfig, score_file
 from pipeline.engines.spark import SparkConfig, SparkEngine, SparkError, check_spark, parse_conf
 from pipeline.ingest import IngestConfig, ingest, read_events, read_rejects
 from pipeline.sequences import SequenceConfig, run_sequences
-from pipeline.splits import SplitConfig
+from pipeline.splits import Split, SplitConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADER = "customer_id,tr_datetime,mcc_code,tr_type,amount,term_id"
@@ -127,7 +127,9 @@ def test_sequences_are_the_same_table_vocab_and_counts(engine: SparkEngine, both
     pol, spk = both_ingested
     ids = read_events(pol).select(schema.CUSTOMER_ID).unique().collect()[schema.CUSTOMER_ID].sort()
     labels = tmp_path / "labels.csv"
-    pl.DataFrame({schema.CUSTOMER_ID: ids[::2], schema.GENDER: [i % 2 for i in range(len(ids[::2]))]}).write_csv(labels)
+    ghosts = [int(ids.max()) + 1 + i for i in range(3)]  # labels of customers without transactions: left out alike
+    labelled = [*ids[::2].to_list(), *ghosts]
+    pl.DataFrame({schema.CUSTOMER_ID: labelled, schema.GENDER: [i % 2 for i in range(len(labelled))]}).write_csv(labels)
     config, split = SequenceConfig(max_len=6, min_count=2), SplitConfig(test_fraction=0.2, n_folds=3, seed=1)
     a = run_sequences(pol, labels, tmp_path / "polars", config, split)
     b = engine.run_sequences(spk, labels, tmp_path / "spark", config, split)
@@ -138,6 +140,8 @@ def test_sequences_are_the_same_table_vocab_and_counts(engine: SparkEngine, both
     assert (tmp_path / "spark" / "vocab.json").read_text() == (tmp_path / "polars" / "vocab.json").read_text()
     assert (b.manifest["counts"], b.manifest["vocab"], b.split_id) == (a.manifest["counts"], a.manifest["vocab"], a.split_id)
     assert b.n_truncated > 0
+    assert b.manifest["labels"] == a.manifest["labels"] and b.coverage == a.coverage
+    assert a.coverage.labels_without_events == 3 and not set(ghosts) & set(Split.load(b.split_path).labelled_ids)
 
 
 class EventCountScorer:
