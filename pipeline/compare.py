@@ -27,7 +27,9 @@ from pipeline import schema as S
 from pipeline.batches import SequenceDataset, make_loader, numeric_stats
 from pipeline.gbdt import train_gbdt
 from pipeline.ingest import IngestConfig, read_events
+from pipeline.calibration import ThresholdRule
 from pipeline.metrics import classification_metrics, plot_roc, plot_training_curves, pyplot, roc_points
+from pipeline.model_card import decision_metrics, fit_model_card
 from pipeline.presets import RunPreset
 from pipeline.scoring import log_model, save_gbdt_artifacts, save_sequence_artifacts, score_with_model
 from pipeline.sequences import MANIFEST_FILE, SEQUENCES_FILE, SPLIT_FILE, VOCAB_FILE, SequenceConfig, Vocab
@@ -130,8 +132,12 @@ def _train_encoder(name: str, data: _Data, preset: RunPreset, datasets: dict, tr
     device = resolve_device(tc.device)
     test = evaluate(model, make_loader(test_ds, batch_size=preset.eval_batch_size), device, tc.precision)
     q = classification_metrics(test["label"], test["prob"])
+    val = evaluate(model, make_loader(val_ds, batch_size=preset.eval_batch_size), device, tc.precision)
+    card = fit_model_card(data.events, data.ids[0], val["label"], val["prob"], test["prob"],
+                          ThresholdRule.parse(preset.threshold_rule))
     metrics = {
         **{f"test/{k}": v for k, v in q.items()},
+        **decision_metrics(card.decision, test["label"], test["prob"]),
         "val/best_auroc": result.best_val_auroc,
         "time/train_s": result.train_s,
         "time/epoch_s": result.train_s / max(len(result.history), 1),
@@ -146,24 +152,30 @@ def _train_encoder(name: str, data: _Data, preset: RunPreset, datasets: dict, tr
     art = run_dir / "models" / name
     plot_training_curves(result.history, art / "training_curve.png", title=name)
     config, files = save_sequence_artifacts(art / "pyfunc", model.cpu(), cfg, data.vocab, data.sequence_config,
-                                            IngestConfig(), preset.eval_batch_size)
+                                            IngestConfig(), preset.eval_batch_size, card.decision, card.reference)
     params = {"model": cfg.to_dict(), "train": result.config, "batch_size": preset.batch_size,
-              "crop_len": preset.crop_len, "device": result.device}
+              "crop_len": preset.crop_len, "device": result.device, **card.tags()}
     if result.resumed_from_epoch is not None:  # continued from the checkpoint of an interrupted run
         params["resumed_from_epoch"] = result.resumed_from_epoch
     row = ModelResult(name, metrics, len(result.history), run_id, roc=roc_points(test["label"], test["prob"]))
-    return row, params, {"config": config, "files": files, "plots": [art / "training_curve.png"]}
+    return row, params, {"config": config, "files": files, "plots": [art / "training_curve.png"],
+                         "version_tags": card.tags()}
 
 
 def _train_gbdt(data: _Data, preset: RunPreset, run_id: str, run_dir: Path) -> tuple[ModelResult, dict, dict]:
     labels = (pl.read_parquet(data.sequences_dir / SEQUENCES_FILE, columns=[S.CUSTOMER_ID, S.GENDER])
               .filter(pl.col(S.GENDER).is_not_null()))
     run = train_gbdt(data.events, labels, data.ids, preset.gbdt)
+    card = fit_model_card(data.events, data.ids[0], run.val_label, run.val_prob, run.test_prob,
+                          ThresholdRule.parse(preset.threshold_rule))
     art = run_dir / "models" / "gbdt"
-    config, files = save_gbdt_artifacts(art / "pyfunc", run.model, run.spec, IngestConfig())
-    row = ModelResult("gbdt", run.metrics, None, run_id, roc=roc_points(run.test_label, run.test_prob))
-    return row, {"gbdt": asdict(preset.gbdt)}, {
-        "config": config, "files": files, "plots": [], "val_curve": run.val_auroc_per_round}
+    config, files = save_gbdt_artifacts(art / "pyfunc", run.model, run.spec, IngestConfig(), card.decision,
+                                        card.reference)
+    metrics = {**run.metrics, **decision_metrics(card.decision, run.test_label, run.test_prob)}
+    row = ModelResult("gbdt", metrics, None, run_id, roc=roc_points(run.test_label, run.test_prob))
+    return row, {"gbdt": asdict(preset.gbdt), **card.tags()}, {
+        "config": config, "files": files, "plots": [], "val_curve": run.val_auroc_per_round,
+        "version_tags": card.tags()}
 
 
 @dataclass(frozen=True)
@@ -271,7 +283,7 @@ def train_one(plan: ComparisonPlan, name: str) -> ModelResult:
                 files=art["files"], input_example=_input_example(data.events, test_ids),
                 registered_model=plan.settings.registered_model,
                 version_tags={TAG_SPLIT_ID: data.split.split_id, TAG_TEST_AUROC: f"{row.metrics['test/auroc']:.6f}",
-                              "model": name, "preset": preset.name, "run_id": child},
+                              "model": name, "preset": preset.name, "run_id": child, **art["version_tags"]},
             )
             row.version = version.version
     return row

@@ -17,6 +17,7 @@ from pipeline import schema as S
 from pipeline.batches import make_loader, numeric_stats
 from pipeline.features import FeatureConfig
 from pipeline.gbdt import GBDTConfig, train_gbdt
+from pipeline.inference import InferenceConfig
 from pipeline.ingest import IngestConfig, read_events
 from pipeline.presets import tiny
 from pipeline.scoring import (
@@ -91,7 +92,8 @@ def test_sequence_pyfunc_from_the_registry_scores_like_the_in_memory_model(
     test_ids = sorted(Split.load(data.sequences / "split.json").test_ids)
     assert got[S.CUSTOMER_ID].tolist() == test_ids  # one row per customer, sorted; the bad row's customer is absent
 
-    in_memory = SequenceScorer(model, vocab, seq_cfg, IngestConfig(), batch_size=7)(raw)  # other batching
+    in_memory = SequenceScorer(model, vocab, seq_cfg, IngestConfig(),
+                               inference=InferenceConfig(max_tokens=300, length_step=16))(raw)  # other batching
     pd.testing.assert_frame_equal(got, in_memory, check_exact=False, atol=1e-6)
     # and the same as the model on the prepared sequences table (the preprocessing travels with the model)
     direct = evaluate(model, make_loader(data.sequences / "sequences.parquet", test_ids, batch_size=64),
