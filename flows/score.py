@@ -67,7 +67,7 @@ def _worth_retrying(task, task_run, state) -> bool:
 def score_task(model_uri: str, source: Path, output: Path, chunk_rows: int, drift_threshold: float) -> ScoreResult:
     scorer, model = load_batch_scorer(model_uri)
     result = score_file(source, output, scorer, model, ScoreConfig(chunk_rows, drift_psi_threshold=drift_threshold))
-    log_scoring_run(result, model)
+    _log_scoring_run(result, model)
     return result
 
 
@@ -80,8 +80,16 @@ def score_landing_task(model_uri: str, landing_dir: Path, out_dir: Path, p: Land
     config = ScoreConfig(chunk_rows=p.chunk_rows, drift_psi_threshold=p.drift_threshold)
     result = score_landing_folder(landing_dir, out_dir, scorer, model, config, landing)
     for scored in result.scored:
-        log_scoring_run(scored, model)
+        _log_scoring_run(scored, model)
     return result
+
+
+def _log_scoring_run(result: ScoreResult, model) -> None:  # noqa: ANN001 - batch_scoring.ModelRef
+    """The scoring run in MLflow; the scores are written already, so a tracking hiccup is a warning, not a retry."""
+    try:
+        log_scoring_run(result, model)
+    except Exception as e:  # noqa: BLE001
+        get_run_logger().warning("scoring run of %s not logged to MLflow: %s", result.output.name, e)
 
 
 @task

@@ -263,7 +263,8 @@ def log_scoring_run(result: Any, model: Any, tracking_uri: str | None = None) ->
 
     if not model.run_id:
         return None
-    client = mlflow.MlflowClient(tracking_uri or load_settings().tracking_uri)
+    tracking_uri = tracking_uri or load_settings().tracking_uri
+    client = mlflow.MlflowClient(tracking_uri)
     experiment_id = client.get_run(model.run_id).info.experiment_id
     tags = {"txseq.kind": "scoring", "txseq.model_name": model.name, "txseq.model_version": str(model.version),
             "txseq.model_run_id": model.run_id, "txseq.output": result.output.name}
@@ -278,7 +279,7 @@ def log_scoring_run(result: Any, model: Any, tracking_uri: str | None = None) ->
         metrics.update({"drift/score_mean": d["score_mean"]["batch"], "drift/n_drifted": len(d["drifted"])})
         client.log_param(run_id, "drift.psi_threshold", d["psi_threshold"])
         client.set_tag(run_id, "txseq.drifted", ",".join(d["drifted"]) or "none")
-    tracker = Tracker(client.tracking_uri, experiment_id, client)
+    tracker = Tracker(tracking_uri, experiment_id, client)
     tracker.log_metrics(run_id, {k: float(v) for k, v in metrics.items()})
     for path in result.drift_files:
         client.log_artifact(run_id, path, "drift")
