@@ -24,12 +24,12 @@ import os
 import sys
 
 TARGET_CUSTOMERS_PER_MIN = 100_000
-KINDS = ("transformer", "performer", "infinite_former", "eam", "gbdt")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--kinds", default=",".join(KINDS), help="model kinds to score with (%(default)s)")
+    p.add_argument("--kinds", default=None, help="comma-separated model kinds (default: every model of the comparison, "
+                   "pipeline.presets.DEFAULT_MODELS)")
     p.add_argument("--customers", type=int, default=15_000, help="customers generated (%(default)s)")
     p.add_argument("--threads", type=int, default=2, help="torch and polars threads (%(default)s)")
     p.add_argument("--chunk-rows", type=int, default=2_000_000, help="rows scored at once (%(default)s)")
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from pipeline.generate import GeneratorConfig, generate
+    from pipeline.presets import DEFAULT_MODELS
     from pipeline.settings import load_settings
 
     torch.set_num_threads(args.threads)
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         generate(raw.parent, GeneratorConfig(n_customers=args.customers, n_labelled=min(8_400, args.customers),
                                              format="parquet"))
     n_rows = pl.scan_parquet(raw).select(pl.len()).collect().item()
-    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()] if args.kinds else list(DEFAULT_MODELS)
     versions = registered_by_kind(settings)
     missing = [k for k in kinds if k not in versions]
     if missing:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from models.batch import Batch
+from models.encoders.base import pop_stats
 from pipeline.metrics import MemoryMonitor, Stopwatch, classification_metrics
 
 log = logging.getLogger(__name__)
@@ -158,10 +159,12 @@ def fit(
     config: TrainConfig,
     logger: MetricLogger | None = None,
     checkpoint_dir: Path | None = None,
+    name: str = "model",
 ) -> FitResult:
     """Train with early stopping on val ROC AUC; resume from `checkpoint_dir/last.pt` if present.
 
-    On return the model holds the best epoch's weights. Metrics go to `logger.log(metrics, step=epoch)`.
+    On return the model holds the best epoch's weights. Metrics go to `logger.log(metrics, step=epoch)`; `name` labels
+    the progress bar and the per-epoch log line (logger `pipeline.train`, which the flows forward to Prefect).
     """
     device = resolve_device(config.device)
     seed_everything(config.seed)
@@ -202,13 +205,14 @@ def fit(
                     logger.log({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
 
     best_weights = None
+    pop_stats(model)  # discard what the model's stat-reporting modules counted before this fit
     for epoch in range(state["epoch"] + 1, config.epochs):
         if state["done"]:
             break
         model.train()
         memory.reset()
         loss_sum, n_steps, n_events, n_customers = torch.zeros((), device=device), 0, 0, 0
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, disable=not config.progress)
+        bar = tqdm(total=steps_per_epoch, desc=f"{name} epoch {epoch + 1}/{config.epochs}", leave=False, disable=not config.progress)
         with Stopwatch(sync_cuda=device.type == "cuda") as sw:
             for step, batch in enumerate(train_batches(epoch)):
                 if step >= steps_per_epoch:
@@ -235,6 +239,7 @@ def fit(
                     bar.set_postfix(loss=f"{float(loss_sum) / n_steps:.4f}", ev_s=f"{n_events / elapsed:,.0f}")
         bar.close()
         train_mem = memory.read()
+        model_stats = pop_stats(model)  # e.g. SwitchHead's expert usage over this epoch's training steps
         val = evaluate(model, val_batches(), device, config.precision)
         q = classification_metrics(val["label"], val["prob"])
         metrics = {
@@ -247,13 +252,14 @@ def fit(
             "throughput/train_events_per_s": n_events / max(sw.seconds, 1e-9),
             "throughput/train_customers_per_s": n_customers / max(sw.seconds, 1e-9),
             **train_mem,
+            **model_stats,
         }
         state["train_s"] += sw.seconds
         state["history"].append({"epoch": float(epoch), **metrics})
         if logger is not None:
             logger.log(metrics, step=epoch)
-        log.info("epoch %d  loss %.4f  val auroc %.4f  %.1f s  %.0f events/s", epoch, metrics["train/loss"],
-                 q["auroc"], sw.seconds, metrics["throughput/train_events_per_s"])
+        log.info("%s: epoch %d/%d  loss %.4f  val auroc %.4f  %.1f s  %.0f events/s", name, epoch + 1, config.epochs,
+                 metrics["train/loss"], q["auroc"], sw.seconds, metrics["throughput/train_events_per_s"])
 
         improved = q["auroc"] > state["best_auroc"] or state["best_epoch"] < 0
         if improved:
