@@ -98,18 +98,20 @@ class Reference:
     customers: int
     events: int
     min_count: int = 5
+    score_mean: float = float("nan")  # mean (calibrated) test probability
 
     def to_dict(self) -> dict[str, Any]:
         return {"features": {k: asdict(v) for k, v in self.features.items()},
                 "known_codes": {k: list(v) for k, v in self.known_codes.items()},
                 "unknown_share": self.unknown_share, "customers": self.customers, "events": self.events,
-                "min_count": self.min_count}
+                "min_count": self.min_count, "score_mean": self.score_mean}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Reference:
         feats = {k: Bins(tuple(v["codes"]), tuple(v["edges"]), tuple(v["ref_shares"])) for k, v in d["features"].items()}
         return cls(feats, {k: tuple(v) for k, v in d["known_codes"].items()}, dict(d["unknown_share"]),
-                   int(d["customers"]), int(d["events"]), int(d.get("min_count", 5)))
+                   int(d["customers"]), int(d["events"]), int(d.get("min_count", 5)),
+                   float(d.get("score_mean", "nan")))
 
     def save(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,8 +144,10 @@ def fit_reference(events: pl.LazyFrame | pl.DataFrame, test_scores: np.ndarray, 
     per_customer = _per_customer(frame)
     for name in CUSTOMER_NUMERIC:
         features[name] = _quantile_bins(per_customer.get_column(name).to_numpy().astype(np.float64))
-    features[SCORE] = _quantile_bins(np.asarray(test_scores, dtype=np.float64))
-    return Reference(features, known, unknown, per_customer.height, frame.height, min_count)
+    scores = np.asarray(test_scores, dtype=np.float64)
+    features[SCORE] = _quantile_bins(scores)
+    return Reference(features, known, unknown, per_customer.height, frame.height, min_count,
+                     float(scores.mean()) if len(scores) else float("nan"))
 
 
 @dataclass
@@ -233,17 +237,10 @@ class DriftMonitor:
                           "batch_count": self.counts[name].tolist()}
         unknown = {n: {"reference": self.reference.unknown_share[n],
                        "batch": self.unknown[n] / self.events if self.events else float("nan")} for n in CATEGORICAL}
-        ref_scores = self.reference.features[SCORE]
-        # the reference mean from the decile shares would be coarse: take it as the mean of the bin midpoints
-        ref_mean = float(np.dot(ref_scores.ref_shares, _midpoints(ref_scores.edges)))
         return DriftReport(psis, self.psi_threshold, unknown,
-                           {"reference": round(ref_mean, 6), "batch": float(prob.mean()) if len(prob) else float("nan")},
+                           {"reference": self.reference.score_mean,
+                            "batch": float(prob.mean()) if len(prob) else float("nan")},
                            len(prob), self.events, bins)
-
-
-def _midpoints(edges: tuple[float, ...]) -> np.ndarray:
-    e = np.asarray([0.0, *edges, 1.0])
-    return (e[:-1] + e[1:]) / 2
 
 
 def plot(report: DriftReport, path: Path) -> Path:

@@ -86,7 +86,8 @@ def test_the_reference_round_trips_and_holds_no_rows(reference: Reference, tmp_p
     assert Reference.load(path) == reference
     text = path.read_text()
     assert len(text) < 20_000  # bins and shares only
-    assert set(json.loads(text)) == {"features", "known_codes", "unknown_share", "customers", "events", "min_count"}
+    assert set(json.loads(text)) == {"features", "known_codes", "unknown_share", "customers", "events", "min_count",
+                                     "score_mean"}
 
 
 def test_bins_count_categorical_and_numeric_values() -> None:

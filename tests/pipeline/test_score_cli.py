@@ -22,6 +22,7 @@ from _train_data import tiny_dataset  # tests/pipeline is on sys.path (pytest ro
 
 ROOT = Path(__file__).resolve().parents[2]
 NAME = "score-cli-tests"
+pytestmark = pytest.mark.timeout(1800)  # the module fixture generates ~1,500 customers and trains (minutes when busy)
 
 
 @pytest.fixture(scope="module")
