@@ -196,7 +196,7 @@ def compare_paths(scorer, raw, n: int) -> dict:  # noqa: ANN001 - pipeline.scori
     from pipeline.train import evaluate
 
     ids = pl.scan_parquet(raw).select("customer_id").unique().sort("customer_id").head(n).collect()["customer_id"]
-    frame = pl.scan_parquet(raw).filter(pl.col("customer_id").cast(pl.Int64).is_in(ids.cast(pl.Int64))).collect()
+    frame = pl.scan_parquet(raw).filter(pl.col("customer_id").cast(pl.Int64).is_in(ids.cast(pl.Int64).implode())).collect()
     seq = build_sequences(raw_events(frame, scorer.ingest), scorer.vocab, scorer.sequence, labels=None)
     c0 = cpu_s()
     old = evaluate(scorer.model, make_loader(seq, batch_size=128), torch.device("cpu"), "fp32")
