@@ -107,7 +107,7 @@ def test_models_lists_versions_with_metrics_aliases_and_decisions(root: Path) ->
     assert cells[1] == "gbdt" and cells[2] == "champion"
     assert 0.5 < float(cells[3]) <= 1.0  # test ROC AUC
     assert 0.0 < float(cells[5]) < 1.0 and cells[6] in {"platt", "isotonic"}  # threshold, calibration
-    assert cells[8].startswith("first champion")
+    assert "first champion" in cells[8]  # the champion decision recorded at registration
 
 
 def test_models_and_score_fail_in_one_line_without_a_registered_model(tmp_path: Path, fresh_batch: Path) -> None:
