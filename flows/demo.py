@@ -2,7 +2,7 @@
 (once), then run the `pipeline` flow (ingest → build_sequences → train → report) in Prefect's ephemeral mode, with
 MLflow tracking to the local SQLite store, and print where everything landed.
 
-    txseq-demo [--customers 15000] [--preset demo] [--models transformer,performer,infinite_former,eam,gbdt]
+    txseq-demo [--customers 15000] [--preset demo] [--models transformer,performer,gbdt]   (default: the preset's)
 
 With no `PREFECT_API_URL` no server is needed (the temporary one gets up to
 PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, 300 s by default, to start on a busy machine); with one set, the run
@@ -76,11 +76,13 @@ def ensure_raw_data(raw_dir: Path, config: GeneratorConfig) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from pipeline.presets import ENCODER_MODELS  # the registry's list; loads torch, which the pipeline needs anyway
+
     parser = argparse.ArgumentParser(prog="txseq-demo", description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=GeneratorConfig().n_customers, help="customers to generate (15,000 = full size)")
     parser.add_argument("--seed", type=int, default=0, help="generator seed")
     parser.add_argument("--preset", choices=("tiny", "demo", "full"), default="demo", help="named run configuration")
-    parser.add_argument("--models", default="", help="comma-separated models (default: the preset's: 4 encoders + gbdt)")
+    parser.add_argument("--models", default="", help=f"comma-separated models: {','.join(ENCODER_MODELS)},gbdt (default: the preset's)")
     args = parser.parse_args(argv)
 
     settings = load_settings()

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from models.batch import Batch
+from models.encoders.base import pop_stats
 from pipeline.metrics import MemoryMonitor, Stopwatch, classification_metrics
 
 log = logging.getLogger(__name__)
@@ -204,6 +205,7 @@ def fit(
                     logger.log({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
 
     best_weights = None
+    pop_stats(model)  # discard what the model's stat-reporting modules counted before this fit
     for epoch in range(state["epoch"] + 1, config.epochs):
         if state["done"]:
             break
@@ -237,6 +239,7 @@ def fit(
                     bar.set_postfix(loss=f"{float(loss_sum) / n_steps:.4f}", ev_s=f"{n_events / elapsed:,.0f}")
         bar.close()
         train_mem = memory.read()
+        model_stats = pop_stats(model)  # e.g. SwitchHead's expert usage over this epoch's training steps
         val = evaluate(model, val_batches(), device, config.precision)
         q = classification_metrics(val["label"], val["prob"])
         metrics = {
@@ -249,6 +252,7 @@ def fit(
             "throughput/train_events_per_s": n_events / max(sw.seconds, 1e-9),
             "throughput/train_customers_per_s": n_customers / max(sw.seconds, 1e-9),
             **train_mem,
+            **model_stats,
         }
         state["train_s"] += sw.seconds
         state["history"].append({"epoch": float(epoch), **metrics})
