@@ -32,12 +32,14 @@ class TrainParams(BaseModel):
     epochs: int | None = Field(None, gt=0, description="override the preset's epochs")
     device: Literal["auto", "cpu", "cuda"] | None = Field(None, description="override the preset's device")
     max_parallel: int = Field(1, ge=1, description="models trained at the same time (threads; mind the cores)")
+    threads: int | None = Field(None, gt=0, description="compute threads (default: TXSEQ_THREADS, else usable CPUs)")
 
 
 @task
 def start_task(p: TrainParams, sequences_dir: Path, events_dir: Path, run_name: str) -> ComparisonPlan:
     preset = get(p.preset, epochs=p.epochs, device=p.device)
-    return start_comparison(sequences_dir, events_dir, preset, p.models or None, fold=p.fold, run_name=run_name)
+    return start_comparison(sequences_dir, events_dir, preset, p.models or None, fold=p.fold, run_name=run_name,
+                            threads=p.threads)
 
 
 @task(task_run_name="train-{model}")

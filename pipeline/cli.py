@@ -179,9 +179,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train and compare models (encoders + GBDT), track them in MLflow, register, write the report",
         description="Train the chosen models on one split under one parent MLflow run (a nested run per model), "
-        "register each as a pyfunc model (the `champion` alias moves only on a better test ROC AUC on the same "
-        "split), and write report.md + report.png under <data root>/runs/<run>/. Re-running with the same --run "
-        "resumes from the last epoch checkpoints.",
+        "register each as a pyfunc model and decide at once whether it becomes `champion` (both models re-scored on "
+        "customers neither trained or validated on; see docs/readme/training.md), and write report.md + report.png "
+        "under <data root>/runs/<run>/. Re-running with the same --run resumes from the last epoch checkpoints when "
+        "data, split, model and preset are unchanged, and does not register an already registered model again.",
         formatter_class=_EncoderListHelp,
     )
     p.add_argument("--sequences", type=Path, help="sequences folder (default: <data root>/sequences)")
@@ -194,6 +195,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help="default: the preset's (auto)")
     p.add_argument("--run", default=None, help="run name (default: <timestamp>-<preset>-<4 hex>); an existing one resumes")
     p.add_argument("--no-register", action="store_true", help="log the models but do not register them")
+    p.add_argument("--threads", type=int, default=None,
+                   help="compute threads for torch, OpenMP and BLAS (default: TXSEQ_THREADS, else the CPUs this "
+                        "process may use: affinity and cgroup quota)")
 
     def handler(args: argparse.Namespace) -> int:
         import logging
@@ -203,6 +207,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         from pipeline.settings import load_settings
         from pipeline.tracking import TrackingError
 
+        if args.threads is not None and args.threads < 1:
+            p.error(f"--threads must be >= 1, got {args.threads}")
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         settings = load_settings()
         preset = get(args.preset, epochs=args.epochs, device=args.device)
@@ -211,6 +217,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             result = run_comparison(
                 args.sequences or settings.sequences_dir, args.events or settings.events_dir, preset, models,
                 fold=args.fold, settings=settings, run_name=args.run, register=not args.no_register,
+                threads=args.threads,
             )
         except TrackingError as e:
             print(f"error: {e}", file=sys.stderr)

@@ -132,6 +132,10 @@ def train_gbdt(
     wanted = pl.Series(np.concatenate([train_ids, val_ids, test_ids]), dtype=pl.Int64)
     features = build_features(events.filter(pl.col(S.CUSTOMER_ID).is_in(wanted)), spec).collect()
     y = dict(zip(labels[S.CUSTOMER_ID].to_list(), labels[S.GENDER].to_list(), strict=True))
+    unlabelled = sorted({int(i) for i in wanted.to_list()} - y.keys())
+    if unlabelled:  # a split over customers the labels (or the sequences table) do not hold: say so, not KeyError
+        raise ValueError(f"{len(unlabelled)} customers of the split have no label (e.g. {unlabelled[:5]}); "
+                         "rebuild the sequences folder (`txseq sequences`) so the split only holds labelled customers")
 
     def xy(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return feature_matrix(features, ids), np.array([y[i] for i in ids], dtype=np.float64)
