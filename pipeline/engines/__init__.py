@@ -9,6 +9,7 @@ only moves Arrow batches to where those same functions run and gathers what they
 from __future__ import annotations
 
 import argparse
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from pipeline.sequences import SequenceConfig, SequencesResult
     from pipeline.splits import SplitConfig
 
+log = logging.getLogger(__name__)
 ENGINES: tuple[str, ...] = ("polars", "spark")
 
 
@@ -84,6 +86,10 @@ def score_file_with(engine: Engine, source: Path, output: Path, scorer: Any, mod
 
     if engine.name == "spark":
         from pipeline.engines.spark import RegisteredScorer
+
+        if getattr(scorer, "reference", None) is not None:  # not silently: the polars engine writes the report
+            log.warning("%s: no drift report with the Spark engine (the polars engine writes <scores>.drift.json)",
+                        source)
 
         return engine.spark().score_file(source, output, RegisteredScorer(model.uri, tracking_uri), model, config,
                                          ingest_config=config.ingest or getattr(scorer, "ingest", None))
