@@ -168,31 +168,38 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--events", type=Path, help="validated events folder (default: <data root>/events)")
     p.add_argument("--models", default=None,
                    help="comma-separated: transformer,performer,infinite_former,eam,gbdt (default: all of them)")
-    p.add_argument("--preset", default="demo", choices=["tiny", "demo", "full"], help="run configuration (%(default)s)")
-    p.add_argument("--epochs", type=int, help="override the preset's epoch count")
+    p.add_argument("--preset", default="auto", choices=["auto", "tiny", "demo", "full"],
+                   help="run configuration; auto sizes the model and the step budget from the labelled customers "
+                   "and their events (%(default)s)")
+    p.add_argument("--steps", type=int, help="override the preset's optimiser-step budget")
     p.add_argument("--fold", type=int, default=0, help="validation fold of the split (%(default)s)")
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help="default: the preset's (auto)")
     p.add_argument("--run", default=None, help="run name (default: <timestamp>-<preset>-<4 hex>); an existing one resumes")
     p.add_argument("--no-register", action="store_true", help="log the models but do not register them")
+    p.add_argument("--init-from", action="append", default=[], metavar="MODEL_URI",
+                   help="a CoLES-pretrained encoder (txseq pretrain), e.g. models:/txseq-gender-coles-transformer/1; "
+                   "adds <encoder>_coles (fine-tuned from it) and hybrid_<encoder> (GBDT on aggregates + its "
+                   "embeddings) to the models; repeatable")
 
     def handler(args: argparse.Namespace) -> int:
         import logging
 
-        from pipeline.compare import run_comparison
-        from pipeline.presets import get
+        from pipeline.compare import resolve_preset, run_comparison
         from pipeline.settings import load_settings
         from pipeline.tracking import TrackingError
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         settings = load_settings()
-        preset = get(args.preset, epochs=args.epochs, device=args.device)
+        preset = resolve_preset(args.preset, args.sequences or settings.sequences_dir, args.fold, steps=args.steps,
+                                device=args.device)
         models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
         try:
             result = run_comparison(
                 args.sequences or settings.sequences_dir, args.events or settings.events_dir, preset, models,
                 fold=args.fold, settings=settings, run_name=args.run, register=not args.no_register,
+                init_from=args.init_from,
             )
-        except TrackingError as e:
+        except (TrackingError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         print(result.table)
@@ -200,6 +207,65 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         for r in result.results:
             if r.version:
                 print(f"  {r.model}: {settings.registered_model} v{r.version} — {r.champion}")
+        return 0
+
+    p.set_defaults(handler=handler)
+
+
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    """`txseq pretrain`: CoLES self-supervised pretraining of one encoder (owner: pipeline.pretrain)."""
+    from pathlib import Path
+
+    from models import ENCODERS
+    from pipeline.pretrain import PretrainConfig
+
+    d = PretrainConfig()
+    p = sub.add_parser(
+        "pretrain",
+        help="CoLES self-supervised pretraining of an encoder on every non-test customer, registered in MLflow",
+        description="Contrastive pretraining (CoLES: random contiguous slices of one customer embed close, other "
+        "customers' far) of the chosen encoder on every customer of the sequences folder with transactions, "
+        "labelled or not, except the split's test customers. Logs loss and held-out recall@k per epoch and "
+        "registers the encoder as <registered model>-coles-<encoder> (a pyfunc: raw transactions -> embeddings). "
+        "Use it with `txseq train --init-from <printed URI>`.",
+    )
+    p.add_argument("--encoder", required=True, choices=sorted(ENCODERS), help="encoder to pretrain")
+    p.add_argument("--sequences", type=Path, help="sequences folder (default: <data root>/sequences)")
+    p.add_argument("--events", type=Path, help="validated events folder (default: <data root>/events)")
+    p.add_argument("--preset", default="auto", choices=["auto", "tiny", "demo", "full"],
+                   help="where the encoder's architecture comes from (%(default)s); fine-tuning keeps it")
+    p.add_argument("--fold", type=int, default=0, help="fold the auto preset is sized from (%(default)s)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="(%(default)s)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="customers per batch (%(default)s)")
+    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (%(default)s)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(%(default)s)")
+    p.add_argument("--no-register", action="store_true", help="log the run but do not register the encoder")
+
+    def handler(args: argparse.Namespace) -> int:
+        import logging
+
+        from pipeline.compare import resolve_preset
+        from pipeline.pretrain import run_pretraining
+        from pipeline.settings import load_settings
+        from pipeline.tracking import TrackingError
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        settings = load_settings()
+        sequences = args.sequences or settings.sequences_dir
+        config = PretrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device)
+        try:
+            run = run_pretraining(sequences, args.events or settings.events_dir, args.encoder,
+                                  resolve_preset(args.preset, sequences, args.fold), config, settings,
+                                  register=not args.no_register)
+        except (TrackingError, ValueError) as e:
+            print(f"txseq pretrain: error: {e}", file=sys.stderr)
+            return 2
+        r = run.result
+        print(f"{args.encoder}: CoLES on {run.n_customers:,} customers ({r.n_heldout:,} held out for recall), "
+              f"{len(r.history)} epochs, best held-out recall@{config.n_slices - 1} {r.best_recall:.4f} "
+              f"(epoch {r.best_epoch}), {r.train_s:.1f} s; MLflow run {run.run_id}")
+        if run.model_uri:
+            print(f"registered: {run.model_uri}  (txseq train --init-from {run.model_uri})")
         return 0
 
     p.set_defaults(handler=handler)
@@ -290,7 +356,7 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="txseq", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_generate, _add_ingest, _add_sequences, _add_train, _add_score):
+    for add in (_add_generate, _add_ingest, _add_sequences, _add_pretrain, _add_train, _add_score):
         add(sub)
     return parser
 

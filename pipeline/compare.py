@@ -28,7 +28,7 @@ from pipeline.batches import SequenceDataset, make_loader, numeric_stats
 from pipeline.gbdt import train_gbdt
 from pipeline.ingest import IngestConfig, read_events
 from pipeline.metrics import classification_metrics, plot_roc, plot_training_curves, pyplot, roc_points
-from pipeline.presets import RunPreset
+from pipeline.presets import DataProfile, RunPreset, get
 from pipeline.scoring import log_model, save_gbdt_artifacts, save_sequence_artifacts, score_with_model
 from pipeline.sequences import MANIFEST_FILE, SEQUENCES_FILE, SPLIT_FILE, VOCAB_FILE, SequenceConfig, Vocab
 from pipeline.settings import Settings, load_settings
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 TAG_RUN_NAME = "txseq.run_name"  # on the parent and every nested run of one comparison (its checkpoints folder)
 # logged every epoch by `fit`: the run summary does not repeat them
-_PER_EPOCH = frozenset({"mem/rss_peak_gib", "mem/cuda_peak_gib", "mem/cuda_reserved_gib", "time/epoch_s",
+_PER_EPOCH = frozenset({"mem/rss_peak_gib", "mem/cuda_peak_gib", "mem/cuda_reserved_gib",
                         "throughput/train_events_per_s"})
 
 
@@ -50,7 +50,7 @@ class ModelResult:
 
     model: str
     metrics: dict[str, float]
-    epochs: int | None
+    steps: int | None  # optimiser steps run (None for the GBDT)
     run_id: str
     version: str | None = None
     champion: str = ""
@@ -110,13 +110,38 @@ class _Data:
         return self.split.train_ids(self.fold), self.split.val_ids(self.fold), self.split.test_ids
 
 
+def model_kind(name: str) -> tuple[str, str | None]:
+    """("gbdt", None) | ("encoder", encoder) | ("coles", encoder) for `<encoder>_coles` (fine-tuned from a CoLES
+    pretrained encoder) | ("hybrid", encoder) for `hybrid_<encoder>` (GBDT on aggregates + frozen embeddings)."""
+    if name == "gbdt":
+        return "gbdt", None
+    if name.endswith("_coles"):
+        return "coles", canonical_encoder_name(name.removesuffix("_coles"))
+    if name.startswith("hybrid_"):
+        return "hybrid", canonical_encoder_name(name.removeprefix("hybrid_"))
+    return "encoder", canonical_encoder_name(name)
+
+
+def _model_name(name: str) -> str:
+    kind, encoder = model_kind(name)
+    return {"gbdt": "gbdt", "encoder": encoder, "coles": f"{encoder}_coles", "hybrid": f"hybrid_{encoder}"}[kind]
+
+
 def _train_encoder(name: str, data: _Data, preset: RunPreset, datasets: dict, tracker: Tracker, run_id: str,
-                   run_dir: Path) -> tuple[ModelResult, dict, dict]:
+                   run_dir: Path, init: tuple[ModelConfig, dict] | None = None) -> tuple[ModelResult, dict, dict]:
+    """Train encoder model `name` from scratch, or (`init`: a pretrained encoder's config and weights) fine-tune its
+    embedding and encoder with a new head."""
     train_ds, val_ds, test_ds = datasets["train"], datasets["val"], datasets["test"]
-    cfg = ModelConfig(n_mcc=data.vocab.size_mcc, n_tr_type=data.vocab.size_tr_type, **preset.model_kwargs(name))
+    _, encoder = model_kind(name)
+    if init is None:
+        cfg = ModelConfig(n_mcc=data.vocab.size_mcc, n_tr_type=data.vocab.size_tr_type, **preset.model_kwargs(encoder))
+    else:
+        cfg = init[0]
     torch.manual_seed(preset.train.seed)
     model = build_model(cfg)
     model.embedding.set_numeric_stats(*datasets["stats"])
+    if init is not None:  # the pretrained embedding (with its numeric statistics) and encoder; the head starts fresh
+        model.load_state_dict({k: v for k, v in init[1].items() if not k.startswith("head.")}, strict=False)
     tc = preset.train
     result = fit(
         model,
@@ -134,14 +159,14 @@ def _train_encoder(name: str, data: _Data, preset: RunPreset, datasets: dict, tr
         **{f"test/{k}": v for k, v in q.items()},
         "val/best_auroc": result.best_val_auroc,
         "time/train_s": result.train_s,
-        "time/epoch_s": result.train_s / max(len(result.history), 1),
         "throughput/train_events_per_s": float(np.mean([h["throughput/train_events_per_s"] for h in result.history])),
         "throughput/infer_customers_per_s": len(test["prob"]) / max(float(test["seconds"]), 1e-9),
         "params/n_parameters": float(result.n_parameters),
         "mem/rss_peak_gib": _peak(result.history, "mem/rss_peak_gib"),
         "mem/cuda_peak_gib": _peak(result.history, "mem/cuda_peak_gib"),
         "mem/cuda_reserved_gib": _peak(result.history, "mem/cuda_reserved_gib"),
-        "best_epoch": float(result.best_epoch),
+        "train/steps": float(result.steps_run),
+        "train/best_step": float(result.best_step),
     }
     art = run_dir / "models" / name
     plot_training_curves(result.history, art / "training_curve.png", title=name)
@@ -149,9 +174,9 @@ def _train_encoder(name: str, data: _Data, preset: RunPreset, datasets: dict, tr
                                             IngestConfig(), preset.eval_batch_size)
     params = {"model": cfg.to_dict(), "train": result.config, "batch_size": preset.batch_size,
               "crop_len": preset.crop_len, "device": result.device}
-    if result.resumed_from_epoch is not None:  # continued from the checkpoint of an interrupted run
-        params["resumed_from_epoch"] = result.resumed_from_epoch
-    row = ModelResult(name, metrics, len(result.history), run_id, roc=roc_points(test["label"], test["prob"]))
+    if result.resumed_from_step is not None:  # continued from the checkpoint of an interrupted run
+        params["resumed_from_step"] = result.resumed_from_step
+    row = ModelResult(name, metrics, result.steps_run, run_id, roc=roc_points(test["label"], test["prob"]))
     return row, params, {"config": config, "files": files, "plots": [art / "training_curve.png"]}
 
 
@@ -163,6 +188,29 @@ def _train_gbdt(data: _Data, preset: RunPreset, run_id: str, run_dir: Path) -> t
     config, files = save_gbdt_artifacts(art / "pyfunc", run.model, run.spec, IngestConfig())
     row = ModelResult("gbdt", run.metrics, None, run_id, roc=roc_points(run.test_label, run.test_prob))
     return row, {"gbdt": asdict(preset.gbdt)}, {
+        "config": config, "files": files, "plots": [], "val_curve": run.val_auroc_per_round}
+
+
+def _train_hybrid(name: str, data: _Data, preset: RunPreset, init_uri: str, run_id: str,
+                  run_dir: Path) -> tuple[ModelResult, dict, dict]:
+    """The GBDT on [aggregate features | frozen CoLES embedding] of each customer; registered as its own pyfunc."""
+    from pipeline.embeddings import embed, embedding_frame, save_hybrid_artifacts
+    from pipeline.pretrain import load_pretrained
+
+    _, _, embedder = load_pretrained(init_uri, data.vocab)
+    labels = (pl.read_parquet(data.sequences_dir / SEQUENCES_FILE, columns=[S.CUSTOMER_ID, S.GENDER])
+              .filter(pl.col(S.GENDER).is_not_null()))
+    ids = [i for part in data.ids for i in part]
+    t0 = time.perf_counter()
+    emb = embedding_frame(*embed(embedder.model, SequenceDataset(data.sequences_dir / SEQUENCES_FILE, ids),
+                                 preset.eval_batch_size))
+    embed_s = time.perf_counter() - t0
+    run = train_gbdt(data.events, labels, data.ids, preset.gbdt, extra_features=emb)
+    run.metrics["time/train_s"] += embed_s
+    art = run_dir / "models" / name
+    config, files = save_hybrid_artifacts(art / "pyfunc", run.model, run.spec, embedder, pretrained=init_uri)
+    row = ModelResult(name, run.metrics, None, run_id, roc=roc_points(run.test_label, run.test_prob))
+    return row, {"gbdt": asdict(preset.gbdt), "init_from": init_uri}, {
         "config": config, "files": files, "plots": [], "val_curve": run.val_auroc_per_round}
 
 
@@ -183,6 +231,7 @@ class ComparisonPlan:
     register: bool
     experiment: str
     common: dict = field(default_factory=dict)  # params logged on the parent run and on every model's run
+    init_from: dict[str, str] = field(default_factory=dict)  # encoder -> URI of its CoLES-pretrained model
 
 
 def _load_data(sequences_dir: Path, events_dir: Path, fold: int) -> _Data:
@@ -199,6 +248,25 @@ def _load_data(sequences_dir: Path, events_dir: Path, fold: int) -> _Data:
     )
 
 
+def data_profile(sequences_dir: Path, fold: int = 0) -> DataProfile:
+    """The labelled training customers of fold `fold`, their events and positives: what the `auto` preset is sized
+    from."""
+    split = Split.load(Path(sequences_dir) / SPLIT_FILE)
+    ids = pl.Series(split.train_ids(fold), dtype=pl.Int64)
+    rows = (pl.scan_parquet(Path(sequences_dir) / SEQUENCES_FILE)
+            .filter(pl.col(S.CUSTOMER_ID).is_in(ids) & pl.col(S.GENDER).is_not_null())
+            .select(pl.len().alias("n"), pl.col(S.SEQ_LENGTH).sum().alias("events"),
+                    (pl.col(S.GENDER) == 1).sum().alias("pos"))
+            .collect().row(0))
+    return DataProfile(n_labelled=int(rows[0]), n_events=int(rows[1] or 0), n_positive=int(rows[2] or 0))
+
+
+def resolve_preset(name: str, sequences_dir: Path, fold: int = 0, **train_overrides) -> RunPreset:
+    """`presets.get`, with `auto` sized from this sequences folder's fold."""
+    profile = data_profile(sequences_dir, fold) if name == "auto" else None
+    return get(name, profile, **train_overrides)
+
+
 def start_comparison(
     sequences_dir: Path,
     events_dir: Path,
@@ -209,14 +277,25 @@ def start_comparison(
     run_name: str | None = None,
     register: bool = True,
     experiment: str = "txseq",
+    init_from: Sequence[str] = (),
 ) -> ComparisonPlan:
     """Open the parent run of a comparison and log what every model shares; `train_one` each model, then
-    `finish_comparison`. The store is preflighted here, before any training."""
+    `finish_comparison`. The store is preflighted here, before any training.
+
+    `init_from`: URIs of CoLES-pretrained encoders (`txseq pretrain`); each adds `<encoder>_coles` (fine-tuned from
+    it) and `hybrid_<encoder>` to the default models."""
     settings = settings or load_settings()
     tracker = setup(settings, experiment)
     sequences_dir = Path(sequences_dir)
     data = _load_data(sequences_dir, Path(events_dir), fold)
-    models = tuple(m if m == "gbdt" else canonical_encoder_name(m) for m in (models or preset.models))
+    pretrained = _pretrained_encoders(init_from, data.vocab)
+    defaults = (*preset.models, *[m for e in pretrained for m in (f"{e}_coles", f"hybrid_{e}")])
+    models = tuple(_model_name(m) for m in (models or defaults))
+    for m in models:
+        kind, encoder = model_kind(m)
+        if kind in ("coles", "hybrid") and encoder not in pretrained:
+            raise ValueError(f"model {m!r} needs a pretrained {encoder} encoder: pass --init-from models:/... "
+                             f"(given: {sorted(pretrained) or 'none'})")
     # default: unique even for two runs started in the same second (a shared name would share checkpoints)
     run_name = run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{preset.name}-{os.urandom(2).hex()}"
     run_dir = settings.runs_dir / run_name
@@ -233,7 +312,20 @@ def start_comparison(
     parent = tracker.start_run(run_name, tags=tags)
     tracker.log_params(parent, {**common, "models": ",".join(models), "preset_config": preset.to_dict()})
     return ComparisonPlan(run_name, run_dir, parent, sequences_dir, Path(events_dir), preset, models, fold, settings,
-                          register, experiment, common)
+                          register, experiment, common, pretrained)
+
+
+def _pretrained_encoders(uris: Sequence[str], vocab: Vocab) -> dict[str, str]:
+    """encoder -> URI for each pretrained model (loaded once here: a wrong URI or vocabulary fails before training)."""
+    from pipeline.pretrain import load_pretrained
+
+    out: dict[str, str] = {}
+    for uri in uris:
+        cfg, _, _ = load_pretrained(uri, vocab)
+        if cfg.encoder in out:
+            raise ValueError(f"two pretrained {cfg.encoder} encoders given: {out[cfg.encoder]} and {uri}")
+        out[cfg.encoder] = uri
+    return out
 
 
 def train_one(plan: ComparisonPlan, name: str) -> ModelResult:
@@ -246,8 +338,12 @@ def train_one(plan: ComparisonPlan, name: str) -> ModelResult:
     log.info("training %s", name)
     tags = {"txseq.model": name, TAG_RUN_NAME: plan.run_name, **process_tags()}
     with tracker.run(name, parent_run_id=plan.parent_run_id, tags=tags) as child:
-        if name == "gbdt":
-            row, params, art = _train_gbdt(data, preset, child, run_dir)
+        kind, encoder = model_kind(name)
+        if kind in ("gbdt", "hybrid"):
+            if kind == "gbdt":
+                row, params, art = _train_gbdt(data, preset, child, run_dir)
+            else:
+                row, params, art = _train_hybrid(name, data, preset, plan.init_from[encoder], child, run_dir)
             for step, auc in enumerate(art["val_curve"]):
                 if math.isfinite(auc):
                     tracker.log_metrics(child, {"gbdt/val_auroc_per_round": auc}, step=step)
@@ -256,11 +352,19 @@ def train_one(plan: ComparisonPlan, name: str) -> ModelResult:
             datasets = {"train": SequenceDataset(seq_path, train_ids), "val": SequenceDataset(seq_path, val_ids),
                         "test": SequenceDataset(seq_path, test_ids)}
             datasets["stats"] = numeric_stats(datasets["train"])
-            row, params, art = _train_encoder(name, data, preset, datasets, tracker, child, run_dir)
+            init = None
+            if kind == "coles":
+                from pipeline.pretrain import load_pretrained
+
+                cfg, state, _ = load_pretrained(plan.init_from[encoder], data.vocab)
+                init = (cfg, state)
+            row, params, art = _train_encoder(name, data, preset, datasets, tracker, child, run_dir, init)
+            if init is not None:
+                params["init_from"] = plan.init_from[encoder]
         tracker.log_params(child, {**plan.common, **params})
-        per_epoch = set() if name == "gbdt" else _PER_EPOCH
+        per_epoch = set() if kind in ("gbdt", "hybrid") else _PER_EPOCH
         tracker.log_metrics(child, {k: v for k, v in row.metrics.items() if k not in per_epoch},
-                            step=max((row.epochs or 1) - 1, 0))
+                            step=row.steps or 0)
         roc_png = plot_roc({name: (*row.roc, row.metrics["test/auroc"])}, run_dir / "models" / name / "roc.png",
                            title=f"{name}: ROC (test)")
         for path in [roc_png, *art["plots"], *art["files"].values()]:
@@ -347,11 +451,14 @@ def run_comparison(
     run_name: str | None = None,
     register: bool = True,
     experiment: str = "txseq",
+    init_from: Sequence[str] = (),
 ) -> ComparisonResult:
-    """Train `models` (default: the preset's) on fold `fold`, one after the other, track, register and report.
-    Resumes the checkpoints of `run_name` when that run folder already exists. (`flows/train.py` runs the same
-    three steps with one Prefect task per model.)"""
-    plan = start_comparison(sequences_dir, events_dir, preset, models, fold, settings, run_name, register, experiment)
+    """Train `models` (default: the preset's, plus the fine-tuned and hybrid models of each `init_from` pretrained
+    encoder) on fold `fold`, one after the other, track, register and report. Resumes the checkpoints of `run_name`
+    when that run folder already exists. (`flows/train.py` runs the same three steps with one Prefect task per
+    model.)"""
+    plan = start_comparison(sequences_dir, events_dir, preset, models, fold, settings, run_name, register, experiment,
+                            init_from)
     results: list[ModelResult] = []
     try:
         for name in plan.models:
@@ -367,16 +474,17 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def markdown_table(results: Sequence[ModelResult]) -> str:
-    """model | test ROC AUC | accuracy | log-loss | train s | s/epoch | epochs | CUDA peak GiB | RSS peak GiB | params"""
-    lines = ["| model | test ROC AUC | accuracy | log-loss | train time (s) | time/epoch (s) | epochs | "
+    """model | test ROC AUC | accuracy | log-loss | train s | steps | best step | CUDA peak GiB | RSS peak GiB | params"""
+    lines = ["| model | test ROC AUC | accuracy | log-loss | train time (s) | steps | best step | "
              "CUDA peak (GiB) | RSS peak (GiB) | parameters |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         m = r.metrics
         lines.append(
             f"| {r.model} | {_fmt(m['test/auroc'], '.4f')} | {_fmt(m['test/accuracy'], '.4f')} | "
-            f"{_fmt(m['test/logloss'], '.4f')} | {_fmt(m['time/train_s'], '.1f')} | {_fmt(m['time/epoch_s'], '.1f')} | "
-            f"{r.epochs if r.epochs is not None else '—'} | {_fmt(m.get('mem/cuda_peak_gib'), '.2f')} | "
+            f"{_fmt(m['test/logloss'], '.4f')} | {_fmt(m['time/train_s'], '.1f')} | "
+            f"{r.steps if r.steps is not None else '—'} | {_fmt(m.get('train/best_step'), '.0f')} | "
+            f"{_fmt(m.get('mem/cuda_peak_gib'), '.2f')} | "
             f"{_fmt(m.get('mem/rss_peak_gib'), '.2f')} | {_fmt(m['params/n_parameters'], ',.0f')} |"
         )
     return "\n".join(lines)

@@ -22,7 +22,7 @@ def test_txseq_train_runs_the_comparison(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("TXSEQ_REGISTERED_MODEL", "compare-tests")
     rc = main(["train", "--sequences", str(data.sequences), "--events", str(data.events), "--preset", "tiny",
-               "--epochs", "2", "--device", "cpu", "--run", "t1"])
+               "--steps", "10", "--device", "cpu", "--run", "t1"])
     assert rc == 0
     out = capsys.readouterr().out
     for name in DEFAULT_MODELS:
