@@ -1,4 +1,6 @@
-"""`pipeline` flow: ingest → build_sequences → train → report, each step its own subflow (and its own artifacts).
+"""`pipeline` flow: ingest → build_sequences → [CoLES pretrain] → train → report, each step its own subflow (and its
+own artifacts). Pretraining runs only when `pretrain.encoders` names encoders; their registered URIs become the
+training's `init_from`.
 
 The nightly deployment runs this on the data root; unchanged raw files and an unchanged dataset skip ingest and
 sequences through their caches, so a night without new data only retrains.
@@ -10,6 +12,7 @@ from prefect import flow
 from pydantic import BaseModel, Field
 
 from flows.ingest import IngestParams, ingest_flow
+from flows.pretrain import PretrainParams, pretrain_flow
 from flows.sequences import SequencesParams, sequences_flow
 from flows.train import TrainParams, train_flow
 from pipeline.compare import ComparisonResult
@@ -18,6 +21,7 @@ from pipeline.compare import ComparisonResult
 class PipelineParams(BaseModel):
     ingest: IngestParams = Field(default_factory=IngestParams)
     sequences: SequencesParams = Field(default_factory=SequencesParams)
+    pretrain: PretrainParams = Field(default_factory=PretrainParams)
     train: TrainParams = Field(default_factory=TrainParams)
 
 
@@ -25,5 +29,8 @@ class PipelineParams(BaseModel):
 def pipeline(params: PipelineParams = PipelineParams()) -> ComparisonResult:
     events = ingest_flow(params.ingest)
     sequences = sequences_flow(params.sequences.model_copy(update={"events_dir": str(events.out_dir)}))
-    train = params.train.model_copy(update={"sequences_dir": str(sequences.out_dir), "events_dir": str(events.out_dir)})
-    return train_flow(train)
+    paths = {"sequences_dir": str(sequences.out_dir), "events_dir": str(events.out_dir)}
+    init_from = list(params.train.init_from)
+    if params.pretrain.encoders:
+        init_from += pretrain_flow(params.pretrain.model_copy(update=paths))
+    return train_flow(params.train.model_copy(update={**paths, "init_from": init_from}))

@@ -37,12 +37,14 @@ class TrainParams(BaseModel):
     steps: int | None = Field(None, gt=0, description="override the preset's optimiser-step budget")
     device: Literal["auto", "cpu", "cuda"] | None = Field(None, description="override the preset's device")
     max_parallel: int = Field(1, ge=1, description="models trained at the same time (threads; mind the cores)")
+    init_from: list[str] = Field(default_factory=list,
+                                 description="CoLES-pretrained encoder URIs: adds <encoder>_coles and hybrid_<encoder>")
 
 
 @task
 def start_task(p: TrainParams, sequences_dir: Path, events_dir: Path) -> ComparisonPlan:
     preset = resolve_preset(p.preset, sequences_dir, p.fold, steps=p.steps, device=p.device)
-    return start_comparison(sequences_dir, events_dir, preset, p.models or None, fold=p.fold)
+    return start_comparison(sequences_dir, events_dir, preset, p.models or None, fold=p.fold, init_from=p.init_from)
 
 
 @task(task_run_name="train-{model}")
