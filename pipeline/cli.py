@@ -36,6 +36,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("csv", "csv.gz", "parquet"), default=d.format, help="transactions file format (%(default)s)")
     p.add_argument("--signal-strength", type=float, default=d.signal_strength,
                    help="scales the planted gender signal; 0 = none (%(default)s)")
+    p.add_argument("--order-signal", type=float, default=d.order_signal,
+                   help="plants a gender signal only the order of events carries (own-gender MCCs come later; "
+                   "every per-customer aggregate unchanged); 0 = off (%(default)s)")
 
     def handler(args: argparse.Namespace) -> int:
         import time
@@ -44,7 +47,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         from pipeline.settings import load_settings
 
         config = GeneratorConfig(n_customers=args.customers, n_labelled=args.labelled, seed=args.seed, scale=args.scale,
-                                 format=args.format, signal_strength=args.signal_strength)
+                                 format=args.format, signal_strength=args.signal_strength,
+                                 order_signal=args.order_signal)
         t0 = time.perf_counter()
         out = generate(args.out or load_settings().raw_dir, config)
         print(f"{out.n_rows:,} transactions of {out.n_customers:,} customers -> {out.transactions} "
