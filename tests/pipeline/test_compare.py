@@ -66,10 +66,12 @@ def test_unusable_store_fails_before_training(tmp_path: Path, monkeypatch: pytes
 
 def test_markdown_table_shows_missing_values_as_dashes() -> None:
     metrics = {"test/auroc": 0.8, "test/accuracy": 0.7, "test/logloss": 0.5, "time/train_s": 12.0,
-               "time/epoch_s": 4.0, "params/n_parameters": 1234.0, "mem/rss_peak_gib": 1.5,
+               "train/best_step": 200.0, "params/n_parameters": 1234.0, "mem/rss_peak_gib": 1.5,
                "mem/cuda_peak_gib": float("nan")}
-    table = markdown_table([ModelResult("eam", metrics, 3, "r")])
-    assert table.splitlines()[-1] == "| eam | 0.8000 | 0.7000 | 0.5000 | 12.0 | 4.0 | 3 | — | 1.50 | 1,234 |"
+    table = markdown_table([ModelResult("eam", metrics, 300, "r"), ModelResult("gbdt", {**metrics,
+                                                                                       "train/best_step": None}, None, "g")])
+    assert table.splitlines()[-2] == "| eam | 0.8000 | 0.7000 | 0.5000 | 12.0 | 300 | 200 | — | 1.50 | 1,234 |"
+    assert table.splitlines()[-1] == "| gbdt | 0.8000 | 0.7000 | 0.5000 | 12.0 | — | — | — | 1.50 | 1,234 |"
 
 
 def _split_variant(src: Path, out: Path, seed: int, flip_training_labels: bool) -> Path:
