@@ -30,3 +30,20 @@ def test_auto_needs_the_data_and_overrides_apply() -> None:
     with pytest.raises(ValueError, match="profile"):
         get("auto")
     assert get("auto", DataProfile(400, 1000, 200), steps=50, device="cpu").train.steps == 50
+
+
+def test_the_profile_of_a_sequences_folder_counts_the_folds_labelled_training_customers(tmp_path) -> None:
+    import polars as pl
+
+    from pipeline import schema as S
+    from pipeline.compare import data_profile, resolve_preset
+    from pipeline.splits import Split
+
+    from _train_data import tiny_dataset  # tests/pipeline is on sys.path
+
+    data = tiny_dataset(tmp_path / "data")
+    seq = pl.read_parquet(data.sequences / "sequences.parquet")
+    train = seq.filter(pl.col(S.CUSTOMER_ID).is_in(Split.load(data.sequences / "split.json").train_ids(1)))
+    profile = data_profile(data.sequences, fold=1)
+    assert profile == DataProfile(train.height, int(train[S.SEQ_LENGTH].sum()), int(train[S.GENDER].sum()))
+    assert resolve_preset("auto", data.sequences, 1).train == get("auto", profile).train
