@@ -73,15 +73,6 @@ class TrainConfig:
             raise ValueError(f"pos_weight must be > 0, got {self.pos_weight}")
 
 
-def balanced_pos_weight(labels: torch.Tensor | np.ndarray) -> float:
-    """n_negative / n_positive of the known (non-NaN) 0/1 labels: the loss weight that balances the two classes
-    (1.0 when a class is missing)."""
-    y = np.asarray(labels, dtype=np.float64)
-    y = y[np.isfinite(y)]
-    pos, neg = float((y == 1).sum()), float((y == 0).sum())
-    return neg / pos if pos and neg else 1.0
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
