@@ -1,7 +1,8 @@
 """Benchmark: forward+backward time and peak memory of each sequence encoder vs sequence length.
 
-Encoders: transformer (SDPA), transformer_materialized (softmax(QKᵀ/√d)V built explicitly), performer (FAVOR+),
-infinite_former, eam; lengths 256, 1k, 4k, 16k by default. Every case (encoder × length × device) runs in a fresh
+Encoders: every entry of models.ENCODERS (transformer = SDPA and transformer_materialized = softmax(QKᵀ/√d)V built
+explicitly are the baselines), each with its config's defaults unless overridden with --set; lengths 256, 1k, 4k,
+16k by default. Every case (encoder × length × device) runs in a fresh
 subprocess, so one case's allocator state cannot leak into the next. In the child:
 
   build the encoder (train mode, dropout 0) and the input x (B, T, D) with requires_grad, all positions valid
@@ -21,6 +22,7 @@ skipped and listed as such, and so is a case whose child dies or times out.
     python bench/bench_encoders.py                                    # CPU (+ CUDA when present), defaults below
     python bench/bench_encoders.py --lengths 256 1024 --reps 1        # quick
     python bench/bench_encoders.py --device cuda --batch 8 --heads 8 --head-dim 64
+    python bench/bench_encoders.py --encoders performer eam --set performer.nb_features=64 eam.window=32
 
 Writes bench/results/encoders.json and bench/results/encoders.png (log–log time and memory vs length) and prints
 a markdown table with speed-ups and memory savings relative to SDPA and to the materialised baseline.
@@ -29,6 +31,8 @@ a markdown table with speed-ups and memory savings relative to SDPA and to the m
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
 import gc
 import json
 import math
@@ -44,14 +48,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-ENCODER_ORDER = ["transformer", "transformer_materialized", "performer", "infinite_former", "eam"]
-LABELS = {
-    "transformer": "Transformer (SDPA)",
-    "transformer_materialized": "Transformer (materialised)",
-    "performer": "Performer (FAVOR+)",
-    "infinite_former": "∞-former",
-    "eam": "EAM",
-}
+from models import ENCODERS  # noqa: E402  (after the sys.path line)
+
+ENCODER_ORDER = list(ENCODERS)
+LABELS = {name: getattr(entry.encoder_cls, "label", name) for name, entry in ENCODERS.items()}
 MIB = 2**20
 # glibc: serve every allocation ≥ 64 KiB with mmap (the default threshold adapts upwards after the first large free,
 # after which freed blocks stay in the heap and RSS stops tracking live memory)
@@ -97,20 +97,14 @@ def _maxrss_kib() -> int:
 def run_case(args: argparse.Namespace) -> dict:
     import torch
 
-    from models import ENCODERS, EAMConfig, InfiniteFormerConfig, PerformerConfig
+    from models import build_encoder
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
-    sub = {
-        "performer": PerformerConfig(nb_features=args.nb_features),
-        "infinite_former": InfiniteFormerConfig(segment_len=args.segment_len),
-        "eam": EAMConfig(window=args.window, stride=args.stride, pool_size=args.pool_size),
-    }.get(args.encoder)
     d_model = args.heads * args.head_dim
-    enc = ENCODERS[args.encoder](
-        d_model=d_model, n_layers=args.layers, n_heads=args.heads, ff_mult=4, dropout=0.0, config=sub
-    ).to(device).train()
+    enc = build_encoder(args.encoder, d_model, args.layers, args.heads, ff_mult=4, dropout=0.0,
+                        config=encoder_config(args.encoder, args.set)).to(device).train()
     x = torch.randn(args.batch, args.length, d_model, device=device, requires_grad=True)
     valid = torch.ones(args.batch, args.length, dtype=torch.bool, device=device)
 
@@ -158,6 +152,24 @@ def run_case(args: argparse.Namespace) -> dict:
     return result
 
 
+def encoder_config(encoder: str, overrides: list[str]) -> object:
+    """The encoder's config class with its defaults, except the ``ENCODER.FIELD=VALUE`` overrides naming it (VALUE is
+    a Python literal; lists become tuples)."""
+    config = ENCODERS[encoder].config_cls()
+    changes = {}
+    for item in overrides:
+        target, _, value = item.partition("=")
+        name, _, field = target.partition(".")
+        if not value or not field:
+            raise SystemExit(f"--set {item!r}: expected ENCODER.FIELD=VALUE")
+        if name not in ENCODERS or field not in {f.name for f in dataclasses.fields(ENCODERS[name].config_cls)}:
+            raise SystemExit(f"--set {item!r}: {name!r} has no config field {field!r}")
+        if name == encoder:
+            parsed = ast.literal_eval(value)
+            changes[field] = tuple(parsed) if isinstance(parsed, list) else parsed
+    return dataclasses.replace(config, **changes)
+
+
 # --- the driver -------------------------------------------------------------------------------------------------------
 def peak_mib(r: dict) -> float | None:
     """The memory figure that is compared: CUDA max allocated on GPU, extra peak RSS on CPU."""
@@ -180,19 +192,14 @@ def predict(done: list[dict], length: int, key: str, floor_exponent: float, defa
     return v1 * (length / l1) ** exponent
 
 
-def quadratic(encoder: str) -> bool:
-    return encoder in ("transformer", "transformer_materialized")
-
-
 def plan_skip(args: argparse.Namespace, done: list[dict], encoder: str, device: str, length: int) -> str | None:
     if any(r.get("status") != "ok" for r in done):
         return "a shorter length of this encoder already exceeded a budget"
     mem_key = "cuda_max_allocated_mib" if device == "cuda" else "rss_peak_mib"
-    mem_exp = 2.0 if encoder == "transformer_materialized" else 1.0
-    mem = predict(done, length, mem_key, 1.0, mem_exp)
+    mem = predict(done, length, mem_key, 1.0, 2.0)  # one point only: assume quadratic (cautious, any encoder)
     if mem is not None and mem / 1024 > args.mem_budget_gb:
         return f"predicted peak {mem / 1024:.1f} GiB > budget {args.mem_budget_gb} GiB"
-    t = predict(done, length, "time_s", 1.0, 2.0 if quadratic(encoder) else 1.0)
+    t = predict(done, length, "time_s", 1.0, 2.0)
     if t is not None and t * (args.reps + args.warmup) > args.time_budget_s:
         return f"predicted {t:.0f} s per step × {args.reps + args.warmup} > budget {args.time_budget_s:.0f} s"
     return None
@@ -217,9 +224,7 @@ def run_child(args: argparse.Namespace, encoder: str, device: str, length: int) 
 def shared_flags(args: argparse.Namespace) -> list[str]:
     return ["--batch", str(args.batch), "--heads", str(args.heads), "--head-dim", str(args.head_dim),
             "--layers", str(args.layers), "--reps", str(args.reps), "--warmup", str(args.warmup),
-            "--threads", str(args.threads), "--nb-features", str(args.nb_features),
-            "--segment-len", str(args.segment_len), "--window", str(args.window), "--stride", str(args.stride),
-            "--pool-size", str(args.pool_size)]
+            "--threads", str(args.threads), "--set", *args.set]
 
 
 def add_ratios(results: list[dict]) -> None:
@@ -314,11 +319,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads on CPU")
-    p.add_argument("--nb-features", type=int, default=128, help="Performer m")
-    p.add_argument("--segment-len", type=int, default=128, help="∞-former segment length")
-    p.add_argument("--window", type=int, default=64, help="EAM local block size")
-    p.add_argument("--stride", type=int, default=64, help="EAM sparse factor (strided keys)")
-    p.add_argument("--pool-size", type=int, default=2, help="EAM token pooling")
+    p.add_argument("--set", nargs="*", default=[], metavar="ENCODER.FIELD=VALUE",
+                   help="override a field of an encoder's config (default: the config class's defaults)")
     p.add_argument("--mem-budget-gb", type=float, default=6.0)
     p.add_argument("--time-budget-s", type=float, default=200.0, help="per case, warm-up and reps included")
     p.add_argument("--out", type=Path, default=ROOT / "bench/results/encoders.json")

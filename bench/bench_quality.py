@@ -107,7 +107,9 @@ def cpu_seconds(fn, *a, **kw):
     return value, time.process_time() - t0
 
 
-def run_setting(args: argparse.Namespace, order_signal: float, tmp: Path) -> list[dict]:
+def run_setting(args: argparse.Namespace, order_signal: float, tmp: Path, rows: list[dict], save) -> None:
+    """Runs one signal setting, appending to `rows` and calling `save()` after every model (a long run that is
+    stopped still leaves its finished rows in the JSON and the plot)."""
     seq_dir = prepare(tmp / f"order-{order_signal:g}", args, order_signal)
     seq_path = seq_dir / SEQUENCES_FILE
     split, vocab = Split.load(seq_dir / SPLIT_FILE), Vocab.load(seq_dir / VOCAB_FILE)
@@ -117,7 +119,6 @@ def run_setting(args: argparse.Namespace, order_signal: float, tmp: Path) -> lis
     pool = np.asarray(split.trainval_ids, dtype=np.int64)
     budgets = sorted({len(pool) if b == "all" else min(int(b), len(pool)) for b in args.budgets})
     test_ds = SequenceDataset(seq_path, test_ids.tolist())
-    rows: list[dict] = []
 
     # CoLES once per encoder, architecture of the smallest budget's auto preset (fine-tuning keeps it)
     tr0, _ = budget_ids(pool, budgets[0], 0)
@@ -135,6 +136,7 @@ def run_setting(args: argparse.Namespace, order_signal: float, tmp: Path) -> lis
             pretrained[enc] = (cfg, {k: v.clone() for k, v in model.state_dict().items()}, cpu)
             rows.append({"order_signal": order_signal, "model": f"pretrain_{enc}", "budget": None, "seed": None,
                          "auroc": None, "cpu_s": cpu, "recall": result.best_recall, "n_customers": len(ids)})
+            save()
             print(f"  pretrain {enc}: {len(ids)} customers, held-out recall {result.best_recall:.3f}, {cpu:.0f} CPU s",
                   flush=True)
 
@@ -148,6 +150,7 @@ def run_setting(args: argparse.Namespace, order_signal: float, tmp: Path) -> lis
             def record(model: str, auroc: float, cpu: float) -> None:
                 rows.append({"order_signal": order_signal, "model": model, "budget": budget, "seed": seed,
                              "auroc": float(auroc), "cpu_s": cpu})
+                save()
                 print(f"  order {order_signal:g}  budget {budget:5d}  seed {seed}  {model:24s} AUC {auroc:.4f}  "
                       f"{cpu:6.1f} CPU s", flush=True)
 
@@ -173,7 +176,6 @@ def run_setting(args: argparse.Namespace, order_signal: float, tmp: Path) -> lis
 
                 auc, cpu = cpu_seconds(hybrid)
                 record(f"hybrid_{enc}", auc, cpu)
-    return rows
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -246,23 +248,29 @@ def main() -> None:
     load_start = os.getloadavg()
     t0, c0 = time.perf_counter(), time.process_time()
     rows: list[dict] = []
+
+    def save(complete: bool = False) -> dict:
+        summary = summarise(rows)
+        result = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                  "complete": complete,
+                  "pretrain_config": asdict(replace(PretrainConfig(), epochs=args.pretrain_epochs)),
+                  "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_at_start": load_start,
+                              "load_now": os.getloadavg()},
+                  "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+                  "runs": rows, "summary": summary, "table": markdown_table(summary)}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1))
+        if summary:
+            plot(summary, args.plot)
+        return result
+
     with tempfile.TemporaryDirectory(prefix="txseq-bench-quality-") as tmp:
         for sig in args.order_signals:
-            rows += run_setting(args, sig, Path(tmp))
-    summary = summarise(rows)
-    table = markdown_table(summary)
-    print(table)
-    result = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-              "pretrain_config": asdict(replace(PretrainConfig(), epochs=args.pretrain_epochs)),
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_at_start": load_start,
-                          "load_at_end": os.getloadavg()},
-              "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
-              "runs": rows, "summary": summary, "table": table}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    plot(summary, args.plot)
+            run_setting(args, sig, Path(tmp), rows, save)
+    result = save(complete=True)
+    print(result["table"])
     print(f"\n{args.out}, {args.plot}; {result['wall_s']:.0f} s wall, {result['cpu_s']:.0f} CPU s, "
-          f"load {load_start[0]:.1f} -> {result['machine']['load_at_end'][0]:.1f}")
+          f"load {load_start[0]:.1f} -> {result['machine']['load_now'][0]:.1f}")
 
 
 if __name__ == "__main__":

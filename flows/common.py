@@ -53,3 +53,4 @@ def missing(paths: Iterable[Path]) -> bool:
     """True when an expected output is gone: the flow then refreshes the step's cache instead of trusting it."""
     return not all(Path(p).exists() for p in paths)
 
+

@@ -12,8 +12,11 @@ from typing import Literal
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.context import FlowRunContext
 from prefect.futures import wait
 from pydantic import BaseModel, Field
+
+from flows.hooks import MLFLOW_HOOKS, comparison_run_name
 
 from pipeline.compare import (
     ComparisonPlan,
@@ -42,9 +45,10 @@ class TrainParams(BaseModel):
 
 
 @task
-def start_task(p: TrainParams, sequences_dir: Path, events_dir: Path) -> ComparisonPlan:
+def start_task(p: TrainParams, sequences_dir: Path, events_dir: Path, run_name: str) -> ComparisonPlan:
     preset = resolve_preset(p.preset, sequences_dir, p.fold, steps=p.steps, device=p.device)
-    return start_comparison(sequences_dir, events_dir, preset, p.models or None, fold=p.fold, init_from=p.init_from)
+    return start_comparison(sequences_dir, events_dir, preset, p.models or None, fold=p.fold, run_name=run_name,
+                            init_from=p.init_from)
 
 
 @task(task_run_name="train-{model}")
@@ -59,11 +63,13 @@ def finish_task(plan: ComparisonPlan, results: list[ModelResult]) -> ComparisonR
     return result
 
 
-@flow(name="train")
+@flow(name="train", **MLFLOW_HOOKS)
 def train_flow(params: TrainParams = TrainParams()) -> ComparisonResult:
+    """Cancelled or crashed, its MLflow runs end KILLED or FAILED (hooks in flows/hooks.py), never RUNNING."""
     s = load_settings()
     sequences_dir = Path(params.sequences_dir) if params.sequences_dir else s.sequences_dir
-    plan = start_task(params, sequences_dir, Path(params.events_dir) if params.events_dir else s.events_dir)
+    run_name = comparison_run_name(FlowRunContext.get().flow_run, params.preset)
+    plan = start_task(params, sequences_dir, Path(params.events_dir) if params.events_dir else s.events_dir, run_name)
     results: list[ModelResult] = []
     for i in range(0, len(plan.models), params.max_parallel):
         wave = [train_model.submit(plan, m) for m in plan.models[i : i + params.max_parallel]]

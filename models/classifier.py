@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, NamedTuple, get_args
 
 import torch
@@ -10,13 +10,7 @@ from torch import nn
 
 from models.batch import Batch
 from models.embedding import TransactionEmbedding
-from models.encoders import (
-    ENCODERS,
-    EAMConfig,
-    InfiniteFormerConfig,
-    PerformerConfig,
-    canonical_encoder_name,
-)
+from models.encoders import build_encoder, encoder_entry
 
 Pooling = Literal["mean", "cls"]
 
@@ -25,7 +19,7 @@ Pooling = Literal["mean", "cls"]
 class ModelConfig:
     n_mcc: int  # vocabulary sizes including padding (0) and unknown (1)
     n_tr_type: int
-    encoder: str = "transformer"  # a key of ENCODERS, or an alias ("informer" = "infinite_former")
+    encoder: str = "transformer"  # a key of ENCODERS
     n_numeric: int = 4
     d_model: int = 64
     n_layers: int = 2
@@ -37,12 +31,15 @@ class ModelConfig:
     tr_type_dim: int = 16
     numeric_dim: int = 16
     time_dim: int = 16  # sinusoidal features of the time before the customer's last event; 0 = none
-    performer: PerformerConfig = field(default_factory=PerformerConfig)
-    infinite_former: InfiniteFormerConfig = field(default_factory=InfiniteFormerConfig)
-    eam: EAMConfig = field(default_factory=EAMConfig)
+    encoder_config: Any = None  # an instance of ENCODERS[encoder].config_cls; None = its defaults
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "encoder", canonical_encoder_name(self.encoder))
+        entry = encoder_entry(self.encoder)
+        if self.encoder_config is None:
+            object.__setattr__(self, "encoder_config", entry.config_cls())
+        elif not isinstance(self.encoder_config, entry.config_cls):
+            raise ValueError(f"encoder {self.encoder!r} takes a {entry.config_cls.__name__} as encoder_config, "
+                             f"got {type(self.encoder_config).__name__}")
         if self.pooling not in get_args(Pooling):
             raise ValueError(f"pooling must be one of {get_args(Pooling)}, got {self.pooling!r}")
         if self.d_model % self.n_heads:
@@ -50,23 +47,32 @@ class ModelConfig:
         if min(self.n_mcc, self.n_tr_type) < 2:
             raise ValueError("vocabulary sizes include padding (0) and unknown (1): they must be >= 2")
 
-    def encoder_config(self) -> PerformerConfig | InfiniteFormerConfig | EAMConfig | None:
-        """The typed sub-configuration of the chosen encoder (None for the Transformers)."""
-        return {"performer": self.performer, "infinite_former": self.infinite_former, "eam": self.eam}.get(self.encoder)
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        """Inverse of ``to_dict`` (also after a JSON round trip: lists become tuples again)."""
-        subs = {"performer": PerformerConfig, "infinite_former": InfiniteFormerConfig, "eam": EAMConfig}
-        kwargs = dict(d)
-        for name, sub_cls in subs.items():
-            if name in kwargs and isinstance(kwargs[name], dict):
-                sub = {f.name: kwargs[name][f.name] for f in fields(sub_cls) if f.name in kwargs[name]}
-                kwargs[name] = sub_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in sub.items()})
-        return cls(**kwargs)
+        """Inverse of ``to_dict`` (also after a JSON round trip: lists become tuples again).
+
+        Also reads the format saved before ``encoder_config`` existed (one key per encoder: ``performer``,
+        ``infinite_former``, ``eam``): the chosen encoder's entry becomes its ``encoder_config``. Such a config
+        naming ``informer`` is refused: that name then meant the ∞-former and now means the ProbSparse Informer.
+        """
+        own = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in own}  # (drops the old per-encoder keys)
+        name = kwargs.get("encoder", "transformer")
+        sub = kwargs.pop("encoder_config", None)
+        legacy = "encoder_config" not in d
+        if legacy and name == "informer":
+            raise ValueError("this model config predates the ProbSparse Informer: its encoder 'informer' was an alias "
+                             "of 'infinite_former'; set encoder='infinite_former' to load it as it was trained")
+        if legacy:
+            sub = d.get(name)
+        entry = encoder_entry(name)
+        if isinstance(sub, dict):
+            known = {f.name for f in fields(entry.config_cls)}
+            sub = entry.config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in sub.items() if k in known})
+        return cls(**kwargs, encoder_config=sub)
 
 
 class ClassifierOutput(NamedTuple):
@@ -138,12 +144,7 @@ def build_model(cfg: ModelConfig) -> SequenceClassifier:
         time_dim=cfg.time_dim,
         dropout=cfg.dropout,
     )
-    encoder = ENCODERS[cfg.encoder](
-        d_model=cfg.d_model,
-        n_layers=cfg.n_layers,
-        n_heads=cfg.n_heads,
-        ff_mult=cfg.ff_mult,
-        dropout=cfg.dropout,
-        config=cfg.encoder_config(),
+    encoder = build_encoder(
+        cfg.encoder, cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.ff_mult, cfg.dropout, cfg.encoder_config
     )
     return SequenceClassifier(embedding, encoder, cfg.d_model, cfg.pooling, cfg.dropout)

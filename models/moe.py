@@ -6,7 +6,8 @@
     balance aux = E · Σ_e f_e · P_e, f_e = share of the N·k assignments that went to e, P_e = mean of p_e over
             valid tokens. It equals 1 for uniform routing and grows towards E as routing concentrates on fewer
             experts (the differentiable part is P; f carries no gradient).
-Padded tokens are never routed and do not enter the loss. No capacity limit: no token is ever dropped, so the
+Padded tokens are never routed and do not enter the loss. In training the layer counts its assignments
+(``ExpertUsage``) and reports each expert's share per epoch through ``pop_stats`` (logged by the trainer). No capacity limit: no token is ever dropped, so the
 layer is exact (and padding invariant); each expert runs only on the tokens routed to it.
 """
 
@@ -42,6 +43,27 @@ def load_balancing_loss(probs: torch.Tensor, experts: torch.Tensor, n_experts: i
     return n_experts * (f * p).sum()
 
 
+class ExpertUsage:
+    """Expert assignment counts accumulated over training steps (on the device, no sync per step); ``pop`` turns them
+    into each expert's share of all assignments and resets. Not a buffer: it is not saved with the model."""
+
+    def __init__(self, n_experts: int, prefix: str = "") -> None:
+        self.n_experts, self.prefix = n_experts, prefix
+        self.counts: torch.Tensor | None = None
+
+    def add(self, experts: torch.Tensor) -> None:
+        """experts (..., k) long: the chosen experts of the valid tokens."""
+        c = torch.bincount(experts.detach().reshape(-1), minlength=self.n_experts)
+        self.counts = c if self.counts is None else self.counts + c
+
+    def pop(self) -> dict[str, float]:
+        if self.counts is None:
+            return {}
+        shares = (self.counts / self.counts.sum().clamp_min(1)).tolist()
+        self.counts = None
+        return {f"{self.prefix}expert_share_{e}": s for e, s in enumerate(shares)}
+
+
 class MoEFeedForward(nn.Module):
     """Drop-in for ``FeedForward``: forward(x (B, T, D), valid (B, T)) -> (y (B, T, D), balancing loss ())."""
 
@@ -55,11 +77,14 @@ class MoEFeedForward(nn.Module):
             nn.Sequential(nn.Linear(d_model, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, d_model))
             for _ in range(n_experts)
         )
+        self.usage = ExpertUsage(n_experts)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, t, d = x.shape
         tokens = x[valid]  # (N, D) valid tokens only
         routing = route(self.gate(tokens), self.top_k)
+        if self.training:
+            self.usage.add(routing.experts)
         out = torch.zeros_like(tokens)
         for e, expert in enumerate(self.experts):
             token_idx, slot = torch.where(routing.experts == e)  # tokens routed to e and in which of their k slots
@@ -70,3 +95,7 @@ class MoEFeedForward(nn.Module):
         full = x.new_zeros(b, t, d)
         full[valid] = out
         return full, load_balancing_loss(routing.probs, routing.experts, self.n_experts)
+
+    def pop_stats(self) -> dict[str, float]:
+        """Each expert's share of the training assignments since the last call (``ReportsStats``)."""
+        return self.usage.pop()

@@ -45,9 +45,13 @@ from pipeline import schema
 from pipeline.ingest import IngestConfig, IngestError, check_columns, split_combined, validate_combined
 from pipeline.io import (
     TableError,
+    check_input,
+    check_readable,
     is_gzip,
     is_parquet,
+    open_table,
     parquet_files,
+    printable,
     remove_dead_temp,
     scan_table,
     sha256_file,
@@ -136,36 +140,40 @@ def input_files(source: Path) -> list[Path]:
 
 def check_inputs(source: Path) -> list[Path]:
     """The files behind `source`, each checked as far as it can be without reading its rows: it exists, has a
-    readable header or Parquet footer, the required columns and a data row. Raises IngestError naming the file, so a bad
-    input is reported before a model is loaded (problems further into a file, such as a .gz that ends early, surface
-    while scoring, also as IngestError)."""
+    readable header or Parquet footer, the required columns (none nested) and a data row, and a CSV can be read to its
+    end (a .gz that ends early). Raises IngestError naming the file, so a bad input is reported before a model is
+    loaded (a corrupt Parquet page still surfaces while scoring, also as IngestError)."""
     try:
         files = input_files(Path(source))
     except FileNotFoundError as e:
         raise IngestError(str(e)) from e
     for f in files:
         try:
-            names = scan_table(f).collect_schema().names()
+            check_input(f)
+            found = scan_table(f).collect_schema()
+            if not is_parquet(f):
+                check_readable(f)  # a truncated .gz is found here, before the model is loaded
         except TableError as e:
             raise IngestError(str(e)) from e
-        check_columns([n.strip().lstrip("\ufeff") for n in names], str(f), allow_extra=True)
+        check_columns([n.strip().lstrip("\ufeff") for n in found.names()], str(f), allow_extra=True,
+                      dtypes={n.strip().lstrip("\ufeff"): t for n, t in found.items()})
     try:
         if is_parquet(files[0]):  # a Parquet file or folder: the footers hold the row counts
             empty = pl.scan_parquet(files).select(pl.len()).collect().item() == 0
         else:  # a CSV input is one file
             empty = not _csv_has_a_row(files[0])
     except (pl.exceptions.PolarsError, OSError, EOFError) as e:
-        raise IngestError(f"{source}: cannot be read: {e}") from e
+        raise IngestError(f"{source}: cannot be read: {printable(str(e), 200)}") from e
     if empty:
         raise IngestError(f"{source}: no data rows (header only)")
     return files
 
 
 def _csv_has_a_row(path: Path) -> bool:
-    """A non-blank line after the header (plain or gzip; reads two lines)."""
+    """A non-blank line after the header (plain or gzip; reads up to the first one, a line at a time)."""
     with (gzip.open if is_gzip(path) else open)(path, "rb") as fh:
         fh.readline(1 << 20)
-        return bool(fh.readline(1 << 20).strip())
+        return any(line.strip() for line in iter(lambda: fh.readline(1 << 20), b""))
 
 
 def score_file(
@@ -308,13 +316,14 @@ def _stage(files: Sequence[Path], staging: Path, config: ScoreConfig, ingest: In
         try:
             # One pass: accepted rows into their customer bucket, rejected rows into bucket `n_buckets`, then
             # split (two sinks of validate()'s two frames would run the validation twice).
-            combined = validate_combined(scan_table(f), str(f), ingest)
             bucket = pl.when(pl.col(schema.REASON).is_null()).then(pl.col(schema.CUSTOMER_ID).hash(seed=0) % n_buckets)
             folder = staging / "events" / f"{i:05d}"
-            combined.with_columns(bucket.fill_null(n_buckets).alias(_BUCKET)).sink_parquet(
-                pl.PartitionBy(folder, key=_BUCKET, include_key=False), mkdir=True,
-                compression="lz4", statistics=False,  # read back whole, once: cheap to write, nothing to prune
-            )
+            with open_table(f) as table:  # a CSV is read through its checked, bounded copy
+                combined = validate_combined(table.lf, str(f), ingest)
+                combined.with_columns(bucket.fill_null(n_buckets).alias(_BUCKET)).sink_parquet(
+                    pl.PartitionBy(folder, key=_BUCKET, include_key=False), mkdir=True,
+                    compression="lz4", statistics=False,  # read back whole, once: cheap to write, nothing to prune
+                )
             part = staging / "rejects" / f"{i:05d}.parquet"
             part.parent.mkdir(exist_ok=True)
             rejected = sorted((folder / f"{_BUCKET}={n_buckets}").glob("*.parquet"))
@@ -327,7 +336,7 @@ def _stage(files: Sequence[Path], staging: Path, config: ScoreConfig, ingest: In
             raise IngestError(str(e)) from e
         except (pl.exceptions.PolarsError, OSError) as e:  # a truncated .gz, a corrupt Parquet page
             first_line = (str(e).strip() or type(e).__name__).splitlines()[0]
-            raise IngestError(f"{f}: cannot be read to the end: {first_line}") from e
+            raise IngestError(f"{f}: cannot be read to the end: {printable(first_line, 200)}") from e
         reject_parts.append(part)
     by_key: dict[int, list[Path]] = {}
     for p in sorted((staging / "events").glob(f"*/{_BUCKET}=*/*.parquet")):

@@ -68,18 +68,23 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "ingest",
         help="raw CSV/Parquet transactions -> validated events Parquet + rejects + manifest",
-        description="Validate raw transaction files (CSV plain or .gz with ',' or ';', Parquet file or folder) into "
-        "<out>/events/ and <out>/rejects/ (one part per input, named by its sha256) and record rows in = accepted + "
-        "rejected per file in <out>/manifest.json. Re-ingesting a file is a no-op; rows already ingested from "
-        "another file are rejected as duplicate_of_ingested_row. File-level problems exit with status 2.",
+        description="Validate raw transaction files (CSV plain or .gz with ',' or ';', Parquet file or folder, or a "
+        "folder of CSV/CSV.gz files) into <out>/events/ and <out>/rejects/ (one part per input file, named by its "
+        "sha256) and record rows in = accepted + rejected (by reason) and blank lines per file in "
+        "<out>/manifest.json. A folder is committed whole (all of its files or none); --atomic does the same for "
+        "all inputs. Re-ingesting a file is a no-op; rows already ingested from another file are rejected as "
+        "duplicate_of_ingested_row. File-level problems exit with status 2 and say which inputs were committed.",
     )
-    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="raw transactions file(s) or Parquet folder(s)")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
+                   help="raw transactions file(s), Parquet folder(s) or folder(s) of CSV files")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: <data root>/events)")
     p.add_argument("--max-day", type=int, default=d.max_day, help="largest accepted day number (%(default)s)")
     p.add_argument("--max-abs-amount", type=float, default=d.max_abs_amount, help="largest accepted |amount| (%(default)g)")
     p.add_argument("--allow-extra-columns", action="store_true", help="drop unknown columns instead of refusing the file")
     p.add_argument("--dedupe-date-only", action="store_true",
                    help='also reject repeated date-only ("<day> 00:00:00") rows of one file as duplicate_row')
+    p.add_argument("--atomic", action="store_true",
+                   help="commit all inputs or none (default: each input whole, in order, up to a failing one)")
 
     def handler(args: argparse.Namespace) -> int:
         from pipeline.ingest import IngestError, ingest
@@ -91,11 +96,12 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
                               allow_extra_columns=args.allow_extra_columns, dedupe_date_only=args.dedupe_date_only)
         try:
             inputs, (out,) = check_io_paths(args.inputs, [args.out or load_settings().events_dir])
-            result = ingest(inputs, out, config)
+            result = ingest(inputs, out, config, atomic=args.atomic)
         except (IngestError, PathError) as e:
             print(f"txseq ingest: error: {e}", file=sys.stderr)
             return 2
         print(result.format_table())
+        print(result.summary())
         print(f"manifest: {out / 'manifest.json'}")
         return 0
 
@@ -156,6 +162,19 @@ def _add_sequences(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=handler)
 
 
+class _EncoderListHelp(argparse.HelpFormatter):
+    """Writes the registry's encoder names into help texts holding ``{encoders}``, only when help is printed
+    (importing `models` loads torch, seconds that every other `txseq` call should not pay)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = super()._get_help_string(action)
+        if text and "{encoders}" in text:
+            from models import comparison_encoders
+
+            text = text.replace("{encoders}", ",".join(comparison_encoders()))
+        return text
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     """`txseq train`: train/compare models, track in MLflow, register (owner: pipeline.train / compare)."""
     from pathlib import Path
@@ -167,11 +186,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "register each as a pyfunc model (the `champion` alias moves only on a better test ROC AUC on the same "
         "split), and write report.md + report.png under <data root>/runs/<run>/. Re-running with the same --run "
         "resumes from the last epoch checkpoints.",
+        formatter_class=_EncoderListHelp,
     )
     p.add_argument("--sequences", type=Path, help="sequences folder (default: <data root>/sequences)")
     p.add_argument("--events", type=Path, help="validated events folder (default: <data root>/events)")
     p.add_argument("--models", default=None,
-                   help="comma-separated: transformer,performer,infinite_former,eam,gbdt (default: all of them)")
+                   help="comma-separated: {encoders},gbdt (default: all of them)")
     p.add_argument("--preset", default="auto", choices=["auto", "tiny", "demo", "full"],
                    help="run configuration; auto sizes the model and the step budget from the labelled customers "
                    "and their events (%(default)s)")
@@ -290,7 +310,8 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", required=True, help="models:/<name>@champion, models:/<name>/<version> or runs:/<id>/…")
     p.add_argument("--input", type=Path, help="raw transactions: Parquet/CSV file or folder")
-    p.add_argument("--output", type=Path, help="scores Parquet (rejects go to <output>.rejects.parquet)")
+    p.add_argument("--output", type=Path, help="scores Parquet <stem>.parquet (rejects go to <stem>.rejects.parquet "
+                   "beside it)")
     p.add_argument("--landing", type=Path, help="landing folder: score each new file once (instead of --input)")
     p.add_argument("--out-dir", type=Path, help="with --landing: scores, rejects and the ledger of scored files")
     p.add_argument("--chunk-rows", type=int, default=2_000_000, help="validated rows scored at once (%(default)s)")

@@ -80,14 +80,6 @@ def _sha256(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
 
 
-def _input_example(events: pl.LazyFrame, customer_ids: Sequence[int], max_rows: int = 20):
-    """A few raw-schema rows (as strings, like a CSV read) of two customers: the pyfunc's input example."""
-    ids = pl.Series(list(customer_ids)[:2], dtype=pl.Int64)
-    rows = (events.filter(pl.col(S.CUSTOMER_ID).is_in(ids)).sort(S.CUSTOMER_ID, S.EVENT_TIME)
-            .select([pl.col(c).cast(pl.String) for c in S.RAW_COLUMNS]).head(max_rows).collect())
-    return rows.to_pandas()
-
-
 def _peak(history: Sequence[dict[str, float]], key: str) -> float:
     values = [h[key] for h in history if key in h]
     return max(values) if values else float("nan")
@@ -151,6 +143,7 @@ def _train_encoder(name: str, data: _Data, preset: RunPreset, datasets: dict, tr
         tc,
         tracker.logger(run_id),
         run_dir / "checkpoints" / name,
+        name=name,
     )
     device = resolve_device(tc.device)
     test = evaluate(model, make_loader(test_ds, batch_size=preset.eval_batch_size), device, tc.precision)
@@ -328,6 +321,14 @@ def _pretrained_encoders(uris: Sequence[str], vocab: Vocab) -> dict[str, str]:
     return out
 
 
+def end_comparison_runs(run_name_suffix: str, status: str, reason: str, settings: Settings | None = None,
+                        experiment: str = "txseq") -> list[str]:
+    """End the RUNNING runs (parent and nested) of the comparisons whose run name ends with `run_name_suffix` as
+    `status`: KILLED for a cancelled flow run, FAILED for a crashed one (the flows' hooks call this)."""
+    tracker = setup(settings or load_settings(), experiment)
+    return tracker.end_running_runs(f"tags.`{TAG_RUN_NAME}` LIKE '%{run_name_suffix}'", status, reason)
+
+
 def train_one(plan: ComparisonPlan, name: str) -> ModelResult:
     """Train, test, log and (optionally) register one model as a nested run under the plan's parent run.
     The champion alias is decided later, by `finish_comparison`."""
@@ -372,7 +373,7 @@ def train_one(plan: ComparisonPlan, name: str) -> ModelResult:
         if plan.register:
             version = log_model(
                 tracker, child, artifacts_dir=run_dir / "models" / name / "pyfunc", config=art["config"],
-                files=art["files"], input_example=_input_example(data.events, test_ids),
+                files=art["files"],
                 registered_model=plan.settings.registered_model,
                 version_tags={TAG_SPLIT_ID: data.split.split_id, TAG_TEST_AUROC: f"{row.metrics['test/auroc']:.6f}",
                               "model": name, "preset": preset.name, "run_id": child},

@@ -7,6 +7,7 @@ installed with MLflow) with an explicit list of trusted types: no pickle is ever
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from pipeline import schema as S
 from pipeline.features import FeatureConfig, FeatureSpec, build_features, fit_feature_spec
 from pipeline.metrics import MemoryMonitor, classification_metrics
+
+log = logging.getLogger(__name__)
 
 # The only non-builtin type a fitted HistGradientBoostingClassifier holds (checked by tests/pipeline/test_gbdt.py).
 TRUSTED_TYPES = ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
@@ -33,6 +36,7 @@ class GBDTConfig:
     l2_regularization: float = 1.0
     seed: int = 0
     features: FeatureConfig = field(default_factory=FeatureConfig)
+    log_every: int = 50  # a progress line (round, validation ROC AUC, elapsed) every this many boosting rounds
 
 
 def _classifier(config: GBDTConfig, max_iter: int) -> HistGradientBoostingClassifier:
@@ -54,11 +58,29 @@ def fit_gbdt(
 
     Returns the model and the validation ROC AUC after each round.
     """
-    full = _classifier(config, config.max_iter).fit(x_train, y_train)
+    full = _fit_in_stages(_classifier(config, config.max_iter), x_train, y_train, x_val, y_val, config.log_every)
     val_auc = [classification_metrics(y_val, p[:, 1])["auroc"] for p in full.staged_predict_proba(x_val)]
     best = int(np.nanargmax(val_auc)) + 1 if np.isfinite(val_auc).any() else len(val_auc)
-    model = full if best == full.n_iter_ else _classifier(config, best).fit(x_train, y_train)
-    return model, val_auc
+    if best == full.n_iter_:
+        return full, val_auc
+    log.info("gbdt: refit to the best round count, %d (val auroc %.4f)", best, val_auc[best - 1])
+    return _classifier(config, best).fit(x_train, y_train), val_auc
+
+
+def _fit_in_stages(
+    model: HistGradientBoostingClassifier, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, every: int
+) -> HistGradientBoostingClassifier:
+    """`model.fit` in warm-started stages of `every` rounds, logging progress after each (the same trees as one
+    fit: warm starting keeps the bins and the trees and continues from the same raw predictions)."""
+    total, t0 = model.max_iter, time.perf_counter()
+    model.set_params(warm_start=True)
+    for stop in range(min(every, total), total + every, every):
+        model.set_params(max_iter=min(stop, total)).fit(x, y)
+        auc = classification_metrics(y_val, model.predict_proba(x_val)[:, 1])["auroc"]
+        log.info("gbdt: round %d/%d  val auroc %.4f  %.1f s", model.n_iter_, total, auc, time.perf_counter() - t0)
+        if model.n_iter_ >= total:
+            break
+    return model.set_params(warm_start=False)
 
 
 def save_gbdt(model: HistGradientBoostingClassifier, path: Path) -> Path:

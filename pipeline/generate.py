@@ -7,7 +7,10 @@ know about it:
   share) — derived by `derive_calibration` and committed as `pipeline/resources/calibration.json`;
 - the published statistics of the full file (SOURCE.md): per-customer counts (34% ≤214, 28% 215–428, 18% 429–642,
   9% 643–856, 5% 857–1071, 1% >1929, mean ≈457, max tens of thousands), days 0–456, ~81% negative amounts;
-- the real labelled customer ids and genders from `gender_train.csv` when `../shared` is present.
+- the label balance of the real `gender_train.csv` (`REAL_LABELLED`); ids are synthetic 8-digit numbers.
+
+Nothing is read from outside the package: the same config gives the same files on any machine (a digest is pinned
+in tests/pipeline/test_generate.py), whether or not `../shared` sits beside the project.
 
 Planted signal (see `GeneratorConfig` and docs/readme/ingest-and-generator.md). Each customer has a latent
 direction d = (+1 male / -1 female) · s, where s ~ N(1, heterogeneity) varies by customer (some customers even lean
@@ -84,7 +87,6 @@ class GeneratorConfig:
     heterogeneity: float = 1.1  # sd of the customer-level signal multiplier s ~ N(1, heterogeneity)
     mcc_taste_sd: float = 1.0  # customer-level noise on purchase-MCC log-weights
     chunk_customers: int = 2_000  # customers generated and written at a time (memory bound)
-    use_real_labels: bool = True  # take ids and genders from ../shared gender_train.csv when present
     gzip_level: int = 1
 
     @property
@@ -203,20 +205,9 @@ def draw_counts(n: int, rng: np.random.Generator, mean_count: float = 457.0, max
 def _customers(config: GeneratorConfig, rng: np.random.Generator) -> pl.DataFrame:
     """customer_id, gender (latent for unlabelled customers), labelled flag; rows in file order."""
     n, n_lab = config.customers, config.labelled
-    real = settings.shared_data_dir() if config.use_real_labels else None
-    ids = np.empty(0, dtype=np.int64)
-    genders = np.empty(0, dtype=np.int8)
-    if real is not None:
-        labels = pl.read_csv(real / "gender_train.csv", schema_overrides={schema.CUSTOMER_ID: pl.Int64, schema.GENDER: pl.Int8})
-        take = rng.permutation(labels.height)[: min(n_lab, labels.height)]
-        ids = labels[schema.CUSTOMER_ID].to_numpy()[take]
-        genders = labels[schema.GENDER].to_numpy()[take]
     p_one = REAL_LABELLED[1] / sum(REAL_LABELLED)
-    n_more = n - len(ids)
-    if n_more:
-        pool = rng.choice(100_000_000, size=n, replace=False)  # 8-digit-range ids like the real ones
-        ids = np.concatenate([ids, pool[~np.isin(pool, ids)][:n_more]])
-        genders = np.concatenate([genders, (rng.random(n_more) < p_one).astype(np.int8)])
+    ids = rng.choice(100_000_000, size=n, replace=False)  # 8-digit-range ids like the real ones
+    genders = (rng.random(n) < p_one).astype(np.int8)
     labelled = np.arange(n) < n_lab
     order = rng.permutation(n)
     return pl.DataFrame(

@@ -1,13 +1,20 @@
 """Raw transactions (CSV/Parquet) -> validated, typed events Parquet + rejects Parquet + a reconciling manifest.
 
-    raw file ──scan_table──▶ strings ──validate──▶ events (schema.EVENTS_SCHEMA)   events/part-<sha16>.parquet
-                                               └──▶ rejects (schema.REJECTS_SCHEMA) rejects/part-<sha16>.parquet
-                                                    manifest.json: per file sha256, rows in = accepted + rejected
+    raw file ──open_table──▶ strings ──validate──▶ events (schema.EVENTS_SCHEMA)   events/part-<sha16>.parquet
+                                                └──▶ rejects (schema.REJECTS_SCHEMA) rejects/part-<sha16>.parquet
+                                                     manifest.json: per file sha256, rows in = accepted + rejected,
+                                                     rejects by reason, blank lines (not records, not counted in rows)
 
 Per-row checks, first failing one wins (reason code, offending column):
+    wrong_field_count     a CSV record with more or fewer fields than the header (the Sberbank export writes an
+                          empty term_id as a trailing empty field, so a missing last field is not read as empty)
+    record_too_long       a CSV record longer than raw_csv.MAX_RECORD_BYTES (1 MiB; its text is not kept)
     missing_value         a required field is empty                                   (that column)
     invalid_utf8          a field held bytes that are not UTF-8 (read lossily)        (that column)
-    not_an_integer        customer_id / mcc_code / tr_type not a base-10 integer      (that column)
+    not_an_integer        customer_id / mcc_code / tr_type not an ASCII base-10 integer without a sign ("+101"
+                          is refused; "5411.0" is read as 5411)                        (that column)
+    ambiguous_id          customer_id written with leading zeros ("0102"): an identifier, it would merge with
+                          "102" if read as a number (codes keep their zero padding: mcc "0742" is 742)
     unparseable_datetime  tr_datetime not "<day> HH:MM:SS" (hour 0-23, minute 0-59, second 0-60; 60 reads as 59)
     day_out_of_range      day < 0 or day > max_day
     unparseable_amount    amount not a decimal number ("1,5" is not silently read as 1.5)
@@ -28,6 +35,8 @@ file's content hash, and the manifest is written last: ingesting the same file a
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -37,16 +46,33 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
-from pipeline import schema
-from pipeline.io import REPLACEMENT_CHAR, TableError, atomic_path, scan_table, sha256_file, write_text_atomic
+from pipeline import raw_csv, schema
+from pipeline.io import (
+    REPLACEMENT_CHAR,
+    TableError,
+    atomic_path,
+    check_input,
+    first_line,
+    folder_inputs,
+    open_table,
+    printable,
+    remove_dead_temp,
+    scan_table,
+    sha256_file,
+    temp_path,
+    write_text_atomic,
+)
 
 MANIFEST = "manifest.json"
 EVENTS_DIR = "events"
 REJECTS_DIR = "rejects"
 REASONS: tuple[str, ...] = (
+    raw_csv.WRONG_FIELD_COUNT,
+    raw_csv.RECORD_TOO_LONG,
     "missing_value",
     "invalid_utf8",
     "not_an_integer",
+    "ambiguous_id",
     "unparseable_datetime",
     "day_out_of_range",
     "unparseable_amount",
@@ -59,8 +85,13 @@ BATCH_ROWS = 500_000  # rows validated and written at a time
 DEDUP_BUCKET_ROWS = 8_000_000  # rows checked for repeats at a time (~0.3 GB)
 INTEGER_COLUMNS = (schema.CUSTOMER_ID, schema.MCC_CODE, schema.TR_TYPE)
 REQUIRED_COLUMNS = tuple(c for c in schema.RAW_COLUMNS if c not in schema.RAW_OPTIONAL_COLUMNS)
-_TIME = r"^\d{1,2}:\d{2}:\d{2}$"  # after "<day> "; hour 0-23, minute 0-59, second 0-60 checked numerically
-_INTEGER_DOT0 = r"^\+?\d+\.0*$"  # spreadsheets turn 5411 into "5411.0"; that is still the integer 5411
+# ASCII digits only ("\d" would match "٥" or "５", which no cast reads).
+_TIME = r"^[0-9]{1,2}:[0-9]{2}:[0-9]{2}$"  # after "<day> "; hour 0-23, minute 0-59, second 0-60 checked numerically
+_INTEGER_DOT0 = r"^[0-9]+\.0*$"  # spreadsheets turn 5411 into "5411.0"; that is still the integer 5411
+_LEADING_ZERO = r"^0[0-9]"  # "0102": the id "0102", not the number 102
+_EXPECTED = {schema.CUSTOMER_ID: "an integer id", schema.TR_DATETIME: 'text "<day> HH:MM:SS"',
+             schema.MCC_CODE: "an integer code", schema.TR_TYPE: "an integer code", schema.AMOUNT: "a number",
+             schema.TERM_ID: "text"}
 
 
 class IngestError(Exception):
@@ -80,19 +111,25 @@ class IngestConfig:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def check_columns(names: Sequence[str], source_file: str, allow_extra: bool = False) -> None:
-    """File-level column check: every required raw column present; no unknown column unless allowed."""
+def check_columns(names: Sequence[str], source_file: str, allow_extra: bool = False,
+                  dtypes: dict[str, pl.DataType] | None = None) -> None:
+    """File-level column check: every required raw column present; no unknown column unless allowed; with the
+    `dtypes` of a typed (Parquet) input, no raw column nested (a list or struct per row)."""
     missing = [c for c in REQUIRED_COLUMNS if c not in names]
     extra = [c for c in names if c not in schema.RAW_COLUMNS]
-    found = ", ".join(names) if names else "none"
+    found = printable(", ".join(names)) if names else "none"
     if missing:
         hint = " — is the delimiter ',' or ';'?" if len(names) == 1 else ""
         raise IngestError(f"{source_file}: missing column(s) {', '.join(missing)} (found: {found}){hint}")
     if extra and not allow_extra:
         raise IngestError(
-            f"{source_file}: unknown column(s) {', '.join(extra)} (expected {', '.join(schema.RAW_COLUMNS)}; "
+            f"{source_file}: unknown column(s) {printable(', '.join(extra))} (expected {', '.join(schema.RAW_COLUMNS)}; "
             "allow_extra_columns / --allow-extra-columns drops them)"
         )
+    for c in schema.RAW_COLUMNS:
+        if dtypes and c in dtypes and dtypes[c].is_nested():
+            raise IngestError(f"{source_file}: column {c} holds {dtypes[c]} values; expected one value per row "
+                              f"({_EXPECTED[c]})")
 
 
 def _numeric_columns(dtypes: dict[str, pl.DataType]) -> frozenset[str]:
@@ -112,17 +149,22 @@ def _numeric_columns(dtypes: dict[str, pl.DataType]) -> frozenset[str]:
 def _raw_columns(lf: pl.LazyFrame, source_file: str, config: IngestConfig, text_only: bool = False
                  ) -> tuple[pl.LazyFrame, frozenset[str]]:
     """The raw columns (Strings, except the `_numeric_columns` kept typed), `term_id` added if absent, plus the
-    1-based source row; and the names of the typed columns. `text_only` casts every column to String."""
+    1-based source row and `raw_csv.FLAG` (null unless the CSV pass flagged the record); and the names of the typed
+    columns. `text_only` casts every column to String. A nested column (list, struct) is a file-level error."""
     names = lf.collect_schema().names()
     renamed = {n: n.strip().lstrip("\ufeff") for n in names if n != n.strip().lstrip("\ufeff")}
     if renamed:
         lf = lf.rename(renamed)
         names = [renamed.get(n, n) for n in names]
-    check_columns(names, source_file, config.allow_extra_columns)
-    numeric = frozenset() if text_only else _numeric_columns(dict(lf.collect_schema().items()))
+    flagged = raw_csv.FLAG in names
+    names = [n for n in names if n != raw_csv.FLAG]
+    dtypes = dict(lf.collect_schema().items())
+    check_columns(names, source_file, config.allow_extra_columns, dtypes)
+    numeric = frozenset() if text_only else _numeric_columns(dtypes)
+    flag = pl.col(raw_csv.FLAG) if flagged else pl.lit(None, pl.String).alias(raw_csv.FLAG)
     return lf.select(
         [pl.col(c) if c in numeric else pl.col(c).cast(pl.String) if c in names else pl.lit(None, pl.String).alias(c)
-         for c in schema.RAW_COLUMNS]
+         for c in schema.RAW_COLUMNS] + [flag]
     ).with_row_index(schema.SOURCE_ROW, offset=1), numeric
 
 
@@ -177,9 +219,12 @@ def _annotate(lf: pl.LazyFrame, source_file: str, config: IngestConfig, text_onl
         checks.append((pl.col(c).str.contains(REPLACEMENT_CHAR, literal=True).fill_null(False), "invalid_utf8", c))
     for c in INTEGER_COLUMNS:
         bad = pl.col(f"_{c}").is_null() | (pl.col(f"_{c}") < 0) | (pl.col(f"_{c}") > int_max[c])
-        checks.append((bad if c in numeric else bad | pl.col(st[c]).str.starts_with("-"), "not_an_integer", c))
+        signed = pl.col(st[c]).str.starts_with("-") | pl.col(st[c]).str.starts_with("+") if c not in numeric else None
+        checks.append((bad if c in numeric else bad | signed, "not_an_integer", c))
+    if schema.CUSTOMER_ID not in numeric:
+        checks.append((pl.col(st[schema.CUSTOMER_ID]).str.contains(_LEADING_ZERO), "ambiguous_id", schema.CUSTOMER_ID))
     no_time = (
-        ~pl.col("_time_ok").fill_null(False) | ~pl.col("_day_text").str.contains(r"^-?\d+$").fill_null(False)
+        ~pl.col("_time_ok").fill_null(False) | ~pl.col("_day_text").str.contains(r"^-?[0-9]+$").fill_null(False)
         | (pl.col("_h") > 23) | (pl.col("_m") > 59) | (pl.col("_s") > 60)
     )
     checks.append((no_time, "unparseable_datetime", schema.TR_DATETIME))
@@ -196,9 +241,11 @@ def _annotate(lf: pl.LazyFrame, source_file: str, config: IngestConfig, text_onl
     checks.append((non_finite, "non_finite_amount", schema.AMOUNT))
     checks.append((amount.abs() > config.max_abs_amount, "amount_out_of_range", schema.AMOUNT))
 
-    reason: pl.Expr = pl.when(checks[0][0]).then(pl.lit(checks[0][1]))
-    column: pl.Expr = pl.when(checks[0][0]).then(pl.lit(checks[0][2]))
-    for cond, r, c in checks[1:]:
+    # A record the CSV pass flagged (wrong field count, too long) is rejected for that, whole (no column).
+    flag = pl.col(raw_csv.FLAG)
+    reason: pl.Expr = pl.when(flag.is_not_null()).then(flag)
+    column: pl.Expr = pl.when(flag.is_not_null()).then(pl.lit(None, pl.String))
+    for cond, r, c in checks:
         reason = reason.when(cond).then(pl.lit(r))
         column = column.when(cond).then(pl.lit(c))
     stage4 = stage3.with_columns(
@@ -230,7 +277,7 @@ def _repeated_rows(raw: pl.LazyFrame, config: IngestConfig, numeric: frozenset[s
     file (12 bytes a row: the hashes do not compress, and IPC reads back without decoding), which is then checked in
     hash buckets of at most `DEDUP_BUCKET_ROWS` rows, so memory stays bounded for inputs of any length and the main
     validation pass has no whole-column operation. Date-only records
-    ("<day> 00:00:00") are left out unless `config.dedupe_date_only`. Typed numeric columns are hashed as numbers;
+    ("<day> 00:00:00") and records flagged by the CSV pass are left out unless `config.dedupe_date_only`. Typed numeric columns are hashed as numbers;
     a Float64 amount's hash does not tell -0.0 from 0.0 (their texts differ), so its sign bit is hashed too."""
     fields = [pl.col(c) for c in schema.RAW_COLUMNS]
     if schema.AMOUNT in numeric:
@@ -241,6 +288,7 @@ def _repeated_rows(raw: pl.LazyFrame, config: IngestConfig, numeric: frozenset[s
         dt = pl.col(schema.TR_DATETIME).str.strip_chars()
         date_only = dt.str.ends_with(" 00:00:00") | dt.str.ends_with(" 0:00:00")
         key = pl.when(~date_only.fill_null(False)).then(key)
+    key = pl.when(pl.col(raw_csv.FLAG).is_null()).then(key)  # a flagged record is no first occurrence
     keys = raw.select(pl.col(schema.SOURCE_ROW), key.alias("_key")).filter(pl.col("_key").is_not_null())
     repeated = lambda df: df.sort(schema.SOURCE_ROW).filter(~pl.col("_key").is_first_distinct())[schema.SOURCE_ROW]  # noqa: E731
     with tempfile.TemporaryDirectory(prefix="txseq-dedup-") as tmp:
@@ -338,6 +386,7 @@ class FileReport:
     accepted: int
     rejected: int
     rejected_by_reason: dict[str, int]
+    blank_lines: int = 0  # empty or whitespace-only CSV lines: not records, not in rows_in
     status: str = "ingested"  # or "already ingested (as <path>)"
 
     @property
@@ -363,18 +412,37 @@ class IngestResult:
     def rejected(self) -> int:
         return sum(f.rejected for f in self.files)
 
+    @property
+    def blank_lines(self) -> int:
+        return sum(f.blank_lines for f in self.files)
+
     def reconciliation(self) -> list[dict]:
-        """One row per input file of this call plus a total: rows in = accepted + rejected, by reason."""
-        reasons = sorted({r for f in self.files for r in f.rejected_by_reason})
+        """One row per input file of this call plus a total: rows in = accepted + rejected, rejects by reason (a
+        column per reason that occurred), and the blank lines left out (a column if there were any)."""
+        reasons = [r for r in REASONS if any(r in f.rejected_by_reason for f in self.files)]
+        blank = {"blank_lines": self.blank_lines} if self.blank_lines else {}
         rows = []
         for f in self.files:
             rows.append({"file": f.path, "status": f.status, "sha256": f.sha256[:16], "rows_in": f.rows_in,
                          "accepted": f.accepted, "rejected": f.rejected,
-                         **{r: f.rejected_by_reason.get(r, 0) for r in reasons}})
+                         **{r: f.rejected_by_reason.get(r, 0) for r in reasons},
+                         **({"blank_lines": f.blank_lines} if blank else {})})
         rows.append({"file": "TOTAL", "status": "", "sha256": "", "rows_in": self.rows_in, "accepted": self.accepted,
                      "rejected": self.rejected,
-                     **{r: sum(f.rejected_by_reason.get(r, 0) for f in self.files) for r in reasons}})
+                     **{r: sum(f.rejected_by_reason.get(r, 0) for f in self.files) for r in reasons}, **blank})
         return rows
+
+    def summary(self) -> str:
+        """One line: rows in, accepted, rejected by reason (so nobody has to open the rejects to see what was set
+        aside), blank lines skipped."""
+        by_reason: dict[str, int] = {}
+        for f in self.files:
+            for r, n in f.rejected_by_reason.items():
+                by_reason[r] = by_reason.get(r, 0) + n
+        reasons = ", ".join(f"{by_reason[r]:,} {r}" for r in REASONS if r in by_reason)
+        return (f"{self.rows_in:,} rows in: {self.accepted:,} accepted, {self.rejected:,} rejected"
+                + (f" ({reasons}; rows in {self.out_dir / REJECTS_DIR})" if reasons else "")
+                + (f"; {self.blank_lines:,} blank line(s) skipped" if self.blank_lines else ""))
 
     def format_table(self) -> str:
         rows = self.reconciliation()
@@ -409,6 +477,7 @@ def _totals(files: list[dict]) -> dict:
         "accepted": sum(f["accepted"] for f in files),
         "rejected": sum(f["rejected"] for f in files),
         "rejected_by_reason": dict(sorted(by_reason.items())),
+        "blank_lines": sum(f.get("blank_lines", 0) for f in files),
     }
 
 
@@ -458,81 +527,126 @@ def part_name(sha256: str) -> str:
     return f"part-{sha256[:16]}.parquet"
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def _ingest_file(path: Path, sha: str, out_dir: Path, seen: list[Path], config: IngestConfig) -> FileReport:
     source = str(path)
-    try:
-        annotated = _annotate(scan_table(path), source, config)
-    except TableError as e:
-        raise IngestError(str(e)) from e
-    except (pl.exceptions.PolarsError, OSError) as e:
-        raise IngestError(f"{path}: cannot be read to the end: {_first_line(e)}") from e
-    if seen:  # rows identical to ones already ingested from other files
-        hashes = pl.scan_parquet(seen).select(schema.ROW_HASH).collect()[schema.ROW_HASH]
-        again = pl.col(schema.REASON).is_null() & pl.col(schema.ROW_HASH).is_in(hashes.implode())
-        annotated = annotated.with_columns(
-            pl.when(again).then(pl.lit("duplicate_of_ingested_row")).otherwise(pl.col(schema.REASON)).alias(schema.REASON)
-        )
     part = part_name(sha)
     by_reason: dict[str, int] = {}
     rows_in = accepted = rejected = last_row = 0
     try:
-        # One streaming pass: each batch of validated rows is split into the two outputs (two lazy sinks of the
-        # same query would run the whole validation twice).
-        with atomic_path(out_dir / EVENTS_DIR / part) as ev, atomic_path(out_dir / REJECTS_DIR / part) as rj, \
-                _ParquetSink(ev, schema.EVENTS_SCHEMA) as events_out, _ParquetSink(rj, schema.REJECTS_SCHEMA) as rejects_out:
-            for batch in annotated.collect_batches(chunk_size=BATCH_ROWS):
-                good, bad = _events(batch.lazy()).collect(), _rejects(batch.lazy()).collect()
-                events_out.write(good)
-                rejects_out.write(bad)
-                rows_in += batch.height
-                accepted += good.height
-                rejected += bad.height
-                last_row = max(last_row, batch[schema.SOURCE_ROW].max() or 0)
-                for r, n in bad[schema.REASON].value_counts().iter_rows():
-                    by_reason[r] = by_reason.get(r, 0) + n
-            if rows_in == 0:
-                raise IngestError(f"{path}: no data rows (header only)")
-            # Reconciliation, before the parts are renamed into place: every row read (numbered 1..n at the scan)
-            # is in exactly one of the two outputs, and the reasons add up.
-            if not (accepted + rejected == rows_in == last_row and rejected == sum(by_reason.values())):
-                raise RuntimeError(f"{path}: reconciliation failed: {accepted} accepted + {rejected} rejected "
-                                   f"({by_reason}) vs {rows_in} rows read, last source row {last_row}")
+        with open_table(path) as table:
+            annotated = _annotate(table.lf, source, config)
+            if seen:  # rows identical to ones already ingested from other files
+                hashes = pl.scan_parquet(seen).select(schema.ROW_HASH).collect()[schema.ROW_HASH]
+                again = pl.col(schema.REASON).is_null() & pl.col(schema.ROW_HASH).is_in(hashes.implode())
+                annotated = annotated.with_columns(
+                    pl.when(again).then(pl.lit("duplicate_of_ingested_row")).otherwise(pl.col(schema.REASON))
+                    .alias(schema.REASON)
+                )
+            # One streaming pass: each batch of validated rows is split into the two outputs (two lazy sinks of the
+            # same query would run the whole validation twice).
+            with atomic_path(out_dir / EVENTS_DIR / part) as ev, atomic_path(out_dir / REJECTS_DIR / part) as rj, \
+                    _ParquetSink(ev, schema.EVENTS_SCHEMA) as events_out, _ParquetSink(rj, schema.REJECTS_SCHEMA) as rejects_out:
+                for batch in annotated.collect_batches(chunk_size=BATCH_ROWS):
+                    good, bad = _events(batch.lazy()).collect(), _rejects(batch.lazy()).collect()
+                    events_out.write(good)
+                    rejects_out.write(bad)
+                    rows_in += batch.height
+                    accepted += good.height
+                    rejected += bad.height
+                    last_row = max(last_row, batch[schema.SOURCE_ROW].max() or 0)
+                    for r, n in bad[schema.REASON].value_counts().iter_rows():
+                        by_reason[r] = by_reason.get(r, 0) + n
+                if rows_in == 0:
+                    blank = f" and {table.blank_lines:,} blank line(s)" if table.blank_lines else ""
+                    raise IngestError(f"{path}: no data rows (header only{blank})")
+                # Reconciliation, before the parts are renamed into place: every row read (numbered 1..n at the
+                # scan) is in exactly one of the two outputs, and the reasons add up.
+                if not (accepted + rejected == rows_in == last_row and rejected == sum(by_reason.values())):
+                    raise RuntimeError(f"{path}: reconciliation failed: {accepted} accepted + {rejected} rejected "
+                                       f"({by_reason}) vs {rows_in} rows read, last source row {last_row}")
+    except TableError as e:
+        raise IngestError(str(e)) from e
     except (pl.exceptions.PolarsError, OSError) as e:
-        raise IngestError(f"{path}: cannot be read to the end: {_first_line(e)}") from e
-    return FileReport(source, sha, rows_in, accepted, rejected, dict(sorted(by_reason.items())))
+        raise IngestError(f"{path}: cannot be read to the end: {printable(first_line(e), 200)}") from e
+    return FileReport(source, sha, rows_in, accepted, rejected, dict(sorted(by_reason.items())), table.blank_lines)
 
 
-def ingest(inputs: Sequence[str | Path], out_dir: str | Path, config: IngestConfig = IngestConfig()) -> IngestResult:
+def _units(paths: Sequence[Path], atomic: bool) -> list[list[Path]]:
+    """The inputs as units committed at once: a file, a Parquet folder (one table) or a folder of CSV files (all of
+    its files); with `atomic`, everything. Checked before any is read: each exists and is a regular file or folder."""
+    units = []
+    for path in paths:
+        try:
+            check_input(path)
+            units.append(folder_inputs(path) if path.is_dir() else [path])
+        except TableError as e:
+            raise IngestError(str(e)) from e
+    return [[f for u in units for f in u]] if atomic and units else units
+
+
+def _commit_unit(files: Sequence[Path], out_dir: Path, manifest: dict, config: IngestConfig) -> list[FileReport]:
+    """Validate `files` into a staging folder, then move every part into place and write the manifest once: all
+    of the files are recorded, or (on an error) none, and nothing of them is left behind."""
+    staging = temp_path(out_dir / "ingest", ".staging")
+    staging.mkdir()
+    try:
+        reports: list[FileReport] = []
+        staged: list[FileReport] = []
+        for path in files:
+            sha = sha256_file(path)
+            done = {f["sha256"]: f["path"] for f in manifest["files"]
+                    if all((out_dir / d / f["part"]).exists() for d in (EVENTS_DIR, REJECTS_DIR))}
+            done |= {r.sha256: r.path for r in staged}
+            if sha in done:
+                reports.append(FileReport(str(path), sha, 0, 0, 0, {}, status=f"already ingested (as {done[sha]})"))
+                continue
+            seen = [out_dir / EVENTS_DIR / f["part"] for f in manifest["files"] if f["sha256"] != sha]
+            seen += [staging / EVENTS_DIR / r.part for r in staged]
+            report = _ingest_file(path, sha, staging, seen, config)
+            staged.append(report)
+            reports.append(report)
+        for report in staged:
+            for d in (EVENTS_DIR, REJECTS_DIR):
+                (out_dir / d).mkdir(exist_ok=True)
+                os.replace(staging / d / report.part, out_dir / d / report.part)
+        for report in staged:
+            entry = {k: v for k, v in asdict(report).items() if k != "status"}
+            entry |= {"part": report.part, "config": asdict(config), "ingested_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            manifest["files"] = [f for f in manifest["files"] if f["sha256"] != report.sha256] + [entry]
+        if staged:
+            manifest["totals"] = _totals(manifest["files"])
+            write_text_atomic(json.dumps(manifest, indent=1) + "\n", out_dir / MANIFEST)
+        return reports
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def ingest(inputs: Sequence[str | Path], out_dir: str | Path, config: IngestConfig = IngestConfig(), *,
+           atomic: bool = False) -> IngestResult:
     """Validate each input into `out_dir/events|rejects/part-<sha16>.parquet` and record it in `manifest.json`.
 
-    A file whose content was ingested before (same sha256) is skipped and reported as "already ingested". Raises
-    IngestError for file-level problems; parts of files finished before the error stay valid and recorded."""
+    An input is a file, a Parquet folder (one table) or a folder of CSV / CSV.gz files (each file its own part,
+    in path order). Each input is committed as a whole (a folder: all of its files or none); with `atomic`, all of
+    them together. A file whose content was ingested before (same sha256) is skipped and reported as "already
+    ingested". Raises IngestError for file-level problems; its message says which inputs were committed before
+    the error and which were not."""
     out_dir = Path(out_dir)
+    paths = [Path(p) for p in inputs]
+    units = _units(paths, atomic)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_dead_temp(out_dir)  # staging folders of killed runs
     manifest = _load_manifest(out_dir)
     reports: list[FileReport] = []
-    for raw_path in inputs:
-        path = Path(raw_path)
-        if not path.exists():
-            raise IngestError(f"{path}: no such file or folder")
-        sha = sha256_file(path)
-        done = {f["sha256"]: f for f in manifest["files"]}
-        if sha in done and all((out_dir / d / done[sha]["part"]).exists() for d in (EVENTS_DIR, REJECTS_DIR)):
-            reports.append(FileReport(str(path), sha, 0, 0, 0, {}, status=f"already ingested (as {done[sha]['path']})"))
-            continue
-        seen = [out_dir / EVENTS_DIR / f["part"] for f in manifest["files"] if f["sha256"] != sha]
-        report = _ingest_file(path, sha, out_dir, seen, config)
-        reports.append(report)
-        entry = {k: v for k, v in asdict(report).items() if k != "status"}
-        entry |= {"part": report.part, "config": asdict(config), "ingested_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        manifest["files"] = [f for f in manifest["files"] if f["sha256"] != sha] + [entry]
-        manifest["totals"] = _totals(manifest["files"])
-        write_text_atomic(json.dumps(manifest, indent=1) + "\n", out_dir / MANIFEST)
+    for i, unit in enumerate(units):
+        try:
+            reports += _commit_unit(unit, out_dir, manifest, config)
+        except IngestError as e:
+            if len(paths) == 1 and not paths[0].is_dir():
+                raise
+            if atomic:
+                raise IngestError(f"{e} — nothing ingested (--atomic): {', '.join(map(str, paths))}") from e
+            raise IngestError(f"{e} — committed: {', '.join(map(str, paths[:i])) or 'none'}; not ingested: "
+                              f"{', '.join(map(str, paths[i:]))}") from e
     return IngestResult(out_dir, reports, manifest)
 
 
@@ -569,17 +683,18 @@ def read_labels(path: str | Path) -> pl.DataFrame:
         raise IngestError(str(e)) from e
     names = [n.strip().lstrip("\ufeff") for n in lf.collect_schema().names()]
     if sorted(names) != sorted(schema.LABEL_COLUMNS):
-        raise IngestError(f"{path}: expected columns {', '.join(schema.LABEL_COLUMNS)}, found {', '.join(names)}")
+        raise IngestError(f"{path}: expected columns {', '.join(schema.LABEL_COLUMNS)}, found {printable(', '.join(names))}")
     try:
         raw = lf.rename(dict(zip(lf.collect_schema().names(), names))).collect()
     except pl.exceptions.PolarsError as e:
-        raise IngestError(f"{path}: cannot be read: {e}") from e
+        raise IngestError(f"{path}: cannot be read: {printable(first_line(e), 200)}") from e
     cid = pl.col(schema.CUSTOMER_ID).cast(pl.String).str.strip_chars()
     gender = pl.col(schema.GENDER).cast(pl.String).str.strip_chars()
     checked = raw.with_row_index("row", offset=1).with_columns(
         cid.cast(pl.Int64, strict=False).alias("_id"),
         pl.when(cid.is_null() | (cid == "")).then(pl.lit("missing customer_id"))
-        .when(~cid.str.contains(r"^\+?\d+$") | cid.cast(pl.Int64, strict=False).is_null()).then(pl.lit("customer_id not an integer"))
+        .when(~cid.str.contains(r"^[0-9]+$") | cid.cast(pl.Int64, strict=False).is_null()).then(pl.lit("customer_id not an integer"))
+        .when(cid.str.contains(_LEADING_ZERO)).then(pl.lit("customer_id with leading zeros (ambiguous id)"))
         .when(gender.is_null() | ~gender.is_in(["0", "1"])).then(pl.lit("gender not 0/1"))
         .alias("problem"),
     ).with_columns(

@@ -1,8 +1,11 @@
 """Reading raw tables (CSV plain or .gz, Parquet file or folder) as lazy frames, and writing files atomically.
 
-`scan_table` checks what it can see without reading the data (file exists, not empty, a header, the delimiter) and
-raises `TableError` naming the file; problems found while streaming the data (a truncated .gz, a corrupt Parquet
-page) surface when the frame is collected, and `pipeline.ingest` turns them into file-level errors too.
+`open_table` is the way raw inputs are read: it checks what it can see before reading the data (a regular file or
+folder, not a FIFO or a device; what the file really is by its magic bytes; a header without repeated names; the
+delimiter), then streams a CSV through `pipeline.raw_csv` (bounded memory: blank lines counted and dropped, records
+of the wrong field count or length flagged) into a temporary plain copy that polars scans. Errors are `TableError`s
+naming the file; anything echoed from the file goes through `printable` (escaped, cut). `scan_table` scans a table
+as it is (Parquet, or a clean CSV such as labels) without that pass.
 """
 
 from __future__ import annotations
@@ -13,15 +16,24 @@ import os
 import re
 import shutil
 import socket
+import stat
+import tempfile
 import uuid
 import zlib
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
+
+from pipeline import raw_csv
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
+CSV_SUFFIXES = (".csv", ".csv.gz")
+ECHO_CHARS = 80  # the most characters of file content any message repeats
 CSV_DELIMITERS = (",", ";")
 REPLACEMENT_CHAR = "\ufffd"  # what lossy UTF-8 decoding puts in place of invalid bytes
 
@@ -44,12 +56,17 @@ def check_io_paths(
     writes), and no two outputs may coincide. Returns the resolved (inputs, outputs): the one check used by the
     CLI handlers and the flows.
     """
-    ins = [Path(p).expanduser().resolve() for p in inputs]
+    inputs = [Path(p).expanduser() for p in inputs]
+    ins = [p.resolve() for p in inputs]
     outs = [Path(p).expanduser().resolve() for p in outputs]
     if inputs_must_exist:
-        for p in ins:
+        for given, p in zip(inputs, ins):
             if not p.exists():
                 raise PathError(f"{p}: no such file or folder")
+            try:
+                check_input(given)
+            except TableError as e:
+                raise PathError(str(e)) from e
     for o in outs:
         for i in ins:
             if o == i:
@@ -64,35 +81,118 @@ def check_io_paths(
     return ins, outs
 
 
+def printable(text: str | bytes, limit: int = ECHO_CHARS) -> str:
+    """File content made safe to print in a one-line message: control and other non-printable characters (NUL, CR,
+    ESC, invalid bytes) escaped as \\xNN / \\uNNNN, and cut to `limit` characters ("…" and the full length after)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "backslashreplace")
+    cut = text[:limit]
+    out = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in cut)
+    return out if len(text) <= limit else f"{out}… ({len(text):,} characters)"
+
+
+def check_input(path: Path) -> None:
+    """An input must be a regular file or a folder (followed through symlinks); a FIFO, a device (/dev/zero) or a
+    socket would never end or block on open, so it is refused before anything opens it."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise TableError(f"{path}: no such file or folder") from None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return
+    kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode)
+            else "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "a special file")
+    link = f" (a symlink to {os.path.realpath(path)})" if path.is_symlink() else ""
+    raise TableError(f"{path}{link}: is {kind}, not a regular file or folder; copy the data into a file first")
+
+
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"PK\x03\x04", "a ZIP archive"), (b"PK\x05\x06", "an empty ZIP archive"), (b"\x1f\x8b", "gzip"),
+    (b"\xfd7zXZ\x00", "an xz file"), (b"\x28\xb5\x2f\xfd", "a zstd file"), (b"\x04\x22\x4d\x18", "an LZ4 frame"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"), (b"Rar!\x1a\x07", "a RAR archive"), (b"PAR1", "a Parquet file"),
+    (b"ARROW1", "an Arrow IPC file"), (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an OLE2 file (old Excel .xls?)"),
+    (b"%PDF-", "a PDF"), (b"SQLite format 3\x00", "an SQLite database"), (b"Obj\x01", "an Avro file"),
+)
+
+
+def sniff_kind(path: Path) -> str | None:
+    """What a file is by its first bytes ("a ZIP archive", "gzip", "a Parquet file", …), None for anything else."""
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if re.match(rb"BZh[1-9]1AY&SY", head):
+        return "a bzip2 file"
+    return next((kind for magic, kind in _MAGIC if head.startswith(magic)), None)
+
+
+def _check_kind(path: Path) -> None:
+    """Refuse a file whose bytes are not what its name says (or, for CSV, a format read as CSV would garble),
+    saying what it is. Gzip is recognised by its bytes whatever the name; unknown bytes are left to the reader."""
+    kind = sniff_kind(path)
+    name = path.name.lower()
+    if name.endswith(PARQUET_SUFFIXES):
+        if kind not in (None, "a Parquet file"):
+            raise TableError(f"{path}: not a readable Parquet file: it is {kind}")
+    elif name.endswith(".gz") and kind not in (None, "gzip"):
+        raise TableError(f"{path}: named .gz but it is {kind}, not gzip; extract it first")
+    elif kind not in (None, "gzip"):
+        hint = "; name it .parquet" if kind == "a Parquet file" else "; extract or decompress it first (gzip is read as is)"
+        raise TableError(f"{path}: it is {kind}, not a CSV{hint}")
+
+
 def is_parquet(path: Path) -> bool:
     return path.is_dir() or path.name.lower().endswith(PARQUET_SUFFIXES)
 
 
 def is_gzip(path: Path) -> bool:
     with open(path, "rb") as fh:
-        return fh.read(2) == b"\x1f\x8b"
+        return fh.read(2) == raw_csv.GZIP_MAGIC
+
+
+def _data_files(folder: Path) -> list[Path]:
+    """Every non-hidden entry of a folder (recursively; names starting with "." or "_" skipped), sorted."""
+    return sorted(
+        p for p in folder.rglob("*")
+        if not p.is_dir() and not any(part.startswith((".", "_")) for part in p.relative_to(folder).parts)
+    )
 
 
 def parquet_files(path: Path) -> list[Path]:
     """The data files of a Parquet file or folder (hive-partitioned or flat), sorted, hidden files skipped."""
     if path.is_file():
         return [path]
-    return sorted(
-        p for p in path.rglob("*")
-        if p.is_file() and p.name.lower().endswith(PARQUET_SUFFIXES)
-        and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
-    )
+    return [p for p in _data_files(path) if p.is_file() and p.name.lower().endswith(PARQUET_SUFFIXES)]
+
+
+def folder_inputs(folder: Path) -> list[Path]:
+    """What a folder given as an input holds: itself for a Parquet dataset (one table), or its CSV / CSV.gz files,
+    sorted by path (each its own table). Refuses a folder with no data, with both kinds, with any other file (it
+    would be silently left out) or with an entry that is not a regular file (a FIFO or device: see check_input)."""
+    files = _data_files(folder)
+    for f in files:
+        check_input(f)
+    other = [f for f in files if not f.name.lower().endswith(PARQUET_SUFFIXES + CSV_SUFFIXES)]
+    if other:
+        shown = ", ".join(printable(str(f.relative_to(folder))) for f in other[:5])
+        raise TableError(f"{folder}: holds {len(other)} file(s) that are neither CSV (.csv, .csv.gz) nor Parquet: "
+                         f"{shown}{' …' if len(other) > 5 else ''}; move them out")
+    csvs = [f for f in files if f.name.lower().endswith(CSV_SUFFIXES)]
+    if csvs and len(csvs) < len(files):
+        raise TableError(f"{folder}: holds both CSV and Parquet files; give them as separate inputs")
+    if not files:
+        raise TableError(f"{folder}: folder holds no CSV or Parquet files")
+    return csvs or [folder]
 
 
 def read_header_line(path: Path) -> str:
     """First line of a CSV (plain or gzip), decoded lossily, BOM and line ending stripped; '' for an empty file."""
-    opener = gzip.open if is_gzip(path) else open
     try:
-        with opener(path, "rb") as fh:
-            line = fh.readline(1 << 20)
+        with raw_csv.open_bytes(path) as fh:
+            line = raw_csv.read_header(fh)
     except (OSError, EOFError, zlib.error) as e:
-        raise TableError(f"{path}: cannot read the header: {e}") from e
-    return line.decode("utf-8", errors="replace").lstrip("\ufeff").rstrip("\r\n")
+        raise TableError(f"{path}: cannot read the header: {printable(str(e))}") from e
+    except raw_csv.CsvReadError as e:
+        raise TableError(f"{path}: {printable(str(e), 200)}") from e
+    return line.decode("utf-8", errors="replace")
 
 
 def sniff_delimiter(header: str) -> str:
@@ -100,34 +200,103 @@ def sniff_delimiter(header: str) -> str:
     return max(CSV_DELIMITERS, key=lambda d: (header.count(d), d == ","))
 
 
-def scan_table(path: str | Path) -> pl.LazyFrame:
-    """A raw table as a lazy frame. CSV: every column a String (validation types them), invalid UTF-8 bytes
-    replaced by U+FFFD (validation rejects those rows), empty fields null. Parquet: the file's own types."""
-    path = Path(path)
-    if not path.exists():
-        raise TableError(f"{path}: no such file or folder")
-    if is_parquet(path):
-        files = parquet_files(path)
-        if not files:
-            raise TableError(f"{path}: folder holds no Parquet files")
-        try:
-            lf = pl.scan_parquet(files if path.is_dir() else path, hive_partitioning=path.is_dir())
-            lf.collect_schema()
-        except Exception as e:  # polars raises several error types for unreadable footers
-            raise TableError(f"{path}: not a readable Parquet dataset: {e}") from e
-        return lf
+def _check_names(path: Path, names: list[str]) -> None:
+    """A column name written twice is a file-level error naming it (polars would rename one `<name>_duplicated_0`)."""
+    twice = [n for n, k in Counter(names).items() if k > 1]
+    if twice:
+        raise TableError(f"{path}: column(s) {', '.join(printable(n) for n in twice)} appear more than once in the "
+                         "header; keep one of each")
+
+
+def _scan_parquet(path: Path) -> pl.LazyFrame:
+    files = parquet_files(path)
+    if not files:
+        raise TableError(f"{path}: folder holds no Parquet files")
+    try:
+        _check_names(path, pq.read_schema(files[0]).names)
+        lf = pl.scan_parquet(files if path.is_dir() else path, hive_partitioning=path.is_dir())
+        lf.collect_schema()
+    except TableError:
+        raise
+    except Exception as e:  # polars and pyarrow raise several error types for unreadable footers
+        raise TableError(f"{path}: not a readable Parquet dataset: {printable(first_line(e))}") from e
+    return lf
+
+
+def _csv_header(path: Path) -> tuple[str, str]:
+    """(header line, delimiter) of a CSV after the file-level checks (not empty, a header line)."""
     if path.stat().st_size == 0:
         raise TableError(f"{path}: file is empty")
     header = read_header_line(path)
     if not header.strip():
         raise TableError(f"{path}: file is empty (no header line)")
-    return pl.scan_csv(
-        path,
-        separator=sniff_delimiter(header),
-        infer_schema=False,
-        encoding="utf8-lossy",
-        raise_if_empty=False,
-    )
+    return header, sniff_delimiter(header)
+
+
+def scan_table(path: str | Path) -> pl.LazyFrame:
+    """A table as it is, as a lazy frame: Parquet with the file's own types; a CSV with every column a String,
+    invalid UTF-8 bytes replaced by U+FFFD and empty fields null, read directly (for clean, small CSVs such as
+    labels: raw transactions go through `open_table`)."""
+    path = Path(path)
+    check_input(path)
+    if path.is_file():
+        _check_kind(path)
+    if is_parquet(path):
+        return _scan_parquet(path)
+    header, sep = _csv_header(path)
+    _check_names(path, raw_csv.header_names(header.encode(), sep))
+    return pl.scan_csv(path, separator=sep, infer_schema=False, encoding="utf8-lossy", raise_if_empty=False)
+
+
+@dataclass(frozen=True)
+class RawTable:
+    """A raw input opened by `open_table`: its rows as a lazy frame, and the blank lines left out of them."""
+
+    lf: pl.LazyFrame
+    blank_lines: int = 0
+
+
+@contextmanager
+def open_table(path: str | Path) -> Iterator[RawTable]:
+    """A raw input file or Parquet folder, checked (module docstring) and opened for one validation pass.
+
+    Parquet is scanned as it is. A CSV (plain or gzip) is streamed through `raw_csv.filter_csv` into a temporary
+    plain copy (removed when the block ends): its frame has the header's columns plus `raw_csv.FLAG`, the reason
+    why a record could not be read as one (wrong field count, too long), null for the others."""
+    path = Path(path)
+    check_input(path)
+    if path.is_dir() and not parquet_files(path):
+        raise TableError(f"{path}: is a folder of CSV files, not one table; give its files")
+    if is_parquet(path):
+        if path.is_file():
+            _check_kind(path)
+        yield RawTable(_scan_parquet(path))
+        return
+    _check_kind(path)
+    header, sep = _csv_header(path)
+    _check_names(path, raw_csv.header_names(header.encode(), sep))
+    with tempfile.TemporaryDirectory(prefix="txseq-csv-") as tmp:
+        clean = Path(tmp) / "clean.csv"
+        try:
+            stats = raw_csv.filter_csv(path, clean, sep)
+        except raw_csv.CsvReadError as e:
+            raise TableError(f"{path}: {printable(str(e), 200)}") from e
+        yield RawTable(pl.scan_csv(clean, separator=sep, infer_schema=False, encoding="utf8-lossy",
+                                   raise_if_empty=False), stats.blank_lines)
+
+
+def check_readable(path: Path) -> None:
+    """Read a CSV input to its end (decompressing a gzip, bounded memory): a truncated gzip raises TableError."""
+    try:
+        raw_csv.check_readable(path)
+    except raw_csv.CsvReadError as e:
+        raise TableError(f"{path}: {printable(str(e), 200)}") from e
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (polars' errors run to several), or its type's name."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:

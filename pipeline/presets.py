@@ -4,8 +4,11 @@ README's few-minutes-on-2-CPU-cores comparison, `full()` for the real-size run o
 A preset fixes everything but the data: the vocabulary sizes come from the sequences folder at run time.
 
     >>> p = get("tiny")
-    >>> p.model_kwargs("eam")["eam"].window
+    >>> p.model_kwargs("eam")["encoder_config"].window
     8
+
+The model list is the registry's (`models.comparison_encoders()` + the GBDT); `model` holds the sizes every encoder
+shares plus, under an encoder's name, that encoder's config (an encoder without an entry gets its config defaults).
 """
 
 from __future__ import annotations
@@ -14,12 +17,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from models import EAMConfig, InfiniteFormerConfig, PerformerConfig
+from models import ENCODERS, EAMConfig, InfiniteFormerConfig, PerformerConfig, comparison_encoders
 from pipeline.features import FeatureConfig
 from pipeline.gbdt import GBDTConfig
 from pipeline.train import TrainConfig
 
-ENCODER_MODELS: tuple[str, ...] = ("transformer", "performer", "infinite_former", "eam")
+ENCODER_MODELS: tuple[str, ...] = comparison_encoders()
 DEFAULT_MODELS: tuple[str, ...] = (*ENCODER_MODELS, "gbdt")
 
 
@@ -36,7 +39,10 @@ class RunPreset:
     per_encoder: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # extra keywords for one encoder
 
     def model_kwargs(self, encoder: str) -> dict[str, Any]:
-        return {**self.model, **self.per_encoder.get(encoder, {}), "encoder": encoder}
+        """ModelConfig keywords for one encoder: the shared sizes, its config (if the preset has one), extras."""
+        shared = {k: v for k, v in self.model.items() if k not in ENCODERS}
+        return {**shared, **self.per_encoder.get(encoder, {}), "encoder": encoder,
+                "encoder_config": self.model.get(encoder)}
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -32,7 +32,7 @@ from models.coles import contrastive_loss, recall_at_k
 from pipeline import schema as S
 from pipeline.batches import SequenceDataset, make_slice_loader, numeric_stats
 from pipeline.embeddings import save_embedding_artifacts
-from pipeline.ingest import IngestConfig, read_events
+from pipeline.ingest import IngestConfig
 from pipeline.metrics import MemoryMonitor, Stopwatch, pyplot
 from pipeline.presets import RunPreset
 from pipeline.scoring import embedding_signature, log_model
@@ -195,8 +195,6 @@ def run_pretraining(sequences_dir: Path, events_dir: Path, encoder: str, preset:
     """Pretrain `encoder` (architecture from `preset`) with CoLES on every non-test customer, log to MLflow, and
     register it as `<registered model>-coles-<encoder>`: a pyfunc from raw transactions to embeddings whose
     version tags and `customers.json` artifact record the customers it saw (the split's test customers never)."""
-    from pipeline.compare import _input_example  # compare imports this module for fine-tuning
-
     settings = settings or load_settings()
     tracker = setup(settings, experiment)
     sequences_dir, encoder = Path(sequences_dir), canonical_encoder_name(encoder)
@@ -236,8 +234,7 @@ def run_pretraining(sequences_dir: Path, events_dir: Path, encoder: str, preset:
                                                           split_id=split.split_id, customers_sha256=digest)
             name = pretrained_name(settings.registered_model, encoder)
             version = log_model(
-                tracker, run_id, artifacts_dir=out / "pyfunc", config=config_json, files=files,
-                input_example=_input_example(read_events(Path(events_dir)), ids), registered_model=name,
+                tracker, run_id, artifacts_dir=out / "pyfunc", config=config_json, files=files, registered_model=name,
                 version_tags={"kind": "coles", "encoder": encoder, TAG_SPLIT_ID: split.split_id,
                               "n_customers": str(len(ids)), "customers_sha256": digest, "run_id": run_id,
                               "test_customers_seen": "0"},

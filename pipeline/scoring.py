@@ -66,6 +66,30 @@ def signature() -> ModelSignature:
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
+# Two made-up customers (ids outside the 8-digit range of real ones) with a few plausible transactions each: the
+# input example and serving example of every logged model. Never rows of the training data (a model registry is read
+# by many people; customer rows do not belong there).
+EXAMPLE_CUSTOMERS = (900_000_001, 900_000_002)
+_EXAMPLE_EVENTS = (  # (day, time, mcc, tr_type, amount, term_id)
+    ("3", "10:15:02", "5411", "1010", "-1523.40", "10000001"),
+    ("3", "18:40:51", "5812", "1110", "-870.00", ""),
+    ("9", "00:00:00", "6011", "7070", "-5000.00", "20000002"),
+    ("17", "12:05:33", "4814", "1030", "-300.00", ""),
+    ("24", "09:12:00", "5541", "1010", "-2100.75", "30000003"),
+    ("31", "00:00:00", "6010", "7010", "25000.00", ""),
+)
+
+
+def input_example() -> pd.DataFrame:
+    """Synthetic raw-schema rows (strings, as read from a CSV) of `EXAMPLE_CUSTOMERS`, for `log_model`."""
+    rows = [
+        {S.CUSTOMER_ID: str(cid), S.TR_DATETIME: f"{int(day) + k} {hms}", S.MCC_CODE: mcc, S.TR_TYPE: tr,
+         S.AMOUNT: amount, S.TERM_ID: term}
+        for k, cid in enumerate(EXAMPLE_CUSTOMERS) for day, hms, mcc, tr, amount, term in _EXAMPLE_EVENTS
+    ]
+    return pd.DataFrame(rows, columns=list(S.RAW_COLUMNS))
+
+
 def raw_events(raw: pd.DataFrame | pl.DataFrame, ingest: IngestConfig) -> pl.LazyFrame:
     """Any raw-schema frame -> validated events (the rejects are dropped here; batch scoring keeps them)."""
     frame = pl.from_pandas(raw) if isinstance(raw, pd.DataFrame) else raw
@@ -165,13 +189,13 @@ def log_model(
     artifacts_dir: Path,
     config: dict,
     files: dict[str, Path],
-    input_example: pd.DataFrame,
     registered_model: str,
     version_tags: dict[str, str],
     model_signature: ModelSignature | None = None,
 ) -> RegisteredVersion:
-    """Write config.json beside `files` and log + register the pyfunc (models from code); the signature defaults to
-    raw rows in, scores out."""
+    """Write config.json beside `files` and log + register the pyfunc (models from code); the input example is
+    `input_example()`, synthetic rows, so that no customer data reaches the registry; the signature defaults to raw
+    rows in, scores out."""
     artifacts_dir.mkdir(parents=True, exist_ok=True)
     (artifacts_dir / "config.json").write_text(json.dumps(config, indent=1))
     artifacts = {"config": str(artifacts_dir / "config.json"), **{k: str(v) for k, v in files.items()}}
@@ -180,7 +204,7 @@ def log_model(
         code.write_text(_MODEL_CODE)
         return tracker.log_pyfunc(
             run_id, name="model", python_model=code, artifacts=artifacts, code_paths=CODE_PATHS,
-            signature=model_signature or signature(), input_example=input_example, pip_requirements=pip_requirements(),
+            signature=model_signature or signature(), input_example=input_example(), pip_requirements=pip_requirements(),
             registered_model=registered_model, version_tags=version_tags,
         )
 

@@ -46,9 +46,14 @@ class Settings:
 
 
 # Quiet, offline-friendly defaults for the libraries we drive (a user's own setting always wins): no Prefect
-# telemetry from a bank's pipeline, no MLflow pip-requirements inference (needs the network) or progress bars in logs.
+# telemetry from a bank's pipeline, no MLflow pip-requirements inference (needs the network) or progress bars in logs;
+# a generous wait for the temporary Prefect server a flow starts with no PREFECT_API_URL (Prefect waits 20 s, which a
+# busy 2-core machine exceeds), and no warning when a `pipeline` log line (forwarded to Prefect by flows/logs.py) is
+# written outside a flow run.
 LIBRARY_ENV_DEFAULTS: dict[str, str] = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300",
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
     "MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK": "true",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }

@@ -242,6 +242,17 @@ class Tracker:
             failed.append(run.info.run_id)
         return failed
 
+    def end_running_runs(self, filter_string: str, status: str, reason: str) -> list[str]:
+        """End as `status` (KILLED, FAILED) every RUNNING run matching `filter_string`, with the reason as the tag
+        `txseq.failure`: what a cancelled or crashed flow run leaves open. Returns the ids of the runs ended."""
+        runs = self.client.search_runs(
+            [self.experiment_id], f"{filter_string} and attributes.status = 'RUNNING'", max_results=1000
+        )
+        for run in runs:
+            self.client.set_tag(run.info.run_id, "txseq.failure", reason)
+            self.client.set_terminated(run.info.run_id, status)
+        return [run.info.run_id for run in runs]
+
     def logger(self, run_id: str) -> MlflowLogger:
         return MlflowLogger(self.client, run_id)
 

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from models.batch import Batch
+from models.encoders.base import pop_stats
 from pipeline.metrics import MemoryMonitor, Stopwatch, classification_metrics
 
 log = logging.getLogger(__name__)
@@ -182,11 +183,14 @@ def fit(
     config: TrainConfig,
     logger: MetricLogger | None = None,
     checkpoint_dir: Path | None = None,
+    name: str = "model",
 ) -> FitResult:
     """Train `config.steps` optimiser steps with early stopping on val ROC AUC (checked every `eval_every` steps);
     resume from `checkpoint_dir/last.pt` if present.
 
-    On return the model holds the best evaluation's weights. Metrics go to `logger.log(metrics, step=<step>)`.
+    On return the model holds the best evaluation's weights. Metrics go to `logger.log(metrics, step=<step>)`; `name`
+    labels the progress bar and the log line of each validation (logger `pipeline.train`, which the flows forward to
+    Prefect).
     """
     device = resolve_device(config.device)
     seed_everything(config.seed)
@@ -227,12 +231,14 @@ def fit(
     best_weights = None
     pass_len = _len(train_batches, 0)
     batches = _batches_from(train_batches, state["epoch"], state["in_epoch"])
+    pop_stats(model)  # discard what the model's stat-reporting modules counted before this fit
     while state["step"] < config.steps and not state["done"]:
         model.train()
         memory.reset()
         round_steps = min(config.eval_every, config.steps - state["step"])
         loss_sum, n_steps, n_events, n_customers = torch.zeros((), device=device), 0, 0, 0
-        bar = tqdm(total=round_steps, desc=f"step {state['step']}", leave=False, disable=not config.progress)
+        bar = tqdm(total=round_steps, desc=f"{name} step {state['step']}/{config.steps}", leave=False,
+                   disable=not config.progress)
         with Stopwatch(sync_cuda=device.type == "cuda") as sw:
             while n_steps < round_steps:
                 batch = next(batches, None)
@@ -268,6 +274,7 @@ def fit(
         bar.close()
         state["step"] += n_steps
         train_mem = memory.read()
+        model_stats = pop_stats(model)  # e.g. SwitchHead's expert usage over this round's training steps
         val = evaluate(model, val_batches(), device, config.precision)
         q = classification_metrics(val["label"], val["prob"])
         metrics = {
@@ -281,14 +288,15 @@ def fit(
             "throughput/train_events_per_s": n_events / max(sw.seconds, 1e-9),
             "throughput/train_customers_per_s": n_customers / max(sw.seconds, 1e-9),
             **train_mem,
+            **model_stats,
         }
         step = state["step"]
         state["train_s"] += sw.seconds
         state["history"].append({"step": float(step), "epoch": metrics["train/epoch"], **metrics})
         if logger is not None:
             logger.log(metrics, step=step)
-        log.info("step %d/%d (pass %.1f)  loss %.4f  val auroc %.4f  %.1f s  %.0f events/s", step, config.steps,
-                 metrics["train/epoch"], metrics["train/loss"], q["auroc"], sw.seconds,
+        log.info("%s: step %d/%d (pass %.1f)  loss %.4f  val auroc %.4f  %.1f s  %.0f events/s", name, step,
+                 config.steps, metrics["train/epoch"], metrics["train/loss"], q["auroc"], sw.seconds,
                  metrics["throughput/train_events_per_s"])
 
         improved = q["auroc"] > state["best_auroc"] or state["best_step"] < 0

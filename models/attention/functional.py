@@ -85,6 +85,42 @@ def orthogonal_gaussian(
     return (directions * norms.unsqueeze(1)).to(dtype)
 
 
+class _PositiveFeatures(torch.autograd.Function):
+    """φ = (exp(ωᵀx′ − ‖x′‖²/2 − c) + ε)/√m (· valid for keys) built in place in one (B, H, T, m) buffer, saving only
+    φ itself (which the linear attention keeps anyway), x′ and ω: since ∂φ/∂(ωᵀx′) = φ − ε/√m at valid rows (and
+    ∂φ/∂(‖x′‖²/2) is its negative), the exponential and the other intermediates need not be kept for backward.
+    Same values as the step-by-step formula (same operations in the same order); c is detached, as before."""
+
+    @staticmethod
+    def forward(ctx, xs: torch.Tensor, projection: torch.Tensor, keep: torch.Tensor | None, is_query: bool,
+                eps: float) -> torch.Tensor:
+        m = projection.shape[0]
+        phi = torch.einsum("bhtd,md->bhtm", xs, projection)  # (B, H, T, m) = ωᵀx′, then overwritten by φ
+        if is_query:
+            stab = phi.amax(dim=-1, keepdim=True)  # (B, H, T, 1)
+        else:
+            per_key = phi.amax(dim=-1)  # (B, H, T): max over features first, then over the valid keys
+            if keep is not None:
+                per_key = per_key.masked_fill(keep[:, None, :, 0] == 0, torch.finfo(phi.dtype).min)
+            stab = per_key.amax(dim=-1)[..., None, None]  # (B, H, 1, 1)
+        phi.sub_(0.5 * (xs * xs).sum(dim=-1, keepdim=True)).sub_(stab).exp_().add_(eps).div_(math.sqrt(m))
+        if keep is not None:
+            phi.mul_(keep[:, None])  # φ(k) = 0 at padded keys
+        ctx.save_for_backward(xs, projection, phi, keep)
+        ctx.eps_scaled = eps / math.sqrt(m)
+        return phi
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        xs, projection, phi, keep = ctx.saved_tensors
+        g = phi.sub(ctx.eps_scaled).mul_(grad)  # ∂L/∂(ωᵀx′) (B, H, T, m), the one temporary
+        if keep is not None:
+            g.mul_(keep[:, None])
+        grad_x = torch.einsum("bhtm,md->bhtd", g, projection) - g.sum(dim=-1, keepdim=True) * xs
+        grad_proj = torch.einsum("bhtm,bhtd->md", g, xs) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_proj, None, None, None
+
+
 def softmax_kernel(
     x: torch.Tensor,
     projection: torch.Tensor,
@@ -99,7 +135,7 @@ def softmax_kernel(
     The stabiliser c is the max over features for each query row (it cancels per query) and the max over all valid
     keys and features for keys (it must be one constant per sequence and head to cancel). Features are computed in
     float32 even under autocast. Keys at padded positions get φ(k) = 0 exactly: masking only V would leave them in
-    the normaliser.
+    the normaliser. Built by ``_PositiveFeatures``: one (B, H, T, m) buffer in forward, one kept for backward.
 
     x (B, H, T, d), projection (m, d), valid (B, T) -> (B, H, T, m) float32
     """
@@ -107,21 +143,9 @@ def softmax_kernel(
     with torch.autocast(device_type=device_type, enabled=False):
         x = x.float()
         projection = projection.float()
-        m, d = projection.shape
-        x = x * d**-0.25
-        wx = torch.einsum("bhtd,md->bhtm", x, projection)  # (B, H, T, m)
-        sq = 0.5 * (x * x).sum(dim=-1, keepdim=True)  # (B, H, T, 1)
-        if is_query:
-            stab = wx.amax(dim=-1, keepdim=True).detach()
-        else:
-            masked = wx
-            if valid is not None:
-                masked = wx.masked_fill(~valid[:, None, :, None], torch.finfo(wx.dtype).min)
-            stab = masked.amax(dim=(-2, -1), keepdim=True).detach()  # (B, H, 1, 1)
-        phi = (torch.exp(wx - sq - stab) + eps) / math.sqrt(m)
-        if valid is not None and not is_query:
-            phi = phi * valid[:, None, :, None].to(phi.dtype)
-        return phi
+        xs = x * projection.shape[1] ** -0.25
+        keep = None if (valid is None or is_query) else valid[:, :, None].to(xs.dtype)  # (B, T, 1)
+        return _PositiveFeatures.apply(xs, projection, keep, is_query, eps)
 
 
 def linear_attention(q_prime: torch.Tensor, k_prime: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -164,12 +188,41 @@ def rbf_basis(t: torch.Tensor, centers: torch.Tensor, widths: torch.Tensor) -> t
     return gaussian_pdf(t.unsqueeze(-1), centers, widths**2)
 
 
+class _GaussianRbfIntegral(torch.autograd.Function):
+    """r = N(μ; c, σ² + w²) built in place in one (..., R) buffer, saving only μ, σ (..., 1 per query) and r: the
+    gradients are closed-form in r, ∂r/∂μ = −r(μ − c)/s², ∂r/∂σ = rσ((μ − c)²/s⁴ − 1/s²) with s² = σ² + w², so no
+    (..., R) intermediate is kept for backward. Same values as ``gaussian_pdf`` (same operations, same order)."""
+
+    @staticmethod
+    def forward(ctx, mu: torch.Tensor, sigma: torch.Tensor, centers: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
+        var = sigma.unsqueeze(-1) ** 2 + widths**2  # (..., R)
+        r = (mu.unsqueeze(-1) - centers).pow_(2).mul_(-0.5).div_(var).exp_()
+        r.div_(var.mul_(2 * math.pi).sqrt_())
+        ctx.save_for_backward(mu, sigma, centers, widths, r)
+        return r
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        mu, sigma, centers, widths, r = ctx.saved_tensors
+        inv_var = (sigma.unsqueeze(-1) ** 2 + widths**2).reciprocal_()  # 1/s² (..., R)
+        diff = mu.unsqueeze(-1) - centers  # (..., R)
+        gr = grad * r
+        d_mu_terms = diff * inv_var  # (μ − c)/s²
+        grad_mu = -(gr * d_mu_terms).sum(-1)
+        d_var = d_mu_terms.square_().sub_(inv_var).mul_(0.5).mul_(gr)  # ∂L/∂s² = g·r·((μ−c)²/s⁴ − 1/s²)/2
+        grad_sigma = (d_var.sum(-1) * 2 * sigma) if ctx.needs_input_grad[1] else None
+        grad_c = (gr * diff * inv_var).reshape(-1, r.shape[-1]).sum(0) if ctx.needs_input_grad[2] else None
+        grad_w = (d_var * 2 * widths).reshape(-1, r.shape[-1]).sum(0) if ctx.needs_input_grad[3] else None
+        return grad_mu, grad_sigma, grad_c, grad_w
+
+
 def gaussian_rbf_integral(mu: torch.Tensor, sigma: torch.Tensor, centers: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
-    """E_{t~N(μ, σ²)}[ψ_r(t)] = ∫ N(t; μ, σ²) N(t; c_r, w_r²) dt = N(μ; c_r, σ² + w_r²) in closed form.
+    """E_{t~N(μ, σ²)}[ψ_r(t)] = ∫ N(t; μ, σ²) N(t; c_r, w_r²) dt = N(μ; c_r, σ² + w_r²) in closed form
+    (``_GaussianRbfIntegral``: one (..., R) buffer, closed-form backward).
 
     mu/sigma (...,), centers/widths (R,) -> (..., R)
     """
-    return gaussian_pdf(mu.unsqueeze(-1), centers, sigma.unsqueeze(-1) ** 2 + widths**2)
+    return _GaussianRbfIntegral.apply(mu, sigma, centers, widths)
 
 
 def ridge_operator(positions: torch.Tensor, centers: torch.Tensor, widths: torch.Tensor, ridge_lambda: float) -> torch.Tensor:

@@ -9,8 +9,7 @@ and come back as zeros.
 from __future__ import annotations
 
 from collections.abc import Callable
-
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -24,6 +23,26 @@ class EncoderOutput(NamedTuple):
 
 def zero_aux(x: torch.Tensor) -> torch.Tensor:
     return x.new_zeros((), dtype=torch.float32)
+
+
+@runtime_checkable
+class ReportsStats(Protocol):
+    """A module that accumulates statistics in training (e.g. expert usage) and hands them over once per epoch."""
+
+    def pop_stats(self) -> dict[str, float]:
+        """Metric name -> value accumulated since the last call (then reset); {} when nothing was accumulated."""
+        ...
+
+
+def pop_stats(model: nn.Module) -> dict[str, float]:
+    """The statistics of every submodule of ``model`` that implements ``ReportsStats``, each key prefixed with the
+    module's path (``encoder.blocks.0.ff/expert_share_1``), so two layers never collide. The trainer logs them per
+    epoch; any encoder gets its statistics logged by implementing ``pop_stats``."""
+    stats: dict[str, float] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, ReportsStats):
+            stats.update({f"{name}/{k}" if name else k: v for k, v in module.pop_stats().items()})
+    return stats
 
 
 class MultiHeadSelfAttention(nn.Module):

@@ -67,6 +67,8 @@ class EAMEncoder(nn.Module):
     (torch.Size([3, 5, 8]), torch.Size([3, 5]))
     """
 
+    label = "EAM"
+
     def __init__(
         self,
         d_model: int,

@@ -196,6 +196,8 @@ class InfiniteFormerEncoder(StackedEncoder):
     torch.Size([3, 10, 8])
     """
 
+    label = "∞-former"
+
     def __init__(
         self,
         d_model: int,

@@ -57,6 +57,8 @@ class PerformerEncoder(StackedEncoder):
     torch.Size([3, 5, 8])
     """
 
+    label = "Performer (FAVOR+)"
+
     def __init__(
         self,
         d_model: int,

@@ -9,10 +9,18 @@ Attention dropout is 0 on purpose: with dropout > 0 SDPA falls back to its quadr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from models.attention import functional as AF
 from models.encoders.base import MultiHeadSelfAttention, StackedEncoder, feed_forward_blocks
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """The Transformers have no options beyond the shared ModelConfig sizes (kept as a class so that every encoder
+    has one)."""
 
 
 class SdpaAttention(MultiHeadSelfAttention):
@@ -31,10 +39,12 @@ class TransformerEncoder(StackedEncoder):
     torch.Size([3, 5, 8])
     """
 
+    label = "Transformer (SDPA)"  # for tables and plots
     attention_cls: type[MultiHeadSelfAttention] = SdpaAttention
 
     def __init__(
-        self, d_model: int, n_layers: int, n_heads: int, ff_mult: int = 4, dropout: float = 0.1, config: None = None
+        self, d_model: int, n_layers: int, n_heads: int, ff_mult: int = 4, dropout: float = 0.1,
+        config: TransformerConfig | None = None,
     ) -> None:
         attention = lambda: self.attention_cls(d_model, n_heads)  # noqa: E731
         super().__init__(d_model, feed_forward_blocks(d_model, n_layers, ff_mult, dropout, attention))
@@ -43,4 +53,5 @@ class TransformerEncoder(StackedEncoder):
 class MaterializedTransformerEncoder(TransformerEncoder):
     """The same Transformer with the attention matrix built explicitly (same parameters, same state dict keys)."""
 
+    label = "Transformer (materialised)"
     attention_cls = MaterializedAttention

@@ -1,7 +1,9 @@
-"""prefect.yaml: every deployment's entrypoint and parameters resolve, and `prefect deploy --all` accepts the file."""
+"""prefect.yaml: every deployment's entrypoint loads as a worker loads it, its parameters resolve, and
+`prefect deploy --all` accepts the file (tests/flows/test_worker.py then runs each deployment on a real worker)."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -32,6 +34,28 @@ def test_entrypoint_and_parameters_resolve(deployment: dict, monkeypatch: pytest
     flow = load_flow_from_entrypoint(deployment["entrypoint"])
     validated = flow.validate_parameters(deployment.get("parameters") or {})
     assert set(validated) <= set(flow.parameters.properties)
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d["name"])
+def test_entrypoint_loads_in_a_fresh_process_without_placeholder(deployment: dict) -> None:
+    """A worker's flow-run process starts in the project folder with nothing imported; no placeholder flow allowed."""
+    code = (
+        "import sys; from prefect.flows import load_flow_from_entrypoint as load; "
+        "f = load(sys.argv[1], use_placeholder_flow=False); print(type(f).__name__, f.name, f.fn.__module__)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code, deployment["entrypoint"]], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    kind, _, module = done.stdout.split()[-3:]
+    assert kind == "Flow" and module.startswith("flows.")
+
+
+def test_no_flow_module_shadows_a_top_level_module() -> None:
+    """A file entrypoint puts flows/ first on sys.path: no flows/*.py may be named like an importable package."""
+    taken = set(sys.stdlib_module_names) | set(importlib.metadata.packages_distributions()) | {"pipeline", "models", "flows"}
+    clashes = sorted(p.name for p in (ROOT / "flows").glob("*.py") if p.stem in taken)
+    assert not clashes, f"flows/ modules named like top-level modules: {clashes}"
 
 
 def test_prefect_deploy_all_accepts_the_file(prefect_server: str) -> None:

@@ -21,12 +21,13 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, Fl
 from prefect.client.schemas.sorting import ArtifactSort
 
 from flows.ingest import IngestParams, ingest_flow
-from flows.pipeline import PipelineParams, pipeline
+from flows.end_to_end import PipelineParams, pipeline
 from flows.pretrain import PretrainParams
 from flows.score import LandingParams, ScoreParams, score, score_landing
 from flows.sequences import SequencesParams, sequences_flow
 from flows.train import TrainParams
 from pipeline import schema
+from pipeline.ingest import REASONS
 from pipeline.io import scan_table
 from pipeline.settings import load_settings
 
@@ -93,9 +94,12 @@ def test_pipeline_writes_every_step_output(first_run, data_root: Path) -> None:
 
 
 def test_artifacts_reconcile_and_compare(first_run) -> None:
-    rows = json.loads(_run(_artifact("ingest-reconciliation")).data)
+    artifact = _run(_artifact("ingest-reconciliation"))
+    rows = json.loads(artifact.data)
     total = next(r for r in rows if r["file"] == "TOTAL")
     assert total["rows_in"] == total["accepted"] + total["rejected"] > 0
+    assert sum(v for k, v in total.items() if k in REASONS) == total["rejected"]  # a column per reject reason
+    assert f"{total['rows_in']:,} rows in: {total['accepted']:,} accepted" in artifact.description
     table = _run(_artifact("train-comparison")).data
     assert all(f"| {m} |" in table for m in MODELS)
 

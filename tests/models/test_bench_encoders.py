@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from models import ENCODERS
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -21,13 +23,25 @@ def bench():
 
 
 def _args(**kw) -> argparse.Namespace:
-    base = dict(batch=1, heads=2, head_dim=4, layers=1, reps=1, warmup=1, threads=1, nb_features=8, segment_len=8,
-                window=4, stride=4, pool_size=2, mem_budget_gb=1.0, time_budget_s=10.0, device="cpu", length=16)
+    base = dict(batch=1, heads=2, head_dim=4, layers=1, reps=1, warmup=1, threads=1,
+                set=["performer.nb_features=8", "infinite_former.segment_len=8", "eam.window=4", "eam.stride=4"],
+                mem_budget_gb=1.0, time_budget_s=10.0, device="cpu", length=16)
     base.update(kw)
     return argparse.Namespace(**base)
 
 
-@pytest.mark.parametrize("encoder", ["transformer", "eam"])
+def test_the_bench_covers_every_registered_encoder(bench) -> None:
+    assert bench.ENCODER_ORDER == list(ENCODERS) and set(bench.LABELS) == set(ENCODERS)
+
+
+def test_set_overrides_only_the_named_encoder(bench) -> None:
+    cfg = bench.encoder_config("eam", ["eam.window=4", "eam.pool_after=[0, 1]", "performer.nb_features=8"])
+    assert cfg.window == 4 and cfg.pool_after == (0, 1) and cfg.stride == 64
+    with pytest.raises(SystemExit, match="no config field"):
+        bench.encoder_config("eam", ["eam.nope=1"])
+
+
+@pytest.mark.parametrize("encoder", list(ENCODERS))
 def test_one_case_runs_and_reports_time_and_memory(bench, encoder: str) -> None:
     r = bench.run_case(_args(encoder=encoder))
     assert r["time_s"] > 0 and r["rss_peak_mib"] >= 0 and r["n_parameters"] > 0

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from models import ALIASES, ENCODERS, ClassifierOutput, ModelConfig, build_model
+from models import ENCODERS, ClassifierOutput, EAMConfig, ModelConfig, PerformerConfig, build_model
 
 from model_fixtures import ENCODER_NAMES, random_batch, tiny_config
 
@@ -58,29 +58,64 @@ def test_cls_token_sits_right_after_the_last_event() -> None:
     assert torch.equal(x2[0, 2], model.cls_token.detach()) and torch.equal(x2[1, 3], model.cls_token.detach())
 
 
-def test_alias_and_unknown_names() -> None:
-    assert ALIASES == {"informer": "infinite_former"}
-    assert ModelConfig(n_mcc=5, n_tr_type=5, encoder="informer").encoder == "infinite_former"
+def test_unknown_names_and_mismatched_configs_fail() -> None:
     with pytest.raises(ValueError, match="unknown encoder"):
         ModelConfig(n_mcc=5, n_tr_type=5, encoder="lstm")
     with pytest.raises(ValueError, match="pooling"):
         ModelConfig(n_mcc=5, n_tr_type=5, pooling="max")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="divisible"):
         ModelConfig(n_mcc=5, n_tr_type=5, d_model=10, n_heads=4)
+    with pytest.raises(ValueError, match="takes a PerformerConfig"):
+        ModelConfig(n_mcc=5, n_tr_type=5, encoder="performer", encoder_config=EAMConfig())
 
 
-def test_config_round_trips_through_json() -> None:
-    cfg = tiny_config("eam")
+@pytest.mark.parametrize("encoder", ENCODER_NAMES)
+def test_config_round_trips_through_json(encoder: str) -> None:
+    cfg = tiny_config(encoder)
     again = ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
-    assert again == cfg
-    assert isinstance(again.eam.pool_after, tuple)
+    assert again == cfg and type(again.encoder_config) is ENCODERS[encoder].config_cls
 
 
-@pytest.mark.parametrize("encoder", sorted(ENCODERS))
+def test_tuples_survive_the_json_round_trip() -> None:
+    again = ModelConfig.from_dict(json.loads(json.dumps(tiny_config("eam").to_dict())))
+    assert isinstance(again.encoder_config.pool_after, tuple)
+
+
+def test_default_encoder_config_is_the_config_class_defaults() -> None:
+    for name, entry in ENCODERS.items():
+        assert ModelConfig(n_mcc=5, n_tr_type=5, encoder=name).encoder_config == entry.config_cls()
+
+
+def _legacy_dict(encoder: str) -> dict:
+    """A ModelConfig as saved before encoder_config existed: one sub-config key per encoder of that time."""
+    cfg = tiny_config("transformer").to_dict()
+    del cfg["encoder_config"]
+    return {**cfg, "encoder": encoder, "performer": {"nb_features": 16, "redraw_interval": 3, "kernel_eps": 1e-6},
+            "infinite_former": {"segment_len": 4, "n_basis": 8, "rbf_widths": [0.02, 0.05], "n_samples": 6,
+                                "ridge_lambda": 0.5, "tau": 0.5, "sticky": True, "histogram_bins": 8},
+            "eam": {"window": 3, "stride": 4, "pool_size": 2, "pool_after": [0], "n_experts": 3, "top_k": 2,
+                    "expert_ff_mult": 2, "balance_loss_weight": 0.01}}
+
+
+@pytest.mark.parametrize("encoder", ["transformer", "performer", "infinite_former", "eam"])
+def test_configs_saved_before_encoder_config_still_load(encoder: str) -> None:
+    cfg = ModelConfig.from_dict(json.loads(json.dumps(_legacy_dict(encoder))))
+    assert cfg.encoder == encoder and type(cfg.encoder_config) is ENCODERS[encoder].config_cls
+    if encoder == "performer":
+        assert cfg.encoder_config == PerformerConfig(nb_features=16, redraw_interval=3)
+    build_model(cfg)
+
+
+def test_an_old_config_naming_the_informer_alias_is_refused() -> None:
+    with pytest.raises(ValueError, match="alias of 'infinite_former'"):
+        ModelConfig.from_dict(_legacy_dict("informer"))
+
+
+@pytest.mark.parametrize("encoder", ENCODER_NAMES)
 def test_builder_uses_the_typed_subconfig(encoder: str) -> None:
     cfg = tiny_config(encoder)
     model = build_model(cfg)
-    assert isinstance(model.encoder, ENCODERS[encoder])
+    assert isinstance(model.encoder, ENCODERS[encoder].encoder_cls)
     assert model.n_parameters() == sum(p.numel() for p in model.parameters()) > 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -104,3 +105,34 @@ def test_features_are_redrawn_on_schedule_in_training_and_fixed_in_eval() -> Non
         attn(x, valid)
     assert torch.equal(attn.projection, frozen)
     assert "projection" in attn.state_dict()  # a reloaded model uses the same features
+
+
+def _features_step_by_step(x, projection, is_query, valid, eps):
+    """The FAVOR+ features written out op by op (autograd keeps every intermediate): the fused version's oracle."""
+    m, d = projection.shape
+    x = x * d**-0.25
+    wx = torch.einsum("bhtd,md->bhtm", x, projection)
+    sq = 0.5 * (x * x).sum(dim=-1, keepdim=True)
+    if is_query:
+        stab = wx.amax(dim=-1, keepdim=True).detach()
+    else:
+        masked = wx if valid is None else wx.masked_fill(~valid[:, None, :, None], torch.finfo(wx.dtype).min)
+        stab = masked.amax(dim=(-2, -1), keepdim=True).detach()
+    phi = (torch.exp(wx - sq - stab) + eps) / math.sqrt(m)
+    return phi if (valid is None or is_query) else phi * valid[:, None, :, None].to(phi.dtype)
+
+
+@pytest.mark.parametrize("is_query", [True, False])
+@pytest.mark.parametrize("masked", [True, False])
+def test_fused_features_match_the_step_by_step_formula_and_its_gradient(is_query: bool, masked: bool) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 7, 4, requires_grad=True)
+    projection = AF.orthogonal_gaussian(10, 4)
+    valid = torch.tensor([[True] * 7, [True] * 4 + [False] * 3]) if masked else None
+    w = torch.randn(2, 3, 7, 10)
+    fused = AF.softmax_kernel(x, projection, is_query=is_query, valid=valid, eps=1e-3)
+    (g_fused,) = torch.autograd.grad((fused * w).sum(), x)
+    ref = _features_step_by_step(x, projection, is_query, valid, 1e-3)
+    (g_ref,) = torch.autograd.grad((ref * w).sum(), x)
+    torch.testing.assert_close(fused, ref)
+    torch.testing.assert_close(g_fused, g_ref)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -131,3 +132,19 @@ def test_sticky_positions_follow_the_attention_histogram() -> None:
 def test_inverse_cdf_of_a_uniform_histogram_is_the_identity() -> None:
     u = torch.rand(3, 50)
     torch.testing.assert_close(AF.inverse_cdf_positions(torch.full((3, 8), 1 / 8), u), u)
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_fused_gaussian_integral_matches_the_formula_and_its_gradient(wide: bool) -> None:
+    torch.manual_seed(0)
+    mu = torch.rand(2, 3, 5, dtype=torch.float64, requires_grad=True)
+    sigma = (torch.rand(2, 3, 5, dtype=torch.float64) * (0.5 if wide else 0.05) + 0.01).requires_grad_()
+    centers = torch.linspace(0, 1, 7, dtype=torch.float64, requires_grad=True)
+    widths = torch.full((7,), 0.05, dtype=torch.float64, requires_grad=True)
+    fused = AF.gaussian_rbf_integral(mu, sigma, centers, widths)
+    ref = AF.gaussian_pdf(mu.unsqueeze(-1), centers, sigma.unsqueeze(-1) ** 2 + widths**2)
+    torch.testing.assert_close(fused, ref)
+    w = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad((fused * w).sum(), (mu, sigma, centers, widths)),
+                               torch.autograd.grad((ref * w).sum(), (mu, sigma, centers, widths)))
+    assert torch.autograd.gradcheck(AF.gaussian_rbf_integral, (mu, sigma, centers, widths))

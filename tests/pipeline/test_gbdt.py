@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+
 import numpy as np
 import polars as pl
 import pytest
@@ -9,7 +12,7 @@ import skops.io as sio
 
 from pipeline import schema as S
 from pipeline.features import FeatureConfig
-from pipeline.gbdt import TRUSTED_TYPES, GBDTConfig, fit_gbdt, load_gbdt, save_gbdt, train_gbdt
+from pipeline.gbdt import TRUSTED_TYPES, GBDTConfig, _classifier, _fit_in_stages, fit_gbdt, load_gbdt, save_gbdt, train_gbdt
 
 
 def _events(n_customers: int = 120, seed: int = 0) -> tuple[pl.LazyFrame, pl.DataFrame]:
@@ -54,6 +57,22 @@ def test_refit_to_best_round_is_deterministic() -> None:
     a, _ = fit_gbdt(x[:150], y[:150], x[150:], y[150:], CONFIG)
     b, _ = fit_gbdt(x[:150], y[:150], x[150:], y[150:], CONFIG)
     np.testing.assert_array_equal(a.predict_proba(x), b.predict_proba(x))
+
+
+def test_staged_fit_logs_progress_and_grows_the_same_trees_as_one_fit(caplog: pytest.LogCaptureFixture) -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(300, 4))
+    y = (x[:, 0] - x[:, 1] + rng.normal(scale=1.5, size=300) > 0).astype(float)
+    config = dataclasses.replace(CONFIG, max_iter=25, log_every=10)
+    with caplog.at_level(logging.INFO, logger="pipeline.gbdt"):
+        _, val_auc = fit_gbdt(x[:200], y[:200], x[200:], y[200:], config)
+    rounds = [r.getMessage() for r in caplog.records if r.getMessage().startswith("gbdt: round")]
+    assert [m.split()[2] for m in rounds] == ["10/25", "20/25", "25/25"] and all("val auroc" in m for m in rounds)
+    assert len(val_auc) == 25
+    staged = _fit_in_stages(_classifier(config, 25), x[:200], y[:200], x[200:], y[200:], every=7)
+    one_fit = _classifier(config, 25).fit(x[:200], y[:200])
+    assert staged.n_iter_ == 25 and not staged.warm_start
+    np.testing.assert_array_equal(staged.predict_proba(x), one_fit.predict_proba(x))
 
 
 def test_skops_round_trip_uses_only_the_trusted_types(tmp_path) -> None:

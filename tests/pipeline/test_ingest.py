@@ -466,3 +466,106 @@ def test_combined_validation_splits_into_the_same_events_and_rejects(mixed_csv: 
         assert_frame_equal(split_events, events)
         assert_frame_equal(split_rejects, rejects)
         assert rejects.height > 0 and events.height > 0
+
+
+# ---- numbers: ids are identifiers, codes keep their zero padding, ASCII digits only (README "Decisions") ----------
+
+_DIGITS = {"ascii": "0123456789", "arabic_indic": "٠١٢٣٤٥٦٧٨٩", "fullwidth": "０１２３４５６７８９"}
+
+
+def _written(n: int, sign: str, zeros: int, digits: str) -> str:
+    return sign + "0" * zeros + "".join(_DIGITS[digits][int(c)] for c in str(n))
+
+
+def _expected_id_reason(text: str, sign: str, zeros: int, digits: str) -> str | None:
+    if digits != "ascii" or sign:
+        return "not_an_integer"
+    return "ambiguous_id" if text[0] == "0" and len(text) > 1 else None
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 10**12), st.sampled_from(["", "+"]), st.integers(0, 2),
+                          st.sampled_from(list(_DIGITS))), min_size=1, max_size=30))
+def test_integer_text_forms(forms: list[tuple[int, str, int, str]]) -> None:
+    """customer_id: plain ASCII digits only ('+101' not an integer, '0102' an ambiguous id); mcc_code / tr_type:
+    leading zeros are zero padding ('0742' is 742), a sign or non-ASCII digits are not an integer."""
+    n = len(forms)
+    texts = [_written(*f) for f in forms]
+    base = {schema.TR_DATETIME: [f"{i} 10:00:00" for i in range(n)], schema.AMOUNT: ["-1.5"] * n,
+            schema.TERM_ID: [None] * n}
+    as_id = pl.LazyFrame({schema.CUSTOMER_ID: texts, schema.MCC_CODE: ["5411"] * n, schema.TR_TYPE: ["1010"] * n, **base})
+    as_code = pl.LazyFrame({schema.CUSTOMER_ID: [str(i) for i in range(n)], schema.MCC_CODE: texts,
+                            schema.TR_TYPE: ["1010"] * n, **base})
+    for lf, column in ((as_id, schema.CUSTOMER_ID), (as_code, schema.MCC_CODE)):
+        events, rejects = (f.collect() for f in validate(lf, "t"))
+        reasons = dict(zip(rejects[schema.SOURCE_ROW], rejects[schema.REASON]))
+        values = dict(zip(events[schema.SOURCE_ROW], events[column]))
+        for i, ((value, sign, zeros, digits), text) in enumerate(zip(forms, texts), start=1):
+            if column == schema.CUSTOMER_ID:
+                expected = _expected_id_reason(text, sign, zeros, digits)
+            else:
+                expected = "not_an_integer" if sign or digits != "ascii" or value > 2**31 - 1 else None
+            assert reasons.get(i) == expected, (column, text)
+            if expected is None:
+                assert values[i] == value
+
+
+@pytest.mark.parametrize("day", ["٥", "５", "+5", "5٥"])
+def test_a_day_in_other_digits_is_an_unparseable_datetime(day: str) -> None:
+    lf = pl.LazyFrame({schema.CUSTOMER_ID: ["1"], schema.TR_DATETIME: [f"{day} 10:00:00"], schema.MCC_CODE: ["5411"],
+                       schema.TR_TYPE: ["1010"], schema.AMOUNT: ["-1"], schema.TERM_ID: [None]})
+    assert validate(lf, "t")[1].collect()[schema.REASON].to_list() == ["unparseable_datetime"]
+
+
+# ---- inputs as units: folders of CSV, --atomic, staging -----------------------------------------------------------
+
+
+def test_a_folder_of_csv_files_is_one_unit(tmp_path: Path) -> None:
+    folder = tmp_path / "daily"
+    folder.mkdir()
+    _write(folder / "b.csv", GOOD[:2])
+    (folder / "a.csv.gz").write_bytes(gzip.compress(("\n".join([HEADER, *GOOD[4:]]) + "\n").encode()))
+    result = ingest([folder], tmp_path / "out")
+    assert [Path(f.path).name for f in result.files] == ["a.csv.gz", "b.csv"] and result.accepted == 4
+    (folder / "c.csv").write_text(HEADER + "\n")  # header only: the folder fails, nothing of it is recorded
+    with pytest.raises(IngestError, match=r"c\.csv: no data rows .* committed: none; not ingested: "):
+        ingest([folder], tmp_path / "out2")
+    assert not (tmp_path / "out2" / "manifest.json").exists()
+    assert not [p for p in (tmp_path / "out2").rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("extra", ["notes.txt", "data.zip"])
+def test_a_folder_with_other_files_is_refused(tmp_path: Path, extra: str) -> None:
+    folder = tmp_path / "daily"
+    folder.mkdir()
+    _write(folder / "a.csv", GOOD[:2])
+    (folder / extra).write_text("x")
+    with pytest.raises(IngestError, match=f"neither CSV .* nor Parquet: {extra}"):
+        ingest([folder], tmp_path / "out")
+
+
+def test_duplicate_names_and_nested_columns_are_file_errors(tmp_path: Path) -> None:
+    path = tmp_path / "dup.csv"
+    path.write_text("customer_id,tr_datetime,mcc_code,tr_type,amount,amount\n1,0 10:00:00,5411,1010,-1,-2\n")
+    for allow in (False, True):
+        with pytest.raises(IngestError, match=r"column\(s\) amount appear more than once") as e:
+            ingest([path], tmp_path / "out", IngestConfig(allow_extra_columns=allow))
+        assert "duplicated" not in str(e.value)
+    nested = tmp_path / "nested.parquet"
+    pl.DataFrame({schema.CUSTOMER_ID: [1], schema.TR_DATETIME: ["0 10:00:00"], schema.MCC_CODE: [5411],
+                  schema.TR_TYPE: [1010], schema.AMOUNT: [{"value": -1.5}]}).write_parquet(nested)
+    with pytest.raises(IngestError, match=r"column amount holds Struct.* expected one value per row \(a number\)"):
+        ingest([nested], tmp_path / "out")
+
+
+def test_blank_lines_and_reasons_in_manifest_summary_and_reconciliation(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("\n".join([HEADER, "", GOOD[0], "  ", GOOD[1], GOOD[1], "104,0 10:00:00,5411,1010", ""]) + "\n")
+    result = ingest([path], tmp_path / "out")
+    (entry,) = json.loads((tmp_path / "out" / "manifest.json").read_text())["files"]
+    assert (entry["rows_in"], entry["blank_lines"]) == (4, 3)
+    assert entry["rejected_by_reason"] == {"duplicate_row": 1, "wrong_field_count": 1}
+    assert result.summary().endswith("(1 wrong_field_count, 1 duplicate_row; rows in "
+                                     f"{tmp_path / 'out' / 'rejects'}); 3 blank line(s) skipped")
+    total = result.reconciliation()[-1]
+    assert (total["wrong_field_count"], total["duplicate_row"], total["blank_lines"]) == (1, 1, 3)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import hashlib
+import io
+import lzma
+import os
+import zipfile
 from pathlib import Path
 
 import polars as pl
@@ -11,7 +16,11 @@ import pytest
 
 from pipeline.io import (
     TableError,
+    check_input,
+    open_table,
+    printable,
     scan_table,
+    sniff_kind,
     sha256_file,
     sniff_delimiter,
     write_parquet_atomic,
@@ -126,3 +135,50 @@ def test_leftovers_of_dead_processes_are_removed_and_live_ones_kept(tmp_path: Pa
     assert sorted(remove_dead_temp(tmp_path)) == sorted([dead_dir, dead_file])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (mine, other_host, legacy, user))
     assert remove_dead_temp(tmp_path / "missing") == []
+
+
+def test_printable_escapes_and_cuts() -> None:
+    assert printable("amount") == "amount"
+    assert printable(b"a\x00b\rc\x1b[31m\xff") == r"a\x00b\rc\x1b[31m\xff"
+    long = printable("x" * 500, 20)
+    assert long == "x" * 20 + "… (500 characters)"
+    assert all(c.isprintable() for c in printable(bytes(range(256)), 1000))
+
+
+def test_special_files_are_refused_before_anything_opens_them(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.csv")
+    (tmp_path / "zero.csv").symlink_to("/dev/zero")
+    with pytest.raises(TableError, match="named pipe"):
+        check_input(tmp_path / "pipe.csv")
+    with pytest.raises(TableError, match=r"symlink to /dev/zero\): is a character device"):
+        with open_table(tmp_path / "zero.csv"):
+            pass
+    check_input(tmp_path)  # a folder is fine
+
+
+def _zip(data: bytes) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("t.csv", data)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("name", "make", "kind", "message"), [
+    ("t.csv.gz", _zip, "a ZIP archive", "named .gz but it is a ZIP archive, not gzip"),
+    ("t.csv", bz2.compress, "a bzip2 file", "it is a bzip2 file, not a CSV"),
+    ("t.csv", lzma.compress, "an xz file", "it is an xz file, not a CSV"),
+    ("t.parquet", _zip, "a ZIP archive", "not a readable Parquet file: it is a ZIP archive"),
+])
+def test_what_a_misnamed_file_is_is_said(tmp_path: Path, name: str, make, kind: str, message: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(make(CSV.encode() * 50))
+    assert sniff_kind(path) == kind
+    with pytest.raises(TableError, match=message):
+        with open_table(path):
+            pass
+
+
+def test_parquet_bytes_named_csv(tmp_path: Path) -> None:
+    pl.DataFrame({"x": [1]}).write_parquet(tmp_path / "t.csv")
+    with pytest.raises(TableError, match="it is a Parquet file, not a CSV; name it .parquet"):
+        scan_table(tmp_path / "t.csv")

@@ -3,6 +3,8 @@ like the in-memory model (sequence encoder and GBDT alike)."""
 
 from __future__ import annotations
 
+import re
+import zipfile
 from pathlib import Path
 
 import mlflow
@@ -20,8 +22,10 @@ from pipeline.gbdt import GBDTConfig, train_gbdt
 from pipeline.ingest import IngestConfig, read_events
 from pipeline.presets import tiny
 from pipeline.scoring import (
+    EXAMPLE_CUSTOMERS,
     GBDTScorer,
     SequenceScorer,
+    input_example,
     load_scorer,
     log_model,
     save_gbdt_artifacts,
@@ -68,12 +72,40 @@ def _sequence_model(data: TinyData) -> tuple[torch.nn.Module, ModelConfig, Vocab
     return model.eval(), cfg, vocab
 
 
-def _log(tracker: Tracker, tmp: Path, config: dict, files: dict, example: pd.DataFrame, auroc: float) -> str:
+def _log(tracker: Tracker, tmp: Path, config: dict, files: dict, auroc: float) -> str:
     with tracker.run("model") as run_id:
-        version = log_model(tracker, run_id, artifacts_dir=tmp, config=config, files=files, input_example=example,
+        version = log_model(tracker, run_id, artifacts_dir=tmp, config=config, files=files,
                             registered_model=NAME, version_tags={TAG_SPLIT_ID: "s", TAG_TEST_AUROC: str(auroc)})
     tracker.promote_champion(NAME, version.version, auroc, "s")
     return version.version
+
+
+def leaked_ids(model_dir: Path, ids: set[str]) -> dict[str, set[str]]:
+    """file -> the given customer ids found in it as whole digit runs (inside zip members too: model.pt, skops)."""
+    found: dict[str, set[str]] = {}
+    for path in (p for p in model_dir.rglob("*") if p.is_file()):
+        blobs = [path.read_bytes()]
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                blobs += [z.read(n) for n in z.namelist()]
+        runs = {m.decode() for b in blobs for m in re.findall(rb"\d+", b)}
+        if hit := ids & runs:
+            found[str(path.relative_to(model_dir))] = hit
+    return found
+
+
+def _check_registered_model_is_clean(data: TinyData, version: str) -> None:
+    """The logged example is the synthetic one (it scores), and no customer id of the data is in any model file."""
+    loaded = mlflow.pyfunc.load_model(f"models:/{NAME}/{version}")
+    example = loaded.input_example
+    pd.testing.assert_frame_equal(example.astype(str), input_example())
+    assert loaded.predict(example)[S.CUSTOMER_ID].tolist() == list(EXAMPLE_CUSTOMERS)
+    raw = pl.read_csv(data.raw / "transactions.csv.gz", columns=[S.CUSTOMER_ID], infer_schema=False)
+    ids = {i for i in raw[S.CUSTOMER_ID].unique().to_list() if len(i) >= 6}  # shorter ones match code by chance
+    assert len(ids) >= 0.95 * raw[S.CUSTOMER_ID].n_unique()
+    model_dir = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}/{version}"))
+    assert (model_dir / "MLmodel").exists() and (model_dir / "input_example.json").exists()
+    assert leaked_ids(model_dir, ids) == {}
 
 
 def test_sequence_pyfunc_from_the_registry_scores_like_the_in_memory_model(
@@ -82,7 +114,8 @@ def test_sequence_pyfunc_from_the_registry_scores_like_the_in_memory_model(
     model, cfg, vocab = _sequence_model(data)
     seq_cfg = SequenceConfig(max_len=200, min_count=2)
     config, files = save_sequence_artifacts(tmp_path, model, cfg, vocab, seq_cfg, IngestConfig(), batch_size=32)
-    version = _log(tracker, tmp_path, config, files, raw.head(10), auroc=0.5)
+    version = _log(tracker, tmp_path, config, files, auroc=0.5)
+    _check_registered_model_is_clean(data, version)
 
     loaded = mlflow.pyfunc.load_model(f"models:/{NAME}@{CHAMPION}")
     assert loaded.metadata.get_input_schema().input_names() == list(S.RAW_COLUMNS)
@@ -110,7 +143,8 @@ def test_gbdt_pyfunc_from_the_registry_scores_like_the_in_memory_model(
     config = GBDTConfig(max_iter=10, features=FeatureConfig(top_mcc=8, top_tr_type=4))
     run = train_gbdt(read_events(data.events), labels, (split.train_ids(0), split.val_ids(0), split.test_ids), config)
     cfg, files = save_gbdt_artifacts(tmp_path, run.model, run.spec, IngestConfig())
-    version = _log(tracker, tmp_path, cfg, files, raw.head(10), auroc=run.metrics["test/auroc"])
+    version = _log(tracker, tmp_path, cfg, files, auroc=run.metrics["test/auroc"])
+    _check_registered_model_is_clean(data, version)
 
     loaded = mlflow.pyfunc.load_model(f"models:/{NAME}/{version}")
     got = loaded.predict(raw)

@@ -64,6 +64,22 @@ def test_each_encoder_learns_and_logs_metrics_per_evaluation(encoder: str, data:
     assert [h["epoch"] for h in result.history] == [1.0, 2.0, 3.0]  # 80 customers, batch 16: 5 steps a pass
 
 
+@pytest.mark.parametrize("encoder,key", [("eam", "encoder.blocks.0.ff/expert_share_"),
+                                         ("switchhead", "encoder.blocks.0.attn/v_expert_share_")])
+def test_statistics_reported_by_the_model_are_logged_per_evaluation(encoder: str, key: str, data: dict,
+                                                               tracker: Tracker) -> None:
+    """MoE layers report expert shares through the generic ``pop_stats`` protocol; fit logs them per evaluation."""
+    with tracker.run(f"{encoder}-stats") as run_id:
+        result = _fit(_model(encoder, data), data, logger=tracker.logger(run_id))
+    keys = [k for k in result.history[0] if k.startswith(key)]
+    assert keys and keys[0] == key + "0"
+    for row in result.history:
+        shares = [row[k] for k in keys]
+        assert math.isclose(sum(shares), 1.0, rel_tol=1e-6) and min(shares) >= 0
+    steps = sorted(m.step for m in tracker.client.get_metric_history(run_id, keys[-1]))
+    assert steps == [5, 10, 15]
+
+
 class _Killed(Exception):
     pass
 

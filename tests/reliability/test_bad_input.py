@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import random
+import re
+import subprocess
 import time
+import zipfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,9 +34,9 @@ import pytest
 from pipeline import schema as S
 from pipeline.batch_scoring import score_file
 from pipeline.ingest import IngestError, read_labels, validate
-from pipeline.io import scan_table
+from pipeline.io import open_table
 
-from conftest import Session, files_under, no_traceback
+from conftest import TXSEQ, Session, files_under, no_traceback
 
 HEADER = ",".join(S.RAW_COLUMNS)
 
@@ -175,6 +179,65 @@ CASES: list[Case] = [
          write_bytes("input.parquet", random.Random(1).randbytes(3000)), error=("not a readable Parquet",)),
     Case("truncated_gzip", "gzip that ends early", truncated_gzip("input.csv.gz"), error=("cannot be read to the end",)),
 ]
+
+def fifo(name: str) -> Callable[[Path], Path]:
+    def write(folder: Path) -> Path:
+        os.mkfifo(folder / name)
+        return folder / name
+
+    return write
+
+
+def symlink_to_dev_zero(name: str) -> Callable[[Path], Path]:
+    def write(folder: Path) -> Path:
+        (folder / name).symlink_to("/dev/zero")
+        return folder / name
+
+    return write
+
+
+def zip_named_gz(name: str) -> Callable[[Path], Path]:
+    """A ZIP archive whose member holds NUL, CR and an ESC colour sequence (none of it may reach the terminal)."""
+    def write(folder: Path) -> Path:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            z.writestr("transactions.csv", csv_text(*good_lines()) + b"\x00\r\x1b[31mred\x1b[0m\n" * 40)
+        (folder / name).write_bytes(buf.getvalue())
+        return folder / name
+
+    return write
+
+
+_nested = pa.table({
+    S.CUSTOMER_ID: pa.array([1001, 1002], pa.int64()), S.TR_DATETIME: pa.array(["1 10:00:00", "2 10:00:00"]),
+    S.MCC_CODE: pa.array([5411, 5411], pa.int64()), S.TR_TYPE: pa.array([1010, 1010], pa.int64()),
+    S.AMOUNT: pa.array([["-1.5"], ["2"]], pa.list_(pa.string())),  # a list per row
+})
+_ragged = [*good_lines(4), line(1002)[: -len(",")], line(1003) + ",x,y", line(1004, amount='"1,5"')]
+_blank_rows = [*good_lines(3), line(1002), line(1003)]
+_number_rows = [*good_lines(3), line(cid="+101"), line(cid="0102"), line(1004, dt="٥ 10:00:01"),
+                line(1005, mcc="+5411"), line(1006, mcc="0742"), line(1007, tr="１０１０"), line(1008, amount="-١٢")]
+
+CASES += [
+    Case("fifo", "a named pipe (FIFO) as the input", fifo("input.csv"), error=("named pipe (FIFO)", "not a regular file")),
+    Case("dev_zero", "a symlink to /dev/zero as the input", symlink_to_dev_zero("input.csv"),
+         error=("symlink to /dev/zero", "character device")),
+    Case("zip_named_gz", "a ZIP archive named .gz (binary content)", zip_named_gz("input.csv.gz"),
+         error=("a ZIP archive, not gzip",)),
+    Case("duplicate_columns", "a column name twice (two amount columns)",
+         write_bytes("input.csv", csv_text(*[r.replace(",-", ",-1,-", 1) for r in good_lines()],
+                                           header="customer_id,tr_datetime,mcc_code,tr_type,amount,amount,term_id")),
+         error=("column(s) amount appear more than once",)),
+    Case("nested_parquet", "a Parquet list column (amount as list<string>)", write_parquet("input.parquet", _nested),
+         error=("column amount holds List(String) values", "expected one value per row")),
+    rows_case("wrong_field_count", "rows with too few and too many fields",
+              _ragged, {"wrong_field_count": 2, "unparseable_amount": 1}),
+    rows_case("blank_lines", "blank and whitespace-only lines (not records, counted)", _blank_rows, {},
+              raw=(HEADER + "\n\n" + "\n".join(_blank_rows[:3]) + "\n \n\t\r\n\n" + "\n".join(_blank_rows[3:]) + "\n\n").encode()),
+    rows_case("number_forms", "ids with '+' or leading zeros, non-ASCII digits (mcc '0742' accepted)", _number_rows,
+              {"not_an_integer": 3, "ambiguous_id": 1, "unparseable_datetime": 1, "unparseable_amount": 1}),
+]
+BLANK_LINES = {"blank_lines": 5}  # case id -> blank lines the manifest must count
 IDS = [c.id for c in CASES]
 assert len(set(IDS)) == len(IDS)
 
@@ -182,6 +245,8 @@ assert len(set(IDS)) == len(IDS)
 def _assert_file_error(proc, path: Path, case: Case) -> None:
     assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
     no_traceback(proc)
+    assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f]", proc.stderr), f"raw bytes in the message: {proc.stderr!r}"
+    assert len(proc.stderr) < 1000, proc.stderr  # what is echoed from the file is cut
     err = proc.stderr.strip().splitlines()[-1]
     assert str(path) in err, err
     for part in case.error:
@@ -210,11 +275,15 @@ def test_ingest(case: Case, session: Session, tmp_path: Path) -> None:
     rejected = sum(case.rejected.values())
     assert (entry["rows_in"], entry["accepted"], entry["rejected"]) == (case.rows, case.rows - rejected, rejected)
     assert entry["rejected_by_reason"] == case.rejected
+    assert entry["blank_lines"] == BLANK_LINES.get(case.id, 0)
+    for reason, n in case.rejected.items():  # the summary line says what was set aside, by reason
+        assert f"{n:,} {reason}" in proc.stdout, proc.stdout
     events = pl.read_parquet(out / "events" / entry["part"])
     rejects = pl.read_parquet(out / "rejects" / entry["part"])
     assert sorted([*events[S.SOURCE_ROW], *rejects[S.SOURCE_ROW]]) == list(range(1, case.rows + 1))
     assert rejects[S.REASON].null_count() == 0
-    whole_row = pl.col(S.REASON).str.starts_with("duplicate_")  # a duplicate is the whole row, not one column
+    # a duplicate or a record of the wrong shape is the whole row, not one column
+    whole_row = pl.col(S.REASON).str.starts_with("duplicate_") | pl.col(S.REASON).is_in(["wrong_field_count", "record_too_long"])
     assert rejects.filter(~whole_row)[S.REJECT_COLUMN].null_count() == 0
     assert dict(Counter(rejects[S.REASON].to_list())) == case.rejected
     if case.id == "datetime_second_60":
@@ -245,8 +314,8 @@ def test_score(case: Case, session: Session, scorer, tmp_path: Path) -> None:
     rejected = sum(case.rejected.values())
     assert (result.input_rows, result.rejected_rows) == (case.rows, rejected)
     assert dict(Counter(rejects[S.REASON].to_list())) == case.rejected
-    events, _ = validate(scan_table(path), str(path), model.ingest)  # what ingest accepts, scored customer by customer
-    valid = events.collect()
+    with open_table(path) as table:  # what ingest accepts, scored customer by customer
+        valid = validate(table.lf, str(path), model.ingest)[0].collect()
     assert valid.height + rejects.height == case.rows
     assert sorted(scores[S.CUSTOMER_ID]) == sorted(valid[S.CUSTOMER_ID].unique())
     assert result.customers == scores.height == scores[S.CUSTOMER_ID].n_unique()
@@ -367,3 +436,136 @@ def test_model(case: str, session: Session, tmp_path: Path) -> None:
     assert not output.parent.exists() or not any(output.parent.iterdir()), files_under(output.parent)
     assert not (tmp_path / "no-store").exists()
     assert time.monotonic() - t0 < 60
+
+
+# --- inputs that used to blow up memory (peak RSS of the `txseq ingest` child, measured after it exits) ---------------
+
+PEAK_RSS_LIMIT = 1.5 * 2**30  # generous: the figures in docs/readme/reliability.md are ~0.15 GiB; 10.8 GiB before
+
+
+def _ingest_peak_rss(session: Session, path: Path, out: Path) -> tuple[subprocess.CompletedProcess, int]:
+    """Run `txseq ingest` and return (finished process, its peak RSS in bytes) from the child's own rusage."""
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as out_f, tempfile.TemporaryFile("w+") as err_f:  # files: wait4 reaps the child
+        proc = subprocess.Popen([str(TXSEQ), "ingest", str(path), "--out", str(out)], stdout=out_f, stderr=err_f,
+                                env=session.env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out_f.seek(0), err_f.seek(0)
+        done = subprocess.CompletedProcess(proc.args, proc.returncode, out_f.read(), err_f.read())
+    return done, usage.ru_maxrss * 1024  # Linux: KiB
+
+
+def _gzip_stream(path: Path, parts) -> Path:
+    import zlib
+
+    c = zlib.compressobj(9, zlib.DEFLATED, 31)
+    with open(path, "wb") as fh:
+        for p in parts:
+            fh.write(c.compress(p))
+        fh.write(c.flush())
+    return path
+
+
+def test_a_65_kb_gzip_of_64_mib_of_blank_lines_is_counted_not_rejected(session: Session, tmp_path: Path) -> None:
+    rows = good_lines(4)
+    head, tail = ("\n".join([HEADER, *rows[:2]]) + "\n").encode(), ("\n".join(rows[2:]) + "\n").encode()
+    path = _gzip_stream(tmp_path / "blank.csv.gz", [head, *([b"\n" * 2**20] * 64), tail])
+    assert path.stat().st_size < 100_000
+    proc, peak = _ingest_peak_rss(session, path, tmp_path / "events")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import json
+
+    (entry,) = json.loads((tmp_path / "events" / "manifest.json").read_text())["files"]
+    assert (entry["rows_in"], entry["accepted"], entry["blank_lines"]) == (4, 4, 64 * 2**20)
+    assert "67,108,864 blank line(s) skipped" in proc.stdout
+    assert peak < PEAK_RSS_LIMIT, f"peak RSS {peak / 2**30:.2f} GiB"
+
+
+def test_a_300_mib_field_is_rejected_without_holding_it(session: Session, tmp_path: Path) -> None:
+    from pipeline.raw_csv import MAX_RECORD_BYTES
+
+    rows = good_lines(4)
+    head = ("\n".join([HEADER, *rows[:2]]) + "\n").encode()
+    path = _gzip_stream(tmp_path / "long.csv.gz", [head, b"1003,5 10:00:01,5411,1010,-1", *([b"7" * 2**20] * 300),
+                                                   (",\n" + "\n".join(rows[2:]) + "\n").encode()])
+    assert path.stat().st_size < 1_000_000 and 300 * 2**20 > MAX_RECORD_BYTES
+    proc, peak = _ingest_peak_rss(session, path, tmp_path / "events")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import json
+
+    (entry,) = json.loads((tmp_path / "events" / "manifest.json").read_text())["files"]
+    assert (entry["rows_in"], entry["accepted"], entry["rejected_by_reason"]) == (5, 4, {"record_too_long": 1})
+    rejects = pl.read_parquet(tmp_path / "events" / "rejects" / entry["part"])
+    assert rejects[S.SOURCE_ROW].to_list() == [3] and (rejects[S.AMOUNT].str.len_bytes().fill_null(0) < 100).all()
+    assert peak < PEAK_RSS_LIMIT, f"peak RSS {peak / 2**30:.2f} GiB"
+
+
+# --- folders and several inputs: all or none ----------------------------------------------------------------------------
+
+
+def _manifest_files(out: Path) -> list[str]:
+    import json
+
+    return [Path(f["path"]).name for f in json.loads((out / "manifest.json").read_text())["files"]] \
+        if (out / "manifest.json").exists() else []
+
+
+def test_a_folder_of_csv_and_csv_gz_exports_is_ingested_file_by_file(session: Session, tmp_path: Path) -> None:
+    daily = tmp_path / "daily"
+    daily.mkdir()
+    (daily / "2024-01-02.csv").write_bytes(csv_text(*good_lines(3, cid=1002)))
+    (daily / "2024-01-01.csv.gz").write_bytes(gzip.compress(csv_text(*good_lines(4, cid=1001))))
+    proc = session.txseq("ingest", daily, "--out", tmp_path / "events")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _manifest_files(tmp_path / "events") == ["2024-01-01.csv.gz", "2024-01-02.csv"]  # sorted
+    assert "7 rows in: 7 accepted, 0 rejected" in proc.stdout
+
+
+def test_a_folder_with_a_broken_part_leaves_nothing_behind(session: Session, tmp_path: Path) -> None:
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    (parts / "a.csv").write_bytes(csv_text(*good_lines(3, cid=1001)))
+    truncated_gzip("b.csv.gz")(parts)
+    (parts / "c.csv").write_bytes(csv_text(*good_lines(3, cid=1003)))
+    out = tmp_path / "events"
+    proc = session.txseq("ingest", parts, "--out", out)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    err = proc.stderr.strip().splitlines()[-1]
+    assert str(parts / "b.csv.gz") in err and "cannot be read to the end" in err and f"not ingested: {parts}" in err
+    assert not [p for p in out.rglob("*") if p.is_file()], files_under(out)
+
+
+def test_a_list_of_files_says_what_was_committed_and_atomic_commits_none(session: Session, tmp_path: Path) -> None:
+    a, c = tmp_path / "a.csv", tmp_path / "c.csv"
+    a.write_bytes(csv_text(*good_lines(3, cid=1001)))
+    c.write_bytes(csv_text(*good_lines(3, cid=1003)))
+    b = truncated_gzip("b.csv.gz")(tmp_path)
+    proc = session.txseq("ingest", a, b, c, "--out", tmp_path / "events")
+    assert proc.returncode == 2
+    assert f"committed: {a}; not ingested: {b}, {c}" in proc.stderr, proc.stderr
+    assert _manifest_files(tmp_path / "events") == ["a.csv"]
+    proc = session.txseq("ingest", a, b, c, "--out", tmp_path / "atomic", "--atomic")
+    assert proc.returncode == 2 and "nothing ingested (--atomic)" in proc.stderr, proc.stderr
+    assert not [p for p in (tmp_path / "atomic").rglob("*") if p.is_file()]
+
+
+# --- scoring checks its inputs before it loads a model ---------------------------------------------------------------
+
+
+def test_score_checks_a_truncated_gzip_before_the_model(session: Session, tmp_path: Path) -> None:
+    """With a model that does not exist, the error is still the input's: the input was checked first."""
+    path = truncated_gzip("input.csv.gz")(tmp_path)
+    proc = session.txseq("score", "--model", "models:/no-such-model@champion", "--input", path,
+                         "--output", tmp_path / "scores.parquet")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert str(path) in proc.stderr and "cannot be read to the end" in proc.stderr and "no-such-model" not in proc.stderr
+
+
+def test_score_help_names_the_real_rejects_path(session: Session, tmp_path: Path) -> None:
+    from pipeline.batch_scoring import default_rejects_path
+
+    proc = session.txseq("score", "--help", env={"COLUMNS": "200"})
+    assert proc.returncode == 0 and "<stem>.rejects.parquet" in proc.stdout, proc.stdout
+    assert default_rejects_path(Path("out/scores.parquet")) == Path("out/scores.rejects.parquet")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from prefect import flow
 from pydantic import BaseModel, Field
 
+from flows.hooks import MLFLOW_HOOKS
 from flows.ingest import IngestParams, ingest_flow
 from flows.pretrain import PretrainParams, pretrain_flow
 from flows.sequences import SequencesParams, sequences_flow
@@ -25,8 +26,9 @@ class PipelineParams(BaseModel):
     train: TrainParams = Field(default_factory=TrainParams)
 
 
-@flow(name="pipeline")
+@flow(name="pipeline", **MLFLOW_HOOKS)
 def pipeline(params: PipelineParams = PipelineParams()) -> ComparisonResult:
+    """Cancelled or crashed (e.g. from the UI), the training's MLflow runs end KILLED or FAILED, never RUNNING."""
     events = ingest_flow(params.ingest)
     sequences = sequences_flow(params.sequences.model_copy(update={"events_dir": str(events.out_dir)}))
     paths = {"sequences_dir": str(sequences.out_dir), "events_dir": str(events.out_dir)}
