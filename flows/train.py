@@ -42,13 +42,14 @@ class TrainParams(BaseModel):
     max_parallel: int = Field(1, ge=1, description="models trained at the same time (threads; mind the cores)")
     init_from: list[str] = Field(default_factory=list,
                                  description="CoLES-pretrained encoder URIs: adds <encoder>_coles and hybrid_<encoder>")
+    threads: int | None = Field(None, gt=0, description="compute threads (default: TXSEQ_THREADS, else usable CPUs)")
 
 
 @task
 def start_task(p: TrainParams, sequences_dir: Path, events_dir: Path, run_name: str) -> ComparisonPlan:
     preset = resolve_preset(p.preset, sequences_dir, p.fold, steps=p.steps, device=p.device)
     return start_comparison(sequences_dir, events_dir, preset, p.models or None, fold=p.fold, run_name=run_name,
-                            init_from=p.init_from)
+                            threads=p.threads, init_from=p.init_from)
 
 
 @task(task_run_name="train-{model}")

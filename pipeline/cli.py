@@ -183,9 +183,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train and compare models (encoders + GBDT), track them in MLflow, register, write the report",
         description="Train the chosen models on one split under one parent MLflow run (a nested run per model), "
-        "register each as a pyfunc model (the `champion` alias moves only on a better test ROC AUC on the same "
-        "split), and write report.md + report.png under <data root>/runs/<run>/. Re-running with the same --run "
-        "resumes from the last epoch checkpoints.",
+        "register each as a pyfunc model and decide at once whether it becomes `champion` (both models re-scored on "
+        "customers neither trained or validated on; see docs/readme/training.md), and write report.md + report.png "
+        "under <data root>/runs/<run>/. Re-running with the same --run resumes from the last epoch checkpoints when "
+        "data, split, model and preset are unchanged, and does not register an already registered model again.",
         formatter_class=_EncoderListHelp,
     )
     p.add_argument("--sequences", type=Path, help="sequences folder (default: <data root>/sequences)")
@@ -204,6 +205,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="a CoLES-pretrained encoder (txseq pretrain), e.g. models:/txseq-gender-coles-transformer/1; "
                    "adds <encoder>_coles (fine-tuned from it) and hybrid_<encoder> (GBDT on aggregates + its "
                    "embeddings) to the models; repeatable")
+    p.add_argument("--threads", type=int, default=None,
+                   help="compute threads for torch, OpenMP and BLAS (default: TXSEQ_THREADS, else the CPUs this "
+                        "process may use: affinity and cgroup quota)")
 
     def handler(args: argparse.Namespace) -> int:
         import logging
@@ -212,6 +216,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         from pipeline.settings import load_settings
         from pipeline.tracking import TrackingError
 
+        if args.threads is not None and args.threads < 1:
+            p.error(f"--threads must be >= 1, got {args.threads}")
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         settings = load_settings()
         preset = resolve_preset(args.preset, args.sequences or settings.sequences_dir, args.fold, steps=args.steps,
@@ -222,6 +228,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                 args.sequences or settings.sequences_dir, args.events or settings.events_dir, preset, models,
                 fold=args.fold, settings=settings, run_name=args.run, register=not args.no_register,
                 init_from=args.init_from,
+                threads=args.threads,
             )
         except (TrackingError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)

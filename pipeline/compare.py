@@ -3,6 +3,11 @@ register each as a pyfunc model, and write the report (Markdown table + quality-
 
     sequences/ (table, vocab, split) + events/ ──▶ for each model: nested run ─ fit ─ test ─ log ─ register ─ champion?
                                                 ──▶ data/runs/<run>/report.md, report.png (also on the parent run)
+
+Each version's champion decision is made as it is registered (`pipeline.registry`, rule in `pipeline.champion`). A
+model is identified by its fingerprint (sequences manifest digest, split id, fold, model config, preset): its
+checkpoints resume only under the same fingerprint, and a re-run of the same `--run` name reuses the version it
+already registered instead of registering the same model twice.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import math
 import os
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,15 +30,28 @@ import torch
 from models import ModelConfig, build_model, canonical_encoder_name
 from pipeline import schema as S
 from pipeline.batches import SequenceDataset, make_loader, numeric_stats
+from pipeline.champion import ChampionRule
 from pipeline.gbdt import train_gbdt
 from pipeline.ingest import IngestConfig, read_events
 from pipeline.metrics import classification_metrics, plot_roc, plot_training_curves, pyplot, roc_points
+from pipeline.model_card import ModelCard, card_metrics
 from pipeline.presets import DataProfile, RunPreset, get
+from pipeline.registry import (
+    FIT_IDS_ARTIFACT_DIR,
+    FIT_IDS_FILE,
+    TAG_FINGERPRINT,
+    TAG_FIT_IDS,
+    DecisionData,
+    PyfuncScorer,
+    decide_pending,
+    write_fit_ids,
+)
 from pipeline.scoring import log_model, save_gbdt_artifacts, save_sequence_artifacts, score_with_model
 from pipeline.sequences import MANIFEST_FILE, SEQUENCES_FILE, SPLIT_FILE, VOCAB_FILE, SequenceConfig, Vocab
 from pipeline.settings import Settings, load_settings
 from pipeline.splits import Split
-from pipeline.tracking import TAG_SPLIT_ID, TAG_TEST_AUROC, Tracker, process_tags, setup
+from pipeline.threads import apply_threads, choose_threads, hardware, loader_workers
+from pipeline.tracking import TAG_DECISION, TAG_SPLIT_ID, TAG_TEST_AUROC, Tracker, process_tags, setup
 from pipeline.train import evaluate, fit, resolve_device
 
 log = logging.getLogger(__name__)
@@ -96,10 +114,33 @@ class _Data:
     vocab: Vocab
     sequence_config: SequenceConfig
     manifest_sha256: str | None
+    labels: dict[int, int]  # labelled customers of the sequences table: id -> gender
+    manifest: dict = field(default_factory=dict)
 
     @property
     def ids(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-        return self.split.train_ids(self.fold), self.split.val_ids(self.fold), self.split.test_ids
+        """(train, validation, test) ids of the split that are labelled customers of the sequences table: a split
+        written before labels without transactions were left out may name customers that do not exist."""
+        return tuple(tuple(i for i in ids if i in self.labels)  # type: ignore[return-value]
+                     for ids in (self.split.train_ids(self.fold), self.split.val_ids(self.fold), self.split.test_ids))
+
+    def fingerprint(self, model: str, model_config: dict, preset: RunPreset) -> dict[str, str]:
+        """What identifies one trained model: resume and re-registration match on it."""
+        digest = hashlib.sha256(json.dumps(model_config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return {"sequences_manifest_sha256": str(self.manifest_sha256), "split_id": self.split.split_id,
+                "fold": str(self.fold), "model": model, "model_config_sha256": digest, "preset": preset.name}
+
+    def card(self, model: str, preset: RunPreset, metrics: dict[str, float], device: str, threads: int) -> ModelCard:
+        counts = self.manifest.get("counts", {})
+        train_ids, val_ids, test_ids = self.ids
+        return ModelCard(model, preset.name, self.split.split_id, self.fold, self.manifest_sha256,
+                         int(counts.get("events_total", 0)), int(counts.get("customers", 0)), len(self.labels),
+                         len(train_ids), len(val_ids), len(test_ids), card_metrics(metrics),
+                         float(metrics.get("time/train_s", float("nan"))), hardware(device, threads))
+
+
+def fingerprint_key(fp: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def model_kind(name: str) -> tuple[str, str | None]:
@@ -120,7 +161,8 @@ def _model_name(name: str) -> str:
 
 
 def _train_encoder(name: str, data: _Data, preset: RunPreset, datasets: dict, tracker: Tracker, run_id: str,
-                   run_dir: Path, init: tuple[ModelConfig, dict] | None = None) -> tuple[ModelResult, dict, dict]:
+                   run_dir: Path, fingerprint: dict[str, str], workers: int = 0,
+                   init: tuple[ModelConfig, dict] | None = None) -> tuple[ModelResult, dict, dict]:
     """Train encoder model `name` from scratch, or (`init`: a pretrained encoder's config and weights) fine-tune its
     embedding and encoder with a new head."""
     train_ds, val_ds, test_ds = datasets["train"], datasets["val"], datasets["test"]
@@ -138,15 +180,17 @@ def _train_encoder(name: str, data: _Data, preset: RunPreset, datasets: dict, tr
     result = fit(
         model,
         lambda epoch: make_loader(train_ds, batch_size=preset.batch_size, shuffle=True, crop_len=preset.crop_len,
-                                  seed=tc.seed * 100_003 + epoch),
-        lambda: make_loader(val_ds, batch_size=preset.eval_batch_size),
+                                  seed=tc.seed * 100_003 + epoch, num_workers=workers),
+        lambda: make_loader(val_ds, batch_size=preset.eval_batch_size, num_workers=workers),
         tc,
         tracker.logger(run_id),
         run_dir / "checkpoints" / name,
+        fingerprint=fingerprint,
         name=name,
     )
     device = resolve_device(tc.device)
-    test = evaluate(model, make_loader(test_ds, batch_size=preset.eval_batch_size), device, tc.precision)
+    test = evaluate(model, make_loader(test_ds, batch_size=preset.eval_batch_size, num_workers=workers), device,
+                    tc.precision)
     q = classification_metrics(test["label"], test["prob"])
     metrics = {
         **{f"test/{k}": v for k, v in q.items()},
@@ -174,8 +218,8 @@ def _train_encoder(name: str, data: _Data, preset: RunPreset, datasets: dict, tr
 
 
 def _train_gbdt(data: _Data, preset: RunPreset, run_id: str, run_dir: Path) -> tuple[ModelResult, dict, dict]:
-    labels = (pl.read_parquet(data.sequences_dir / SEQUENCES_FILE, columns=[S.CUSTOMER_ID, S.GENDER])
-              .filter(pl.col(S.GENDER).is_not_null()))
+    labels = pl.DataFrame({S.CUSTOMER_ID: list(data.labels), S.GENDER: list(data.labels.values())},
+                          schema={S.CUSTOMER_ID: pl.Int64, S.GENDER: pl.Int8})
     run = train_gbdt(data.events, labels, data.ids, preset.gbdt)
     art = run_dir / "models" / "gbdt"
     config, files = save_gbdt_artifacts(art / "pyfunc", run.model, run.spec, IngestConfig())
@@ -224,12 +268,16 @@ class ComparisonPlan:
     register: bool
     experiment: str
     common: dict = field(default_factory=dict)  # params logged on the parent run and on every model's run
+    rule: ChampionRule = ChampionRule()
+    threads: int = 1
     init_from: dict[str, str] = field(default_factory=dict)  # encoder -> URI of its CoLES-pretrained model
 
 
 def _load_data(sequences_dir: Path, events_dir: Path, fold: int) -> _Data:
     manifest = json.loads((sequences_dir / MANIFEST_FILE).read_text()) if (sequences_dir / MANIFEST_FILE).exists() else {}
     seq_cfg = manifest.get("config", {})
+    labelled = (pl.read_parquet(sequences_dir / SEQUENCES_FILE, columns=[S.CUSTOMER_ID, S.GENDER])
+                .filter(pl.col(S.GENDER).is_not_null()).sort(S.CUSTOMER_ID))
     return _Data(
         sequences_dir=sequences_dir,
         events=read_events(Path(events_dir)),
@@ -238,6 +286,8 @@ def _load_data(sequences_dir: Path, events_dir: Path, fold: int) -> _Data:
         vocab=Vocab.load(sequences_dir / VOCAB_FILE),
         sequence_config=SequenceConfig(**{k: seq_cfg[k] for k in ("max_len", "min_count") if k in seq_cfg}),
         manifest_sha256=_sha256(sequences_dir / MANIFEST_FILE),
+        labels=dict(zip(labelled[S.CUSTOMER_ID].to_list(), labelled[S.GENDER].to_list(), strict=True)),
+        manifest=manifest,
     )
 
 
@@ -258,6 +308,8 @@ def resolve_preset(name: str, sequences_dir: Path, fold: int = 0, **train_overri
     """`presets.get`, with `auto` sized from this sequences folder's fold."""
     profile = data_profile(sequences_dir, fold) if name == "auto" else None
     return get(name, profile, **train_overrides)
+def _decision_data(data: _Data, rule: ChampionRule) -> DecisionData:
+    return DecisionData(data.labels, PyfuncScorer(data.events, score_with_model), rule)
 
 
 def start_comparison(
@@ -270,14 +322,21 @@ def start_comparison(
     run_name: str | None = None,
     register: bool = True,
     experiment: str = "txseq",
+    rule: ChampionRule = ChampionRule(),
+    threads: int | None = None,
     init_from: Sequence[str] = (),
 ) -> ComparisonPlan:
     """Open the parent run of a comparison and log what every model shares; `train_one` each model, then
-    `finish_comparison`. The store is preflighted here, before any training.
+    `finish_comparison`. The store is preflighted here, before any training. `threads` (default: settings.threads,
+    else the CPUs this process may use) limits torch, OpenMP and BLAS.
 
     `init_from`: URIs of CoLES-pretrained encoders (`txseq pretrain`); each adds `<encoder>_coles` (fine-tuned from
     it) and `hybrid_<encoder>` to the default models."""
     settings = settings or load_settings()
+    n_threads = choose_threads(threads or settings.threads)
+    applied = apply_threads(n_threads)
+    log.info("threads: %d (usable CPUs %d), DataLoader workers %d", applied.threads, applied.usable_cpus,
+             applied.loader_workers)
     tracker = setup(settings, experiment)
     sequences_dir = Path(sequences_dir)
     data = _load_data(sequences_dir, Path(events_dir), fold)
@@ -294,9 +353,16 @@ def start_comparison(
     run_dir = settings.runs_dir / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     train_ids, val_ids, test_ids = data.ids
+    ghosts = sorted(set(data.split.labelled_ids) - data.labels.keys())
+    if ghosts:  # a split written before `sequences` left out labels without transactions
+        log.warning("%d customers of split %s have no labelled sequence (e.g. %s): left out; rebuild the sequences "
+                    "folder to get a split over existing customers only", len(ghosts), data.split.split_id, ghosts[:5])
     common = {"split_id": data.split.split_id, "fold": fold, "data.sequences_manifest_sha256": data.manifest_sha256,
               "data.n_train": len(train_ids), "data.n_val": len(val_ids), "data.n_test": len(test_ids),
-              "git_commit": git_commit() or "unknown", "preset": preset.name}
+              "git_commit": git_commit() or "unknown", "preset": preset.name, "threads": n_threads}
+    if register:  # versions a killed run registered without a decision are decided before anything new
+        with tracker.registry_lock(settings.artifact_root, settings.registered_model):
+            decide_pending(tracker, settings.registered_model, _decision_data(data, rule))
     # A run of the same name left RUNNING by a killed process is marked FAILED; this one resumes its checkpoints.
     stale = tracker.fail_stale_runs(TAG_RUN_NAME, run_name)
     tags = {"txseq.kind": "comparison", TAG_RUN_NAME: run_name, **process_tags()}
@@ -305,9 +371,29 @@ def start_comparison(
     parent = tracker.start_run(run_name, tags=tags)
     tracker.log_params(parent, {**common, "models": ",".join(models), "preset_config": preset.to_dict()})
     return ComparisonPlan(run_name, run_dir, parent, sequences_dir, Path(events_dir), preset, models, fold, settings,
-                          register, experiment, common, pretrained)
+                          register, experiment, common, rule, n_threads, pretrained)
 
 
+def _model_config(name: str, data: _Data, preset: RunPreset, plan_init_from: dict[str, str]) -> dict:
+    """The configuration that defines the model `name` (part of its fingerprint)."""
+    kind, encoder = model_kind(name)
+    if kind == "gbdt":
+        return asdict(preset.gbdt)
+    if kind in ("coles", "hybrid"):  # defined by the pretrained model too
+        return {"init_from": plan_init_from.get(encoder, ""), **(asdict(preset.gbdt) if kind == "hybrid" else {})}
+    return ModelConfig(n_mcc=data.vocab.size_mcc, n_tr_type=data.vocab.size_tr_type,
+                       **preset.model_kwargs(encoder)).to_dict()
+
+
+def _reuse(tracker: Tracker, plan: ComparisonPlan, name: str, version: str, run_id: str, data: _Data) -> ModelResult:
+    """A version this run name already registered for the same training: report it, make sure it is decided."""
+    registered = plan.settings.registered_model
+    log.info("%s: already registered as %s v%s by run %s (same fingerprint): not trained or registered again",
+             name, registered, version, run_id)
+    with tracker.registry_lock(plan.settings.artifact_root, registered):
+        decide_pending(tracker, registered, _decision_data(data, plan.rule))
+    return ModelResult(name, tracker.run_metrics(run_id), None, run_id, version,
+                       tracker.version(registered, version).tags.get(TAG_DECISION, ""))
 def _pretrained_encoders(uris: Sequence[str], vocab: Vocab) -> dict[str, str]:
     """encoder -> URI for each pretrained model (loaded once here: a wrong URI or vocabulary fails before training)."""
     from pipeline.pretrain import load_pretrained
@@ -330,12 +416,21 @@ def end_comparison_runs(run_name_suffix: str, status: str, reason: str, settings
 
 
 def train_one(plan: ComparisonPlan, name: str) -> ModelResult:
-    """Train, test, log and (optionally) register one model as a nested run under the plan's parent run.
-    The champion alias is decided later, by `finish_comparison`."""
+    """Train, test, log and (optionally) register one model as a nested run under the plan's parent run; the
+    champion decision for its version is made as it is registered. When this run name already registered a version
+    for the same fingerprint (a re-run after a crash), that version is reused: one trained model, one version."""
     tracker = setup(plan.settings, plan.experiment)
+    apply_threads(plan.threads)  # this task may run in another thread or process than `start_comparison`
     data = _load_data(plan.sequences_dir, plan.events_dir, plan.fold)
     train_ids, val_ids, test_ids = data.ids
     preset, run_dir = plan.preset, plan.run_dir
+    registered = plan.settings.registered_model
+    fingerprint = data.fingerprint(name, _model_config(name, data, preset, plan.init_from), preset)
+    fp_key = fingerprint_key(fingerprint)
+    if plan.register:
+        done = tracker.versions(registered, {TAG_FINGERPRINT: fp_key, TAG_RUN_NAME: plan.run_name})
+        if done:
+            return _reuse(tracker, plan, name, done[-1].version, done[-1].run_id, data)
     log.info("training %s", name)
     tags = {"txseq.model": name, TAG_RUN_NAME: plan.run_name, **process_tags()}
     with tracker.run(name, parent_run_id=plan.parent_run_id, tags=tags) as child:
@@ -359,10 +454,11 @@ def train_one(plan: ComparisonPlan, name: str) -> ModelResult:
 
                 cfg, state, _ = load_pretrained(plan.init_from[encoder], data.vocab)
                 init = (cfg, state)
-            row, params, art = _train_encoder(name, data, preset, datasets, tracker, child, run_dir, init)
+            row, params, art = _train_encoder(name, data, preset, datasets, tracker, child, run_dir, fingerprint,
+                                              loader_workers(plan.threads), init)
             if init is not None:
                 params["init_from"] = plan.init_from[encoder]
-        tracker.log_params(child, {**plan.common, **params})
+        tracker.log_params(child, {**plan.common, **params, "fingerprint": fp_key})
         per_epoch = set() if kind in ("gbdt", "hybrid") else _PER_EPOCH
         tracker.log_metrics(child, {k: v for k, v in row.metrics.items() if k not in per_epoch},
                             step=row.steps or 0)
@@ -371,59 +467,37 @@ def train_one(plan: ComparisonPlan, name: str) -> ModelResult:
         for path in [roc_png, *art["plots"], *art["files"].values()]:
             tracker.log_artifact(child, path, "files")
         if plan.register:
-            version = log_model(
-                tracker, child, artifacts_dir=run_dir / "models" / name / "pyfunc", config=art["config"],
-                files=art["files"],
-                registered_model=plan.settings.registered_model,
-                version_tags={TAG_SPLIT_ID: data.split.split_id, TAG_TEST_AUROC: f"{row.metrics['test/auroc']:.6f}",
-                              "model": name, "preset": preset.name, "run_id": child},
-            )
-            row.version = version.version
+            fit_path, fit_digest = write_fit_ids(train_ids, val_ids, run_dir / "models" / name / FIT_IDS_FILE)
+            tracker.log_artifact(child, fit_path, FIT_IDS_ARTIFACT_DIR)
+            card = data.card(name, preset, row.metrics, str(params.get("device", "cpu")), plan.threads)
+            with tracker.registry_lock(plan.settings.artifact_root, registered):
+                version = log_model(
+                    tracker, child, artifacts_dir=run_dir / "models" / name / "pyfunc", config=art["config"],
+                    files=art["files"],
+                    registered_model=registered,
+                    version_tags={TAG_SPLIT_ID: data.split.split_id, TAG_TEST_AUROC: f"{row.metrics['test/auroc']:.6f}",
+                                  "model": name, "preset": preset.name, "run_id": child, TAG_FIT_IDS: fit_digest,
+                                  TAG_FINGERPRINT: fp_key, TAG_RUN_NAME: plan.run_name, **card.to_tags()},
+                )
+                row.version = version.version
+                decisions = decide_pending(tracker, registered, _decision_data(data, plan.rule))
+            row.champion = decisions[row.version].reason if row.version in decisions else \
+                tracker.version(registered, row.version).tags.get(TAG_DECISION, "")
     return row
 
 
-def champion_evaluator(data: _Data) -> Callable[[str], tuple[float, str]]:
-    """`pipeline.tracking.ChampionEvaluator` for this comparison's split: a model URI -> its ROC AUC on the split's
-    test customers (the labelled customers of the sequences table with a test id, the ones every model of the
-    comparison was tested on), scored through the model's pyfunc from their validated events. A test customer the
-    model returns no score for (its own stored validation rejected all of the customer's rows) counts as 0.5 and is
-    named in the route. Results are cached per URI: the champion is re-scored once per comparison."""
-    labels = (pl.read_parquet(data.sequences_dir / SEQUENCES_FILE, columns=[S.CUSTOMER_ID, S.GENDER])
-              .filter(pl.col(S.GENDER).is_not_null()
-                      & pl.col(S.CUSTOMER_ID).is_in(pl.Series(data.split.test_ids, dtype=pl.Int64)))
-              .sort(S.CUSTOMER_ID))
-    cache: dict[str, tuple[float, str]] = {}
-
-    def evaluate_champion(model_uri: str) -> tuple[float, str]:
-        if model_uri not in cache:
-            events = data.events.filter(pl.col(S.CUSTOMER_ID).is_in(labels[S.CUSTOMER_ID]))
-            scores = pl.from_pandas(score_with_model(model_uri, events)).select(
-                pl.col(S.CUSTOMER_ID).cast(pl.Int64), pl.col(S.PROBABILITY).cast(pl.Float64))
-            joined = labels.join(scores, on=S.CUSTOMER_ID, how="left")
-            missing = joined[S.PROBABILITY].null_count()
-            prob = joined[S.PROBABILITY].fill_null(0.5).to_numpy()
-            auroc = classification_metrics(joined[S.GENDER].to_numpy(), prob)["auroc"]
-            route = f"its pyfunc on the validated events of the {labels.height} test customers"
-            cache[model_uri] = (auroc, route + (f", {missing} of them unscored (counted as 0.5)" if missing else ""))
-        return cache[model_uri]
-
-    return evaluate_champion
-
-
 def finish_comparison(plan: ComparisonPlan, results: Sequence[ModelResult], failed: Sequence[str] = ()) -> ComparisonResult:
-    """Move the champion alias (registered versions, in plan order), write the report of the models that trained,
+    """Write the report of the models that trained (with each version's champion decision, made at registration),
     log it on the parent run and close that run (FAILED when some model in `failed` did not train)."""
     tracker = setup(plan.settings, plan.experiment)
     data = _load_data(plan.sequences_dir, plan.events_dir, plan.fold)
     train_ids, val_ids, test_ids = data.ids
     results = list(results)
-    evaluate_champion = champion_evaluator(data)  # for a champion measured on another split: re-scored on this one
-    for r in results:  # one at a time, in plan order: models trained in parallel cannot race for the alias
-        if r.version is not None:
-            decision = tracker.promote_champion(plan.settings.registered_model, r.version, r.metrics["test/auroc"],
-                                                data.split.split_id, evaluate_champion)
-            r.champion = decision.reason
     table = markdown_table(results)
+    decisions = "".join(f"- {r.model}: v{r.version}: {r.champion}\n" for r in results if r.version is not None)
+    if decisions:
+        table += f"\n\nChampion decisions ({plan.settings.registered_model}, made as each version was registered):\n\n" \
+                 + decisions.rstrip("\n")
     not_trained = f"\n\nNot trained (failed): {', '.join(failed)}.\n" if failed else ""
     header = (f"# Comparison `{plan.run_name}`\n\npreset `{plan.preset.name}`, split `{data.split.split_id}` fold "
               f"{plan.fold}: {len(train_ids):,} train / {len(val_ids):,} validation / {len(test_ids):,} test "
@@ -452,14 +526,16 @@ def run_comparison(
     run_name: str | None = None,
     register: bool = True,
     experiment: str = "txseq",
+    rule: ChampionRule = ChampionRule(),
+    threads: int | None = None,
     init_from: Sequence[str] = (),
 ) -> ComparisonResult:
     """Train `models` (default: the preset's, plus the fine-tuned and hybrid models of each `init_from` pretrained
-    encoder) on fold `fold`, one after the other, track, register and report. Resumes the checkpoints of `run_name`
-    when that run folder already exists. (`flows/train.py` runs the same three steps with one Prefect task per
-    model.)"""
+    encoder) on fold `fold`, one after the other, track, register (deciding the champion for each version as it is
+    registered) and report. Resumes the checkpoints of `run_name` when that run folder already exists and the
+    fingerprint matches. (`flows/train.py` runs the same three steps with one Prefect task per model.)"""
     plan = start_comparison(sequences_dir, events_dir, preset, models, fold, settings, run_name, register, experiment,
-                            init_from)
+                            rule, threads, init_from)
     results: list[ModelResult] = []
     try:
         for name in plan.models:

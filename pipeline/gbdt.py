@@ -136,6 +136,10 @@ def train_gbdt(
     if extra_features is not None:
         features = features.join(extra_features, on=S.CUSTOMER_ID, how="left")
     y = dict(zip(labels[S.CUSTOMER_ID].to_list(), labels[S.GENDER].to_list(), strict=True))
+    unlabelled = sorted({int(i) for i in wanted.to_list()} - y.keys())
+    if unlabelled:  # a split over customers the labels (or the sequences table) do not hold: say so, not KeyError
+        raise ValueError(f"{len(unlabelled)} customers of the split have no label (e.g. {unlabelled[:5]}); "
+                         "rebuild the sequences folder (`txseq sequences`) so the split only holds labelled customers")
 
     def xy(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return feature_matrix(features, ids), np.array([y[i] for i in ids], dtype=np.float64)

@@ -279,6 +279,46 @@ SEQUENCES_SCHEMA: dict[str, pl.DataType] = {
 
 # --- the step: events dir + labels -> sequences dir ---------------------------------------------------------------
 @dataclass(frozen=True)
+class LabelCoverage:
+    """How the labels file and the events match: labels of customers with no events are left out before the split
+    (a model can neither train nor be tested on them), customers with events but no label stay unlabelled.
+    Counts plus a few (smallest) ids of each, for the CLI output, the manifest and the flow artifact."""
+
+    n_labels: int  # rows of the labels file
+    n_labels_used: int  # labelled customers that have events
+    labels_without_events: int
+    customers_without_label: int
+    examples_labels_without_events: tuple[int, ...] = ()
+    examples_customers_without_label: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, label_ids: Iterable[int], customer_ids: Iterable[int], n_examples: int = 5) -> "LabelCoverage":
+        labelled, customers = set(label_ids), set(customer_ids)
+        orphan_labels, unlabelled = sorted(labelled - customers), sorted(customers - labelled)
+        return cls(len(labelled), len(labelled & customers), len(orphan_labels), len(unlabelled),
+                   tuple(orphan_labels[:n_examples]), tuple(unlabelled[:n_examples]))
+
+    def to_dict(self) -> dict:
+        return {"rows": self.n_labels, "used": self.n_labels_used,
+                "without_transactions": self.labels_without_events,
+                "without_transactions_examples": list(self.examples_labels_without_events),
+                "customers_without_label": self.customers_without_label,
+                "customers_without_label_examples": list(self.examples_customers_without_label)}
+
+    def lines(self) -> list[str]:
+        """Summary lines: nothing to say when every label has events."""
+        out = []
+        if self.labels_without_events:
+            ids = ", ".join(map(str, self.examples_labels_without_events))
+            out.append(f"  labels: {self.n_labels:,} in the file, {self.labels_without_events:,} of customers with no "
+                       f"transactions left out before the split (e.g. {ids}); {self.n_labels_used:,} used")
+        if self.customers_without_label:
+            ids = ", ".join(map(str, self.examples_customers_without_label))
+            out.append(f"  customers without a label: {self.customers_without_label:,} (e.g. {ids}; kept unlabelled)")
+        return out
+
+
+@dataclass(frozen=True)
 class SequencesResult:
     out_dir: Path
     sequences_path: Path
@@ -294,12 +334,14 @@ class SequencesResult:
     vocab_size_tr_type: int
     split_id: str
     seconds: float
+    coverage: LabelCoverage = field(default_factory=lambda: LabelCoverage.of([], []))
     manifest: dict = field(repr=False, default_factory=dict)
 
     def summary(self) -> str:
         m = self.manifest
         return "\n".join([
             f"sequences: {self.n_customers:,} customers ({self.n_labelled:,} labelled) -> {self.sequences_path}",
+            *self.coverage.lines(),
             f"  events: {self.n_events_total:,} in, {self.n_events_kept:,} kept "
             f"({self.n_truncated:,} customers truncated to max_len={m.get('config', {}).get('max_len')})",
             f"  vocab: {self.vocab_size_mcc - 2} mcc and {self.vocab_size_tr_type - 2} tr_type codes (+ padding, unknown) "
@@ -325,9 +367,11 @@ def run_sequences(
     labels = read_labels(labels_path) if labels_path is not None else pl.DataFrame(
         schema={schema.CUSTOMER_ID: pl.Int64, schema.GENDER: pl.Int8})
 
+    customers = events.select(pl.col(schema.CUSTOMER_ID).unique()).collect()[schema.CUSTOMER_ID].to_list()
+    coverage = LabelCoverage.of(labels[schema.CUSTOMER_ID].to_list(), customers)
+    labels = labels.filter(pl.col(schema.CUSTOMER_ID).is_in(pl.Series(customers, dtype=pl.Int64)))  # before the split
     split = make_split(labels, split_config)
     test_ids = set(split.test_ids)
-    customers = events.select(pl.col(schema.CUSTOMER_ID).unique()).collect()[schema.CUSTOMER_ID].to_list()
     vocab = fit_vocab(events, [c for c in customers if c not in test_ids], config.min_count)
     seq = build_sequences(events, vocab, config, labels)
 
@@ -364,6 +408,7 @@ def run_sequences(
         },
         "vocab": {"size_mcc": vocab.size_mcc, "size_tr_type": vocab.size_tr_type, "n_events": vocab.n_events,
                   "n_customers": vocab.n_customers},
+        "labels": coverage.to_dict(),
         "split": {"split_id": split.split_id, "n_test": len(split.test_ids), "n_folds": split.n_folds,
                   "fold_size": len(split.folds[0]) if split.folds else 0},
         "files": {"sequences": SEQUENCES_FILE, "vocab": VOCAB_FILE, "split": SPLIT_FILE},
@@ -375,5 +420,5 @@ def run_sequences(
         manifest_path=manifest_path, n_customers=seq.height, n_labelled=n_labelled, n_events_total=n_total,
         n_events_kept=n_kept, n_truncated=n_trunc, vocab_size_mcc=vocab.size_mcc,
         vocab_size_tr_type=vocab.size_tr_type, split_id=split.split_id, seconds=time.perf_counter() - t0,
-        manifest=manifest,
+        coverage=coverage, manifest=manifest,
     )

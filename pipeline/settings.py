@@ -17,6 +17,7 @@ class Settings:
     tracking_uri: str
     artifact_root: Path
     registered_model: str
+    threads: int | None = None  # compute threads (TXSEQ_THREADS); None = the CPUs this process may use
 
     @property
     def raw_dir(self) -> Path:
@@ -48,14 +49,17 @@ class Settings:
 # Quiet, offline-friendly defaults for the libraries we drive (a user's own setting always wins): no Prefect
 # telemetry from a bank's pipeline, no MLflow pip-requirements inference (needs the network) or progress bars in logs;
 # a generous wait for the temporary Prefect server a flow starts with no PREFECT_API_URL (Prefect waits 20 s, which a
-# busy 2-core machine exceeds), and no warning when a `pipeline` log line (forwarded to Prefect by flows/logs.py) is
-# written outside a flow run.
+# busy 2-core machine exceeds), no warning when a `pipeline` log line (forwarded to Prefect by flows/logs.py) is
+# written outside a flow run, and OpenMP threads (torch, scikit-learn) that sleep instead of spinning while they
+# wait: on a busy machine the spinning cost the GBDT 9x the CPU time (bench/bench_threads.py). OpenMP reads it
+# once, when torch or scikit-learn is first imported, so the entry points call `apply_library_defaults` first.
 LIBRARY_ENV_DEFAULTS: dict[str, str] = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300",
     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
     "MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK": "true",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "OMP_WAIT_POLICY": "PASSIVE",
 }
 
 
@@ -87,4 +91,14 @@ def load_settings() -> Settings:
         tracking_uri=tracking_uri,
         artifact_root=artifact_root,
         registered_model=os.environ.get("TXSEQ_REGISTERED_MODEL", "txseq-gender"),
+        threads=_positive_int("TXSEQ_THREADS"),
     )
+
+
+def _positive_int(name: str) -> int | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{name}={raw!r}: expected a positive integer")
+    return int(raw)

@@ -5,11 +5,9 @@
   with an explicit artifact location (never `./mlruns`).
 - `Tracker.run(name, parent_run_id=...)`: one parent run per comparison, nested runs per model.
 - `MlflowLogger.log(metrics, step)`: the trainer's `MetricLogger`.
-- `Tracker.log_pyfunc(...)` logs and registers a pyfunc model; `Tracker.promote_champion(...)` moves the
-  `champion` alias only when the new version beats the champion's test ROC AUC on the same test customers (the
-  champion's recorded score on the same split id, or, for a champion measured on another split, its score
-  re-measured by a `ChampionEvaluator` on this split's test customers), and records the decision as tags on the new
-  version. Aliases, never stages.
+- `Tracker.log_pyfunc(...)` logs and registers a pyfunc model; registry primitives (versions, tags, description,
+  the `champion` alias, a registry lock) serve `pipeline.registry`, which applies the champion rule of
+  `pipeline.champion`. No policy lives here. Aliases, never stages.
 """
 
 from __future__ import annotations
@@ -22,7 +20,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,17 +184,6 @@ class RegisteredVersion:
     model_uri: str  # runs:/ or models:/ URI of the logged model
 
 
-@dataclass(frozen=True)
-class ChampionDecision:
-    promoted: bool
-    reason: str
-
-
-ChampionEvaluator = Callable[[str], tuple[float, str]]
-"""`evaluate(model_uri) -> (test ROC AUC, how it was measured)`: the current champion re-scored on the test customers
-of the split the new version was measured on (see `pipeline.compare`). Raising means it cannot be scored."""
-
-
 @dataclass
 class Tracker:
     tracking_uri: str
@@ -301,66 +288,75 @@ class Tracker:
             self.client.set_model_version_tag(registered_model, version, key, str(value))
         return RegisteredVersion(registered_model, version, info.model_uri)
 
-    def promote_champion(self, name: str, version: str, test_auroc: float, split_id: str,
-                         evaluate_champion: ChampionEvaluator | None = None) -> ChampionDecision:
-        """Move `champion` to `version` only if its test ROC AUC beats the champion's on the same test customers.
+    # --- registry primitives (the champion rule itself is `pipeline.champion`; `pipeline.registry` applies it) ---
+    def version(self, name: str, version: str) -> VersionInfo:
+        return _info(self.client.get_model_version(name, str(version)))
 
-        - no champion yet: `version` becomes champion;
-        - champion measured on the same split id: compared with its recorded `test_auroc` tag;
-        - champion measured on another split (new labels, another split seed): `evaluate_champion(models:/name/v)`
-          re-scores it on this split's test customers and the two are compared on that; when it cannot be loaded or
-          scored (artifacts gone, ...), `version` is promoted and the tag says why. Without an evaluator the champion
-          is not compared and stays.
-        A tie never moves the alias. The decision (both scores and how the champion's was obtained) is written as
-        tags on `version`.
-        """
+    def champion(self, name: str) -> VersionInfo | None:
         try:
-            current = self.client.get_model_version_by_alias(name, CHAMPION)
+            return _info(self.client.get_model_version_by_alias(name, CHAMPION))
         except MlflowException:
-            current = None
-        if current is None:
-            decision = ChampionDecision(True, f"first champion (test ROC AUC {test_auroc:.4f}, split {split_id})")
-        elif current.version == str(version):
-            decision = ChampionDecision(False, f"version {version} already champion")
-        elif current.tags.get(TAG_SPLIT_ID) == split_id:
-            best = float(current.tags.get(TAG_TEST_AUROC, "nan"))
-            decision = _compare(test_auroc, best, f"champion v{current.version} ({best:.4f}) on split {split_id}")
-        elif evaluate_champion is None:
-            decision = ChampionDecision(
-                False,
-                f"not compared: champion v{current.version} was measured on split "
-                f"{current.tags.get(TAG_SPLIT_ID)!r}, this version on {split_id!r}",
-            )
-        else:
-            decision = self._compare_across_splits(name, current, test_auroc, split_id, evaluate_champion)
-        if decision.promoted:
-            self.client.set_registered_model_alias(name, CHAMPION, str(version))
-        self.client.set_model_version_tag(name, str(version), TAG_DECISION, decision.reason)
-        self.client.set_model_version_tag(name, str(version), TAG_PROMOTED, str(decision.promoted).lower())
-        return decision
+            return None
 
-    def _compare_across_splits(self, name: str, current: Any, test_auroc: float, split_id: str,
-                               evaluate_champion: ChampionEvaluator) -> ChampionDecision:
-        old_split, old_auroc = current.tags.get(TAG_SPLIT_ID), current.tags.get(TAG_TEST_AUROC, "nan")
-        was = f"it had {float(old_auroc):.4f} on split {old_split}"
+    def set_champion(self, name: str, version: str) -> None:
+        self.client.set_registered_model_alias(name, CHAMPION, str(version))
+
+    def versions(self, name: str, tags: Mapping[str, str] | None = None) -> list[VersionInfo]:
+        """Every version of `name` carrying all of `tags`, oldest first."""
         try:
-            best, route = evaluate_champion(f"models:/{name}/{current.version}")
-        except Exception as e:  # noqa: BLE001 - whatever stops the old champion from scoring, it cannot stay champion
-            first_line = (str(e).strip() or type(e).__name__).splitlines()[0][:300]
-            return ChampionDecision(
-                True,
-                f"promoted: champion v{current.version} ({was}) could not be re-scored on split {split_id}: "
-                f"{type(e).__name__}: {first_line}; test ROC AUC {test_auroc:.4f} (split {split_id})",
-            )
-        return _compare(test_auroc, best, f"champion v{current.version} re-scored on split {split_id}: "
-                                          f"{best:.4f} ({route}; {was})")
+            found = self.client.search_model_versions(f"name = '{name}'", max_results=10_000)
+        except MlflowException:
+            return []
+        infos = [_info(v) for v in found]
+        infos = [v for v in infos if all(v.tags.get(k) == str(val) for k, val in (tags or {}).items())]
+        return sorted(infos, key=lambda v: int(v.version))
+
+    def set_version_tags(self, name: str, version: str, tags: Mapping[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, str(version), key, str(value))
+
+    def set_description(self, name: str, version: str, text: str) -> None:
+        self.client.update_model_version(name, str(version), description=text)
+
+    def download_artifact(self, run_id: str, path: str, dst: Path) -> Path:
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst),
+                                                        tracking_uri=self.tracking_uri))
+
+    def run_metrics(self, run_id: str) -> dict[str, float]:
+        return dict(self.client.get_run(run_id).data.metrics)
+
+    @contextmanager
+    def registry_lock(self, artifact_root: Path, name: str) -> Iterator[None]:
+        """An exclusive lock (a file beside the artifacts) held while a version is registered and its champion
+        decision made: two models trained at the same time (threads or processes of this host) cannot race for the
+        alias or decide a version that is still being tagged."""
+        lock = Path(artifact_root) / f".registry-{name}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _compare(test_auroc: float, best: float, against: str) -> ChampionDecision:
-    """Strictly better wins (a tie keeps the champion); a NaN champion score loses to any finite one."""
-    beats = math.isfinite(test_auroc) and (not math.isfinite(best) or test_auroc > best)
-    verb = "beats" if beats else "does not beat"
-    return ChampionDecision(beats, f"test ROC AUC {test_auroc:.4f} {verb} {against}")
+@dataclass(frozen=True)
+class VersionInfo:
+    """A registered version as the registry step needs it."""
+
+    name: str
+    version: str
+    run_id: str | None
+    tags: Mapping[str, str]
+    description: str = ""
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def _info(mv: Any) -> VersionInfo:
+    return VersionInfo(mv.name, str(mv.version), mv.run_id, dict(mv.tags or {}), mv.description or "")
 
 
 def get_or_create_experiment(client: MlflowClient, name: str, artifact_location: Path) -> str:

@@ -176,6 +176,31 @@ def _batches_from(train_batches: Callable[[int], Iterable[Batch]], epoch: int, s
     return it
 
 
+def fingerprint_changes(recorded: Mapping[str, str] | None, current: Mapping[str, str] | None) -> str:
+    """What differs between a checkpoint's fingerprint and the current one ("" when they match), e.g.
+    "split_id 1a2b… -> 3c4d…". A checkpoint without a fingerprint matches only a run that passes none."""
+    recorded, current = dict(recorded or {}), dict(current or {})
+    if recorded == current:
+        return ""
+    if not recorded:
+        return "the checkpoint records no fingerprint (written before fingerprints were recorded)"
+    short = lambda v: "none" if v is None else (str(v)[:12] + "…" if len(str(v)) > 12 else str(v))  # noqa: E731
+    return ", ".join(f"{k} {short(recorded.get(k))} -> {short(current.get(k))}"
+                     for k in sorted(recorded.keys() | current.keys()) if recorded.get(k) != current.get(k))
+
+
+def _move_aside(ckpt_dir: Path) -> Path:
+    n = 1
+    while (ckpt_dir / f"replaced-{n}").exists():
+        n += 1
+    aside = ckpt_dir / f"replaced-{n}"
+    aside.mkdir()
+    for name in ("last.pt", "best.pt"):
+        if (ckpt_dir / name).exists():
+            os.replace(ckpt_dir / name, aside / name)
+    return aside
+
+
 def fit(
     model: torch.nn.Module,
     train_batches: Callable[[int], Iterable[Batch]],
@@ -183,14 +208,17 @@ def fit(
     config: TrainConfig,
     logger: MetricLogger | None = None,
     checkpoint_dir: Path | None = None,
+    fingerprint: Mapping[str, str] | None = None,
     name: str = "model",
 ) -> FitResult:
     """Train `config.steps` optimiser steps with early stopping on val ROC AUC (checked every `eval_every` steps);
     resume from `checkpoint_dir/last.pt` if present.
 
-    On return the model holds the best evaluation's weights. Metrics go to `logger.log(metrics, step=<step>)`; `name`
-    labels the progress bar and the log line of each validation (logger `pipeline.train`, which the flows forward to
-    Prefect).
+    `fingerprint` (what is trained: data, split, model config, preset; see `pipeline.compare`) is stored in every
+    checkpoint; a checkpoint with another fingerprint is not resumed: it is moved aside (`replaced-<n>/`) with a
+    warning that names what changed, and training starts fresh. On return the model holds the best evaluation's
+    weights. Metrics go to `logger.log(metrics, step=<step>)`; `name` labels the progress bar and the log line of each
+    validation (logger `pipeline.train`, which the flows forward to Prefect).
     """
     device = resolve_device(config.device)
     seed_everything(config.seed)
@@ -210,6 +238,12 @@ def fit(
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         if (ckpt_dir / "last.pt").exists():
             ckpt = load_checkpoint(ckpt_dir / "last.pt", device)
+            changed = fingerprint_changes(ckpt.get("fingerprint"), fingerprint)
+            if changed:
+                aside = _move_aside(ckpt_dir)
+                log.warning("not resuming %s: %s; starting fresh (old checkpoints moved to %s)",
+                            ckpt_dir / "last.pt", changed, aside)
+        if (ckpt_dir / "last.pt").exists():
             saved = ckpt.get("config", {})
             mismatch = {k for k, v in asdict(config).items() if k not in _RUNTIME_ONLY and saved.get(k) != v}
             if mismatch or "step" not in ckpt.get("state", {}):
@@ -311,7 +345,8 @@ def fit(
                 _save_atomic({"model": best_weights, "step": step}, ckpt_dir / "best.pt")
             _save_atomic(
                 {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "scaler": scaler.state_dict(), "rng": _rng_state(), "state": state, "config": asdict(config)},
+                 "scaler": scaler.state_dict(), "rng": _rng_state(), "state": state, "config": asdict(config),
+                 "fingerprint": dict(fingerprint or {})},
                 ckpt_dir / "last.pt",
             )
 

@@ -102,6 +102,7 @@ def test_artifacts_reconcile_and_compare(first_run) -> None:
     assert f"{total['rows_in']:,} rows in: {total['accepted']:,} accepted" in artifact.description
     table = _run(_artifact("train-comparison")).data
     assert all(f"| {m} |" in table for m in MODELS)
+    assert "customers without a label: 60 (e.g." in _run(_artifact("sequences-summary")).data
 
 
 def test_mlflow_has_one_parent_run_with_a_nested_run_per_model(first_run) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,15 +40,29 @@ def test_roc_points_and_plot(tmp_path) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_memory_monitor_sees_an_allocation() -> None:
+def _current_rss_gib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024 / 2**30
+    raise AssertionError("no VmRSS line")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmRSS (Linux)")
+def test_memory_monitor_reports_a_peak_that_bounds_the_resident_set() -> None:
+    """Invariants that hold under any memory pressure (the kernel may swap pages out as soon as they are touched, so
+    no test can expect a given allocation to show up in RSS): the peak is positive, not below the current RSS,
+    and does not decrease within a window (up to the kernel's RSS counter lag)."""
     mon = MemoryMonitor()
     mon.reset()
-    before = mon.read()["mem/rss_peak_gib"]
+    first = mon.read()["mem/rss_peak_gib"]
     block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
-    after = mon.read()["mem/rss_peak_gib"]
+    rss_with_block = _current_rss_gib()
+    second = mon.read()["mem/rss_peak_gib"]
     del block
-    assert after >= before + 0.05
-    assert peak_rss_gib() > 0
+    slack = 16 / 1024  # the kernel batches RSS counters per thread (64 pages each): its figures lag by up to ~MiBs
+    assert 0 < first <= second + slack
+    assert second >= rss_with_block - slack
+    assert peak_rss_gib() >= second - slack
 
 
 def test_stopwatch_measures_time() -> None:

@@ -155,6 +155,8 @@ def test_run_sequences_writes_table_vocab_split_manifest(tmp_path, monkeypatch) 
 
 def test_cli_sequences_end_to_end_from_a_raw_csv(tmp_path, capsys) -> None:
     """raw CSV -> txseq-style ingest -> `txseq sequences` -> files and a printed summary."""
+    import json
+
     from pipeline import ingest
     from pipeline.cli import main
 
@@ -168,13 +170,26 @@ def test_cli_sequences_end_to_end_from_a_raw_csv(tmp_path, capsys) -> None:
     raw = tmp_path / "transactions.csv"
     raw.write_text("\n".join(lines) + "\n")
     labels = tmp_path / "gender_train.csv"
-    labels.write_text("customer_id,gender\n" + "\n".join(f"{c},{c % 2}" for c in range(30)) + "\n")
+    # 30 labelled customers with transactions, and 500 labels of customers the export has no transactions for
+    labels.write_text("customer_id,gender\n" + "\n".join(f"{c},{c % 2}" for c in [*range(30), *range(1000, 1500)])
+                      + "\n")
     ingest.ingest([raw], tmp_path / "events")
     out = tmp_path / "sequences"
     assert main(["sequences", "--events", str(tmp_path / "events"), "--labels", str(labels), "--out", str(out),
                  "--max-len", "10", "--min-count", "1", "--folds", "3"]) == 0
     printed = capsys.readouterr().out
     assert "40 customers (30 labelled)" in printed and "split" in printed
+    # left out before the split, counted and named; sizes count only customers that exist
+    assert ("labels: 530 in the file, 500 of customers with no transactions left out before the split "
+            "(e.g. 1000, 1001, 1002, 1003, 1004); 30 used") in printed
+    assert "customers without a label: 10 (e.g. 30, 31, 32, 33, 34" in printed
+    assert "test 3, 3 folds of ~9" in printed
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["labels"]["without_transactions"] == 500
+    assert manifest["labels"]["without_transactions_examples"] == [1000, 1001, 1002, 1003, 1004]
+    assert manifest["labels"]["customers_without_label"] == 10 and manifest["labels"]["used"] == 30
+    split = json.loads((out / "split.json").read_text())
+    assert {*split["test_ids"], *(i for f in split["folds"] for i in f)} == set(range(30))
     df = pl.read_parquet(out / "sequences.parquet")
     assert df.height == 40 and df[schema.SEQ_LENGTH].max() <= 10
     assert df[schema.SEQ_TOTAL].sum() == len(lines) - 1

@@ -1,4 +1,4 @@
-"""MLflow tracking: preflight errors, experiment location, metric logging, and the champion-alias rule."""
+"""MLflow tracking: preflight errors, experiment location, metric logging, registry primitives."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ import pytest
 from pipeline.settings import Settings
 from pipeline.tracking import (
     CHAMPION,
-    TAG_DECISION,
-    TAG_PROMOTED,
     TAG_SPLIT_ID,
     TAG_TEST_AUROC,
     Tracker,
@@ -95,81 +93,21 @@ def test_flatten_nests_with_dots_and_truncates() -> None:
     assert flat["a.b"] == "1" and len(flat["a.c.d"]) == 6000
 
 
-def _version(tracker: Tracker, name: str, auroc: float, split_id: str) -> str:
-    if not tracker.client.search_registered_models(f"name='{name}'"):
-        tracker.client.create_registered_model(name)
-    mv = tracker.client.create_model_version(name, source="file:///dev/null")
-    tracker.client.set_model_version_tag(name, mv.version, TAG_TEST_AUROC, str(auroc))
-    tracker.client.set_model_version_tag(name, mv.version, TAG_SPLIT_ID, split_id)
-    return mv.version
-
-
-def _champion(tracker: Tracker, name: str) -> str:
-    return tracker.client.get_model_version_by_alias(name, CHAMPION).version
-
-
-def test_champion_moves_only_on_a_better_score_on_the_same_split(tracker: Tracker) -> None:
-    name = "champion-rule"
-    v1 = _version(tracker, name, 0.70, "s1")
-    assert tracker.promote_champion(name, v1, 0.70, "s1").promoted  # the first version is champion
-    v2 = _version(tracker, name, 0.75, "s1")
-    assert tracker.promote_champion(name, v2, 0.75, "s1").promoted  # better: moves
-    assert _champion(tracker, name) == v2
-    v3 = _version(tracker, name, 0.74, "s1")
-    worse = tracker.promote_champion(name, v3, 0.74, "s1")
-    assert not worse.promoted and "does not beat" in worse.reason
-    v4 = _version(tracker, name, 0.75, "s1")
-    assert not tracker.promote_champion(name, v4, 0.75, "s1").promoted  # a tie does not move it
-    v5 = _version(tracker, name, 0.99, "s2")
-    other = tracker.promote_champion(name, v5, 0.99, "s2")
-    assert not other.promoted and "not compared" in other.reason  # another split is not comparable
-    assert _champion(tracker, name) == v2
-    tags = tracker.client.get_model_version(name, v3).tags
-    assert tags[TAG_PROMOTED] == "false" and "0.7400" in tags[TAG_DECISION]
-    assert tracker.client.get_model_version(name, v2).tags[TAG_PROMOTED] == "true"
-
-
-def test_a_champion_from_another_split_is_rescored_and_compared(tracker: Tracker) -> None:
-    """Given an evaluator, a champion measured on another split is re-scored on this split's test customers."""
-    name = "champion-resplit"
-    v1 = _version(tracker, name, 0.90, "old")
-    assert tracker.promote_champion(name, v1, 0.90, "old").promoted
-    asked: list[str] = []
-
-    def rescored(auroc: float):
-        def evaluate(model_uri: str) -> tuple[float, str]:
-            asked.append(model_uri)
-            return auroc, "its pyfunc on 40 test customers"
-        return evaluate
-
-    v2 = _version(tracker, name, 0.80, "new")
-    kept = tracker.promote_champion(name, v2, 0.80, "new", rescored(0.85))  # champion still better on the new split
-    assert not kept.promoted and _champion(tracker, name) == v1 and asked == [f"models:/{name}/{v1}"]
-    assert "0.8000 does not beat" in kept.reason and "re-scored on split new: 0.8500" in kept.reason
-    assert "its pyfunc on 40 test customers" in kept.reason and "0.9000 on split old" in kept.reason
-    v3 = _version(tracker, name, 0.85, "new")
-    assert not tracker.promote_champion(name, v3, 0.85, "new", rescored(0.85)).promoted  # a tie does not move it
-    v4 = _version(tracker, name, 0.86, "new")
-    moved = tracker.promote_champion(name, v4, 0.86, "new", rescored(0.85))
-    assert moved.promoted and _champion(tracker, name) == v4 and "0.8600 beats champion" in moved.reason
-    tags = tracker.client.get_model_version(name, v4).tags
-    assert tags[TAG_PROMOTED] == "true" and "re-scored on split new: 0.8500" in tags[TAG_DECISION]
-
-
-def test_a_champion_that_cannot_be_rescored_is_replaced(tracker: Tracker) -> None:
-    """The champion's artifacts are gone (here: never there): loading it through the registry fails, so the new
-    version is promoted and the tag says why."""
-    from pipeline.scoring import score_with_model
-
-    import polars as pl
-
-    name = "champion-gone"
-    v1 = _version(tracker, name, 0.95, "old")
-    assert tracker.promote_champion(name, v1, 0.95, "old").promoted
-    v2 = _version(tracker, name, 0.70, "new")
-    events = pl.LazyFrame()
-    decision = tracker.promote_champion(name, v2, 0.70, "new",
-                                        lambda uri: (0.0, str(score_with_model(uri, events))))
-    assert decision.promoted and _champion(tracker, name) == v2
-    assert decision.reason.startswith(f"promoted: champion v{v1} (it had 0.9500 on split old) could not be re-scored")
-    assert tracker.client.get_model_version(name, v2).tags[TAG_DECISION] == decision.reason
+def test_registry_primitives_versions_tags_alias_and_description(tracker: Tracker) -> None:
+    """The adapter's registry primitives (the champion rule is tested in test_champion.py / test_registry.py)."""
+    name = "registry-primitives"
+    tracker.client.create_registered_model(name)
+    v1 = str(tracker.client.create_model_version(name, source="file:///dev/null").version)
+    v2 = str(tracker.client.create_model_version(name, source="file:///dev/null").version)
+    assert tracker.champion(name) is None
+    tracker.set_version_tags(name, v2, {TAG_SPLIT_ID: "s2", TAG_TEST_AUROC: 0.7})
+    assert [v.version for v in tracker.versions(name)] == [v1, v2]  # oldest first
+    assert [v.version for v in tracker.versions(name, {TAG_SPLIT_ID: "s2"})] == [v2]
+    assert tracker.versions("no-such-model") == []
+    tracker.set_champion(name, v2)
+    champion = tracker.champion(name)
+    assert champion is not None and champion.version == v2 and champion.tags[TAG_TEST_AUROC] == "0.7"
+    assert champion.uri == f"models:/{name}/{v2}"
+    tracker.set_description(name, v1, "# card")
+    assert tracker.version(name, v1).description == "# card"
+    assert str(tracker.client.get_model_version_by_alias(name, CHAMPION).version) == v2

@@ -122,5 +122,6 @@ def test_the_train_flow_preflights_the_store_before_any_training(session: Sessio
     monkeypatch.setenv("TXSEQ_DATA_ROOT", str(tmp_path / "root"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     with pytest.raises(TrackingError, match="unreachable"):
-        start_task.fn(TrainParams(preset="tiny", models=["transformer"]), session.data.sequences, session.data.events)
+        start_task.fn(TrainParams(preset="tiny", models=["transformer"]), session.data.sequences, session.data.events,
+                      "preflight")
     assert not (tmp_path / "root" / "runs").exists()
