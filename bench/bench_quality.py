@@ -61,8 +61,7 @@ def prepare(root: Path, args: argparse.Namespace, order_signal: float) -> Path:
     """Generated raw data -> events -> sequences (all customers labelled; a fixed test set). Returns the sequences
     folder."""
     cfg = GeneratorConfig(n_customers=args.customers, n_labelled=args.customers, seed=args.data_seed,
-                          signal_strength=args.signal_strength, order_signal=order_signal, format="parquet",
-                          use_real_labels=False)
+                          signal_strength=args.signal_strength, order_signal=order_signal, format="parquet")
     raw = generate(root / "raw", cfg)
     ingest([raw.transactions], root / "events")
     run_sequences(root / "events", raw.labels, root / "sequences", SequenceConfig(max_len=args.max_len),

@@ -209,7 +209,7 @@ def test_order_signal_changes_only_the_order_of_each_customers_events() -> None:
     from pipeline.generate import MCC_EFFECTS
     from pipeline.ingest import IngestConfig, validate
 
-    base = GeneratorConfig(n_customers=60, n_labelled=60, seed=4, use_real_labels=False)
+    base = GeneratorConfig(n_customers=60, n_labelled=60, seed=4)
     off = pl.concat(list(iter_chunks(base)))
     on = pl.concat(list(iter_chunks(replace(base, order_signal=3.0))))
     assert off[schema.TR_DATETIME].sort().equals(on[schema.TR_DATETIME].sort())
