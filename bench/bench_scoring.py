@@ -1,12 +1,20 @@
-"""Scoring throughput: customers scored per minute on CPU, generated full-size dataset, registered champion model.
+"""Scoring throughput: customers scored per minute on CPU, for every model kind, end to end.
 
-    python bench/bench_scoring.py                       # 15,000 customers (~6.85M rows), 2 threads
-    python bench/bench_scoring.py --model models:/txseq-gender/3 --threads 2 --repeats 2
+    python bench/bench_scoring.py --train-if-missing                 # every kind, 15,000 customers, 2 threads
+    python bench/bench_scoring.py --kinds transformer,gbdt --customers 3000 --repeats 2
 
-The generated raw Parquet is cached under <data root>/bench/ (made once by `pipeline.generate`). The timed part is
-`pipeline.batch_scoring.score_file`, end to end: validate + stage into customer buckets, load each chunk, the model's
-`predict`, write the sorted scores (model loading is timed apart). Prints a table and writes
-bench/results/scoring.json. Target: ≥100,000 customers/min on 2 cores.
+The generated raw Parquet is cached under <data root>/bench/ (made once by `pipeline.generate`). Each model kind is
+the newest registered version whose `model` tag names it (with --train-if-missing, kinds not registered yet are
+trained with the demo preset on the generated data first: that is the size users register). The timed part is
+`pipeline.batch_scoring.score_file`, end to end: validate + stage into customer buckets, load each chunk, the
+model's `predict` (sequence building + encoder), write the sorted scores, and the drift report (model loading is
+timed apart). For sequence models the model alone is also timed on --model-customers customers through the
+unoptimised path (`pipeline.train.evaluate`, padded batches of 128) and the scoring path
+(`pipeline.inference.predict_proba`), on the same sequences, and their largest probability difference is reported.
+
+The machine is shared: CPU seconds (user + system of this process) and customers per CPU-minute are what the run
+needs whatever else runs; the 1-minute load average before and after says how busy the machine was. Prints a table
+and writes bench/results/scoring.json. Target: ≥100,000 customers/min on 2 cores.
 """
 
 from __future__ import annotations
@@ -20,15 +28,21 @@ TARGET_CUSTOMERS_PER_MIN = 100_000
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default=None, help="model URI (default: models:/<registered model>@champion)")
+    p.add_argument("--kinds", default=None, help="comma-separated model kinds (default: every model of the comparison, "
+                   "pipeline.presets.DEFAULT_MODELS)")
     p.add_argument("--customers", type=int, default=15_000, help="customers generated (%(default)s)")
     p.add_argument("--threads", type=int, default=2, help="torch and polars threads (%(default)s)")
     p.add_argument("--chunk-rows", type=int, default=2_000_000, help="rows scored at once (%(default)s)")
-    p.add_argument("--repeats", type=int, default=1, help="timed runs; the best is reported (%(default)s)")
+    p.add_argument("--repeats", type=int, default=1, help="timed runs per model; the fastest is reported (%(default)s)")
+    p.add_argument("--model-customers", type=int, default=1_000,
+                   help="customers for the model-only comparison of the two inference paths (0: skip)")
     p.add_argument("--out", default=None, help="results JSON (default: bench/results/scoring.json)")
-    p.add_argument("--train-if-missing", default=None, metavar="MODEL",
-                   help="when --model cannot be loaded, ingest the generated data, build sequences and train MODEL "
-                   "(e.g. gbdt, transformer) with the demo preset first; it registers as champion if there is none")
+    p.add_argument("--train-if-missing", action="store_true",
+                   help="train (demo preset) and register the kinds that have no registered version yet")
+    p.add_argument("--train-steps", type=int, default=None,
+                   help="with --train-if-missing: optimiser steps per epoch (default: the demo preset's 40). Scoring "
+                   "throughput depends on the architecture, not on how long it trained: fewer steps register the "
+                   "same models sooner on a busy machine")
     return p.parse_args(argv)
 
 
@@ -39,81 +53,47 @@ def main(argv: list[str] | None = None) -> int:
 
     import json
     import platform
-    import resource
-    import time
     from datetime import UTC, datetime
     from pathlib import Path
 
     import polars as pl
     import torch
 
-    from pipeline.batch_scoring import ScoreConfig, score_file
     from pipeline.generate import GeneratorConfig, generate
-    from pipeline.scoring import load_batch_scorer
+    from pipeline.presets import DEFAULT_MODELS
     from pipeline.settings import load_settings
 
     torch.set_num_threads(args.threads)
     settings = load_settings()
-    model_uri = args.model or f"models:/{settings.registered_model}@champion"
     bench_dir = settings.data_root / "bench"
     raw = bench_dir / f"raw-{args.customers}" / "transactions.parquet"
     if not raw.exists():
         print(f"generating {args.customers:,} customers into {raw.parent} …", flush=True)
-        generate(raw.parent, GeneratorConfig(n_customers=args.customers, n_labelled=min(8_400, args.customers), format="parquet"))
+        generate(raw.parent, GeneratorConfig(n_customers=args.customers, n_labelled=min(8_400, args.customers),
+                                             format="parquet"))
     n_rows = pl.scan_parquet(raw).select(pl.len()).collect().item()
-
-    try:
-        load_batch_scorer(model_uri)
-    except Exception as e:  # noqa: BLE001 - say what to do instead of a traceback
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()] if args.kinds else list(DEFAULT_MODELS)
+    versions = registered_by_kind(settings)
+    missing = [k for k in kinds if k not in versions]
+    if missing:
         if not args.train_if_missing:
-            print(f"cannot load {model_uri}: {e}\nTrain and register a model first (`txseq demo`, `txseq train`, "
-                  "or --train-if-missing gbdt).")
+            print(f"no registered version for {', '.join(missing)}: train them (`txseq train --models ...`) or pass "
+                  "--train-if-missing")
             return 2
-        train_on(raw, bench_dir, args.train_if_missing)
-    t0 = time.perf_counter()
-    scorer, model = load_batch_scorer(model_uri)
-    load_s = time.perf_counter() - t0
+        train_on(raw, bench_dir, missing, args.train_steps)
+        versions = registered_by_kind(settings)
 
-    def cpu_s() -> float:  # user + system time of all this process's threads
-        r = resource.getrusage(resource.RUSAGE_SELF)
-        return r.ru_utime + r.ru_stime
-
-    runs, cpu = [], []
-    load_before = os.getloadavg()[0]
-    for i in range(args.repeats):
-        out = bench_dir / f"scores-{args.customers}.parquet"
-        c0 = cpu_s()
-        r = score_file(raw, out, scorer, model, ScoreConfig(chunk_rows=args.chunk_rows))
-        runs.append(r)
-        cpu.append(cpu_s() - c0)
-        print(f"run {i + 1}: {r.customers:,} customers in {r.seconds:.1f} s = {r.customers_per_minute:,.0f}/min "
-              f"({cpu[-1]:.1f} CPU s)", flush=True)
-    best_i = min(range(len(runs)), key=lambda i: runs[i].seconds)
-    best = runs[best_i]
-
+    rows = []
+    for kind in kinds:
+        uri = f"models:/{settings.registered_model}/{versions[kind]}"
+        rows.append(bench_one(kind, uri, raw, bench_dir, args))
     result = {
-        "benchmark": "batch scoring (pipeline.batch_scoring.score_file)",
+        "benchmark": "batch scoring (pipeline.batch_scoring.score_file), every model kind",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "model_uri": model_uri,
-        "model": f"{model.name} v{model.version}",
-        "customers": best.customers,
-        "rows": n_rows,
-        "rejected_rows": best.rejected_rows,
-        "chunks": best.chunks,
-        "chunk_rows": args.chunk_rows,
-        "threads": args.threads,
-        "cpu_count": os.cpu_count(),
-        "seconds": round(best.seconds, 2),
-        "phase_seconds": {k: round(v, 2) for k, v in best.phase_seconds.items()},
-        "model_load_seconds": round(load_s, 2),
-        "customers_per_minute": round(best.customers_per_minute),
-        "target_customers_per_minute": TARGET_CUSTOMERS_PER_MIN,
-        "meets_target": best.customers_per_minute >= TARGET_CUSTOMERS_PER_MIN,
-        "all_runs_seconds": [round(r.seconds, 2) for r in runs],
-        # CPU time is what the run needs whatever else the machine does; load average says how busy it was.
-        "cpu_seconds": round(cpu[best_i], 2),
-        "customers_per_cpu_minute": round(60 * best.customers / cpu[best_i]) if cpu[best_i] > 0 else None,
-        "load_average_1min_before": round(load_before, 2),
+        "customers": args.customers, "rows": n_rows, "threads": args.threads, "cpu_count": os.cpu_count(),
+        "chunk_rows": args.chunk_rows, "target_customers_per_minute": TARGET_CUSTOMERS_PER_MIN,
+        "train_steps_per_epoch_of_models_trained_here": args.train_steps,
+        "models": rows,
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "polars": pl.__version__},
         "machine": platform.platform(),
     }
@@ -121,31 +101,130 @@ def main(argv: list[str] | None = None) -> int:
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(result, indent=2) + "\n")
 
-    phases = " · ".join(f"{k} {v:.1f} s" for k, v in best.phase_seconds.items())
     print()
-    print("| model | customers | rows | threads | seconds | customers/min | target |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    print(
-        f"| {result['model']} | {best.customers:,} | {n_rows:,} | {args.threads} | {best.seconds:.1f} "
-        f"| {best.customers_per_minute:,.0f} | {TARGET_CUSTOMERS_PER_MIN:,} {'✓' if result['meets_target'] else '✗'} |"
-    )
-    print(f"phases: {phases}; {cpu[best_i]:.1f} CPU s; model load {load_s:.1f} s (not timed); "
-          f"1-min load average before: {load_before:.1f} -> {out_json}")
+    print("| model | customers | seconds | customers/min | CPU s | customers/CPU-min | stage · load · model · write · "
+          "drift (s) | load avg before → after | target |")
+    print("|---|---:|---:|---:|---:|---:|---|---|---|")
+    for r in rows:
+        phases = " · ".join(f"{v:.1f}" for v in r["phase_seconds"].values())
+        print(f"| {r['kind']} (v{r['version']}) | {r['customers']:,} | {r['seconds']:.1f} | {r['customers_per_minute']:,} "
+              f"| {r['cpu_seconds']:.1f} | {r['customers_per_cpu_minute']:,} | {phases} | "
+              f"{r['load_average_1min_before']:.1f} → {r['load_average_1min_after']:.1f} | "
+              f"{'✓' if r['meets_target'] else '✗'} |")
+    compared = [r for r in rows if "model_only" in r]
+    if compared:
+        print("\nModel alone on the same sequences (unoptimised: evaluate, batches of 128; scoring: predict_proba):")
+        print("| model | customers | unoptimised CPU s | scoring CPU s | speed-up (CPU) | max |Δ probability| |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for r in compared:
+            m = r["model_only"]
+            print(f"| {r['kind']} | {m['customers']:,} | {m['unoptimised_cpu_s']:.2f} | {m['scoring_cpu_s']:.2f} | "
+                  f"{m['unoptimised_cpu_s'] / max(m['scoring_cpu_s'], 1e-9):.2f}× | {m['max_abs_diff']:.1e} |")
+    print(f"-> {out_json}")
     return 0
 
 
-def train_on(raw, bench_dir, model: str) -> None:
-    """ingest -> sequences -> train `model` (demo preset) on the generated data, registered like any other run."""
+def cpu_s() -> float:
+    """User + system time of all this process's threads."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def registered_by_kind(settings) -> dict[str, str]:  # noqa: ANN001 - pipeline.settings.Settings
+    """kind -> newest registered version of that kind."""
+    from pipeline.tracking import TrackingError, registered_versions
+
+    try:
+        versions = registered_versions(settings.tracking_uri, settings.registered_model)
+    except TrackingError:
+        return {}
+    out: dict[str, str] = {}
+    for v in versions:  # newest first
+        out.setdefault(v.model, v.version)
+    return out
+
+
+def bench_one(kind: str, uri: str, raw, bench_dir, args) -> dict:  # noqa: ANN001
+    import time
+
+    from pipeline.batch_scoring import ScoreConfig, score_file
+    from pipeline.scoring import load_batch_scorer
+
+    t0 = time.perf_counter()
+    scorer, model = load_batch_scorer(uri)
+    load_s = time.perf_counter() - t0
+    runs = []
+    for i in range(args.repeats):
+        load_before = os.getloadavg()[0]
+        c0 = cpu_s()
+        r = score_file(raw, bench_dir / f"scores-{args.customers}-{kind}.parquet", scorer, model,
+                       ScoreConfig(chunk_rows=args.chunk_rows))
+        runs.append((r, cpu_s() - c0, load_before, os.getloadavg()[0]))
+        print(f"{kind} run {i + 1}: {r.customers:,} customers in {r.seconds:.1f} s = {r.customers_per_minute:,.0f}/min "
+              f"({runs[-1][1]:.1f} CPU s, load {load_before:.1f})", flush=True)
+    best, cpu, before, after = min(runs, key=lambda x: x[0].seconds)
+    row = {
+        "kind": kind, "model_uri": uri, "version": model.version, "customers": best.customers,
+        "rejected_rows": best.rejected_rows, "chunks": best.chunks, "seconds": round(best.seconds, 2),
+        "phase_seconds": {k: round(v, 2) for k, v in best.phase_seconds.items()},
+        "model_load_seconds": round(load_s, 2),
+        "customers_per_minute": round(best.customers_per_minute),
+        "meets_target": best.customers_per_minute >= TARGET_CUSTOMERS_PER_MIN,
+        "all_runs_seconds": [round(r.seconds, 2) for r, *_ in runs],
+        "cpu_seconds": round(cpu, 2),
+        "customers_per_cpu_minute": round(60 * best.customers / cpu) if cpu > 0 else None,
+        "load_average_1min_before": round(before, 2), "load_average_1min_after": round(after, 2),
+        "drift_psi": best.drift["psi"] if best.drift else None,
+    }
+    if args.model_customers and hasattr(scorer, "vocab"):
+        row["model_only"] = compare_paths(scorer, raw, args.model_customers)
+    return row
+
+
+def compare_paths(scorer, raw, n: int) -> dict:  # noqa: ANN001 - pipeline.scoring.SequenceScorer
+    """CPU seconds of the model alone, unoptimised (`evaluate`, 128 per batch) vs the scoring path, same sequences."""
+    import numpy as np
+    import polars as pl
+    import torch
+
+    from pipeline.batches import SequenceDataset, make_loader
+    from pipeline.inference import predict_proba
+    from pipeline.scoring import raw_events
+    from pipeline.sequences import build_sequences
+    from pipeline.train import evaluate
+
+    ids = pl.scan_parquet(raw).select("customer_id").unique().sort("customer_id").head(n).collect()["customer_id"]
+    frame = pl.scan_parquet(raw).filter(pl.col("customer_id").cast(pl.Int64).is_in(ids.cast(pl.Int64).implode())).collect()
+    seq = build_sequences(raw_events(frame, scorer.ingest), scorer.vocab, scorer.sequence, labels=None)
+    c0 = cpu_s()
+    old = evaluate(scorer.model, make_loader(seq, batch_size=128), torch.device("cpu"), "fp32")
+    c1 = cpu_s()
+    got_ids, got = predict_proba(scorer.model, SequenceDataset(seq), scorer.inference)
+    c2 = cpu_s()
+    want = dict(zip(old["customer_id"].tolist(), old["prob"].tolist(), strict=True))
+    diff = float(np.max(np.abs(got - np.array([want[i] for i in got_ids.tolist()])))) if len(got) else 0.0
+    return {"customers": seq.height, "events": int(seq["length"].sum()), "unoptimised_cpu_s": round(c1 - c0, 3),
+            "scoring_cpu_s": round(c2 - c1, 3), "max_abs_diff": diff}
+
+
+def train_on(raw, bench_dir, kinds: list[str], steps: int | None = None) -> None:  # noqa: ANN001
+    """ingest -> sequences -> train `kinds` (demo preset, `steps` per epoch) on the generated data, registered like
+    any other run."""
     from pipeline.compare import run_comparison
     from pipeline.ingest import ingest
     from pipeline.presets import get
     from pipeline.sequences import run_sequences
 
-    print(f"training {model} (demo preset) on {raw} …", flush=True)
+    print(f"training {', '.join(kinds)} (demo preset) on {raw} …", flush=True)
     events, sequences = bench_dir / "events", bench_dir / "sequences"
-    ingest([raw], events)
-    run_sequences(events, raw.parent / "gender_train.csv", sequences)
-    print(run_comparison(sequences, events, get("demo"), models=[model]).table, flush=True)
+    if not (events / "manifest.json").exists():
+        ingest([raw], events)
+    if not (sequences / "manifest.json").exists():
+        run_sequences(events, raw.parent / "gender_train.csv", sequences)
+    preset = get("demo", max_steps_per_epoch=steps)
+    print(run_comparison(sequences, events, preset, models=kinds).table, flush=True)
 
 
 if __name__ == "__main__":

@@ -45,8 +45,7 @@ def prepare(data: Path, customers: int) -> Path:
 
     if not (data / "sequences" / "manifest.json").exists():
         print(f"generating {customers:,} customers into {data} …", flush=True)
-        paths = generate(data / "raw", GeneratorConfig(n_customers=customers, n_labelled=customers * 56 // 100,
-                                                       use_real_labels=False))
+        paths = generate(data / "raw", GeneratorConfig(n_customers=customers, n_labelled=customers * 56 // 100))
         ingest([paths.transactions], data / "events")
         run_sequences(data / "events", paths.labels, data / "sequences", SequenceConfig(max_len=400))
     return data

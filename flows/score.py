@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
@@ -26,8 +26,9 @@ from pipeline.batch_scoring import (
     summary_markdown,
 )
 from pipeline.batch_scoring import score_landing as score_landing_folder
+from pipeline.drift import markdown as drift_markdown
 from pipeline.io import check_io_paths
-from pipeline.scoring import ModelLoadError, load_batch_scorer
+from pipeline.scoring import ModelLoadError, load_batch_scorer, log_scoring_run
 from pipeline.settings import load_settings
 
 CHAMPION_URI = "models:/txseq-gender@champion"
@@ -38,6 +39,7 @@ class ScoreParams(BaseModel):
     input: str | None = Field(None, description="raw transactions: Parquet/CSV file or folder (default: landing folder)")
     output: str | None = Field(None, description="scores Parquet (default: <data root>/scores/scores-<time>.parquet)")
     chunk_rows: int = Field(2_000_000, gt=0, description="validated rows scored at once (memory grows with it)")
+    drift_threshold: float = Field(0.2, gt=0, description="warn when a feature's PSI exceeds this")
 
 
 class LandingParams(BaseModel):
@@ -47,6 +49,7 @@ class LandingParams(BaseModel):
     chunk_rows: int = Field(2_000_000, gt=0)
     min_age_s: float = Field(0.0, ge=0, description="skip files modified this recently (still being written)")
     stale_after_s: float = Field(3600.0, gt=0, description="take over claims with no heartbeat for this long")
+    drift_threshold: float = Field(0.2, gt=0, description="warn when a feature's PSI exceeds this")
 
 
 def _worth_retrying(task, task_run, state) -> bool:
@@ -61,9 +64,11 @@ def _worth_retrying(task, task_run, state) -> bool:
 
 
 @task(**IO_RETRIES, retry_condition_fn=_worth_retrying)
-def score_task(model_uri: str, source: Path, output: Path, chunk_rows: int) -> ScoreResult:
+def score_task(model_uri: str, source: Path, output: Path, chunk_rows: int, drift_threshold: float) -> ScoreResult:
     scorer, model = load_batch_scorer(model_uri)
-    return score_file(source, output, scorer, model, ScoreConfig(chunk_rows=chunk_rows))
+    result = score_file(source, output, scorer, model, ScoreConfig(chunk_rows, drift_psi_threshold=drift_threshold))
+    _log_scoring_run(result, model)
+    return result
 
 
 @task(**IO_RETRIES, retry_condition_fn=_worth_retrying)
@@ -72,12 +77,31 @@ def score_landing_task(model_uri: str, landing_dir: Path, out_dir: Path, p: Land
         return LandingResult(scored=[], skipped=landing_files(landing_dir, p.min_age_s), ledger=[])
     scorer, model = load_batch_scorer(model_uri)
     landing = LandingConfig(stale_after_s=p.stale_after_s, min_age_s=p.min_age_s)
-    return score_landing_folder(landing_dir, out_dir, scorer, model, ScoreConfig(chunk_rows=p.chunk_rows), landing)
+    config = ScoreConfig(chunk_rows=p.chunk_rows, drift_psi_threshold=p.drift_threshold)
+    result = score_landing_folder(landing_dir, out_dir, scorer, model, config, landing)
+    for scored in result.scored:
+        _log_scoring_run(scored, model)
+    return result
+
+
+def _log_scoring_run(result: ScoreResult, model) -> None:  # noqa: ANN001 - batch_scoring.ModelRef
+    """The scoring run in MLflow; the scores are written already, so a tracking hiccup is a warning, not a retry."""
+    try:
+        log_scoring_run(result, model)
+    except Exception as e:  # noqa: BLE001
+        get_run_logger().warning("scoring run of %s not logged to MLflow: %s", result.output.name, e)
 
 
 @task
 def publish_summary(results: list[ScoreResult], key: str) -> None:
     create_markdown_artifact(summary_markdown(results), key=key, description="txseq scoring summary")
+    for r in results:  # the drift report of each scored batch, and its warning line in the run's log
+        if r.drift is not None:
+            files = " and ".join(f"`{f}`" for f in r.drift_files)
+            create_markdown_artifact(f"# Input drift: `{r.output.name}`\n\n{drift_markdown(r.drift)}\n\nFiles: {files}",
+                                     key=f"{key}-drift", description=f"input drift of {r.output.name}")
+        if r.drift_warning:
+            get_run_logger().warning("%s: %s", r.output.name, r.drift_warning)
 
 
 @flow(name="score")
@@ -86,7 +110,7 @@ def score(params: ScoreParams = ScoreParams()) -> ScoreResult:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     output = Path(params.output) if params.output else s.scores_dir / f"scores-{stamp}.parquet"
     (source,), (output, _) = check_io_paths([params.input or s.landing_dir], [output, default_rejects_path(output)])
-    result = score_task(params.model_uri, source, output, params.chunk_rows)
+    result = score_task(params.model_uri, source, output, params.chunk_rows, params.drift_threshold)
     publish_summary([result], key="scoring-summary")
     return result
 

@@ -8,6 +8,10 @@ so it is tested with plain functions as well.
     input (file or folder) ──validate (as ingest)──▶ rejects.parquet
                            └──▶ staging buckets: hash(customer_id) % n_buckets, one streaming pass
     buckets ──packed into chunks of ≤ chunk_rows──▶ scorer(chunk) ──▶ scores.parquet (temp name, then rename)
+                                                └──▶ drift monitor ──▶ <scores stem>.drift.json / .drift.png
+
+A scorer with a `reference` (training-time statistics stored with the model, `pipeline.drift`) gets a drift report
+with every scored batch; models registered before that have none and get no report.
 
 Every customer's whole history falls in one bucket, so a chunk holds complete histories and inputs larger than
 memory are scored one chunk at a time. Only the staging pass and the final sort of the (small) scores table run
@@ -42,6 +46,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import schema
+from pipeline.drift import PSI_THRESHOLD, DriftMonitor, warning_line
 from pipeline.ingest import IngestConfig, IngestError, check_columns, split_combined, validate_combined
 from pipeline.io import (
     TableError,
@@ -88,6 +93,7 @@ class ModelRef:
     name: str
     version: str
     uri: str = ""
+    run_id: str = ""  # the MLflow run that logged the model (scoring runs go to its experiment)
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,7 @@ class ScoreConfig:
     chunk_rows: int = 2_000_000  # validated rows handed to the scorer at once (memory ∝ this)
     pandas_input: bool = False  # hand the scorer pandas (what `pyfunc.predict` documents) instead of polars
     ingest: IngestConfig | None = None  # row validation; None: the scorer's own (`scorer.ingest`), else the default
+    drift_psi_threshold: float = PSI_THRESHOLD  # a feature whose PSI exceeds this is reported as drifted
 
 
 @dataclass
@@ -110,6 +117,13 @@ class ScoreResult:
     seconds: float
     histogram: list[dict[str, float]]  # probability histogram: bin_start, bin_end, customers
     phase_seconds: dict[str, float] = field(default_factory=dict)  # validate+stage, load chunks, model, write
+    drift: dict[str, Any] | None = None  # `DriftReport.to_dict()`; None for a model stored without a reference
+    drift_files: list[str] = field(default_factory=list)  # <scores stem>.drift.json, .drift.png
+
+    @property
+    def drift_warning(self) -> str | None:
+        """One line naming the drifted features, or None (no report, or nothing above the threshold)."""
+        return warning_line(self.drift)
 
     @property
     def customers_per_minute(self) -> float:
@@ -204,7 +218,9 @@ def score_file(
         for leftover in remove_dead_temp(folder):
             log.info("removed %s, left by a scoring run that was killed", leftover)
     staging = temp_path(output, ".staging")
-    phases = dict.fromkeys(("stage", "load", "model", "write"), 0.0)
+    reference = getattr(scorer, "reference", None)
+    monitor = DriftMonitor(reference, config.drift_psi_threshold) if reference is not None else None
+    phases = dict.fromkeys(("stage", "load", "model", "write", "drift"), 0.0)
     clock = time.perf_counter()
 
     def lap(phase: str) -> None:
@@ -230,9 +246,17 @@ def score_file(
                 if on_chunk is not None:
                     on_chunk(i + 1, len(chunks))
                 lap("write")
+                if monitor is not None:
+                    monitor.observe(frame)
+                    lap("drift")
         write_parquet_atomic(pl.scan_parquet(reject_parts).cast(schema.REJECTS_SCHEMA), rejects)
         write_parquet_atomic(pl.scan_parquet(unsorted).sort(schema.CUSTOMER_ID), output)
         lap("write")
+        drift, drift_files = None, []
+        if monitor is not None:
+            report = monitor.report(pl.read_parquet(output, columns=[schema.PROBABILITY])[schema.PROBABILITY].to_numpy())
+            drift, drift_files = report.to_dict(), [str(p) for p in report.write(output.with_suffix(""))]
+            lap("drift")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     rejected_rows = pl.scan_parquet(rejects).select(pl.len()).collect().item()
@@ -249,6 +273,8 @@ def score_file(
         seconds=time.perf_counter() - started,
         histogram=probability_histogram(output),
         phase_seconds=phases,
+        drift=drift,
+        drift_files=drift_files,
     )
 
 

@@ -101,14 +101,15 @@ class SequenceDataset(Dataset):
     def n_events(self) -> int:
         return int(self.offsets[-1])
 
-    def gather(self, rows: torch.Tensor, starts: torch.Tensor | None = None, lengths: torch.Tensor | None = None) -> Batch:
+    def gather(self, rows: torch.Tensor, starts: torch.Tensor | None = None, lengths: torch.Tensor | None = None,
+               pad_to: int = 1) -> Batch:
         """Padded batch of `rows` (B,); each row's window is [starts, starts + lengths) within its sequence
-        (default: the whole sequence)."""
+        (default: the whole sequence). T is the longest window, or `pad_to` when that is longer."""
         rows = rows.long()
         lengths = self.lengths[rows] if lengths is None else lengths.long()  # (B,)
         starts = torch.zeros_like(lengths) if starts is None else starts.long()
         B = len(rows)
-        T = max(int(lengths.max()), 1) if B else 1
+        T = max(int(lengths.max()) if B else 1, pad_to, 1)
         pos = torch.arange(T)  # (T,)
         valid = pos[None, :] < lengths[:, None]  # (B, T)
         src = (self.offsets[rows] + starts)[:, None] + pos[None, :]  # (B, T) flat index of each slot

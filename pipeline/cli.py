@@ -205,6 +205,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="a CoLES-pretrained encoder (txseq pretrain), e.g. models:/txseq-gender-coles-transformer/1; "
                    "adds <encoder>_coles (fine-tuned from it) and hybrid_<encoder> (GBDT on aggregates + its "
                    "embeddings) to the models; repeatable")
+    p.add_argument("--threshold-rule", default="youden",
+                   help="decision threshold chosen on validation: youden, precision>=X or recall>=X (%(default)s)")
     p.add_argument("--threads", type=int, default=None,
                    help="compute threads for torch, OpenMP and BLAS (default: TXSEQ_THREADS, else the CPUs this "
                         "process may use: affinity and cgroup quota)")
@@ -220,8 +222,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             p.error(f"--threads must be >= 1, got {args.threads}")
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         settings = load_settings()
-        preset = resolve_preset(args.preset, args.sequences or settings.sequences_dir, args.fold, steps=args.steps,
-                                device=args.device)
+        from dataclasses import replace
+
+        from pipeline.calibration import ThresholdRule
+
+        try:
+            rule = str(ThresholdRule.parse(args.threshold_rule))
+        except ValueError as e:
+            p.error(str(e))
+        preset = replace(resolve_preset(args.preset, args.sequences or settings.sequences_dir, args.fold,
+                                        steps=args.steps, device=args.device), threshold_rule=rule)
         models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
         try:
             result = run_comparison(
@@ -315,7 +325,8 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
         "customer-partitioned chunks. With --landing, every file of the folder not scored before is scored into "
         "--out-dir, once, even with several runs at the same time.",
     )
-    p.add_argument("--model", required=True, help="models:/<name>@champion, models:/<name>/<version> or runs:/<id>/…")
+    p.add_argument("--model", default=None, help="models:/<name>@champion, models:/<name>/<version> or runs:/<id>/… "
+                   "(default: the registered champion, models:/<registered model>@champion)")
     p.add_argument("--input", type=Path, help="raw transactions: Parquet/CSV file or folder")
     p.add_argument("--output", type=Path, help="scores Parquet <stem>.parquet (rejects go to <stem>.rejects.parquet "
                    "beside it)")
@@ -323,6 +334,8 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out-dir", type=Path, help="with --landing: scores, rejects and the ledger of scored files")
     p.add_argument("--chunk-rows", type=int, default=2_000_000, help="validated rows scored at once (%(default)s)")
     p.add_argument("--min-age-s", type=float, default=0.0, help="with --landing: skip files modified this recently")
+    p.add_argument("--drift-threshold", type=float, default=0.2,
+                   help="warn when a feature's population stability index exceeds this (%(default)s)")
 
     def handler(args: argparse.Namespace) -> int:
         from pipeline.batch_scoring import (
@@ -358,12 +371,15 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
                     return 0
             from pipeline.scoring import ModelLoadError, load_batch_scorer
 
+            from pipeline.settings import load_settings
+
+            model_uri = args.model or f"models:/{load_settings().registered_model}@champion"
             try:
-                scorer, model = load_batch_scorer(args.model)
+                scorer, model = load_batch_scorer(model_uri)
             except ModelLoadError as e:  # a missing model/alias/version or an unreachable store: one line, exit 2
                 print(f"txseq score: error: {e}", file=sys.stderr)
                 return 2
-            config = ScoreConfig(chunk_rows=args.chunk_rows)
+            config = ScoreConfig(chunk_rows=args.chunk_rows, drift_psi_threshold=args.drift_threshold)
             if args.input:
                 results = [score_file(source, output, scorer, model, config)]
             else:
@@ -376,6 +392,8 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
             print(f"txseq score: error: {e}", file=sys.stderr)
             return 2
         print(summary_markdown(results))
+        for r in results:
+            _report_drift(r, model)
         if args.landing and landing.failed:
             for _, error in landing.failed:
                 print(f"txseq score: error: {error}", file=sys.stderr)
@@ -385,10 +403,67 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=handler)
 
 
+def _report_drift(result, model) -> None:  # noqa: ANN001 - batch_scoring.ScoreResult, ModelRef
+    """The drift warning line (stderr) or a stability line, and the scoring run in MLflow."""
+    from pipeline.scoring import log_scoring_run
+
+    if result.drift is None:
+        print(f"{result.output.name}: no reference statistics stored with {model.name} v{model.version}: "
+              "input stability not checked")
+    elif result.drift_warning:
+        print(f"txseq score: {result.drift_warning} ({result.drift_files[0]})", file=sys.stderr)
+    else:
+        worst = max(result.drift["psi"], key=lambda f: result.drift["psi"][f])
+        print(f"{result.output.name}: input stable, largest PSI {result.drift['psi'][worst]:.3f} ({worst}) <= "
+              f"{result.drift['psi_threshold']:g}")
+    try:
+        log_scoring_run(result, model)
+    except Exception as e:  # noqa: BLE001 - the scores are written; a tracking hiccup must not fail the run
+        print(f"txseq score: note: scoring run not logged to MLflow: {str(e).splitlines()[0][:300]}", file=sys.stderr)
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    """`txseq models`: registered versions with metrics, aliases and champion decisions (owner: pipeline.tracking)."""
+    p = sub.add_parser(
+        "models",
+        help="list the registered model versions: metrics, aliases, champion decisions",
+        description="One row per registered version, newest first: the model kind, its aliases (champion), test "
+        "ROC AUC and log-loss, the decision threshold and calibration stored with it, and the champion decision "
+        "recorded when it was registered.",
+    )
+    p.add_argument("--name", default=None, help="registered model (default: TXSEQ_REGISTERED_MODEL or txseq-gender)")
+
+    def handler(args: argparse.Namespace) -> int:
+        from pipeline.settings import load_settings
+        from pipeline.tracking import TrackingError, registered_versions
+
+        settings = load_settings()
+        name = args.name or settings.registered_model
+        try:
+            versions = registered_versions(settings.tracking_uri, name)
+        except TrackingError as e:
+            print(f"txseq models: error: {e}", file=sys.stderr)
+            return 2
+        print(f"registered model {name}: {len(versions)} version(s)\n")
+        print("| version | model | aliases | test ROC AUC | test log-loss | threshold | calibration | registered (UTC) "
+              "| champion decision |")
+        print("|---:|---|---|---:|---:|---:|---|---|---|")
+        for v in versions:
+            auc, loss = v.metrics.get("test/auroc"), v.metrics.get("test/logloss_calibrated", v.metrics.get("test/logloss"))
+            fmt = lambda x: "—" if x is None else f"{x:.4f}"  # noqa: E731
+            threshold = v.tags.get("decision.threshold")
+            print(f"| {v.version} | {v.model} | {', '.join(v.aliases) or '—'} | {fmt(auc)} | {fmt(loss)} | "
+                  f"{f'{float(threshold):.4f}' if threshold else '0.5 (none stored)'} | "
+                  f"{v.tags.get('decision.calibration', 'none')} | {v.created} | {v.tags.get('champion_decision', '—')} |")
+        return 0
+
+    p.set_defaults(handler=handler)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="txseq", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_generate, _add_ingest, _add_sequences, _add_pretrain, _add_train, _add_score):
+    for add in (_add_generate, _add_ingest, _add_sequences, _add_pretrain, _add_train, _add_score, _add_models):
         add(sub)
     return parser
 

@@ -30,11 +30,13 @@ import torch
 from models import ModelConfig, build_model, canonical_encoder_name
 from pipeline import schema as S
 from pipeline.batches import SequenceDataset, make_loader, numeric_stats
+from pipeline.calibration import ThresholdRule
 from pipeline.champion import ChampionRule
 from pipeline.gbdt import train_gbdt
 from pipeline.ingest import IngestConfig, read_events
 from pipeline.metrics import classification_metrics, plot_roc, plot_training_curves, pyplot, roc_points
 from pipeline.model_card import ModelCard, card_metrics
+from pipeline.scoring_card import decision_metrics, fit_scoring_card
 from pipeline.presets import DataProfile, RunPreset, get
 from pipeline.registry import (
     FIT_IDS_ARTIFACT_DIR,
@@ -192,8 +194,12 @@ def _train_encoder(name: str, data: _Data, preset: RunPreset, datasets: dict, tr
     test = evaluate(model, make_loader(test_ds, batch_size=preset.eval_batch_size, num_workers=workers), device,
                     tc.precision)
     q = classification_metrics(test["label"], test["prob"])
+    val = evaluate(model, make_loader(val_ds, batch_size=preset.eval_batch_size), device, tc.precision)
+    scoring = fit_scoring_card(data.events, data.ids[0], val["label"], val["prob"], test["prob"],
+                          ThresholdRule.parse(preset.threshold_rule))
     metrics = {
         **{f"test/{k}": v for k, v in q.items()},
+        **decision_metrics(scoring.decision, test["label"], test["prob"]),
         "val/best_auroc": result.best_val_auroc,
         "time/train_s": result.train_s,
         "throughput/train_events_per_s": float(np.mean([h["throughput/train_events_per_s"] for h in result.history])),
@@ -208,24 +214,30 @@ def _train_encoder(name: str, data: _Data, preset: RunPreset, datasets: dict, tr
     art = run_dir / "models" / name
     plot_training_curves(result.history, art / "training_curve.png", title=name)
     config, files = save_sequence_artifacts(art / "pyfunc", model.cpu(), cfg, data.vocab, data.sequence_config,
-                                            IngestConfig(), preset.eval_batch_size)
+                                            IngestConfig(), preset.eval_batch_size, scoring.decision, scoring.reference)
     params = {"model": cfg.to_dict(), "train": result.config, "batch_size": preset.batch_size,
-              "crop_len": preset.crop_len, "device": result.device}
+              "crop_len": preset.crop_len, "device": result.device, **scoring.tags()}
     if result.resumed_from_step is not None:  # continued from the checkpoint of an interrupted run
         params["resumed_from_step"] = result.resumed_from_step
     row = ModelResult(name, metrics, result.steps_run, run_id, roc=roc_points(test["label"], test["prob"]))
-    return row, params, {"config": config, "files": files, "plots": [art / "training_curve.png"]}
+    return row, params, {"config": config, "files": files, "plots": [art / "training_curve.png"],
+                         "version_tags": scoring.tags()}
 
 
 def _train_gbdt(data: _Data, preset: RunPreset, run_id: str, run_dir: Path) -> tuple[ModelResult, dict, dict]:
     labels = pl.DataFrame({S.CUSTOMER_ID: list(data.labels), S.GENDER: list(data.labels.values())},
                           schema={S.CUSTOMER_ID: pl.Int64, S.GENDER: pl.Int8})
     run = train_gbdt(data.events, labels, data.ids, preset.gbdt)
+    scoring = fit_scoring_card(data.events, data.ids[0], run.val_label, run.val_prob, run.test_prob,
+                          ThresholdRule.parse(preset.threshold_rule))
     art = run_dir / "models" / "gbdt"
-    config, files = save_gbdt_artifacts(art / "pyfunc", run.model, run.spec, IngestConfig())
-    row = ModelResult("gbdt", run.metrics, None, run_id, roc=roc_points(run.test_label, run.test_prob))
-    return row, {"gbdt": asdict(preset.gbdt)}, {
-        "config": config, "files": files, "plots": [], "val_curve": run.val_auroc_per_round}
+    config, files = save_gbdt_artifacts(art / "pyfunc", run.model, run.spec, IngestConfig(), scoring.decision,
+                                        scoring.reference)
+    metrics = {**run.metrics, **decision_metrics(scoring.decision, run.test_label, run.test_prob)}
+    row = ModelResult("gbdt", metrics, None, run_id, roc=roc_points(run.test_label, run.test_prob))
+    return row, {"gbdt": asdict(preset.gbdt), **scoring.tags()}, {
+        "config": config, "files": files, "plots": [], "val_curve": run.val_auroc_per_round,
+        "version_tags": scoring.tags()}
 
 
 def _train_hybrid(name: str, data: _Data, preset: RunPreset, init_uri: str, run_id: str,
@@ -247,8 +259,8 @@ def _train_hybrid(name: str, data: _Data, preset: RunPreset, init_uri: str, run_
     art = run_dir / "models" / name
     config, files = save_hybrid_artifacts(art / "pyfunc", run.model, run.spec, embedder, pretrained=init_uri)
     row = ModelResult(name, run.metrics, None, run_id, roc=roc_points(run.test_label, run.test_prob))
-    return row, {"gbdt": asdict(preset.gbdt), "init_from": init_uri}, {
-        "config": config, "files": files, "plots": [], "val_curve": run.val_auroc_per_round}
+    return row, {"gbdt": asdict(preset.gbdt), "init_from": init_uri}, {  # threshold 0.5, no calibration card yet
+        "config": config, "files": files, "plots": [], "val_curve": run.val_auroc_per_round, "version_tags": {}}
 
 
 @dataclass(frozen=True)
@@ -477,7 +489,8 @@ def train_one(plan: ComparisonPlan, name: str) -> ModelResult:
                     registered_model=registered,
                     version_tags={TAG_SPLIT_ID: data.split.split_id, TAG_TEST_AUROC: f"{row.metrics['test/auroc']:.6f}",
                                   "model": name, "preset": preset.name, "run_id": child, TAG_FIT_IDS: fit_digest,
-                                  TAG_FINGERPRINT: fp_key, TAG_RUN_NAME: plan.run_name, **card.to_tags()},
+                                  TAG_FINGERPRINT: fp_key, TAG_RUN_NAME: plan.run_name, **card.to_tags(),
+                                  **art["version_tags"]},
                 )
                 row.version = version.version
                 decisions = decide_pending(tracker, registered, _decision_data(data, plan.rule))

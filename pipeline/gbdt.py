@@ -112,6 +112,8 @@ class GBDTRun:
     metrics: dict[str, float]
     test_prob: np.ndarray
     test_label: np.ndarray
+    val_prob: np.ndarray | None = None  # for the decision threshold and calibration (pipeline.calibration)
+    val_label: np.ndarray | None = None
 
 
 def train_gbdt(
@@ -150,7 +152,8 @@ def train_gbdt(
     t1 = time.perf_counter()
     test_prob = model.predict_proba(x_te)[:, 1]
     infer_s = time.perf_counter() - t1
-    val = classification_metrics(y_va, model.predict_proba(x_va)[:, 1])
+    val_prob = model.predict_proba(x_va)[:, 1]
+    val = classification_metrics(y_va, val_prob)
     test = classification_metrics(y_te, test_prob)
     metrics = {
         **{f"val/{k}": v for k, v in val.items()},
@@ -163,7 +166,7 @@ def train_gbdt(
         "gbdt/n_rounds": float(model.n_iter_),
         **memory.read(),
     }
-    return GBDTRun(model, spec, val_auc, metrics, test_prob, y_te)
+    return GBDTRun(model, spec, val_auc, metrics, test_prob, y_te, val_prob, y_va)
 
 
 def _predictors(model: HistGradientBoostingClassifier) -> list:

@@ -37,6 +37,7 @@ class RunPreset:
     gbdt: GBDTConfig
     models: tuple[str, ...] = DEFAULT_MODELS
     per_encoder: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # extra keywords for one encoder
+    threshold_rule: str = "youden"  # decision threshold on validation: youden | precision>=X | recall>=X
 
     def model_kwargs(self, encoder: str) -> dict[str, Any]:
         """ModelConfig keywords for one encoder: the shared sizes, its config (if the preset has one), extras."""
@@ -54,6 +55,7 @@ class RunPreset:
             "crop_len": self.crop_len,
             "gbdt": asdict(self.gbdt),
             "models": list(self.models),
+            "threshold_rule": self.threshold_rule,
         }
 
 

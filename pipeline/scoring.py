@@ -32,13 +32,15 @@ from mlflow.types.schema import AnyType, ColSpec, Schema
 
 from models import ModelConfig, build_model
 from pipeline import schema as S
-from pipeline.batches import make_loader
+from pipeline.batches import SequenceDataset
+from pipeline.calibration import NO_DECISION, Decision
+from pipeline.drift import Reference
 from pipeline.features import FeatureSpec, build_features
 from pipeline.gbdt import feature_matrix, load_gbdt, save_gbdt
+from pipeline.inference import InferenceConfig, predict_proba
 from pipeline.ingest import IngestConfig, validate
 from pipeline.sequences import SequenceConfig, Vocab, build_sequences
 from pipeline.tracking import RegisteredVersion, Tracker, TrackingError, check_readable
-from pipeline.train import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 CODE_PATHS = [str(ROOT / "pipeline"), str(ROOT / "models")]
@@ -100,12 +102,14 @@ def raw_events(raw: pd.DataFrame | pl.DataFrame, ingest: IngestConfig) -> pl.Laz
     return events
 
 
-def _scores(customer_id: np.ndarray, prob: np.ndarray, threshold: float) -> pd.DataFrame:
+def _scores(customer_id: np.ndarray, raw_prob: np.ndarray, decision: Decision) -> pd.DataFrame:
+    """One row per customer, sorted: the calibrated probability and the prediction at the stored threshold."""
     order = np.argsort(customer_id, kind="stable")
+    prob, prediction = decision.apply(raw_prob[order].astype(np.float64))
     return pd.DataFrame({
         S.CUSTOMER_ID: customer_id[order].astype(np.int64),
-        S.PROBABILITY: prob[order].astype(np.float64),
-        S.PREDICTION: (prob[order] >= threshold).astype(np.int64),
+        S.PROBABILITY: prob,
+        S.PREDICTION: prediction,
     })
 
 
@@ -115,8 +119,9 @@ class SequenceScorer:
     vocab: Vocab
     sequence: SequenceConfig
     ingest: IngestConfig
-    batch_size: int = 64
-    threshold: float = 0.5
+    decision: Decision = NO_DECISION
+    reference: Reference | None = None  # training-time statistics for the drift report (None: models before it)
+    inference: InferenceConfig = InferenceConfig()
 
     def __call__(self, raw: pd.DataFrame | pl.DataFrame) -> pd.DataFrame:
         return self.score_events(raw_events(raw, self.ingest))
@@ -125,9 +130,8 @@ class SequenceScorer:
         """Already validated events (EVENTS_SCHEMA) -> scores: batch scoring validates once, then calls this."""
         seq = build_sequences(events, self.vocab, self.sequence, labels=None)
         if seq.height == 0:
-            return _scores(np.empty(0, np.int64), np.empty(0), self.threshold)
-        out = evaluate(self.model, make_loader(seq, batch_size=self.batch_size), torch.device("cpu"), "fp32")
-        return _scores(out["customer_id"], out["prob"], self.threshold)
+            return _scores(np.empty(0, np.int64), np.empty(0), self.decision)
+        return _scores(*predict_proba(self.model, SequenceDataset(seq), self.inference), self.decision)
 
 
 @dataclass
@@ -135,7 +139,8 @@ class GBDTScorer:
     model: Any  # HistGradientBoostingClassifier
     spec: FeatureSpec
     ingest: IngestConfig
-    threshold: float = 0.5
+    decision: Decision = NO_DECISION
+    reference: Reference | None = None
 
     def __call__(self, raw: pd.DataFrame | pl.DataFrame) -> pd.DataFrame:
         return self.score_events(raw_events(raw, self.ingest))
@@ -145,9 +150,9 @@ class GBDTScorer:
         features = build_features(events, self.spec).collect()
         ids = features[S.CUSTOMER_ID].to_numpy()
         if len(ids) == 0:
-            return _scores(np.empty(0, np.int64), np.empty(0), self.threshold)
+            return _scores(np.empty(0, np.int64), np.empty(0), self.decision)
         prob = self.model.predict_proba(feature_matrix(features, ids))[:, 1]
-        return _scores(ids, prob, self.threshold)
+        return _scores(ids, prob, self.decision)
 
 
 def load_scorer(artifacts: dict[str, str]) -> Any:
@@ -158,14 +163,18 @@ def load_scorer(artifacts: dict[str, str]) -> Any:
 
         return load_embedding_kind(cfg, artifacts)
     ingest = IngestConfig(**cfg["ingest"])
+    # models registered before thresholds and calibration were stored: their threshold (0.5), no calibration
+    decision = Decision.from_dict(cfg["decision"]) if "decision" in cfg else Decision(
+        threshold=float(cfg.get("threshold", 0.5)), rule=NO_DECISION.rule)
+    reference = Reference.load(Path(artifacts["reference"])) if "reference" in artifacts else None
     if cfg["kind"] == "gbdt":
         spec = FeatureSpec.load(Path(artifacts["feature_spec"]))
-        return GBDTScorer(load_gbdt(Path(artifacts["model"])), spec, ingest, cfg["threshold"])
+        return GBDTScorer(load_gbdt(Path(artifacts["model"])), spec, ingest, decision, reference)
     model = build_model(ModelConfig.from_dict(cfg["model"]))
     model.load_state_dict(torch.load(artifacts["model"], map_location="cpu", weights_only=True))
     model.eval()
     return SequenceScorer(model, Vocab.load(artifacts["vocab"]), SequenceConfig(**cfg["sequence"]), ingest,
-                          cfg["batch_size"], cfg["threshold"])
+                          decision, reference)
 
 
 class TxSeqModel(mlflow.pyfunc.PythonModel):
@@ -178,8 +187,13 @@ class TxSeqModel(mlflow.pyfunc.PythonModel):
         return self.scorer(model_input)
 
 
-def _config_json(kind: str, ingest: IngestConfig, threshold: float, **extra: Any) -> dict:
-    return {"kind": kind, "schema_version": S.SCHEMA_VERSION, "ingest": asdict(ingest), "threshold": threshold, **extra}
+def _config_json(kind: str, ingest: IngestConfig, decision: Decision, **extra: Any) -> dict:
+    return {"kind": kind, "schema_version": S.SCHEMA_VERSION, "ingest": asdict(ingest),
+            "threshold": decision.threshold, "decision": decision.to_dict(), **extra}
+
+
+def _card_files(out_dir: Path, reference: Reference | None) -> dict[str, Path]:
+    return {"reference": reference.save(out_dir / "reference.json")} if reference is not None else {}
 
 
 def log_model(
@@ -211,23 +225,24 @@ def log_model(
 
 def save_sequence_artifacts(
     out_dir: Path, model: torch.nn.Module, model_config: ModelConfig, vocab: Vocab, sequence: SequenceConfig,
-    ingest: IngestConfig, batch_size: int = 64, threshold: float = 0.5,
+    ingest: IngestConfig, batch_size: int = 64, decision: Decision = NO_DECISION, reference: Reference | None = None,
 ) -> tuple[dict, dict[str, Path]]:
     """(config.json content, artifact files) of a trained sequence model."""
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / "model.pt"
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
     vocab_path = vocab.save(out_dir / "vocab.json")
-    config = _config_json("sequence", ingest, threshold, model=model_config.to_dict(), sequence=asdict(sequence),
+    config = _config_json("sequence", ingest, decision, model=model_config.to_dict(), sequence=asdict(sequence),
                           batch_size=batch_size)
-    return config, {"model": weights, "vocab": vocab_path}
+    return config, {"model": weights, "vocab": vocab_path, **_card_files(out_dir, reference)}
 
 
 def save_gbdt_artifacts(out_dir: Path, model: Any, spec: FeatureSpec, ingest: IngestConfig,
-                        threshold: float = 0.5) -> tuple[dict, dict[str, Path]]:
+                        decision: Decision = NO_DECISION, reference: Reference | None = None,
+                        ) -> tuple[dict, dict[str, Path]]:
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"model": save_gbdt(model, out_dir / "model.skops"), "feature_spec": spec.save(out_dir / "feature_spec.json")}
-    return _config_json("gbdt", ingest, threshold), files
+    return _config_json("gbdt", ingest, decision), {**files, **_card_files(out_dir, reference)}
 
 
 def load_registered(name: str, alias_or_version: str = "champion") -> Any:
@@ -273,7 +288,40 @@ def load_batch_scorer(model_uri: str, tracking_uri: str | None = None) -> tuple[
     except Exception as e:  # noqa: BLE001 - MLflow, OS, torch and skops errors alike: say which model and why
         raise ModelLoadError(f"cannot load model {model_uri} (tracking store {tracking_uri}): "
                              f"{_first_line(e).rstrip('.')}{_registry_hint(model_uri)}") from e
-    return scorer, ModelRef(name, version, model_uri)
+    return scorer, ModelRef(name, version, model_uri, pyfunc.metadata.run_id or "")
+
+
+def log_scoring_run(result: Any, model: Any, tracking_uri: str | None = None) -> str | None:
+    """Record one scored batch (`batch_scoring.ScoreResult` by `batch_scoring.ModelRef`) as a finished run named
+    `score <output>` in the experiment of the run that logged the model: counts and throughput, PSI per feature,
+    unknown-code shares and the mean probability as metrics, the drift JSON and PNG as artifacts. Returns its run
+    id; None for a model with no MLflow run behind it."""
+    from pipeline.settings import load_settings
+
+    if not model.run_id:
+        return None
+    tracking_uri = tracking_uri or load_settings().tracking_uri
+    client = mlflow.MlflowClient(tracking_uri)
+    experiment_id = client.get_run(model.run_id).info.experiment_id
+    tags = {"txseq.kind": "scoring", "txseq.model_name": model.name, "txseq.model_version": str(model.version),
+            "txseq.model_run_id": model.run_id, "txseq.output": result.output.name}
+    run_id = client.create_run(experiment_id, run_name=f"score {result.output.name}", tags=tags).info.run_id
+    metrics = {"score/customers": result.customers, "score/input_rows": result.input_rows,
+               "score/rejected_rows": result.rejected_rows, "score/seconds": result.seconds,
+               "score/customers_per_minute": result.customers_per_minute}
+    if result.drift:
+        d = result.drift
+        metrics.update({f"drift/psi_{f}": v for f, v in d["psi"].items()})
+        metrics.update({f"drift/unknown_share_{f}": v["batch"] for f, v in d["unknown_share"].items()})
+        metrics.update({"drift/score_mean": d["score_mean"]["batch"], "drift/n_drifted": len(d["drifted"])})
+        client.log_param(run_id, "drift.psi_threshold", d["psi_threshold"])
+        client.set_tag(run_id, "txseq.drifted", ",".join(d["drifted"]) or "none")
+    tracker = Tracker(tracking_uri, experiment_id, client)
+    tracker.log_metrics(run_id, {k: float(v) for k, v in metrics.items()})
+    for path in result.drift_files:
+        client.log_artifact(run_id, path, "drift")
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
 
 
 class ModelLoadError(RuntimeError):

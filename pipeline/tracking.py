@@ -359,6 +359,44 @@ def _info(mv: Any) -> VersionInfo:
     return VersionInfo(mv.name, str(mv.version), mv.run_id, dict(mv.tags or {}), mv.description or "")
 
 
+@dataclass(frozen=True)
+class VersionSummary:
+    """One registered version as `txseq models` lists it."""
+
+    version: str
+    model: str  # the model kind (tag "model"), e.g. transformer, gbdt
+    aliases: tuple[str, ...]
+    created: str  # UTC, minutes
+    metrics: dict[str, float]  # of the run that logged it: test/auroc, test/logloss, ...
+    tags: dict[str, str]
+
+
+def registered_versions(tracking_uri: str, name: str) -> list[VersionSummary]:
+    """Every version of registered model `name`, newest first, with its run's metrics, its aliases and its tags
+    (champion decision, split, decision threshold and calibration). Raises TrackingError when the store cannot be
+    read or the model is not registered."""
+    check_readable(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    try:
+        registered = client.get_registered_model(name)
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException as e:
+        raise TrackingError(f"no registered model {name!r} in {tracking_uri}") from e
+    by_version: dict[str, list[str]] = {}
+    for alias, version in registered.aliases.items():
+        by_version.setdefault(str(version), []).append(alias)
+    out = []
+    for v in sorted(versions, key=lambda v: int(v.version), reverse=True):
+        try:
+            metrics = dict(client.get_run(v.run_id).data.metrics) if v.run_id else {}
+        except MlflowException:  # the run was deleted: the version stays listed
+            metrics = {}
+        created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(v.creation_timestamp / 1000))
+        out.append(VersionSummary(str(v.version), v.tags.get("model", "?"), tuple(sorted(by_version.get(str(v.version), []))),
+                                  created, metrics, dict(v.tags)))
+    return out
+
+
 def get_or_create_experiment(client: MlflowClient, name: str, artifact_location: Path) -> str:
     found = client.get_experiment_by_name(name)
     if found is not None:

@@ -51,7 +51,8 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: tor
     Dropout is always 0 here: with dropout > 0 SDPA leaves its fused kernel for the quadratic path on CPU.
     q (B, H, T, d), k/v (B, H, N, d), valid (B, N) bool over keys -> (B, H, T, d)
     """
-    mask = None if valid is None else keys_or_any(valid)[:, None, None, :]  # (B, 1, 1, N), True = attend
+    # a batch without padding needs no mask, and SDPA's CPU kernel is about twice as fast without one
+    mask = None if valid is None or bool(valid.all()) else keys_or_any(valid)[:, None, None, :]  # (B, 1, 1, N)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0)
 
 

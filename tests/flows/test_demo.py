@@ -23,7 +23,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 @pytest.mark.parametrize(("user_value", "expected"), [(None, "300"), ("7", "7")])
 def test_ephemeral_server_startup_timeout_is_generous_unless_set(user_value: str | None, expected: str) -> None:
-    code = f"import flows.demo; from prefect.settings import {TIMEOUT_VAR} as s; print(s.value())"
+    code = f"import flows; from prefect.settings import {TIMEOUT_VAR} as s; print(s.value())"
     env = _env(**({TIMEOUT_VAR: user_value} if user_value else {}))
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -168,6 +168,13 @@ def test_score_flow_equals_the_pyfunc_models_predictions(champion_uri: str, tmp_
     champion = mlflow.MlflowClient().get_model_version_by_alias(load_settings().registered_model, "champion")
     assert set(got[schema.MODEL_VERSION]) == {str(champion.version)}
     assert "Scoring summary" in _run(_artifact("scoring-summary")).data
+    # the drift report beside the scores, as an artifact, and as a scoring run in the model's experiment
+    assert result.drift is not None and [Path(f).name for f in result.drift_files] == ["scores.drift.json",
+                                                                                       "scores.drift.png"]
+    assert "| feature | PSI | status |" in _run(_artifact("scoring-summary-drift")).data
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`txseq.output` = 'scores.parquet'",
+                              output_format="list")
+    assert runs and "drift/psi_amount" in runs[0].data.metrics
 
 
 def test_landing_flow_scores_each_new_file_once(champion_uri: str, tmp_path: Path) -> None:

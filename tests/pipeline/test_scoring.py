@@ -3,6 +3,7 @@ like the in-memory model (sequence encoder and GBDT alike)."""
 
 from __future__ import annotations
 
+import json
 import re
 import zipfile
 from pathlib import Path
@@ -17,8 +18,10 @@ import torch
 from models import ModelConfig, build_model
 from pipeline import schema as S
 from pipeline.batches import make_loader, numeric_stats
+from pipeline.calibration import Calibration, Decision
 from pipeline.features import FeatureConfig
 from pipeline.gbdt import GBDTConfig, train_gbdt
+from pipeline.inference import InferenceConfig
 from pipeline.ingest import IngestConfig, read_events
 from pipeline.presets import tiny
 from pipeline.scoring import (
@@ -125,7 +128,8 @@ def test_sequence_pyfunc_from_the_registry_scores_like_the_in_memory_model(
     test_ids = sorted(Split.load(data.sequences / "split.json").test_ids)
     assert got[S.CUSTOMER_ID].tolist() == test_ids  # one row per customer, sorted; the bad row's customer is absent
 
-    in_memory = SequenceScorer(model, vocab, seq_cfg, IngestConfig(), batch_size=7)(raw)  # other batching
+    in_memory = SequenceScorer(model, vocab, seq_cfg, IngestConfig(),
+                               inference=InferenceConfig(max_tokens=300))(raw)  # other batching
     pd.testing.assert_frame_equal(got, in_memory, check_exact=False, atol=1e-6)
     # and the same as the model on the prepared sequences table (the preprocessing travels with the model)
     direct = evaluate(model, make_loader(data.sequences / "sequences.parquet", test_ids, batch_size=64),
@@ -165,3 +169,28 @@ def test_scorer_accepts_typed_polars_input_and_empty_input(data: TinyData, tmp_p
     assert len(out) == typed[S.CUSTOMER_ID].n_unique()
     empty = scorer(raw.head(0))
     assert list(empty.columns) == [S.CUSTOMER_ID, S.PROBABILITY, S.PREDICTION] and len(empty) == 0
+
+
+def test_scoring_applies_the_stored_calibration_and_threshold(data: TinyData, raw: pd.DataFrame, tmp_path: Path) -> None:
+    split = Split.load(data.sequences / "split.json")
+    labels = pl.read_parquet(data.sequences / "sequences.parquet", columns=[S.CUSTOMER_ID, S.GENDER]).drop_nulls()
+    run = train_gbdt(read_events(data.events), labels, (split.train_ids(0), split.val_ids(0), split.test_ids),
+                     GBDTConfig(max_iter=10, features=FeatureConfig(top_mcc=8, top_tr_type=4)))
+    raw_scores = GBDTScorer(run.model, run.spec, IngestConfig())(raw)  # no decision: raw probability, 0.5
+    assert (raw_scores[S.PREDICTION] == (raw_scores[S.PROBABILITY] >= 0.5)).all()
+
+    decision = Decision(Calibration("platt", a=1.7, b=-0.2), threshold=0.42, rule="youden")
+    config, files = save_gbdt_artifacts(tmp_path, run.model, run.spec, IngestConfig(), decision)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    artifacts = {"config": str(tmp_path / "config.json"), **{k: str(v) for k, v in files.items()}}
+    got = load_scorer(artifacts)(raw)
+    want = decision.calibration.apply(raw_scores[S.PROBABILITY].to_numpy())
+    np.testing.assert_allclose(got[S.PROBABILITY].to_numpy(), want, atol=1e-12)
+    assert (got[S.PREDICTION] == (want >= 0.42)).all()
+
+    # a model registered before decisions were stored (config.json without one): threshold 0.5, no calibration
+    legacy = {k: v for k, v in config.items() if k != "decision"} | {"threshold": 0.5}
+    (tmp_path / "config.json").write_text(json.dumps(legacy))
+    scorer = load_scorer(artifacts)
+    assert scorer.decision.threshold == 0.5 and scorer.decision.calibration.method == "none"
+    pd.testing.assert_frame_equal(scorer(raw), raw_scores)
