@@ -103,14 +103,15 @@ class HybridScorer:
         return self.score_events(raw_events(raw, self.ingest))
 
     def score_events(self, events: pl.LazyFrame) -> pd.DataFrame:
+        from pipeline.calibration import Decision
         from pipeline.scoring import _scores
 
         features = build_features(events, self.spec).collect()
         ids = features[S.CUSTOMER_ID].to_numpy()
         if len(ids) == 0:
-            return _scores(np.empty(0, np.int64), np.empty(0), self.threshold)
+            return _scores(np.empty(0, np.int64), np.empty(0), Decision(threshold=self.threshold))
         x = hybrid_matrix(features, self.embedder.embed_events(events), ids)
-        return _scores(ids, self.model.predict_proba(x)[:, 1], self.threshold)
+        return _scores(ids, self.model.predict_proba(x)[:, 1], Decision(threshold=self.threshold))
 
 
 def save_embedding_artifacts(out_dir: Path, model: torch.nn.Module, model_config: ModelConfig, vocab: Vocab,
