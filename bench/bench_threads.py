@@ -108,7 +108,7 @@ def worker(workload: str, setting: str, data: Path) -> dict:
         torch.manual_seed(0)
         model = build_model(cfg)
         model.embedding.set_numeric_stats(*numeric_stats(train_ds))
-        tc = replace(preset.train, epochs=1, max_steps_per_epoch=20, progress=False, device="cpu")
+        tc = replace(preset.train, steps=20, eval_every=20, progress=False, device="cpu")
         c0, t0 = cpu_s(), time.perf_counter()
         fit(model, lambda e: make_loader(train_ds, batch_size=preset.batch_size, shuffle=True,
                                          crop_len=preset.crop_len, seed=e),

@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="txseq-demo", description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=GeneratorConfig().n_customers, help="customers to generate (15,000 = full size)")
     parser.add_argument("--seed", type=int, default=0, help="generator seed")
-    parser.add_argument("--preset", choices=("tiny", "demo", "full"), default="demo", help="named run configuration")
+    parser.add_argument("--preset", choices=("auto", "tiny", "demo", "full"), default="demo", help="named run configuration")
     parser.add_argument("--models", default="", help=f"comma-separated models: {','.join(ENCODER_MODELS)},gbdt (default: the preset's)")
     args = parser.parse_args(argv)
 

@@ -18,28 +18,38 @@ from pydantic import BaseModel, Field
 
 from flows.hooks import MLFLOW_HOOKS, comparison_run_name
 
-from pipeline.compare import ComparisonPlan, ComparisonResult, ModelResult, finish_comparison, start_comparison, train_one
-from pipeline.presets import get
+from pipeline.compare import (
+    ComparisonPlan,
+    ComparisonResult,
+    ModelResult,
+    finish_comparison,
+    resolve_preset,
+    start_comparison,
+    train_one,
+)
 from pipeline.settings import load_settings
 
 
 class TrainParams(BaseModel):
-    preset: Literal["tiny", "demo", "full"] = Field("demo", description="named run configuration (pipeline/presets.py)")
+    preset: Literal["auto", "tiny", "demo", "full"] = Field(
+        "auto", description="named run configuration (pipeline/presets.py); auto is sized from the data")
     models: list[str] = Field(default_factory=list, description="models to train (default: the preset's)")
     sequences_dir: str | None = Field(None, description="default: <data root>/sequences")
     events_dir: str | None = Field(None, description="default: <data root>/events")
     fold: int = Field(0, ge=0, description="validation fold of the split")
-    epochs: int | None = Field(None, gt=0, description="override the preset's epochs")
+    steps: int | None = Field(None, gt=0, description="override the preset's optimiser-step budget")
     device: Literal["auto", "cpu", "cuda"] | None = Field(None, description="override the preset's device")
     max_parallel: int = Field(1, ge=1, description="models trained at the same time (threads; mind the cores)")
+    init_from: list[str] = Field(default_factory=list,
+                                 description="CoLES-pretrained encoder URIs: adds <encoder>_coles and hybrid_<encoder>")
     threads: int | None = Field(None, gt=0, description="compute threads (default: TXSEQ_THREADS, else usable CPUs)")
 
 
 @task
 def start_task(p: TrainParams, sequences_dir: Path, events_dir: Path, run_name: str) -> ComparisonPlan:
-    preset = get(p.preset, epochs=p.epochs, device=p.device)
+    preset = resolve_preset(p.preset, sequences_dir, p.fold, steps=p.steps, device=p.device)
     return start_comparison(sequences_dir, events_dir, preset, p.models or None, fold=p.fold, run_name=run_name,
-                            threads=p.threads)
+                            threads=p.threads, init_from=p.init_from)
 
 
 @task(task_run_name="train-{model}")

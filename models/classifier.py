@@ -98,6 +98,12 @@ class SequenceClassifier(nn.Module):
         self.head = nn.Sequential(nn.LayerNorm(d_model), nn.Dropout(dropout), nn.Linear(d_model, 1))
 
     def forward(self, batch: Batch) -> ClassifierOutput:
+        pooled, aux_loss = self.embed(batch)  # (B, D), ()
+        return ClassifierOutput(self.head(pooled).squeeze(-1), aux_loss)
+
+    def embed(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The customer embedding the head reads (pooled encoder output, (B, D)) and the encoder's aux loss: what
+        CoLES pretraining trains and the hybrid model feeds to the GBDT."""
         x = self.embedding(batch)  # (B, T, D)
         valid = batch.valid
         if self.cls_token is not None:
@@ -110,7 +116,7 @@ class SequenceClassifier(nn.Module):
         else:
             w = valid_out.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)  # (B, D)
-        return ClassifierOutput(self.head(pooled).squeeze(-1), out.aux_loss)
+        return pooled, out.aux_loss
 
     def _append_cls(self, x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, t, d = x.shape

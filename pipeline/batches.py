@@ -160,6 +160,41 @@ class Collate:
         return self.dataset.gather(rows, torch.from_numpy(starts), lengths)
 
 
+class SliceCollate(Collate):
+    """collate_fn for CoLES pretraining: each customer -> `n_slices` random contiguous windows (ptls SampleSlices).
+
+    A window's length is uniform in [min_len, min(max_len, length)] and its start uniform over the positions where it
+    fits; a customer with at most `min_len` events gives its whole sequence every time. Rows come out customer by
+    customer (B * n_slices rows; `batch.customer_id` says whose slice each row is).
+    """
+
+    def __init__(self, dataset: SequenceDataset, n_slices: int = 5, min_len: int = 15, max_len: int = 75,
+                 seed: int = 0):
+        if n_slices < 2 or not 1 <= min_len <= max_len:
+            raise ValueError(f"need n_slices >= 2 and 1 <= min_len <= max_len, got {n_slices}, {min_len}, {max_len}")
+        super().__init__(dataset, None, seed)
+        self.n_slices, self.min_len, self.max_len = n_slices, min_len, max_len
+
+    def __call__(self, indices: Sequence[int]) -> Batch:
+        rows = torch.as_tensor(list(indices), dtype=torch.long).repeat_interleave(self.n_slices)  # (B*K,)
+        full = self.dataset.lengths[rows].numpy()
+        rng = self._generator()
+        hi = np.minimum(full, self.max_len)
+        lo = np.minimum(self.min_len, hi)
+        lengths = np.where(full <= self.min_len, full, lo + np.floor(rng.random(len(rows)) * (hi - lo + 1)))
+        starts = np.floor(rng.random(len(rows)) * (full - lengths + 1))
+        return self.dataset.gather(rows, torch.from_numpy(starts.astype(np.int64)),
+                                   torch.from_numpy(lengths.astype(np.int64)))
+
+
+def make_slice_loader(dataset: SequenceDataset, batch_size: int = 128, n_slices: int = 5, min_len: int = 15,
+                      max_len: int = 75, shuffle: bool = True, seed: int = 0, drop_last: bool = False) -> DataLoader:
+    """Batches of `batch_size` customers, each as `n_slices` random windows (see `SliceCollate`)."""
+    sampler = _PlainBatchSampler(len(dataset), batch_size, shuffle, seed, drop_last)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=SliceCollate(dataset, n_slices, min_len, max_len, seed),
+                      generator=torch.Generator().manual_seed(seed))
+
+
 class LengthBucketSampler(Sampler[list[int]]):
     """Batch sampler: batches of similar-length rows.
 

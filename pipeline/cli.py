@@ -37,6 +37,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("csv", "csv.gz", "parquet"), default=d.format, help="transactions file format (%(default)s)")
     p.add_argument("--signal-strength", type=float, default=d.signal_strength,
                    help="scales the planted gender signal; 0 = none (%(default)s)")
+    p.add_argument("--order-signal", type=float, default=d.order_signal,
+                   help="plants a gender signal only the order of events carries (own-gender MCCs come later; "
+                   "every per-customer aggregate unchanged); 0 = off (%(default)s)")
 
     def handler(args: argparse.Namespace) -> int:
         import time
@@ -45,7 +48,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         from pipeline.settings import load_settings
 
         config = GeneratorConfig(n_customers=args.customers, n_labelled=args.labelled, seed=args.seed, scale=args.scale,
-                                 format=args.format, signal_strength=args.signal_strength)
+                                 format=args.format, signal_strength=args.signal_strength,
+                                 order_signal=args.order_signal)
         t0 = time.perf_counter()
         out = generate(args.out or load_settings().raw_dir, config)
         print(f"{out.n_rows:,} transactions of {out.n_customers:,} customers -> {out.transactions} "
@@ -196,8 +200,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--events", type=Path, help="validated events folder (default: <data root>/events)")
     p.add_argument("--models", default=None,
                    help="comma-separated: {encoders},gbdt (default: all of them)")
-    p.add_argument("--preset", default="demo", choices=["tiny", "demo", "full"], help="run configuration (%(default)s)")
-    p.add_argument("--epochs", type=int, help="override the preset's epoch count")
+    p.add_argument("--preset", default="auto", choices=["auto", "tiny", "demo", "full"],
+                   help="run configuration; auto sizes the model and the step budget from the labelled customers "
+                   "and their events (%(default)s)")
+    p.add_argument("--steps", type=int, help="override the preset's optimiser-step budget")
     p.add_argument("--fold", type=int, default=0, help="validation fold of the split (%(default)s)")
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help="default: the preset's (auto)")
     p.add_argument("--run", default=None, help="run name (default: <timestamp>-<preset>-<4 hex>); an existing one resumes")
@@ -209,6 +215,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--node-rank", type=int, default=0, help="with --nnodes > 1: this machine's rank (%(default)s)")
     p.add_argument("--master-addr", default=None, help="with --nnodes > 1: host of the node-rank 0 machine")
     p.add_argument("--master-port", type=int, default=29500, help="with --nnodes > 1: its port (%(default)s)")
+    p.add_argument("--init-from", action="append", default=[], metavar="MODEL_URI",
+                   help="a CoLES-pretrained encoder (txseq pretrain), e.g. models:/txseq-gender-coles-transformer/1; "
+                   "adds <encoder>_coles (fine-tuned from it) and hybrid_<encoder> (GBDT on aggregates + its "
+                   "embeddings) to the models; repeatable")
     p.add_argument("--threshold-rule", default="youden",
                    help="decision threshold chosen on validation: youden, precision>=X or recall>=X (%(default)s)")
     p.add_argument("--threads", type=int, default=None,
@@ -219,8 +229,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         import logging
 
         from pipeline import distributed
-        from pipeline.compare import default_run_name, follow_comparison, run_comparison
-        from pipeline.presets import get
+        from pipeline.compare import default_run_name, follow_comparison, resolve_preset, run_comparison
         from pipeline.settings import load_settings, torchrun_env
         from pipeline.tracking import TrackingError
         from pipeline.train import resolve_device
@@ -237,7 +246,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             rule = str(ThresholdRule.parse(args.threshold_rule))
         except ValueError as e:
             p.error(str(e))
-        preset = replace(get(args.preset, epochs=args.epochs, device=args.device), threshold_rule=rule)
+        preset = replace(resolve_preset(args.preset, args.sequences or settings.sequences_dir, args.fold,
+                                        steps=args.steps, device=args.device), threshold_rule=rule)
         models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
         if (args.nproc > 1 or args.nnodes > 1) and torchrun_env() is None:  # the launcher: one run name for all
             if args.nnodes > 1 and not args.master_addr:
@@ -249,7 +259,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         if not ddp.is_main:  # the same fit() calls as rank 0, nothing written
             try:
                 follow_comparison(args.sequences or settings.sequences_dir, args.events or settings.events_dir,
-                                  preset, models, args.fold, settings.runs_dir / args.run, args.threads, settings)
+                                  preset, models, args.fold, settings.runs_dir / args.run, args.threads, settings,
+                                  args.init_from)
             finally:
                 distributed.shutdown()
             return 0
@@ -257,9 +268,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             result = run_comparison(
                 args.sequences or settings.sequences_dir, args.events or settings.events_dir, preset, models,
                 fold=args.fold, settings=settings, run_name=args.run, register=not args.no_register,
+                init_from=args.init_from,
                 threads=args.threads,
             )
-        except TrackingError as e:
+        except (TrackingError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         finally:
@@ -269,6 +281,65 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         for r in result.results:
             if r.version:
                 print(f"  {r.model}: {settings.registered_model} v{r.version} — {r.champion}")
+        return 0
+
+    p.set_defaults(handler=handler)
+
+
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    """`txseq pretrain`: CoLES self-supervised pretraining of one encoder (owner: pipeline.pretrain)."""
+    from pathlib import Path
+
+    from models import ENCODERS
+    from pipeline.pretrain import PretrainConfig
+
+    d = PretrainConfig()
+    p = sub.add_parser(
+        "pretrain",
+        help="CoLES self-supervised pretraining of an encoder on every non-test customer, registered in MLflow",
+        description="Contrastive pretraining (CoLES: random contiguous slices of one customer embed close, other "
+        "customers' far) of the chosen encoder on every customer of the sequences folder with transactions, "
+        "labelled or not, except the split's test customers. Logs loss and held-out recall@k per epoch and "
+        "registers the encoder as <registered model>-coles-<encoder> (a pyfunc: raw transactions -> embeddings). "
+        "Use it with `txseq train --init-from <printed URI>`.",
+    )
+    p.add_argument("--encoder", required=True, choices=sorted(ENCODERS), help="encoder to pretrain")
+    p.add_argument("--sequences", type=Path, help="sequences folder (default: <data root>/sequences)")
+    p.add_argument("--events", type=Path, help="validated events folder (default: <data root>/events)")
+    p.add_argument("--preset", default="auto", choices=["auto", "tiny", "demo", "full"],
+                   help="where the encoder's architecture comes from (%(default)s); fine-tuning keeps it")
+    p.add_argument("--fold", type=int, default=0, help="fold the auto preset is sized from (%(default)s)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="(%(default)s)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="customers per batch (%(default)s)")
+    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (%(default)s)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(%(default)s)")
+    p.add_argument("--no-register", action="store_true", help="log the run but do not register the encoder")
+
+    def handler(args: argparse.Namespace) -> int:
+        import logging
+
+        from pipeline.compare import resolve_preset
+        from pipeline.pretrain import run_pretraining
+        from pipeline.settings import load_settings
+        from pipeline.tracking import TrackingError
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        settings = load_settings()
+        sequences = args.sequences or settings.sequences_dir
+        config = PretrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device)
+        try:
+            run = run_pretraining(sequences, args.events or settings.events_dir, args.encoder,
+                                  resolve_preset(args.preset, sequences, args.fold), config, settings,
+                                  register=not args.no_register)
+        except (TrackingError, ValueError) as e:
+            print(f"txseq pretrain: error: {e}", file=sys.stderr)
+            return 2
+        r = run.result
+        print(f"{args.encoder}: CoLES on {run.n_customers:,} customers ({r.n_heldout:,} held out for recall), "
+              f"{len(r.history)} epochs, best held-out recall@{config.n_slices - 1} {r.best_recall:.4f} "
+              f"(epoch {r.best_epoch}), {r.train_s:.1f} s; MLflow run {run.run_id}")
+        if run.model_uri:
+            print(f"registered: {run.model_uri}  (txseq train --init-from {run.model_uri})")
         return 0
 
     p.set_defaults(handler=handler)
@@ -431,7 +502,7 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="txseq", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_generate, _add_ingest, _add_sequences, _add_train, _add_score, _add_models):
+    for add in (_add_generate, _add_ingest, _add_sequences, _add_pretrain, _add_train, _add_score, _add_models):
         add(sub)
     return parser
 

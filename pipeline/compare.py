@@ -38,7 +38,7 @@ from pipeline.ingest import IngestConfig, read_events
 from pipeline.metrics import classification_metrics, plot_roc, plot_training_curves, pyplot, roc_points
 from pipeline.model_card import ModelCard, card_metrics
 from pipeline.scoring_card import decision_metrics, fit_scoring_card
-from pipeline.presets import RunPreset
+from pipeline.presets import DataProfile, RunPreset, get
 from pipeline.registry import (
     FIT_IDS_ARTIFACT_DIR,
     FIT_IDS_FILE,
@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 TAG_RUN_NAME = "txseq.run_name"  # on the parent and every nested run of one comparison (its checkpoints folder)
 # logged every epoch by `fit`: the run summary does not repeat them
-_PER_EPOCH = frozenset({"mem/rss_peak_gib", "mem/cuda_peak_gib", "mem/cuda_reserved_gib", "time/epoch_s",
+_PER_EPOCH = frozenset({"mem/rss_peak_gib", "mem/cuda_peak_gib", "mem/cuda_reserved_gib",
                         "throughput/train_events_per_s"})
 
 
@@ -71,7 +71,7 @@ class ModelResult:
 
     model: str
     metrics: dict[str, float]
-    epochs: int | None
+    steps: int | None  # optimiser steps run (None for the GBDT)
     run_id: str
     version: str | None = None
     champion: str = ""
@@ -146,6 +146,23 @@ def fingerprint_key(fp: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:32]
 
 
+def model_kind(name: str) -> tuple[str, str | None]:
+    """("gbdt", None) | ("encoder", encoder) | ("coles", encoder) for `<encoder>_coles` (fine-tuned from a CoLES
+    pretrained encoder) | ("hybrid", encoder) for `hybrid_<encoder>` (GBDT on aggregates + frozen embeddings)."""
+    if name == "gbdt":
+        return "gbdt", None
+    if name.endswith("_coles"):
+        return "coles", canonical_encoder_name(name.removesuffix("_coles"))
+    if name.startswith("hybrid_"):
+        return "hybrid", canonical_encoder_name(name.removeprefix("hybrid_"))
+    return "encoder", canonical_encoder_name(name)
+
+
+def _model_name(name: str) -> str:
+    kind, encoder = model_kind(name)
+    return {"gbdt": "gbdt", "encoder": encoder, "coles": f"{encoder}_coles", "hybrid": f"hybrid_{encoder}"}[kind]
+
+
 def _encoder_datasets(sequences_dir: Path, data: _Data) -> dict:
     seq_path = sequences_dir / SEQUENCES_FILE
     train_ids, val_ids, test_ids = data.ids
@@ -156,14 +173,21 @@ def _encoder_datasets(sequences_dir: Path, data: _Data) -> dict:
 
 
 def _fit_encoder(name: str, data: _Data, preset: RunPreset, datasets: dict, logger: MetricLogger | None,
-                 run_dir: Path, fingerprint: dict[str, str], workers: int = 0
-                 ) -> tuple[torch.nn.Module, ModelConfig, FitResult]:
-    """Build the encoder and `fit` it (every rank of a distributed run calls this alike)."""
+                 run_dir: Path, fingerprint: dict[str, str], workers: int = 0,
+                 init: tuple[ModelConfig, dict] | None = None) -> tuple[torch.nn.Module, ModelConfig, FitResult]:
+    """Build encoder model `name` and `fit` it from scratch, or (`init`: a pretrained encoder's config and weights)
+    fine-tune its embedding and encoder with a new head (every rank of a distributed run calls this alike)."""
     train_ds, val_ds = datasets["train"], datasets["val"]
-    cfg = ModelConfig(n_mcc=data.vocab.size_mcc, n_tr_type=data.vocab.size_tr_type, **preset.model_kwargs(name))
+    _, encoder = model_kind(name)
+    if init is None:
+        cfg = ModelConfig(n_mcc=data.vocab.size_mcc, n_tr_type=data.vocab.size_tr_type, **preset.model_kwargs(encoder))
+    else:
+        cfg = init[0]
     torch.manual_seed(preset.train.seed)
     model = build_model(cfg)
     model.embedding.set_numeric_stats(*datasets["stats"])
+    if init is not None:  # the pretrained embedding (with its numeric statistics) and encoder; the head starts fresh
+        model.load_state_dict({k: v for k, v in init[1].items() if not k.startswith("head.")}, strict=False)
     tc = preset.train
     result = fit(
         model,
@@ -179,30 +203,45 @@ def _fit_encoder(name: str, data: _Data, preset: RunPreset, datasets: dict, logg
     return model, cfg, result
 
 
+def _load_init(uri: str, data: _Data) -> tuple[ModelConfig, dict]:
+    from pipeline.pretrain import load_pretrained
+
+    cfg, state, _ = load_pretrained(uri, data.vocab)
+    return cfg, state
+
+
 def follow_comparison(sequences_dir: Path, events_dir: Path, preset: RunPreset, models: Sequence[str] | None,
-                      fold: int, run_dir: Path, threads: int | None = None, settings: Settings | None = None) -> None:
-    """A torchrun rank other than 0: the same `fit` of every encoder as rank 0's `run_comparison`, in the same
-    order, with the same fingerprint, and nothing else (no tracking, registry, report or checkpoint). An encoder
-    whose registered version rank 0 reuses (`train_one`) is skipped: rank 0 says which (`distributed.from_main`)."""
+                      fold: int, run_dir: Path, threads: int | None = None, settings: Settings | None = None,
+                      init_from: Sequence[str] = ()) -> None:
+    """A torchrun rank other than 0: the same `fit` of every neural model as rank 0's `run_comparison`, in the same
+    order, with the same fingerprint, and nothing else (no tracking, registry, report or checkpoint). A model whose
+    registered version rank 0 reuses (`train_one`) is skipped: rank 0 says which (`distributed.from_main`)."""
     settings = settings or load_settings()
     n_threads = choose_threads(threads or settings.threads)
     apply_threads(n_threads)
     ddp = distributed.current()
     data = _load_data(Path(sequences_dir), Path(events_dir), fold)
-    for name in (canonical_encoder_name(m) for m in (models or preset.models) if m != "gbdt"):
-        fingerprint = data.fingerprint(name, _model_config(name, data, preset), preset)
+    pretrained = _pretrained_encoders(init_from, data.vocab)
+    defaults = (*preset.models, *[m for e in pretrained for m in (f"{e}_coles", f"hybrid_{e}")])
+    for name in (_model_name(m) for m in (models or defaults)):
+        kind, encoder = model_kind(name)
+        if kind not in ("encoder", "coles"):  # GBDT-based: rank 0 alone
+            continue
+        fingerprint = data.fingerprint(name, _model_config(name, data, preset, pretrained), preset)
         if distributed.from_main(False, ddp):
             log.info("%s: rank 0 reuses its registered version: not trained", name)
             continue
+        init = _load_init(pretrained[encoder], data) if kind == "coles" else None
         _fit_encoder(name, data, preset, _encoder_datasets(Path(sequences_dir), data), None, run_dir, fingerprint,
-                     loader_workers(n_threads))
+                     loader_workers(n_threads), init)
 
 
 def _train_encoder(name: str, data: _Data, preset: RunPreset, datasets: dict, tracker: Tracker, run_id: str,
-                   run_dir: Path, fingerprint: dict[str, str], workers: int = 0) -> tuple[ModelResult, dict, dict]:
+                   run_dir: Path, fingerprint: dict[str, str], workers: int = 0,
+                   init: tuple[ModelConfig, dict] | None = None) -> tuple[ModelResult, dict, dict]:
     test_ds, val_ds, tc = datasets["test"], datasets["val"], preset.train
     model, cfg, result = _fit_encoder(name, data, preset, datasets, tracker.logger(run_id), run_dir, fingerprint,
-                                      workers)
+                                      workers, init)
     device = resolve_device(tc.device)
     test = evaluate(model, make_loader(test_ds, batch_size=preset.eval_batch_size, num_workers=workers), device,
                     tc.precision)
@@ -215,14 +254,14 @@ def _train_encoder(name: str, data: _Data, preset: RunPreset, datasets: dict, tr
         **decision_metrics(scoring.decision, test["label"], test["prob"]),
         "val/best_auroc": result.best_val_auroc,
         "time/train_s": result.train_s,
-        "time/epoch_s": result.train_s / max(len(result.history), 1),
         "throughput/train_events_per_s": float(np.mean([h["throughput/train_events_per_s"] for h in result.history])),
         "throughput/infer_customers_per_s": len(test["prob"]) / max(float(test["seconds"]), 1e-9),
         "params/n_parameters": float(result.n_parameters),
         "mem/rss_peak_gib": _peak(result.history, "mem/rss_peak_gib"),
         "mem/cuda_peak_gib": _peak(result.history, "mem/cuda_peak_gib"),
         "mem/cuda_reserved_gib": _peak(result.history, "mem/cuda_reserved_gib"),
-        "best_epoch": float(result.best_epoch),
+        "train/steps": float(result.steps_run),
+        "train/best_step": float(result.best_step),
     }
     art = run_dir / "models" / name
     plot_training_curves(result.history, art / "training_curve.png", title=name)
@@ -230,9 +269,9 @@ def _train_encoder(name: str, data: _Data, preset: RunPreset, datasets: dict, tr
                                             IngestConfig(), preset.eval_batch_size, scoring.decision, scoring.reference)
     params = {"model": cfg.to_dict(), "train": result.config, "batch_size": preset.batch_size,
               "crop_len": preset.crop_len, "device": result.device, **scoring.tags()}
-    if result.resumed_from_epoch is not None:  # continued from the checkpoint of an interrupted run
-        params["resumed_from_epoch"] = result.resumed_from_epoch
-    row = ModelResult(name, metrics, len(result.history), run_id, roc=roc_points(test["label"], test["prob"]))
+    if result.resumed_from_step is not None:  # continued from the checkpoint of an interrupted run
+        params["resumed_from_step"] = result.resumed_from_step
+    row = ModelResult(name, metrics, result.steps_run, run_id, roc=roc_points(test["label"], test["prob"]))
     return row, params, {"config": config, "files": files, "plots": [art / "training_curve.png"],
                          "version_tags": scoring.tags()}
 
@@ -251,6 +290,29 @@ def _train_gbdt(data: _Data, preset: RunPreset, run_id: str, run_dir: Path) -> t
     return row, {"gbdt": asdict(preset.gbdt), **scoring.tags()}, {
         "config": config, "files": files, "plots": [], "val_curve": run.val_auroc_per_round,
         "version_tags": scoring.tags()}
+
+
+def _train_hybrid(name: str, data: _Data, preset: RunPreset, init_uri: str, run_id: str,
+                  run_dir: Path) -> tuple[ModelResult, dict, dict]:
+    """The GBDT on [aggregate features | frozen CoLES embedding] of each customer; registered as its own pyfunc."""
+    from pipeline.embeddings import embed, embedding_frame, save_hybrid_artifacts
+    from pipeline.pretrain import load_pretrained
+
+    _, _, embedder = load_pretrained(init_uri, data.vocab)
+    labels = (pl.read_parquet(data.sequences_dir / SEQUENCES_FILE, columns=[S.CUSTOMER_ID, S.GENDER])
+              .filter(pl.col(S.GENDER).is_not_null()))
+    ids = [i for part in data.ids for i in part]
+    t0 = time.perf_counter()
+    emb = embedding_frame(*embed(embedder.model, SequenceDataset(data.sequences_dir / SEQUENCES_FILE, ids),
+                                 preset.eval_batch_size))
+    embed_s = time.perf_counter() - t0
+    run = train_gbdt(data.events, labels, data.ids, preset.gbdt, extra_features=emb)
+    run.metrics["time/train_s"] += embed_s
+    art = run_dir / "models" / name
+    config, files = save_hybrid_artifacts(art / "pyfunc", run.model, run.spec, embedder, pretrained=init_uri)
+    row = ModelResult(name, run.metrics, None, run_id, roc=roc_points(run.test_label, run.test_prob))
+    return row, {"gbdt": asdict(preset.gbdt), "init_from": init_uri}, {  # threshold 0.5, no calibration card yet
+        "config": config, "files": files, "plots": [], "val_curve": run.val_auroc_per_round, "version_tags": {}}
 
 
 @dataclass(frozen=True)
@@ -272,6 +334,7 @@ class ComparisonPlan:
     common: dict = field(default_factory=dict)  # params logged on the parent run and on every model's run
     rule: ChampionRule = ChampionRule()
     threads: int = 1
+    init_from: dict[str, str] = field(default_factory=dict)  # encoder -> URI of its CoLES-pretrained model
 
 
 def _load_data(sequences_dir: Path, events_dir: Path, fold: int) -> _Data:
@@ -297,6 +360,23 @@ def default_run_name(preset_name: str) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{preset_name}-{os.urandom(2).hex()}"
 
 
+def data_profile(sequences_dir: Path, fold: int = 0) -> DataProfile:
+    """The labelled training customers of fold `fold`, their events and positives: what the `auto` preset is sized
+    from."""
+    split = Split.load(Path(sequences_dir) / SPLIT_FILE)
+    ids = pl.Series(split.train_ids(fold), dtype=pl.Int64)
+    rows = (pl.scan_parquet(Path(sequences_dir) / SEQUENCES_FILE)
+            .filter(pl.col(S.CUSTOMER_ID).is_in(ids) & pl.col(S.GENDER).is_not_null())
+            .select(pl.len().alias("n"), pl.col(S.SEQ_LENGTH).sum().alias("events"),
+                    (pl.col(S.GENDER) == 1).sum().alias("pos"))
+            .collect().row(0))
+    return DataProfile(n_labelled=int(rows[0]), n_events=int(rows[1] or 0), n_positive=int(rows[2] or 0))
+
+
+def resolve_preset(name: str, sequences_dir: Path, fold: int = 0, **train_overrides) -> RunPreset:
+    """`presets.get`, with `auto` sized from this sequences folder's fold."""
+    profile = data_profile(sequences_dir, fold) if name == "auto" else None
+    return get(name, profile, **train_overrides)
 def _decision_data(data: _Data, rule: ChampionRule) -> DecisionData:
     return DecisionData(data.labels, PyfuncScorer(data.events, score_with_model), rule)
 
@@ -313,10 +393,14 @@ def start_comparison(
     experiment: str = "txseq",
     rule: ChampionRule = ChampionRule(),
     threads: int | None = None,
+    init_from: Sequence[str] = (),
 ) -> ComparisonPlan:
     """Open the parent run of a comparison and log what every model shares; `train_one` each model, then
     `finish_comparison`. The store is preflighted here, before any training. `threads` (default: settings.threads,
-    else the CPUs this process may use) limits torch, OpenMP and BLAS."""
+    else the CPUs this process may use) limits torch, OpenMP and BLAS.
+
+    `init_from`: URIs of CoLES-pretrained encoders (`txseq pretrain`); each adds `<encoder>_coles` (fine-tuned from
+    it) and `hybrid_<encoder>` to the default models."""
     settings = settings or load_settings()
     n_threads = choose_threads(threads or settings.threads)
     applied = apply_threads(n_threads)
@@ -325,7 +409,14 @@ def start_comparison(
     tracker = setup(settings, experiment)
     sequences_dir = Path(sequences_dir)
     data = _load_data(sequences_dir, Path(events_dir), fold)
-    models = tuple(m if m == "gbdt" else canonical_encoder_name(m) for m in (models or preset.models))
+    pretrained = _pretrained_encoders(init_from, data.vocab)
+    defaults = (*preset.models, *[m for e in pretrained for m in (f"{e}_coles", f"hybrid_{e}")])
+    models = tuple(_model_name(m) for m in (models or defaults))
+    for m in models:
+        kind, encoder = model_kind(m)
+        if kind in ("coles", "hybrid") and encoder not in pretrained:
+            raise ValueError(f"model {m!r} needs a pretrained {encoder} encoder: pass --init-from models:/... "
+                             f"(given: {sorted(pretrained) or 'none'})")
     # default: unique even for two runs started in the same second (a shared name would share checkpoints)
     run_name = run_name or default_run_name(preset.name)
     run_dir = settings.runs_dir / run_name
@@ -349,14 +440,18 @@ def start_comparison(
     parent = tracker.start_run(run_name, tags=tags)
     tracker.log_params(parent, {**common, "models": ",".join(models), "preset_config": preset.to_dict()})
     return ComparisonPlan(run_name, run_dir, parent, sequences_dir, Path(events_dir), preset, models, fold, settings,
-                          register, experiment, common, rule, n_threads)
+                          register, experiment, common, rule, n_threads, pretrained)
 
 
-def _model_config(name: str, data: _Data, preset: RunPreset) -> dict:
+def _model_config(name: str, data: _Data, preset: RunPreset, plan_init_from: dict[str, str]) -> dict:
     """The configuration that defines the model `name` (part of its fingerprint)."""
-    if name == "gbdt":
+    kind, encoder = model_kind(name)
+    if kind == "gbdt":
         return asdict(preset.gbdt)
-    return ModelConfig(n_mcc=data.vocab.size_mcc, n_tr_type=data.vocab.size_tr_type, **preset.model_kwargs(name)).to_dict()
+    if kind in ("coles", "hybrid"):  # defined by the pretrained model too
+        return {"init_from": plan_init_from.get(encoder, ""), **(asdict(preset.gbdt) if kind == "hybrid" else {})}
+    return ModelConfig(n_mcc=data.vocab.size_mcc, n_tr_type=data.vocab.size_tr_type,
+                       **preset.model_kwargs(encoder)).to_dict()
 
 
 def _reuse(tracker: Tracker, plan: ComparisonPlan, name: str, version: str, run_id: str, data: _Data) -> ModelResult:
@@ -368,6 +463,17 @@ def _reuse(tracker: Tracker, plan: ComparisonPlan, name: str, version: str, run_
         decide_pending(tracker, registered, _decision_data(data, plan.rule))
     return ModelResult(name, tracker.run_metrics(run_id), None, run_id, version,
                        tracker.version(registered, version).tags.get(TAG_DECISION, ""))
+def _pretrained_encoders(uris: Sequence[str], vocab: Vocab) -> dict[str, str]:
+    """encoder -> URI for each pretrained model (loaded once here: a wrong URI or vocabulary fails before training)."""
+    from pipeline.pretrain import load_pretrained
+
+    out: dict[str, str] = {}
+    for uri in uris:
+        cfg, _, _ = load_pretrained(uri, vocab)
+        if cfg.encoder in out:
+            raise ValueError(f"two pretrained {cfg.encoder} encoders given: {out[cfg.encoder]} and {uri}")
+        out[cfg.encoder] = uri
+    return out
 
 
 def end_comparison_runs(run_name_suffix: str, status: str, reason: str, settings: Settings | None = None,
@@ -388,29 +494,38 @@ def train_one(plan: ComparisonPlan, name: str) -> ModelResult:
     train_ids, val_ids, test_ids = data.ids
     preset, run_dir = plan.preset, plan.run_dir
     registered = plan.settings.registered_model
-    fingerprint = data.fingerprint(name, _model_config(name, data, preset), preset)
+    fingerprint = data.fingerprint(name, _model_config(name, data, preset, plan.init_from), preset)
     fp_key = fingerprint_key(fingerprint)
     done = tracker.versions(registered, {TAG_FINGERPRINT: fp_key, TAG_RUN_NAME: plan.run_name}) if plan.register \
         else []
-    if name != "gbdt":  # the other ranks of a torchrun job (`follow_comparison`) train it with us, or skip it too
+    if model_kind(name)[0] in ("encoder", "coles"):  # the other ranks of a torchrun job (`follow_comparison`) train it with us, or skip it too
         distributed.from_main(bool(done), distributed.current())
     if done:
         return _reuse(tracker, plan, name, done[-1].version, done[-1].run_id, data)
     log.info("training %s", name)
     tags = {"txseq.model": name, TAG_RUN_NAME: plan.run_name, **process_tags()}
     with tracker.run(name, parent_run_id=plan.parent_run_id, tags=tags) as child:
-        if name == "gbdt":
-            row, params, art = _train_gbdt(data, preset, child, run_dir)
+        kind, encoder = model_kind(name)
+        if kind in ("gbdt", "hybrid"):
+            if kind == "gbdt":
+                row, params, art = _train_gbdt(data, preset, child, run_dir)
+            else:
+                row, params, art = _train_hybrid(name, data, preset, plan.init_from[encoder], child, run_dir)
             for step, auc in enumerate(art["val_curve"]):
                 if math.isfinite(auc):
                     tracker.log_metrics(child, {"gbdt/val_auroc_per_round": auc}, step=step)
         else:
+            init = None
+            if kind == "coles":
+                init = _load_init(plan.init_from[encoder], data)
             row, params, art = _train_encoder(name, data, preset, _encoder_datasets(plan.sequences_dir, data), tracker,
-                                              child, run_dir, fingerprint, loader_workers(plan.threads))
+                                              child, run_dir, fingerprint, loader_workers(plan.threads), init)
+            if init is not None:
+                params["init_from"] = plan.init_from[encoder]
         tracker.log_params(child, {**plan.common, **params, "fingerprint": fp_key})
-        per_epoch = set() if name == "gbdt" else _PER_EPOCH
+        per_epoch = set() if kind in ("gbdt", "hybrid") else _PER_EPOCH
         tracker.log_metrics(child, {k: v for k, v in row.metrics.items() if k not in per_epoch},
-                            step=max((row.epochs or 1) - 1, 0))
+                            step=row.steps or 0)
         roc_png = plot_roc({name: (*row.roc, row.metrics["test/auroc"])}, run_dir / "models" / name / "roc.png",
                            title=f"{name}: ROC (test)")
         for path in [roc_png, *art["plots"], *art["files"].values()]:
@@ -478,13 +593,14 @@ def run_comparison(
     experiment: str = "txseq",
     rule: ChampionRule = ChampionRule(),
     threads: int | None = None,
+    init_from: Sequence[str] = (),
 ) -> ComparisonResult:
-    """Train `models` (default: the preset's) on fold `fold`, one after the other, track, register (deciding the
-    champion for each version as it is registered) and report. Resumes the checkpoints of `run_name` when that run
-    folder already exists and the fingerprint matches. (`flows/train.py` runs the same three steps with one Prefect
-    task per model.)"""
+    """Train `models` (default: the preset's, plus the fine-tuned and hybrid models of each `init_from` pretrained
+    encoder) on fold `fold`, one after the other, track, register (deciding the champion for each version as it is
+    registered) and report. Resumes the checkpoints of `run_name` when that run folder already exists and the
+    fingerprint matches. (`flows/train.py` runs the same three steps with one Prefect task per model.)"""
     plan = start_comparison(sequences_dir, events_dir, preset, models, fold, settings, run_name, register, experiment,
-                            rule, threads)
+                            rule, threads, init_from)
     results: list[ModelResult] = []
     try:
         for name in plan.models:
@@ -500,16 +616,17 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def markdown_table(results: Sequence[ModelResult]) -> str:
-    """model | test ROC AUC | accuracy | log-loss | train s | s/epoch | epochs | CUDA peak GiB | RSS peak GiB | params"""
-    lines = ["| model | test ROC AUC | accuracy | log-loss | train time (s) | time/epoch (s) | epochs | "
+    """model | test ROC AUC | accuracy | log-loss | train s | steps | best step | CUDA peak GiB | RSS peak GiB | params"""
+    lines = ["| model | test ROC AUC | accuracy | log-loss | train time (s) | steps | best step | "
              "CUDA peak (GiB) | RSS peak (GiB) | parameters |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         m = r.metrics
         lines.append(
             f"| {r.model} | {_fmt(m['test/auroc'], '.4f')} | {_fmt(m['test/accuracy'], '.4f')} | "
-            f"{_fmt(m['test/logloss'], '.4f')} | {_fmt(m['time/train_s'], '.1f')} | {_fmt(m['time/epoch_s'], '.1f')} | "
-            f"{r.epochs if r.epochs is not None else '—'} | {_fmt(m.get('mem/cuda_peak_gib'), '.2f')} | "
+            f"{_fmt(m['test/logloss'], '.4f')} | {_fmt(m['time/train_s'], '.1f')} | "
+            f"{r.steps if r.steps is not None else '—'} | {_fmt(m.get('train/best_step'), '.0f')} | "
+            f"{_fmt(m.get('mem/cuda_peak_gib'), '.2f')} | "
             f"{_fmt(m.get('mem/rss_peak_gib'), '.2f')} | {_fmt(m['params/n_parameters'], ',.0f')} |"
         )
     return "\n".join(lines)

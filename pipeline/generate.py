@@ -83,6 +83,7 @@ class GeneratorConfig:
     mean_count: float = 457.0  # mean transactions per customer
     max_count: int = 90_000  # cap of the per-customer count tail (real max 88,781)
     signal_strength: float = 1.0  # scales every planted gender tilt; 0 = no signal
+    order_signal: float = 0.0  # strength of the order-only (recency) signal; 0 = off (see `_plant_order_signal`)
     heterogeneity: float = 1.1  # sd of the customer-level signal multiplier s ~ N(1, heterogeneity)
     mcc_taste_sd: float = 1.0  # customer-level noise on purchase-MCC log-weights
     chunk_customers: int = 2_000  # customers generated and written at a time (memory bound)
@@ -367,6 +368,12 @@ def _chunk(customers: pl.DataFrame, counts: np.ndarray, first_index: int, tab: _
     length = tab.term_lengths[np.searchsorted(np.cumsum(tab.term_length_p), (h >> np.uint64(11)).astype(np.float64) / 2.0**53, side="right").clip(0, len(tab.term_lengths) - 1)]
     value = (h % np.uint64(10**8)).astype(np.int64) % (10**length)
 
+    if config.order_signal > 0:  # its own random stream: the default output does not change
+        content = _plant_order_signal((mcc_idx, t_idx, amount, value, length, empty), cust, day, hour, minute,
+                                      second, 2 * male - 1, tab.mcc_effect[mcc_idx], config.order_signal,
+                                      np.random.default_rng([config.seed, 2, first_index]))
+        mcc_idx, t_idx, amount, value, length, empty = content
+
     order = np.lexsort((day, cust))  # customer by customer, days ascending, times unordered within a day
     frame = pl.DataFrame(
         {
@@ -387,6 +394,26 @@ def _chunk(customers: pl.DataFrame, counts: np.ndarray, first_index: int, tab: _
         pl.col(schema.AMOUNT),
         pl.when(~pl.col("_te")).then(pl.col("_tv").cast(pl.String).str.zfill(pl.col("_tl"))).alias(schema.TERM_ID),
     )
+
+
+def _plant_order_signal(content: tuple[np.ndarray, ...], cust: np.ndarray, day: np.ndarray, hour: np.ndarray,
+                        minute: np.ndarray, second: np.ndarray, sign: np.ndarray, effect: np.ndarray, strength: float,
+                        rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """A recency signal that no per-customer aggregate can see: each customer's events keep their contents (MCC,
+    tr_type, amount, terminal) and their time slots, but the contents are re-dealt over the slots so that the MCCs
+    leaning towards the customer's own gender come later in the history (key = strength · sign · effect + N(0, 1),
+    sorted ascending and dealt in time order). Per-customer counts, amounts, MCC and tr_type mixes, hour and weekday
+    profiles, and spans are exactly those of the unordered draw; only the order (which events are recent) depends
+    on the gender. sign: (C,) +1 male / -1 female; effect: (E,) the MCC's gender tilt (MCC_EFFECTS)."""
+    key = strength * sign[cust] * effect + rng.normal(0.0, 1.0, len(cust))
+    slots = np.lexsort((second, minute, hour, day, cust))  # time order, customer by customer
+    dealt = np.lexsort((key, cust))  # contents by key, customer by customer (same group sizes as `slots`)
+    out = []
+    for column in content:
+        moved = np.empty_like(column)
+        moved[slots] = column[dealt]
+        out.append(moved)
+    return tuple(out)
 
 
 def iter_chunks(config: GeneratorConfig) -> Iterator[pl.DataFrame]:

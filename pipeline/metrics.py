@@ -138,14 +138,14 @@ def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]], path: P
 
 
 def plot_training_curves(history: Sequence[Mapping[str, float]], path: Path, title: str = "training") -> Path:
-    """Train loss and validation ROC AUC per epoch (history rows hold `epoch`, `train/loss`, `val/auroc`) -> PNG."""
+    """Train loss and validation ROC AUC per evaluation (history rows hold `step`, `train/loss`, `val/auroc`) -> PNG."""
     plt = pyplot()
-    epochs = [h["epoch"] for h in history]
+    steps = [h["step"] for h in history]
     fig, ax1 = plt.subplots(figsize=(5.5, 3.5))
-    ax1.plot(epochs, [h["train/loss"] for h in history], "o-", c="tab:blue", label="train/loss")
-    ax1.set(xlabel="epoch", ylabel="train loss", title=title)
+    ax1.plot(steps, [h["train/loss"] for h in history], "o-", c="tab:blue", label="train/loss")
+    ax1.set(xlabel="optimiser step", ylabel="train loss", title=title)
     ax2 = ax1.twinx()
-    ax2.plot(epochs, [h["val/auroc"] for h in history], "s-", c="tab:orange", label="val/auroc")
+    ax2.plot(steps, [h["val/auroc"] for h in history], "s-", c="tab:orange", label="val/auroc")
     ax2.set_ylabel("validation ROC AUC")
     fig.legend(loc="upper center", ncol=2, fontsize=8, bbox_to_anchor=(0.5, 0.9))
     fig.tight_layout()

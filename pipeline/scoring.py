@@ -54,6 +54,13 @@ def pip_requirements() -> list[str]:
     return [f"{name}=={metadata.version(name).split('+')[0]}" for name in _REQUIREMENTS]
 
 
+def embedding_signature(dim: int) -> ModelSignature:
+    """Raw-schema columns in, customer_id + emb_0 … emb_{dim-1} out: a pretrained encoder's pyfunc."""
+    inputs = signature().inputs
+    outputs = Schema([ColSpec("long", S.CUSTOMER_ID), *[ColSpec("double", f"emb_{j}") for j in range(dim)]])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
 def signature() -> ModelSignature:
     """Raw-schema columns in (strings as read from CSV, or already typed values: both are accepted), scores out."""
     inputs = Schema([ColSpec(AnyType(), c, required=c not in S.RAW_OPTIONAL_COLUMNS) for c in S.RAW_COLUMNS])
@@ -148,9 +155,13 @@ class GBDTScorer:
         return _scores(ids, prob, self.decision)
 
 
-def load_scorer(artifacts: dict[str, str]) -> SequenceScorer | GBDTScorer:
+def load_scorer(artifacts: dict[str, str]) -> Any:
     """Live scorer from the artifact files (config.json says which kind)."""
     cfg = json.loads(Path(artifacts["config"]).read_text())
+    if cfg["kind"] in ("embedding", "hybrid"):  # a pretrained encoder, or the GBDT on its embeddings
+        from pipeline.embeddings import load_embedding_kind
+
+        return load_embedding_kind(cfg, artifacts)
     ingest = IngestConfig(**cfg["ingest"])
     # models registered before thresholds and calibration were stored: their threshold (0.5), no calibration
     decision = Decision.from_dict(cfg["decision"]) if "decision" in cfg else Decision(
@@ -194,9 +205,11 @@ def log_model(
     files: dict[str, Path],
     registered_model: str,
     version_tags: dict[str, str],
+    model_signature: ModelSignature | None = None,
 ) -> RegisteredVersion:
     """Write config.json beside `files` and log + register the pyfunc (models from code); the input example is
-    `input_example()`, synthetic rows, so that no customer data reaches the registry."""
+    `input_example()`, synthetic rows, so that no customer data reaches the registry; the signature defaults to raw
+    rows in, scores out."""
     artifacts_dir.mkdir(parents=True, exist_ok=True)
     (artifacts_dir / "config.json").write_text(json.dumps(config, indent=1))
     artifacts = {"config": str(artifacts_dir / "config.json"), **{k: str(v) for k, v in files.items()}}
@@ -205,7 +218,7 @@ def log_model(
         code.write_text(_MODEL_CODE)
         return tracker.log_pyfunc(
             run_id, name="model", python_model=code, artifacts=artifacts, code_paths=CODE_PATHS,
-            signature=signature(), input_example=input_example(), pip_requirements=pip_requirements(),
+            signature=model_signature or signature(), input_example=input_example(), pip_requirements=pip_requirements(),
             registered_model=registered_model, version_tags=version_tags,
         )
 

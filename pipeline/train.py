@@ -1,15 +1,19 @@
-"""One trainer for every encoder: `fit` (train + validate per epoch, early stopping, checkpoint/resume) and `evaluate`.
+"""One trainer for every encoder: `fit` (train for a budget of optimiser steps, validate every `eval_every` steps,
+early stopping, checkpoint/resume) and `evaluate`.
 
     model(batch) -> ClassifierOutput(logit (B,), aux_loss ())
-    loss = BCEWithLogits(logit, label) + aux_loss          (aux_loss: EAM's balancing loss, weighted in the model)
+    loss = BCEWithLogits(logit, label, pos_weight) + aux_loss    (aux_loss: EAM's balancing loss, weighted in the model)
     AdamW, linear warm-up then cosine decay per step, gradient clipping, bf16 autocast on CUDA (fp16 + GradScaler
-    as an option), early stopping on validation ROC AUC.
+    as an option), early stopping on validation ROC AUC counted in evaluations.
 
-Training batches come from `train_batches(epoch)`, a function that builds that epoch's loader with its own seed
-(shuffle order and random crops depend only on (seed, epoch)), so a resumed run replays exactly what an
-uninterrupted one would. Every epoch ends with an atomic checkpoint `last.pt` (model, optimiser, scheduler,
-scaler, RNG states, epoch, history, early-stopping state) and, on improvement, `best.pt`; `fit` resumes from
-`last.pt` when it exists. Checkpoints are read with `torch.load(..., weights_only=True)`.
+The budget is steps, not epochs: 300 labelled customers are ~10 batches a pass, 300,000 are ~5,000, and a recipe in
+epochs gives the first a dozen updates and the second far too many. Training batches come from
+`train_batches(epoch)`, a function that builds one pass's loader with its own seed (shuffle order and random crops
+depend only on (seed, epoch)); `fit` starts the next pass whenever one runs out. Every evaluation ends with an
+atomic checkpoint `last.pt` (model, optimiser, scheduler, scaler, RNG states, step, pass and position in it,
+history, early-stopping state) and, on improvement, `best.pt`; `fit` resumes from `last.pt` when it exists and
+replays the interrupted pass up to its position, so a resumed run ends exactly as an uninterrupted one. Checkpoints
+are read with `torch.load(..., weights_only=True)`.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import logging
 import math
 import os
 import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -45,18 +49,30 @@ class MetricLogger(Protocol):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 10
+    """The training recipe. The budget is counted in optimiser steps, not epochs, so a few hundred customers (a few
+    batches per pass) and a few hundred thousand get the same number of updates; validation runs every
+    `eval_every` steps and early stopping counts evaluations."""
+
+    steps: int = 2000  # optimiser-step budget (the LR schedule spans all of it)
+    eval_every: int = 100  # steps between validations, metric logs and checkpoints
+    patience: int = 5  # evaluations without a better val ROC AUC before stopping
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_frac: float = 0.05  # share of all steps spent warming up linearly
     min_lr_frac: float = 0.05  # cosine decays to lr * min_lr_frac
     grad_clip: float = 1.0
-    patience: int = 3  # epochs without a better val ROC AUC before stopping
+    pos_weight: float = 1.0  # weight of the positive class in the loss (n_negative / n_positive balances them)
     precision: str = "bf16"  # "bf16" | "fp16" (GradScaler) | "fp32"; CUDA only, CPU always runs fp32
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     seed: int = 0
-    max_steps_per_epoch: int | None = None  # cap for tests and smoke runs
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.eval_every < 1 or self.patience < 1:
+            raise ValueError(f"steps, eval_every and patience must be >= 1, got {self.steps}, {self.eval_every}, "
+                             f"{self.patience}")
+        if self.pos_weight <= 0:
+            raise ValueError(f"pos_weight must be > 0, got {self.pos_weight}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -111,16 +127,16 @@ def evaluate(
 
 @dataclass
 class FitResult:
-    history: list[dict[str, float]]  # one row per epoch: epoch + the logged metrics
-    best_epoch: int
+    history: list[dict[str, float]]  # one row per evaluation: step, epoch (passes, fractional) + the logged metrics
+    best_step: int
     best_val_auroc: float
     train_s: float
-    epochs_run: int
+    steps_run: int
     stopped_early: bool
     n_parameters: int
     device: str
     config: dict = field(default_factory=dict)
-    resumed_from_epoch: int | None = None  # the last finished epoch of the checkpoint this run resumed from
+    resumed_from_step: int | None = None  # the step of the checkpoint this run resumed from
 
 
 def _rng_state() -> dict:
@@ -151,6 +167,14 @@ def _save_atomic(obj: dict, path: Path) -> None:
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def _batches_from(train_batches: Callable[[int], Iterable[Batch]], epoch: int, skip: int) -> Iterator[Batch]:
+    """Pass `epoch`'s batches from position `skip` on (the skipped ones are drawn, so the crops' RNG replays)."""
+    it = iter(train_batches(epoch))
+    for _ in range(skip):
+        next(it, None)
+    return it
 
 
 def fingerprint_changes(recorded: Mapping[str, str] | None, current: Mapping[str, str] | None) -> str:
@@ -188,13 +212,14 @@ def fit(
     fingerprint: Mapping[str, str] | None = None,
     name: str = "model",
 ) -> FitResult:
-    """Train with early stopping on val ROC AUC; resume from `checkpoint_dir/last.pt` if present.
+    """Train `config.steps` optimiser steps with early stopping on val ROC AUC (checked every `eval_every` steps);
+    resume from `checkpoint_dir/last.pt` if present.
 
     `fingerprint` (what is trained: data, split, model config, preset; see `pipeline.compare`) is stored in every
     checkpoint; a checkpoint with another fingerprint is not resumed: it is moved aside (`replaced-<n>/`) with a
-    warning that names what changed, and training starts fresh. On return the model holds the best epoch's weights.
-    Metrics go to `logger.log(metrics, step=epoch)`; `name` labels the progress bar and the per-epoch log line
-    (logger `pipeline.train`, which the flows forward to Prefect).
+    warning that names what changed, and training starts fresh. On return the model holds the best evaluation's
+    weights. Metrics go to `logger.log(metrics, step=<step>)`; `name` labels the progress bar and the log line of each
+    validation (logger `pipeline.train`, which the flows forward to Prefect).
     In a torchrun job (`pipeline.distributed`) every rank calls `fit` alike: each trains on its slice of the global
     batch under DDP, metrics are summed over the ranks (each rank's own under `rank<r>/`), and only rank 0 writes
     checkpoints and moves a mismatched one aside (pass a logger on rank 0 only).
@@ -204,17 +229,14 @@ def fit(
     seed_everything(config.seed)
     model.to(device)
     net = distributed.wrap(model, device, ddp)
-    steps_per_epoch = len(train_batches(0))  # type: ignore[arg-type]
-    if config.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    factor = warmup_cosine(config.epochs * steps_per_epoch, config.warmup_frac, config.min_lr_frac)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(config.steps, config.warmup_frac, config.min_lr_frac))
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and config.precision == "fp16")
+    pos_weight = torch.tensor(config.pos_weight, device=device)
     memory = MemoryMonitor(device)
     n_params = sum(p.numel() for p in model.parameters())
-    state = {"epoch": -1, "history": [], "best_auroc": -math.inf, "best_epoch": -1, "bad_epochs": 0, "train_s": 0.0,
-             "done": False}
+    state = {"step": 0, "epoch": 0, "in_epoch": 0, "history": [], "best_auroc": -math.inf, "best_step": -1,
+             "bad_evals": 0, "train_s": 0.0, "done": False}
 
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     resumed_from = None
@@ -229,8 +251,9 @@ def fit(
                         ckpt_dir / "last.pt", changed, aside)
         distributed.barrier(ddp)  # no rank goes on before rank 0 has moved a mismatched one
         if ckpt is not None and not changed:
-            mismatch = {k for k, v in asdict(config).items() if k not in _RUNTIME_ONLY and ckpt["config"].get(k) != v}
-            if mismatch:
+            saved = ckpt.get("config", {})
+            mismatch = {k for k, v in asdict(config).items() if k not in _RUNTIME_ONLY and saved.get(k) != v}
+            if mismatch or "step" not in ckpt.get("state", {}):
                 raise ValueError(f"{ckpt_dir / 'last.pt'} was written with other settings ({sorted(mismatch)}): "
                                  "resume with the same TrainConfig or use a new checkpoint folder")
             model.load_state_dict(ckpt["model"])
@@ -240,32 +263,42 @@ def fit(
                 scaler.load_state_dict(ckpt["scaler"])
             _set_rng_state(ckpt["rng"])
             state = ckpt["state"]
-            resumed_from = state["epoch"]
-            log.info("resumed from %s at epoch %d", ckpt_dir / "last.pt", state["epoch"])
-            if logger is not None:  # the epochs run before the interruption, so the new run's curves are whole
+            resumed_from = state["step"]
+            log.info("resumed from %s at step %d", ckpt_dir / "last.pt", state["step"])
+            if logger is not None:  # the evaluations run before the interruption, so the new run's curves are whole
                 for row in state["history"]:
-                    logger.log({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+                    logger.log({k: v for k, v in row.items() if k not in ("step", "epoch")}, step=int(row["step"]))
 
     best_weights = None
+    pass_len = _len(train_batches, 0)
+    batches = _batches_from(train_batches, state["epoch"], state["in_epoch"])
     pop_stats(model)  # discard what the model's stat-reporting modules counted before this fit
-    for epoch in range(state["epoch"] + 1, config.epochs):
-        if state["done"]:
-            break
+    while state["step"] < config.steps and not state["done"]:
         net.train()
         memory.reset()
+        round_steps = min(config.eval_every, config.steps - state["step"])
         loss_sum, n_steps, n_events, n_customers = torch.zeros((), device=device), 0, 0, 0
-        bar = tqdm(total=steps_per_epoch, desc=f"{name} epoch {epoch + 1}/{config.epochs}", leave=False, disable=not config.progress)
+        bar = tqdm(total=round_steps, desc=f"{name} step {state['step']}/{config.steps}", leave=False,
+                   disable=not config.progress)
         with Stopwatch(sync_cuda=device.type == "cuda") as sw:
-            for step, global_batch in enumerate(train_batches(epoch)):
-                if step >= steps_per_epoch:
-                    break
+            while n_steps < round_steps:
+                global_batch = next(batches, None)
+                if global_batch is None:  # this pass is over: start the next one
+                    if state["in_epoch"] == 0:
+                        raise ValueError("train_batches yielded no batch: nothing to train on")
+                    state["epoch"] += 1
+                    state["in_epoch"] = 0
+                    batches = _batches_from(train_batches, state["epoch"], 0)
+                    continue
+                state["in_epoch"] += 1
                 batch, weight = distributed.shard(global_batch, ddp)
                 n_events += batch.n_events  # counted on the host copy: no device sync
                 n_customers += batch.size
                 batch = batch.to(device, non_blocking=True)
                 with _autocast(device, config.precision):
                     out = net(batch)
-                    loss = F.binary_cross_entropy_with_logits(out.logit.float(), batch.label.float())
+                    loss = F.binary_cross_entropy_with_logits(out.logit.float(), batch.label.float(),
+                                                              pos_weight=pos_weight)
                     loss = loss + out.aux_loss.float()
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss * weight).backward()
@@ -277,49 +310,52 @@ def fit(
                 loss_sum += loss.detach() * (weight / ddp.world_size)
                 n_steps += 1
                 bar.update(1)
-                if config.progress and (n_steps % 10 == 0 or n_steps == steps_per_epoch):
+                if config.progress and (n_steps % 10 == 0 or n_steps == round_steps):
                     elapsed = max(bar.format_dict["elapsed"], 1e-9)
                     bar.set_postfix(loss=f"{float(loss_sum) / n_steps:.4f}", ev_s=f"{n_events / elapsed:,.0f}")
         bar.close()
+        state["step"] += n_steps
         train_mem = memory.read()
-        own = {"time/epoch_s": sw.seconds, "steps": float(n_steps),
+        own = {"time/round_s": sw.seconds, "steps": float(n_steps),
                "throughput/train_events_per_s": n_events / max(sw.seconds, 1e-9), **train_mem}
         per_rank = distributed.gather(own, ddp)
         loss_total, n_events, n_customers = distributed.all_reduce_sum([loss_sum, n_events, n_customers], ddp)
-        model_stats = pop_stats(model)  # e.g. SwitchHead's expert usage over this epoch's training steps
+        model_stats = pop_stats(model)  # e.g. SwitchHead's expert usage over this round's training steps
         val = evaluate(model, val_batches(), device, config.precision)
         q = classification_metrics(val["label"], val["prob"])
         metrics = {
             "train/loss": loss_total / max(n_steps, 1),
             "train/lr": sched.get_last_lr()[0],
+            "train/epoch": state["epoch"] + state["in_epoch"] / max(pass_len, 1),
             "val/auroc": q["auroc"],
             "val/accuracy": q["accuracy"],
             "val/logloss": q["logloss"],
-            "time/epoch_s": sw.seconds,
+            "time/round_s": sw.seconds,
             "throughput/train_events_per_s": n_events / max(sw.seconds, 1e-9),
             "throughput/train_customers_per_s": n_customers / max(sw.seconds, 1e-9),
             **train_mem,
             **per_rank,
             **model_stats,
         }
+        step = state["step"]
         state["train_s"] += sw.seconds
-        state["history"].append({"epoch": float(epoch), **metrics})
+        state["history"].append({"step": float(step), "epoch": metrics["train/epoch"], **metrics})
         if logger is not None:
-            logger.log(metrics, step=epoch)
-        log.info("%s: epoch %d/%d  loss %.4f  val auroc %.4f  %.1f s  %.0f events/s", name, epoch + 1, config.epochs,
-                 metrics["train/loss"], q["auroc"], sw.seconds, metrics["throughput/train_events_per_s"])
+            logger.log(metrics, step=step)
+        log.info("%s: step %d/%d (pass %.1f)  loss %.4f  val auroc %.4f  %.1f s  %.0f events/s", name, step,
+                 config.steps, metrics["train/epoch"], metrics["train/loss"], q["auroc"], sw.seconds,
+                 metrics["throughput/train_events_per_s"])
 
-        improved = q["auroc"] > state["best_auroc"] or state["best_epoch"] < 0
+        improved = q["auroc"] > state["best_auroc"] or state["best_step"] < 0
         if improved:
-            state.update(best_auroc=q["auroc"], best_epoch=epoch, bad_epochs=0)
+            state.update(best_auroc=q["auroc"], best_step=step, bad_evals=0)
             best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
-            state["bad_epochs"] += 1
-        state["done"] = state["bad_epochs"] >= config.patience
-        state["epoch"] = epoch
+            state["bad_evals"] += 1
+        state["done"] = state["bad_evals"] >= config.patience
         if ckpt_dir is not None and ddp.is_main:
             if improved:
-                _save_atomic({"model": best_weights, "epoch": epoch}, ckpt_dir / "best.pt")
+                _save_atomic({"model": best_weights, "step": step}, ckpt_dir / "best.pt")
             _save_atomic(
                 {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                  "scaler": scaler.state_dict(), "rng": _rng_state(), "state": state, "config": asdict(config),
@@ -332,7 +368,15 @@ def fit(
     if best_weights is not None:
         model.load_state_dict(best_weights)
     return FitResult(
-        history=state["history"], best_epoch=state["best_epoch"], best_val_auroc=float(state["best_auroc"]),
-        train_s=state["train_s"], epochs_run=state["epoch"] + 1, stopped_early=state["done"],
-        n_parameters=n_params, device=str(device), config=asdict(config), resumed_from_epoch=resumed_from,
+        history=state["history"], best_step=state["best_step"], best_val_auroc=float(state["best_auroc"]),
+        train_s=state["train_s"], steps_run=state["step"], stopped_early=state["done"],
+        n_parameters=n_params, device=str(device), config=asdict(config), resumed_from_step=resumed_from,
     )
+
+
+def _len(train_batches: Callable[[int], Iterable[Batch]], epoch: int) -> int:
+    """Batches in one pass (0 when the iterable has no length)."""
+    try:
+        return len(train_batches(epoch))  # type: ignore[arg-type]
+    except TypeError:
+        return 0

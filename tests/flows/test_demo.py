@@ -47,5 +47,5 @@ def test_demo_prints_step_times_and_the_champion(tmp_path: Path, prefect_server:
     assert f"champion:   txseq-gender v{champion.version} = {champion.tags['model']}, test ROC AUC {auc:.4f}" in out
     # the per-epoch lines name the model and show the validation AUC; the GBDT reports its rounds
     logs = done.stdout + done.stderr
-    assert re.search(r"transformer: epoch 1/\d+ .*val auroc \d\.\d{4}", logs)
+    assert re.search(r"transformer: step \d+/\d+ .*val auroc \d\.\d{4}", logs)
     assert re.search(r"gbdt: round \d+/\d+ +val auroc \d\.\d{4}", logs)

@@ -22,6 +22,7 @@ from prefect.client.schemas.sorting import ArtifactSort
 
 from flows.ingest import IngestParams, ingest_flow
 from flows.end_to_end import PipelineParams, pipeline
+from flows.pretrain import PretrainParams
 from flows.score import LandingParams, ScoreParams, score, score_landing
 from flows.sequences import SequencesParams, sequences_flow
 from flows.train import TrainParams
@@ -32,7 +33,7 @@ from pipeline.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = Path(os.environ.get("TXSEQ_SAMPLE_DIR", ROOT / "data" / "sample"))  # override: a bigger sample
-MODELS = ["transformer", "gbdt"]
+MODELS = ["transformer", "gbdt", "transformer_coles", "hybrid_transformer"]
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,10 @@ def data_root(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def first_run(data_root: Path):
     # two models at a time: each model task opens its nested run from its own thread
-    state = pipeline(PipelineParams(train=TrainParams(preset="tiny", models=MODELS, max_parallel=2)), return_state=True)
+    # with CoLES pretraining of the transformer: its fine-tuned and hybrid models train beside the others
+    params = PipelineParams(pretrain=PretrainParams(encoders=["transformer"], preset="tiny", epochs=1),
+                            train=TrainParams(preset="tiny", models=MODELS, max_parallel=2))
+    state = pipeline(params, return_state=True)
     assert state.is_completed(), state.message
     return state
 
@@ -112,6 +116,21 @@ def test_mlflow_has_one_parent_run_with_a_nested_run_per_model(first_run) -> Non
     assert all("test/auroc" in r.data.metrics for r in children)
     champion = client.get_model_version_by_alias(load_settings().registered_model, "champion")
     assert champion.run_id in {r.info.run_id for r in children}
+
+
+def test_the_pretrain_step_registers_an_encoder_that_saw_no_test_customer(first_run) -> None:
+    from pipeline.pretrain import customers_digest, pretrain_customers
+    from pipeline.splits import Split
+
+    s = load_settings()
+    client = mlflow.MlflowClient(s.tracking_uri)
+    (version,) = client.search_model_versions(f"name = '{s.registered_model}-coles-transformer'")
+    seen = pretrain_customers(s.sequences_dir)
+    assert version.tags["customers_sha256"] == customers_digest(seen)
+    assert not set(seen) & set(Split.load(s.sequences_dir / "split.json").test_ids)
+    children = client.search_runs([client.get_run(first_run.result().parent_run_id).info.experiment_id],
+                                  filter_string="tags.`txseq.model` = 'transformer_coles'")
+    assert children[0].data.params["init_from"] == f"models:/{version.name}/{version.version}"
 
 
 def test_a_second_run_on_unchanged_input_skips_ingest_and_sequences(first_run) -> None:

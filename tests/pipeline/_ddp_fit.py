@@ -27,13 +27,13 @@ def main(out: Path, checkpoints: Path | None, fingerprint: dict[str, str] | None
     torch.manual_seed(0)
     model = build_model(ModelConfig(n_mcc=24, n_tr_type=8, d_model=16, n_layers=1, n_heads=2, ff_mult=2, dropout=0.0,
                                     mcc_dim=8, tr_type_dim=4, numeric_dim=4, time_dim=0))
-    config = TrainConfig(epochs=3, lr=3e-3, device="cpu", seed=0, progress=False, patience=10)
+    config = TrainConfig(steps=21, eval_every=7, lr=3e-3, device="cpu", seed=0, progress=False, patience=10)
     result = fit(model, lambda epoch: make_loader(train, batch_size=10, shuffle=True, crop_len=16, seed=epoch),
                  lambda: make_loader(val, batch_size=32), config, checkpoint_dir=checkpoints, fingerprint=fingerprint)
     if ddp.is_main:
         weights = sum(float(p.detach().double().abs().sum()) for p in model.parameters())
         out.write_text(json.dumps({"history": result.history, "weights": weights, "world": ddp.world_size,
-                                   "resumed_from_epoch": result.resumed_from_epoch}))
+                                   "resumed_from_step": result.resumed_from_step}))
     distributed.shutdown()
 
 

@@ -22,7 +22,7 @@ def test_txseq_train_runs_the_comparison(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("TXSEQ_REGISTERED_MODEL", "compare-tests")
     rc = main(["train", "--sequences", str(data.sequences), "--events", str(data.events), "--preset", "tiny",
-               "--epochs", "2", "--device", "cpu", "--run", "t1", "--threads", "1"])
+               "--steps", "20", "--device", "cpu", "--run", "t1", "--threads", "1"])
     assert rc == 0
     out = capsys.readouterr().out
     for name in DEFAULT_MODELS:
@@ -44,7 +44,7 @@ def test_txseq_train_runs_the_comparison(tmp_path: Path, monkeypatch: pytest.Mon
         if child.data.tags["txseq.model"] != "gbdt":
             losses = [m.value for m in sorted(client.get_metric_history(child.info.run_id, "train/loss"),
                                               key=lambda m: m.step)]
-            assert len(losses) == 2 and losses[-1] < losses[0], (child.data.tags["txseq.model"], losses)
+            assert len(losses) == 4 and losses[-1] < losses[0], (child.data.tags["txseq.model"], losses)  # every 5
     versions = sorted(client.search_model_versions("name='compare-tests'"), key=lambda v: int(v.version))
     assert len(versions) == len(DEFAULT_MODELS) and all(TAG_DECISION in v.tags for v in versions)
     # decided as each was registered: the first is champion; the tiny split's ~17 test customers are too few for
@@ -74,7 +74,9 @@ def test_unusable_store_fails_before_training(tmp_path: Path, monkeypatch: pytes
 
 def test_markdown_table_shows_missing_values_as_dashes() -> None:
     metrics = {"test/auroc": 0.8, "test/accuracy": 0.7, "test/logloss": 0.5, "time/train_s": 12.0,
-               "time/epoch_s": 4.0, "params/n_parameters": 1234.0, "mem/rss_peak_gib": 1.5,
+               "train/best_step": 200.0, "params/n_parameters": 1234.0, "mem/rss_peak_gib": 1.5,
                "mem/cuda_peak_gib": float("nan")}
-    table = markdown_table([ModelResult("eam", metrics, 3, "r")])
-    assert table.splitlines()[-1] == "| eam | 0.8000 | 0.7000 | 0.5000 | 12.0 | 4.0 | 3 | — | 1.50 | 1,234 |"
+    table = markdown_table([ModelResult("eam", metrics, 300, "r"), ModelResult("gbdt", {**metrics,
+                                                                                       "train/best_step": None}, None, "g")])
+    assert table.splitlines()[-2] == "| eam | 0.8000 | 0.7000 | 0.5000 | 12.0 | 300 | 200 | — | 1.50 | 1,234 |"
+    assert table.splitlines()[-1] == "| gbdt | 0.8000 | 0.7000 | 0.5000 | 12.0 | — | — | — | 1.50 | 1,234 |"

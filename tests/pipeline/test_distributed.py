@@ -55,7 +55,7 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
     for ha, hb in zip(a["history"], b["history"], strict=True):
         for key in ("train/loss", "val/logloss", "val/auroc"):
             assert hb[key] == pytest.approx(ha[key], rel=TOLERANCE, abs=TOLERANCE), key
-        assert {"rank0/time/epoch_s", "rank1/time/epoch_s", "rank1/throughput/train_events_per_s"} <= set(hb)
+        assert {"rank0/time/round_s", "rank1/time/round_s", "rank1/throughput/train_events_per_s"} <= set(hb)
         assert hb["rank0/steps"] == hb["rank1/steps"]
     assert b["weights"] == pytest.approx(a["weights"], rel=TOLERANCE)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.pt", "last.pt"]  # rank 0's only
@@ -67,7 +67,7 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
                           env=env, timeout=900, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     c = json.loads(three.read_text())
-    assert c["resumed_from_epoch"] is None and len(c["history"]) == 3
+    assert c["resumed_from_step"] is None and len(c["history"]) == 3
     assert c["weights"] == pytest.approx(b["weights"], rel=TOLERANCE)  # the same fresh training
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.pt", "last.pt", "replaced-1"]
     assert sorted(p.name for p in (tmp_path / "checkpoints" / "replaced-1").iterdir()) == ["best.pt", "last.pt"]
@@ -84,7 +84,7 @@ def test_txseq_train_nproc_2_logs_one_parent_run_with_per_rank_metrics(tmp_path:
     env |= {"PYTHONPATH": str(ROOT), "TXSEQ_DATA_ROOT": str(tmp_path / "root"), "OMP_NUM_THREADS": "1",
             "TXSEQ_REGISTERED_MODEL": "ddp-tests"}
     cmd = [sys.executable, "-m", "pipeline.cli", "train", "--sequences", str(data.sequences), "--events",
-           str(data.events), "--preset", "tiny", "--epochs", "2", "--device", "cpu", "--models", "transformer,gbdt",
+           str(data.events), "--preset", "tiny", "--steps", "10", "--device", "cpu", "--models", "transformer,gbdt",
            "--nproc", "2"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -96,7 +96,7 @@ def test_txseq_train_nproc_2_logs_one_parent_run_with_per_rank_metrics(tmp_path:
     children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")
     assert sorted(r.data.tags["txseq.model"] for r in children) == ["gbdt", "transformer"]
     encoder = next(r for r in children if r.data.tags["txseq.model"] == "transformer")
-    for key in ("rank0/time/epoch_s", "rank1/time/epoch_s", "train/loss"):
+    for key in ("rank0/time/round_s", "rank1/time/round_s", "train/loss"):
         assert len(client.get_metric_history(encoder.info.run_id, key)) == 2, key
     run_name = parents[0].data.tags["txseq.run_name"]
     run_dir = tmp_path / "root" / "runs" / run_name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -198,3 +199,42 @@ def test_committed_calibration_is_derived_from_the_real_sample() -> None:
         pytest.skip("../shared not present")
     committed = json.loads(resource_path(CALIBRATION_FILE).read_text())
     assert derive_calibration(real / "transactions_sample_unlabelled.csv.gz") == committed
+
+
+def test_order_signal_changes_only_the_order_of_each_customers_events() -> None:
+    """Every per-customer aggregate the GBDT sees is the same with and without the order signal; the events are the
+    same multiset of (time slot) and of (mcc, tr_type, amount, term_id) per customer; only which content sits in
+    which slot moves, and own-gender MCCs drift to the end of the history."""
+    from pipeline.features import FeatureConfig, build_features, fit_feature_spec
+    from pipeline.generate import MCC_EFFECTS
+    from pipeline.ingest import IngestConfig, validate
+
+    base = GeneratorConfig(n_customers=60, n_labelled=60, seed=4)
+    off = pl.concat(list(iter_chunks(base)))
+    on = pl.concat(list(iter_chunks(replace(base, order_signal=3.0))))
+    assert off[schema.TR_DATETIME].sort().equals(on[schema.TR_DATETIME].sort())
+    content = [schema.CUSTOMER_ID, schema.MCC_CODE, schema.TR_TYPE, schema.AMOUNT, schema.TERM_ID]
+    assert_frame_equal(off.select(content).sort(content), on.select(content).sort(content))
+    assert not off.equals(on)
+
+    def features(raw: pl.DataFrame) -> pl.DataFrame:
+        events, _ = validate(raw.select(pl.all().cast(pl.String)).lazy(), "t", IngestConfig())
+        return build_features(events, fit_feature_spec(events, None, FeatureConfig(top_mcc=30))).collect()
+
+    assert_frame_equal(features(off), features(on), check_exact=False, rel_tol=1e-9, abs_tol=1e-9)
+
+    genders = dict(customers_and_labels(base).select(schema.CUSTOMER_ID, schema.GENDER).iter_rows())
+    day = pl.col(schema.TR_DATETIME).str.extract(r"^(\d+) ", 1).cast(pl.Int32)
+    drift = []
+    for raw in (off, on):
+        ranked = (raw.with_columns(day.alias("day"), pl.col(schema.TR_DATETIME).str.slice(-8).alias("t"),
+                                   pl.col(schema.MCC_CODE).replace_strict(MCC_EFFECTS, default=0.0).alias("e"))
+                  .sort(schema.CUSTOMER_ID, "day", "t")
+                  .with_columns((pl.int_range(pl.len()).over(schema.CUSTOMER_ID) / pl.len().over(schema.CUSTOMER_ID))
+                                .alias("pos")))
+        late_minus_early = (ranked.group_by(schema.CUSTOMER_ID)
+                            .agg((pl.col("e").filter(pl.col("pos") >= 0.75).mean()
+                                  - pl.col("e").filter(pl.col("pos") < 0.25).mean()).alias("d")))
+        signed = [d * (1 if genders[c] == 1 else -1) for c, d in late_minus_early.drop_nulls().iter_rows()]
+        drift.append(float(np.mean(signed)))
+    assert abs(drift[0]) < 0.05 and drift[1] > 0.2, drift

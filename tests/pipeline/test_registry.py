@@ -129,7 +129,7 @@ def test_a_run_resumes_only_its_own_fingerprint_and_registers_each_model_once(
     """The same --run name on a changed split starts fresh (a line says why) and registers a new version; running
     it again unchanged reuses that version instead of registering the same model twice."""
     settings = _settings(tmp_path / "root", "resume")
-    preset = get("tiny", device="cpu", epochs=1)
+    preset = get("tiny", device="cpu", steps=5)
     client = MlflowClient(settings.tracking_uri)
 
     def compare(seq: Path):
@@ -148,7 +148,7 @@ def test_a_run_resumes_only_its_own_fingerprint_and_registers_each_model_once(
     assert not any("resumed from" in r.getMessage() for r in caplog.records)
     assert (ckpt / "replaced-1" / "last.pt").exists()
     assert second.version != first.version
-    assert second.epochs == 1  # trained again, on the new split
+    assert second.steps == 5  # trained again, on the new split
 
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="pipeline.compare"):

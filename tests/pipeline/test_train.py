@@ -19,7 +19,7 @@ from pipeline.train import TrainConfig, evaluate, fit, load_checkpoint, warmup_c
 from _train_data import synthetic_sequences  # tests/pipeline is on sys.path (pytest rootdir insertion)
 
 TABLE = synthetic_sequences(n=112, max_len=32)
-CONFIG = replace(tiny().train, epochs=3, lr=5e-3, device="cpu")
+CONFIG = replace(tiny().train, steps=15, eval_every=5, lr=5e-3, device="cpu")  # 5 batches a pass: 3 passes
 
 
 @pytest.fixture(scope="module")
@@ -51,23 +51,24 @@ def _fit(model, data, config: TrainConfig = CONFIG, logger=None, checkpoint_dir:
 
 
 @pytest.mark.parametrize("encoder", ENCODER_MODELS)
-def test_each_encoder_learns_and_logs_per_epoch_metrics(encoder: str, data: dict, tracker: Tracker) -> None:
+def test_each_encoder_learns_and_logs_metrics_per_evaluation(encoder: str, data: dict, tracker: Tracker) -> None:
     with tracker.run(encoder) as run_id:
         result = _fit(_model(encoder, data), data, logger=tracker.logger(run_id))
     losses = [h["train/loss"] for h in result.history]
     assert losses[-1] < losses[0], losses
     assert result.best_val_auroc > 0.6
-    for key in ("train/loss", "val/auroc", "val/accuracy", "val/logloss", "time/epoch_s",
+    for key in ("train/loss", "train/epoch", "val/auroc", "val/accuracy", "val/logloss", "time/round_s",
                 "throughput/train_events_per_s", "throughput/train_customers_per_s", "mem/rss_peak_gib"):
         steps = sorted(m.step for m in tracker.client.get_metric_history(run_id, key))
-        assert steps == [0, 1, 2], key
+        assert steps == [5, 10, 15], key
+    assert [h["epoch"] for h in result.history] == [1.0, 2.0, 3.0]  # 80 customers, batch 16: 5 steps a pass
 
 
 @pytest.mark.parametrize("encoder,key", [("eam", "encoder.blocks.0.ff/expert_share_"),
                                          ("switchhead", "encoder.blocks.0.attn/v_expert_share_")])
-def test_statistics_reported_by_the_model_are_logged_per_epoch(encoder: str, key: str, data: dict,
+def test_statistics_reported_by_the_model_are_logged_per_evaluation(encoder: str, key: str, data: dict,
                                                                tracker: Tracker) -> None:
-    """MoE layers report expert shares through the generic ``pop_stats`` protocol; fit logs them per epoch."""
+    """MoE layers report expert shares through the generic ``pop_stats`` protocol; fit logs them per evaluation."""
     with tracker.run(f"{encoder}-stats") as run_id:
         result = _fit(_model(encoder, data), data, logger=tracker.logger(run_id))
     keys = [k for k in result.history[0] if k.startswith(key)]
@@ -76,7 +77,7 @@ def test_statistics_reported_by_the_model_are_logged_per_epoch(encoder: str, key
         shares = [row[k] for k in keys]
         assert math.isclose(sum(shares), 1.0, rel_tol=1e-6) and min(shares) >= 0
     steps = sorted(m.step for m in tracker.client.get_metric_history(run_id, keys[-1]))
-    assert steps == [0, 1, 2]
+    assert steps == [5, 10, 15]
 
 
 class _Killed(Exception):
@@ -84,40 +85,42 @@ class _Killed(Exception):
 
 
 class _KillAfter:
-    """A logger that 'kills' the run when epoch `epoch` reports (before that epoch's checkpoint is written)."""
+    """A logger that 'kills' the run when step `step` reports (before that evaluation's checkpoint is written)."""
 
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
+    def __init__(self, step: int) -> None:
+        self.step = step
 
     def log(self, metrics, step: int) -> None:
-        if step == self.epoch:
+        if step == self.step:
             raise _Killed
 
 
 @pytest.mark.parametrize("encoder", ["performer", "eam"])  # random-feature redraws; dropout + MoE aux loss
 def test_resumed_run_ends_with_the_same_metrics(encoder: str, data: dict, tmp_path: Path) -> None:
-    config = replace(CONFIG, epochs=3, patience=10)
+    config = replace(CONFIG, steps=14, eval_every=4, patience=10)  # evaluations fall mid-pass (5 batches a pass)
     whole = _fit(_model(encoder, data), data, config, checkpoint_dir=tmp_path / "whole")
     with pytest.raises(_Killed):
-        _fit(_model(encoder, data), data, config, _KillAfter(2), tmp_path / "killed")
-    assert load_checkpoint(tmp_path / "killed" / "last.pt")["state"]["epoch"] == 1
+        _fit(_model(encoder, data), data, config, _KillAfter(12), tmp_path / "killed")
+    state = load_checkpoint(tmp_path / "killed" / "last.pt")["state"]
+    assert (state["step"], state["epoch"], state["in_epoch"]) == (8, 1, 3)
     resumed_model = _model(encoder, data)
     resumed = _fit(resumed_model, data, config, checkpoint_dir=tmp_path / "killed")
+    assert [h["step"] for h in resumed.history] == [4, 8, 12, 14] and resumed.resumed_from_step == 8
     for a, b in zip(whole.history, resumed.history, strict=True):
         for key in ("train/loss", "val/auroc", "val/logloss", "val/accuracy"):
-            assert a[key] == b[key], (a["epoch"], key)
-    assert (whole.best_epoch, whole.best_val_auroc) == (resumed.best_epoch, resumed.best_val_auroc)
+            assert a[key] == b[key], (a["step"], key)
+    assert (whole.best_step, whole.best_val_auroc) == (resumed.best_step, resumed.best_val_auroc)
 
 
 def test_early_stopping_keeps_the_best_weights(data: dict, tmp_path: Path) -> None:
-    config = replace(CONFIG, epochs=6, lr=0.0, patience=1, warmup_frac=0.0)  # lr 0: nothing ever improves
+    config = replace(CONFIG, steps=30, lr=0.0, patience=1, warmup_frac=0.0)  # lr 0: nothing ever improves
     model = _model("transformer", data)
     result = _fit(model, data, config, checkpoint_dir=tmp_path)
-    assert result.stopped_early and result.epochs_run == 2 and result.best_epoch == 0
+    assert result.stopped_early and result.steps_run == 10 and result.best_step == 5
     best = load_checkpoint(tmp_path / "best.pt")
     assert all(torch.equal(v, best["model"][k]) for k, v in model.state_dict().items())
     again = _fit(_model("transformer", data), data, config, checkpoint_dir=tmp_path)  # finished: resumes to the end
-    assert again.epochs_run == 2 and again.history == result.history
+    assert again.steps_run == 10 and again.history == result.history
     out = evaluate(model, make_loader(data["val"], batch_size=64), torch.device("cpu"))
     assert sorted(out["customer_id"].tolist()) == list(range(80, 112)) and out["prob"].min() >= 0
 
@@ -130,6 +133,23 @@ def test_warmup_then_cosine() -> None:
 
 
 def test_resume_refuses_a_checkpoint_written_with_other_settings(data: dict, tmp_path: Path) -> None:
-    _fit(_model("transformer", data), data, replace(CONFIG, epochs=1), checkpoint_dir=tmp_path)
-    with pytest.raises(ValueError, match="epochs"):
-        _fit(_model("transformer", data), data, replace(CONFIG, epochs=2), checkpoint_dir=tmp_path)
+    _fit(_model("transformer", data), data, replace(CONFIG, steps=5), checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match="steps"):
+        _fit(_model("transformer", data), data, replace(CONFIG, steps=10), checkpoint_dir=tmp_path)
+
+
+def test_the_class_weight_reaches_the_loss(data: dict) -> None:
+    a = _fit(_model("transformer", data), data, replace(CONFIG, steps=5))
+    b = _fit(_model("transformer", data), data, replace(CONFIG, steps=5, pos_weight=3.0))
+    assert a.history[0]["train/loss"] != b.history[0]["train/loss"]
+
+
+def test_budget_in_steps_runs_several_passes_and_validates_every_eval_every(data: dict) -> None:
+    result = _fit(_model("transformer", data), data, replace(CONFIG, steps=23, eval_every=10, patience=10))
+    assert [h["step"] for h in result.history] == [10, 20, 23]
+    assert result.steps_run == 23 and result.history[-1]["epoch"] == pytest.approx(23 / 5)
+
+
+def test_train_config_rejects_an_empty_budget() -> None:
+    with pytest.raises(ValueError, match="steps"):
+        TrainConfig(steps=0)

@@ -19,7 +19,7 @@ import pytest
 
 TXSEQ = Path(sys.executable).with_name("txseq")
 REGISTERED = "reliability-model"
-EPOCHS = 3  # the reference run; the fault tests kill and resume a run of the same length
+STEPS = 15  # the reference run (tiny preset: validation every 5 steps); the fault tests kill and resume a run of the same length
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
     root = base / "root"
     s = Session(root, data, subprocess_env(root))
     settings = Settings(root, s.tracking_uri, root / "mlflow" / "artifacts", REGISTERED)
-    result = run_comparison(data.sequences, data.events, get("tiny", epochs=EPOCHS, device="cpu"), ["transformer"],
+    result = run_comparison(data.sequences, data.events, get("tiny", steps=STEPS, device="cpu"), ["transformer"],
                             settings=settings, run_name="reference")
     s.reference = result.results[0]  # type: ignore[attr-defined]
     yield s

@@ -117,9 +117,9 @@ def render(res: dict[str, str], seconds: float | None) -> str:
 
 NOTES = """### What the suite relies on
 
-- A training process killed with SIGKILL resumes from its last epoch checkpoint (`txseq train --run <same name>`);
+- A training process killed with SIGKILL resumes from its last checkpoint (written at every validation) (`txseq train --run <same name>`);
   the rerun marks the killed attempt's MLflow runs FAILED (their process is gone: runs carry `txseq.host` and
-  `txseq.pid`), logs `resumed_from_epoch` on the model's run and replays the restored epochs' metrics. Runs opened
+  `txseq.pid`), logs `resumed_from_step` on the model's run and replays the restored evaluations' metrics. Runs opened
   on another host are not touched (their process cannot be checked from here).
 - Scores and rejects are written under temporary names and renamed at the end; a killed scoring run leaves only
   hidden `.<name>.<host>-<pid>-<random>.staging` / `.tmp` entries. The next scoring run into that folder removes

@@ -14,7 +14,7 @@ from pipeline.batch_scoring import read_ledger
 
 from conftest import Session, no_traceback, subprocess_env
 
-EPOCHS = 2
+STEPS = 10  # tiny preset: validation every 5 steps
 
 
 def test_two_trainings_on_one_fresh_sqlite_store_both_record_everything(session: Session, tmp_path: Path) -> None:
@@ -23,7 +23,7 @@ def test_two_trainings_on_one_fresh_sqlite_store_both_record_everything(session:
     root = tmp_path / "root"  # a fresh data root: no mlflow.db yet
     env = subprocess_env(root, registered="concurrent-model")
     args = ("train", "--sequences", session.data.sequences, "--events", session.data.events, "--preset", "tiny",
-            "--models", "transformer", "--epochs", str(EPOCHS), "--device", "cpu")
+            "--models", "transformer", "--steps", str(STEPS), "--device", "cpu")
     procs = [session.popen(*args, env=env) for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (out, err) in zip(procs, outs, strict=True):
@@ -41,7 +41,7 @@ def test_two_trainings_on_one_fresh_sqlite_store_both_record_everything(session:
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] in {p.info.run_id for p in parents}
         for key in ("train/loss", "val/auroc"):
-            assert sorted(m.step for m in client.get_metric_history(child.info.run_id, key)) == list(range(EPOCHS))
+            assert sorted(m.step for m in client.get_metric_history(child.info.run_id, key)) == list(range(5, STEPS + 1, 5))
         assert {"test/auroc", "time/train_s"} <= set(child.data.metrics) and child.data.params["split_id"]
     for parent in parents:
         assert "transformer/test_auroc" in parent.data.metrics

@@ -1,4 +1,4 @@
-"""Faults: a training process killed mid-epoch, a scoring process killed midway, an unusable tracking store.
+"""Faults: a training process killed mid-run, a scoring process killed midway, an unusable tracking store.
 
 The processes are the real `txseq` command line, killed with SIGKILL (no clean-up handler runs).
 """
@@ -17,9 +17,9 @@ from mlflow import MlflowClient
 
 from pipeline import schema as S
 
-from conftest import EPOCHS, Session, no_traceback, wait_for
+from conftest import STEPS, Session, no_traceback, wait_for
 
-TRAIN_ARGS = ("--preset", "tiny", "--models", "transformer", "--epochs", str(EPOCHS), "--device", "cpu")
+TRAIN_ARGS = ("--preset", "tiny", "--models", "transformer", "--steps", str(STEPS), "--device", "cpu")
 
 
 def _runs(client: MlflowClient, run_name: str):
@@ -27,19 +27,19 @@ def _runs(client: MlflowClient, run_name: str):
     return client.search_runs([exp], f"tags.`txseq.run_name` = '{run_name}'")
 
 
-def test_training_killed_mid_epoch_resumes_to_the_same_test_metrics(session: Session) -> None:
+def test_training_killed_mid_run_resumes_to_the_same_test_metrics(session: Session) -> None:
     from pipeline.train import load_checkpoint
 
     args = ("train", "--sequences", session.data.sequences, "--events", session.data.events, *TRAIN_ARGS,
             "--run", "killed", "--no-register")
     last = session.root / "runs" / "killed" / "checkpoints" / "transformer" / "last.pt"
     proc = session.popen(*args)
-    wait_for(last.exists, 300, "the first epoch checkpoint", proc)
-    os.kill(proc.pid, signal.SIGKILL)  # the next epoch has just started
+    wait_for(last.exists, 300, "the first checkpoint", proc)
+    os.kill(proc.pid, signal.SIGKILL)  # the next round of steps has just started
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
-    killed_at = load_checkpoint(last)["state"]["epoch"]
-    assert killed_at < EPOCHS - 1, "the run finished before it could be killed"
+    killed_at = load_checkpoint(last)["state"]["step"]
+    assert killed_at < STEPS, "the run finished before it could be killed"
 
     client = MlflowClient(session.tracking_uri)
     dead = _runs(client, "killed")
@@ -57,9 +57,9 @@ def test_training_killed_mid_epoch_resumes_to_the_same_test_metrics(session: Ses
     child = next(r for r in new if r.data.tags.get("txseq.model") == "transformer")
     assert {parent.info.status, child.info.status} == {"FINISHED"}
     assert set(parent.data.tags["txseq.resumes_failed_runs"].split(",")) == {r.info.run_id for r in dead}
-    assert child.data.params["resumed_from_epoch"] == str(killed_at)
+    assert child.data.params["resumed_from_step"] == str(killed_at)
     losses = client.get_metric_history(child.info.run_id, "train/loss")
-    assert sorted(m.step for m in losses) == list(range(EPOCHS))  # restored epochs replayed: a whole curve
+    assert sorted(m.step for m in losses) == list(range(5, STEPS + 1, 5))  # restored evaluations replayed: a whole curve
 
     reference = session.reference.metrics  # the same preset, never interrupted
     for key in ("test/auroc", "test/accuracy", "test/logloss", "val/best_auroc"):

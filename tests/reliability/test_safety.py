@@ -53,7 +53,7 @@ def test_a_checkpoint_with_a_pickled_object_is_refused_by_resume(tmp_path: Path)
     with pytest.raises(Exception, match="(?i)weights.only"):
         load_checkpoint(ckpt_dir / "last.pt")
     with pytest.raises(Exception, match="(?i)weights.only"):
-        fit(model, lambda epoch: [], lambda: [], TrainConfig(epochs=1, progress=False, device="cpu"), None, ckpt_dir)
+        fit(model, lambda epoch: [], lambda: [], TrainConfig(steps=1, progress=False, device="cpu"), None, ckpt_dir)
     assert not marker.exists()
 
 

@@ -1,0 +1,276 @@
+"""Benchmark: test ROC AUC against the label budget, for the GBDT, each encoder trained from scratch, each encoder
+CoLES-pretrained then fine-tuned, and the hybrid (GBDT on aggregates + frozen CoLES embeddings), on generated data
+with and without the order-only signal (`txseq generate --order-signal`).
+
+For each signal setting (--order-signals):
+  generate --customers (all labelled, --signal-strength) -> ingest -> sequences (--max-len; a fixed, stratified
+  --test-fraction of the customers is the test set, the same for every budget and seed)
+  pretrain each encoder once with CoLES on every non-test customer (labels unused; architecture: the auto preset of
+  the smallest budget, kept by fine-tuning)
+  for each budget b (--budgets; "all" = every non-test customer) and split seed s (--seeds):
+      b labelled customers drawn from the non-test ones (seeded); 80% train, 20% validation
+      gbdt                   the GBDT of the auto preset on the aggregates
+      <enc>                  supervised, the auto preset's recipe (`pipeline.train.fit`)
+      <enc>_coles            the same recipe from the pretrained embedding + encoder (new head)
+      hybrid_<enc>           the auto preset's GBDT on [aggregates | frozen pretrained embedding]
+  every model: test ROC AUC on the test customers, CPU seconds (process time: the machine is shared; wall time
+  would measure the neighbours); pretraining CPU seconds reported once per encoder.
+
+    python bench/bench_quality.py                                             # defaults below
+    python bench/bench_quality.py --customers 1500 --budgets 300 --seeds 0 --encoders transformer   # quick
+
+Writes bench/results/quality.json and bench/results/quality.png (AUC vs budget, one panel per signal setting) and
+prints a markdown table of mean ± sd over the seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from models import ModelConfig, build_model  # noqa: E402
+from pipeline import schema as S  # noqa: E402
+from pipeline.batches import SequenceDataset, make_loader, numeric_stats  # noqa: E402
+from pipeline.embeddings import embed, embedding_frame  # noqa: E402
+from pipeline.gbdt import train_gbdt  # noqa: E402
+from pipeline.generate import GeneratorConfig, generate  # noqa: E402
+from pipeline.ingest import ingest, read_events  # noqa: E402
+from pipeline.metrics import classification_metrics, pyplot  # noqa: E402
+from pipeline.presets import DataProfile, RunPreset, auto  # noqa: E402
+from pipeline.pretrain import PretrainConfig, pretrain, pretrain_customers  # noqa: E402
+from pipeline.sequences import SEQUENCES_FILE, SPLIT_FILE, VOCAB_FILE, SequenceConfig, Vocab, run_sequences  # noqa: E402
+from pipeline.splits import Split, SplitConfig  # noqa: E402
+from pipeline.train import evaluate, fit  # noqa: E402
+
+
+def prepare(root: Path, args: argparse.Namespace, order_signal: float) -> Path:
+    """Generated raw data -> events -> sequences (all customers labelled; a fixed test set). Returns the sequences
+    folder."""
+    cfg = GeneratorConfig(n_customers=args.customers, n_labelled=args.customers, seed=args.data_seed,
+                          signal_strength=args.signal_strength, order_signal=order_signal, format="parquet")
+    raw = generate(root / "raw", cfg)
+    ingest([raw.transactions], root / "events")
+    run_sequences(root / "events", raw.labels, root / "sequences", SequenceConfig(max_len=args.max_len),
+                  SplitConfig(test_fraction=args.test_fraction, seed=args.data_seed))
+    return root / "sequences"
+
+
+def budget_ids(pool: np.ndarray, budget: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`budget` customers of `pool` (seeded), 80% train / 20% validation."""
+    take = np.random.default_rng([seed, budget]).permutation(pool)[:budget]
+    n_val = max(2, int(round(0.2 * len(take))))
+    return np.sort(take[n_val:]), np.sort(take[:n_val])
+
+
+def profile(ds: SequenceDataset) -> DataProfile:
+    return DataProfile(len(ds), ds.n_events, int(np.nansum(ds.label.numpy())))
+
+
+def train_encoder(cfg: ModelConfig, preset: RunPreset, ds: dict, init: dict | None, seed: int) -> float:
+    """The auto recipe from scratch (init None) or from a pretrained state; returns the test ROC AUC."""
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    model.embedding.set_numeric_stats(*numeric_stats(ds["train"]))
+    if init is not None:
+        model.load_state_dict({k: v for k, v in init.items() if not k.startswith("head.")}, strict=False)
+    tc = replace(preset.train, seed=seed, progress=False, device="cpu")
+    if MAX_STEPS:  # a smoke run's cap (the bench's figures use the auto budget)
+        tc = replace(tc, steps=min(tc.steps, MAX_STEPS), eval_every=min(tc.eval_every, MAX_STEPS))
+    fit(model, lambda e: make_loader(ds["train"], batch_size=preset.batch_size, shuffle=True, crop_len=preset.crop_len,
+                                     seed=seed * 100_003 + e),
+        lambda: make_loader(ds["val"], batch_size=preset.eval_batch_size), tc)
+    out = evaluate(model, make_loader(ds["test"], batch_size=preset.eval_batch_size), torch.device("cpu"), "fp32")
+    return classification_metrics(out["label"], out["prob"])["auroc"]
+
+
+MAX_STEPS: int | None = None
+
+
+def cpu_seconds(fn, *a, **kw):
+    t0 = time.process_time()
+    value = fn(*a, **kw)
+    return value, time.process_time() - t0
+
+
+def run_setting(args: argparse.Namespace, order_signal: float, tmp: Path, rows: list[dict], save) -> None:
+    """Runs one signal setting, appending to `rows` and calling `save()` after every model (a long run that is
+    stopped still leaves its finished rows in the JSON and the plot)."""
+    seq_dir = prepare(tmp / f"order-{order_signal:g}", args, order_signal)
+    seq_path = seq_dir / SEQUENCES_FILE
+    split, vocab = Split.load(seq_dir / SPLIT_FILE), Vocab.load(seq_dir / VOCAB_FILE)
+    events = read_events(seq_dir.parent / "events")
+    labels = pl.read_parquet(seq_path, columns=[S.CUSTOMER_ID, S.GENDER]).filter(pl.col(S.GENDER).is_not_null())
+    test_ids = np.asarray(split.test_ids, dtype=np.int64)
+    pool = np.asarray(split.trainval_ids, dtype=np.int64)
+    budgets = sorted({len(pool) if b == "all" else min(int(b), len(pool)) for b in args.budgets})
+    test_ds = SequenceDataset(seq_path, test_ids.tolist())
+
+    # CoLES once per encoder, architecture of the smallest budget's auto preset (fine-tuning keeps it)
+    tr0, _ = budget_ids(pool, budgets[0], 0)
+    arch = auto(profile(SequenceDataset(seq_path, tr0.tolist())))
+    pretrained: dict[str, tuple[ModelConfig, dict, float]] = {}
+    if not args.no_pretrain:
+        ids = pretrain_customers(seq_dir)
+        for enc in args.encoders:
+            cfg = ModelConfig(n_mcc=vocab.size_mcc, n_tr_type=vocab.size_tr_type, **arch.model_kwargs(enc))
+            torch.manual_seed(0)
+            model = build_model(cfg)
+            model.embedding.set_numeric_stats(*numeric_stats(seq_path, ids))
+            pc = PretrainConfig(epochs=args.pretrain_epochs, device="cpu")
+            result, cpu = cpu_seconds(pretrain, model, seq_path, ids, pc)
+            pretrained[enc] = (cfg, {k: v.clone() for k, v in model.state_dict().items()}, cpu)
+            rows.append({"order_signal": order_signal, "model": f"pretrain_{enc}", "budget": None, "seed": None,
+                         "auroc": None, "cpu_s": cpu, "recall": result.best_recall, "n_customers": len(ids)})
+            save()
+            print(f"  pretrain {enc}: {len(ids)} customers, held-out recall {result.best_recall:.3f}, {cpu:.0f} CPU s",
+                  flush=True)
+
+    for budget in budgets:
+        for seed in args.seeds:
+            tr, va = budget_ids(pool, budget, seed)
+            ds = {"train": SequenceDataset(seq_path, tr.tolist()), "val": SequenceDataset(seq_path, va.tolist()),
+                  "test": test_ds}
+            preset = auto(profile(ds["train"]))
+
+            def record(model: str, auroc: float, cpu: float) -> None:
+                rows.append({"order_signal": order_signal, "model": model, "budget": budget, "seed": seed,
+                             "auroc": float(auroc), "cpu_s": cpu})
+                save()
+                print(f"  order {order_signal:g}  budget {budget:5d}  seed {seed}  {model:24s} AUC {auroc:.4f}  "
+                      f"{cpu:6.1f} CPU s", flush=True)
+
+            run, cpu = cpu_seconds(train_gbdt, events, labels, (tr, va, test_ids), preset.gbdt)
+            record("gbdt", run.metrics["test/auroc"], cpu)
+            for enc in args.encoders:
+                cfg = ModelConfig(n_mcc=vocab.size_mcc, n_tr_type=vocab.size_tr_type, **preset.model_kwargs(enc))
+                auc, cpu = cpu_seconds(train_encoder, cfg, preset, ds, None, seed)
+                record(enc, auc, cpu)
+                if enc not in pretrained:
+                    continue
+                p_cfg, state, _ = pretrained[enc]
+                auc, cpu = cpu_seconds(train_encoder, p_cfg, preset, ds, state, seed)
+                record(f"{enc}_coles", auc, cpu)
+
+                def hybrid() -> float:
+                    model = build_model(p_cfg)
+                    model.load_state_dict(state)
+                    all_ids = np.concatenate([tr, va, test_ids]).tolist()
+                    emb = embedding_frame(*embed(model, SequenceDataset(seq_path, all_ids), 128))
+                    return train_gbdt(events, labels, (tr, va, test_ids), preset.gbdt, extra_features=emb).metrics[
+                        "test/auroc"]
+
+                auc, cpu = cpu_seconds(hybrid)
+                record(f"hybrid_{enc}", auc, cpu)
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """mean ± sd of test AUC and mean CPU seconds per (order_signal, model, budget)."""
+    out = []
+    keys = sorted({(r["order_signal"], r["model"], r["budget"]) for r in rows if r["budget"] is not None},
+                  key=lambda k: (k[0], k[2], k[1]))
+    for sig, model, budget in keys:
+        group = [r for r in rows if (r["order_signal"], r["model"], r["budget"]) == (sig, model, budget)]
+        auc = np.array([r["auroc"] for r in group])
+        out.append({"order_signal": sig, "model": model, "budget": budget, "n_seeds": len(group),
+                    "auroc_mean": float(auc.mean()), "auroc_sd": float(auc.std(ddof=1)) if len(auc) > 1 else 0.0,
+                    "cpu_s_mean": float(np.mean([r["cpu_s"] for r in group]))})
+    return out
+
+
+def markdown_table(summary: list[dict]) -> str:
+    lines = ["| order signal | budget | model | test ROC AUC (mean ± sd) | seeds | CPU s / model |",
+             "|---:|---:|---|---:|---:|---:|"]
+    for s in summary:
+        lines.append(f"| {s['order_signal']:g} | {s['budget']} | {s['model']} | {s['auroc_mean']:.4f} ± "
+                     f"{s['auroc_sd']:.4f} | {s['n_seeds']} | {s['cpu_s_mean']:.0f} |")
+    return "\n".join(lines)
+
+
+def plot(summary: list[dict], path: Path) -> None:
+    plt = pyplot()
+    signals = sorted({s["order_signal"] for s in summary})
+    fig, axes = plt.subplots(1, len(signals), figsize=(5.5 * len(signals), 4), sharey=True, squeeze=False)
+    for ax, sig in zip(axes[0], signals, strict=True):
+        for model in sorted({s["model"] for s in summary if s["order_signal"] == sig}):
+            pts = sorted((s for s in summary if s["order_signal"] == sig and s["model"] == model),
+                         key=lambda s: s["budget"])
+            x = [s["budget"] for s in pts]
+            ax.errorbar(x, [s["auroc_mean"] for s in pts], yerr=[s["auroc_sd"] for s in pts], marker="o",
+                        capsize=3, label=model, ls="--" if model == "gbdt" else "-")
+        ax.set(xscale="log", xlabel="labelled customers (train + validation)", ylabel="test ROC AUC",
+               title=f"order signal {sig:g}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--customers", type=int, default=3000, help="generated customers, all labelled (%(default)s)")
+    p.add_argument("--budgets", type=lambda s: s.split(","), default=["300", "1000", "all"],
+                   help="labelled customers for train + validation, comma-separated; 'all' = every non-test one")
+    p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
+    p.add_argument("--encoders", type=lambda s: s.split(","), default=["transformer", "performer",
+                                                                        "infinite_former", "eam"])
+    p.add_argument("--order-signals", type=lambda s: [float(x) for x in s.split(",")], default=[0.0, 2.0])
+    p.add_argument("--signal-strength", type=float, default=0.5, help="the generator's bag-of-events signal")
+    p.add_argument("--pretrain-epochs", type=int, default=PretrainConfig().epochs)
+    p.add_argument("--no-pretrain", action="store_true", help="supervised models and the GBDT only")
+    p.add_argument("--max-len", type=int, default=SequenceConfig().max_len)
+    p.add_argument("--test-fraction", type=float, default=0.25)
+    p.add_argument("--data-seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (%(default)s)")
+    p.add_argument("--out", type=Path, default=ROOT / "bench/results/quality.json")
+    p.add_argument("--plot", type=Path, default=ROOT / "bench/results/quality.png")
+    p.add_argument("--max-steps", type=int, default=None, help="cap the auto step budget (smoke runs only)")
+    args = p.parse_args()
+    global MAX_STEPS
+    MAX_STEPS = args.max_steps
+    torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()
+    t0, c0 = time.perf_counter(), time.process_time()
+    rows: list[dict] = []
+
+    def save(complete: bool = False) -> dict:
+        summary = summarise(rows)
+        result = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                  "complete": complete,
+                  "pretrain_config": asdict(replace(PretrainConfig(), epochs=args.pretrain_epochs)),
+                  "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_at_start": load_start,
+                              "load_now": os.getloadavg()},
+                  "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+                  "runs": rows, "summary": summary, "table": markdown_table(summary)}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1))
+        if summary:
+            plot(summary, args.plot)
+        return result
+
+    with tempfile.TemporaryDirectory(prefix="txseq-bench-quality-") as tmp:
+        for sig in args.order_signals:
+            run_setting(args, sig, Path(tmp), rows, save)
+    result = save(complete=True)
+    print(result["table"])
+    print(f"\n{args.out}, {args.plot}; {result['wall_s']:.0f} s wall, {result['cpu_s']:.0f} CPU s, "
+          f"load {load_start[0]:.1f} -> {result['machine']['load_now'][0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
