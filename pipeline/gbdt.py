@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import skops.io as sio
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 from pipeline import schema as S
@@ -84,11 +83,15 @@ def _fit_in_stages(
 
 
 def save_gbdt(model: HistGradientBoostingClassifier, path: Path) -> Path:
+    import skops.io as sio  # here, not at module level: importing skops imports all of scikit-learn (seconds)
+
     sio.dump(model, path)
     return path
 
 
 def load_gbdt(path: Path) -> HistGradientBoostingClassifier:
+    import skops.io as sio  # lazily, as in save_gbdt
+
     untrusted = set(sio.get_untrusted_types(file=path)) - set(TRUSTED_TYPES)
     if untrusted:
         raise ValueError(f"{path} holds types outside the trusted list: {sorted(untrusted)}")
