@@ -6,7 +6,8 @@ peak RSS of the whole process tree), with the outputs checked equal; and DDP tra
 
 The data (plain CSV, splittable by Spark) and a GBDT model (trained with `txseq train --models gbdt`, untimed) are
 made under <data root>/bench-engines/. Each step is timed in this process: CPU is the user+system time of this
-process and every descendant alive at the end of the step (the JVM, Spark's Python workers), sampled with psutil;
+process and every descendant alive at the end of the step (the JVM, Spark's Python workers), plus what each of them
+has waited for of its exited children (Spark's finished workers), sampled with psutil;
 peak RSS is the largest sum of their resident sets, sampled every 0.2 s. Spark's session start is timed apart.
 Prints a table and writes bench/results/engines.json (with the load average: the machine is shared).
 """
@@ -59,8 +60,8 @@ class TreeMeter:
         out = {}
         for p in self._tree():
             try:
-                t = p.cpu_times()
-                out[p.pid] = t.user + t.system
+                t = p.cpu_times()  # + its children that exited and were waited for (Spark's finished workers)
+                out[p.pid] = t.user + t.system + t.children_user + t.children_system
             except Exception:  # noqa: BLE001 - a worker that exited between listing and reading
                 pass
         return out
@@ -178,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     step("spark", "ingest", lambda: engine.ingest([csv], out["spark"] / "events"))
     step("spark", "sequences", lambda: engine.run_sequences(out["spark"] / "events", labels, out["spark"] / "sequences"))
     step("spark", "score", lambda: engine.score_file(csv, out["spark"] / "scores.parquet", RegisteredScorer(uri, tracking),
-                                                     model, ingest_config=scorer.ingest))
+                                                     model, ingest_config=scorer.ingest,
+                                                     reference=getattr(scorer, "reference", None)))
 
     key = ["source_file", "source_row"]
     same = {
@@ -193,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     b = pl.read_parquet(out["spark"] / "scores.parquet")
     same["scores_max_abs_diff"] = float((a["probability"] - b["probability"]).abs().max()) \
         if a["customer_id"].equals(b["customer_id"]) else None
+    drift = [out[e] / "scores.drift.json" for e in ("polars", "spark")]
+    same["drift_report"] = drift[0].read_text() == drift[1].read_text() if all(p.exists() for p in drift) else None
     print("outputs equal:", same, flush=True)
 
     ddp = {}

@@ -9,7 +9,6 @@ only moves Arrow batches to where those same functions run and gathers what they
 from __future__ import annotations
 
 import argparse
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +20,6 @@ if TYPE_CHECKING:
     from pipeline.sequences import SequenceConfig, SequencesResult
     from pipeline.splits import SplitConfig
 
-log = logging.getLogger(__name__)
 ENGINES: tuple[str, ...] = ("polars", "spark")
 
 
@@ -81,16 +79,13 @@ def sequences_with(engine: Engine, events_dir: Path, labels: Path | None, out_di
 def score_file_with(engine: Engine, source: Path, output: Path, scorer: Any, model: ModelRef, config: ScoreConfig,
                     tracking_uri: str) -> ScoreResult:
     """Score one input. On Spark each worker loads the model itself from `model.uri` (through `tracking_uri`);
-    `scorer` (loaded here) gives the ingest settings stored with the model."""
+    `scorer` (loaded here) gives the ingest settings and the drift reference stored with the model."""
     from pipeline.batch_scoring import score_file
 
     if engine.name == "spark":
         from pipeline.engines.spark import RegisteredScorer
 
-        if getattr(scorer, "reference", None) is not None:  # not silently: the polars engine writes the report
-            log.warning("%s: no drift report with the Spark engine (the polars engine writes <scores>.drift.json)",
-                        source)
-
         return engine.spark().score_file(source, output, RegisteredScorer(model.uri, tracking_uri), model, config,
-                                         ingest_config=config.ingest or getattr(scorer, "ingest", None))
+                                         ingest_config=config.ingest or getattr(scorer, "ingest", None),
+                                         reference=getattr(scorer, "reference", None))
     return score_file(source, output, scorer, model, config)

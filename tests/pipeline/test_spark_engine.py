@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import polars as pl
 import pytest
@@ -19,6 +20,7 @@ from polars.testing import assert_frame_equal
 
 from pipeline import schema
 from pipeline.batch_scoring import ModelRef, ScoreConfig, score_file
+from pipeline.drift import Reference, fit_reference
 from pipeline.engines.spark import SparkConfig, SparkEngine, SparkError, check_spark, parse_conf
 from pipeline.ingest import IngestConfig, ingest, read_events, read_rejects
 from pipeline.sequences import SequenceConfig, run_sequences
@@ -178,6 +180,37 @@ def test_scoring_gives_the_same_scores_and_rejects(engine: SparkEngine, inputs: 
         key = [schema.SOURCE_FILE, schema.SOURCE_ROW]
         assert_frame_equal(pl.read_parquet(b.rejects).sort(key), pl.read_parquet(a.rejects).sort(key))
         assert (b.input_rows, b.rejected_rows, b.customers) == (a.input_rows, a.rejected_rows, a.customers)
+
+
+class EventCountScorerWithReference(EventCountScorer):
+    """The stand-in model with training-time drift statistics, as a registered model stores them."""
+
+    def __init__(self, reference: Reference) -> None:
+        self.reference = reference
+
+
+def test_scoring_writes_the_same_drift_report(engine: SparkEngine, inputs: list[Path],
+                                              both_ingested: tuple[Path, Path], tmp_path: Path) -> None:
+    from pyspark import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    # reference: the first file's customers; the Parquet folder (other customers, other days) is the scored batch
+    pol, _ = both_ingested
+    train = read_events(pol).filter(pl.col(schema.SOURCE_FILE).str.ends_with("a.csv")).collect()
+    reference = fit_reference(train, np.linspace(0.05, 0.95, 40), top_k=4, min_count=2)
+    model = ModelRef("toy", "1", "models:/toy/1")
+    config = ScoreConfig(chunk_rows=200, drift_psi_threshold=0.15)
+    a = score_file(inputs[2], tmp_path / "polars.parquet", EventCountScorerWithReference(reference), model, config)
+    b = engine.score_file(inputs[2], tmp_path / "spark.parquet", EventCountScorer(), model, config,
+                          ingest_config=IngestConfig(), reference=reference)
+    assert a.drift is not None and a.drift["events"] > 0 and a.drift["drifted"]  # a report with something in it
+    assert [Path(f).name for f in b.drift_files] == ["spark.drift.json", "spark.drift.png"]
+    assert Path(b.drift_files[0]).read_text() == Path(a.drift_files[0]).read_text()
+    assert json.dumps(b.drift) == json.dumps(a.drift)  # NaN-safe: the same PSI, bins, counts, shares and means
+    assert Path(b.drift_files[1]).stat().st_size > 0
+    plain = engine.score_file(inputs[2], tmp_path / "plain.parquet", EventCountScorer(), model, config,
+                              ingest_config=IngestConfig())
+    assert plain.drift is None and plain.drift_files == [] and not (tmp_path / "plain.drift.json").exists()
 
 
 def test_cli_ingest_with_spark_engine(engine: SparkEngine, inputs: list[Path], tmp_path: Path) -> None:
