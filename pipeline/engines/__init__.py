@@ -12,6 +12,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
 
 if TYPE_CHECKING:
     from pipeline.batch_scoring import ModelRef, ScoreConfig, ScoreResult
@@ -52,6 +53,21 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --engine spark: master URL (default local[*], or spark-submit's --master)")
     p.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
                    help="with --engine spark: any spark.* setting, repeatable (e.g. spark.executor.memory=8g)")
+
+
+def location(text: str) -> Path:
+    """An input argument: a path, or a `file://` URI (as Hadoop tools write them) turned into its path. Other URIs
+    (hdfs://, s3a://) are refused with what to do: the steps check, hash and name their inputs on this machine."""
+    parsed = urlparse(text)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise argparse.ArgumentTypeError(f"{text}: a file:// URI names this machine's files (file:///path)")
+        return Path(unquote(parsed.path))
+    if len(parsed.scheme) > 1 and text.startswith(f"{parsed.scheme}://"):
+        raise argparse.ArgumentTypeError(
+            f"{text}: the CLI reads paths this machine can open (a file:// URI is fine): mount the {parsed.scheme}:// "
+            "storage (NFS, a FUSE driver), or score Parquet there from Python with SparkEngine.score_file")
+    return Path(text)
 
 
 def engine_from_args(args: argparse.Namespace) -> Engine:

@@ -255,6 +255,15 @@ def _local_path(uri: str) -> str:
     return unquote(parsed.path) if parsed.scheme in ("", "file") else uri
 
 
+def _input(location: str | Path) -> str | Path:
+    """A path or a `file://` URI as a local Path; another URI (hdfs://, s3a://) stays a string for Spark to read."""
+    text = str(location)
+    parsed = urlparse(text)
+    if parsed.scheme == "file" or not (len(parsed.scheme) > 1 and text.startswith(f"{parsed.scheme}:/")):
+        return Path(_local_path(text))
+    return text
+
+
 def _partitions(spark: SparkSession, rows: int, partition_rows: int) -> int:
     return max(spark.sparkContext.defaultParallelism, math.ceil(rows / max(partition_rows, 1)))
 
@@ -380,8 +389,14 @@ class SparkEngine:
     # ingest ------------------------------------------------------------------------------------------------------
     def ingest(self, inputs: Sequence[str | Path], out_dir: str | Path, config: IngestConfig = IngestConfig(), *,
                atomic: bool = False) -> IngestResult:
-        """`pipeline.ingest.ingest` with each file validated on Spark: the same manifest, parts and counts."""
-        return ingest(inputs, out_dir, config, atomic=atomic, file_step=self._ingest_file)
+        """`pipeline.ingest.ingest` with each file validated on Spark: the same manifest, parts and counts. Inputs
+        are paths or `file://` URIs the driver reads too: it hashes each file for the manifest (and cleans a CSV)."""
+        local = [_input(i) for i in inputs]
+        remote = [str(i) for i in local if not isinstance(i, Path)]
+        if remote:
+            raise IngestError(f"{remote[0]}: ingest hashes each input on the driver (the manifest's sha256): give a "
+                              "path or file:// URI the driver reads (mount the storage)")
+        return ingest(local, out_dir, config, atomic=atomic, file_step=self._ingest_file)
 
     def _ingest_file(self, path: Path, sha: str, out_dir: Path, seen: list[Path], config: IngestConfig) -> FileReport:
         from pyspark.sql import functions as F
@@ -442,7 +457,7 @@ class SparkEngine:
 
         config, split_config = config or SequenceConfig(), split_config or SplitConfig()
         t0 = time.perf_counter()
-        events_dir, out_dir = Path(events_dir), Path(out_dir)
+        events_dir, out_dir = Path(_local_path(str(events_dir))), Path(out_dir)
         if not (events_dir / "manifest.json").exists():
             raise IngestError(f"{events_dir}: no manifest.json; run `txseq ingest` first")
         parts = event_part_files(events_dir)
@@ -509,7 +524,7 @@ class SparkEngine:
         started = time.perf_counter()
         config = config or ScoreConfig()
         ingest_config = ingest_config or config.ingest or IngestConfig()
-        source, output = Path(source), Path(output)
+        source, output = _input(source), Path(output)  # the input may be any URI Spark reads (Parquet)
         rejects = Path(rejects) if rejects is not None else default_rejects_path(output)
         output.parent.mkdir(parents=True, exist_ok=True)
         rejects.parent.mkdir(parents=True, exist_ok=True)
