@@ -92,14 +92,20 @@ class TreeMeter:
         row["peak_rss_gib"] = round(self.peak / 2**30, 3)
 
 
-def shuffle_bytes(engine: Any) -> int:
-    """Shuffle bytes written by every completed stage so far (Spark's monitoring REST API on the driver UI)."""
+def shuffle_bytes(engine: Any) -> int | None:
+    """Shuffle bytes written by every completed stage so far (Spark's monitoring REST API on the driver UI); None
+    when the UI does not answer (it can take minutes on a loaded machine): the step is still timed."""
     import urllib.request
 
     sc = engine.spark.sparkContext
     url = f"{sc.uiWebUrl}/api/v1/applications/{sc.applicationId}/stages?status=complete"
-    with urllib.request.urlopen(url, timeout=30) as response:
-        return sum(int(s.get("shuffleWriteBytes", 0)) for s in json.load(response))
+    for attempt in range(3):
+        try:
+            with urllib.request.urlopen(url, timeout=120) as response:
+                return sum(int(s.get("shuffleWriteBytes", 0)) for s in json.load(response))
+        except OSError as e:
+            print(f"Spark UI did not answer ({e}); attempt {attempt + 1} of 3", flush=True)
+    return None
 
 
 def ddp_epoch_seconds(nproc: int, customers: int, threads: int, work: Path) -> dict[str, float]:
@@ -149,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         with meter.measure(row):
             result = fn()
         if spark_engine:
-            row["shuffle_write_bytes"] = shuffle_bytes(spark_engine[0]) - shuffled
+            now = shuffle_bytes(spark_engine[0])
+            row["shuffle_write_bytes"] = now - shuffled if now is not None and shuffled is not None else None
         row["rows_per_s"] = round(n_rows / row["wall_s"]) if name != "spark start" else None
         rows.append(row)
         return result
