@@ -4,6 +4,9 @@ peak RSS of the whole process tree), with the outputs checked equal; and DDP tra
     python bench/bench_engines.py                         # 3,000 generated customers (~1.4M rows), Spark local[2]
     python bench/bench_engines.py --customers 15000       # the full generated size (~6.85M rows)
 
+Measured (2026-12-02, 2 cores at load ~20): the 3,000-customer run took ~45 min, Spark ~30 of them; the full size
+would take ~2 h at that load. Scoring writes and compares the drift report too (the GBDT stores a reference).
+
 The data (plain CSV, splittable by Spark) and a GBDT model (trained with `txseq train --models gbdt`, untimed) are
 made under <data root>/bench-engines/. Each step is timed in this process: CPU is the user+system time of this
 process and every descendant alive at the end of the step (the JVM, Spark's Python workers), plus what each of them
