@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pipeline.engines import add_engine_arguments, engine_from_args
+from pipeline.engines import add_engine_arguments, engine_from_args, location
 from pipeline.settings import apply_library_defaults
 
 
@@ -76,7 +76,7 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
         "all inputs. Re-ingesting a file is a no-op; rows already ingested from another file are rejected as "
         "duplicate_of_ingested_row. File-level problems exit with status 2 and say which inputs were committed.",
     )
-    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
+    p.add_argument("inputs", nargs="+", type=location, metavar="INPUT",
                    help="raw transactions file(s), Parquet folder(s) or folder(s) of CSV files")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: <data root>/events)")
     p.add_argument("--max-day", type=int, default=d.max_day, help="largest accepted day number (%(default)s)")
@@ -127,8 +127,8 @@ def _add_sequences(sub: argparse._SubParsersAction) -> None:
         "vocabularies on the non-test customers, and write one row per customer with the latest --max-len events "
         "as list columns (sequences.parquet, vocab.json, split.json, manifest.json in --out).",
     )
-    p.add_argument("--events", type=Path, default=None, help="ingest output folder (default: <data root>/events)")
-    p.add_argument("--labels", type=Path, default=None, help="gender_train.csv (customer_id,gender); "
+    p.add_argument("--events", type=location, default=None, help="ingest output folder (default: <data root>/events)")
+    p.add_argument("--labels", type=location, default=None, help="gender_train.csv (customer_id,gender); "
                    "default: none (all customers unlabelled, empty split)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: <data root>/sequences)")
     p.add_argument("--max-len", type=int, default=seq_d.max_len, help="latest events kept per customer (%(default)s)")
@@ -376,7 +376,7 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", default=None, help="models:/<name>@champion, models:/<name>/<version> or runs:/<id>/… "
                    "(default: the registered champion, models:/<registered model>@champion)")
-    p.add_argument("--input", type=Path, help="raw transactions: Parquet/CSV file or folder")
+    p.add_argument("--input", type=location, help="raw transactions: Parquet/CSV file or folder (or file:// URI)")
     p.add_argument("--output", type=Path, help="scores Parquet <stem>.parquet (rejects go to <stem>.rejects.parquet "
                    "beside it)")
     p.add_argument("--landing", type=Path, help="landing folder: score each new file once (instead of --input)")
