@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-if-missing", action="store_true",
                    help="train (demo preset) and register the kinds that have no registered version yet")
     p.add_argument("--train-steps", type=int, default=None,
-                   help="with --train-if-missing: optimiser steps per epoch (default: the demo preset's 40). Scoring "
+                   help="with --train-if-missing: optimiser steps (default: the demo preset's 80). Scoring "
                    "throughput depends on the architecture, not on how long it trained: fewer steps register the "
                    "same models sooner on a busy machine")
     return p.parse_args(argv)
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "customers": args.customers, "rows": n_rows, "threads": args.threads, "cpu_count": os.cpu_count(),
         "chunk_rows": args.chunk_rows, "target_customers_per_minute": TARGET_CUSTOMERS_PER_MIN,
-        "train_steps_per_epoch_of_models_trained_here": args.train_steps,
+        "train_steps_of_models_trained_here": args.train_steps,
         "models": rows,
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "polars": pl.__version__},
         "machine": platform.platform(),
@@ -210,7 +210,7 @@ def compare_paths(scorer, raw, n: int) -> dict:  # noqa: ANN001 - pipeline.scori
 
 
 def train_on(raw, bench_dir, kinds: list[str], steps: int | None = None) -> None:  # noqa: ANN001
-    """ingest -> sequences -> train `kinds` (demo preset, `steps` per epoch) on the generated data, registered like
+    """ingest -> sequences -> train `kinds` (demo preset, `steps` optimiser steps) on the generated data, registered like
     any other run."""
     from pipeline.compare import run_comparison
     from pipeline.ingest import ingest
@@ -223,7 +223,7 @@ def train_on(raw, bench_dir, kinds: list[str], steps: int | None = None) -> None
         ingest([raw], events)
     if not (sequences / "manifest.json").exists():
         run_sequences(events, raw.parent / "gender_train.csv", sequences)
-    preset = get("demo", max_steps_per_epoch=steps)
+    preset = get("demo", steps=steps, eval_every=steps)
     print(run_comparison(sequences, events, preset, models=kinds).table, flush=True)
 
 
