@@ -102,15 +102,15 @@ def main(argv: list[str] | None = None) -> int:
     out_json.write_text(json.dumps(result, indent=2) + "\n")
 
     print()
-    print("| model | customers | seconds | customers/min | CPU s | customers/CPU-min | stage · load · model · write · "
-          "drift (s) | load avg before → after | target |")
-    print("|---|---:|---:|---:|---:|---:|---|---|---|")
+    print("| model | customers | seconds | customers/min | CPU s | customers/CPU-min | CPU s: stage · load · model · "
+          "write · drift | load avg before → after | target (wall) | target (2 × per CPU-min) |")
+    print("|---|---:|---:|---:|---:|---:|---|---|---|---|")
     for r in rows:
-        phases = " · ".join(f"{v:.1f}" for v in r["phase_seconds"].values())
+        phases = " · ".join(f"{v:.1f}" for v in r["phase_cpu_seconds"].values())
         print(f"| {r['kind']} (v{r['version']}) | {r['customers']:,} | {r['seconds']:.1f} | {r['customers_per_minute']:,} "
               f"| {r['cpu_seconds']:.1f} | {r['customers_per_cpu_minute']:,} | {phases} | "
               f"{r['load_average_1min_before']:.1f} → {r['load_average_1min_after']:.1f} | "
-              f"{'✓' if r['meets_target'] else '✗'} |")
+              f"{'✓' if r['meets_target'] else '✗'} | {'✓' if r['meets_target_on_2_free_cores'] else '✗'} |")
     compared = [r for r in rows if "model_only" in r]
     if compared:
         print("\nModel alone on the same sequences (unoptimised: evaluate, batches of 128; scoring: predict_proba):")
@@ -169,12 +169,15 @@ def bench_one(kind: str, uri: str, raw, bench_dir, args) -> dict:  # noqa: ANN00
         "kind": kind, "model_uri": uri, "version": model.version, "customers": best.customers,
         "rejected_rows": best.rejected_rows, "chunks": best.chunks, "seconds": round(best.seconds, 2),
         "phase_seconds": {k: round(v, 2) for k, v in best.phase_seconds.items()},
+        "phase_cpu_seconds": {k: round(v, 2) for k, v in best.phase_cpu_seconds.items()},
         "model_load_seconds": round(load_s, 2),
         "customers_per_minute": round(best.customers_per_minute),
         "meets_target": best.customers_per_minute >= TARGET_CUSTOMERS_PER_MIN,
         "all_runs_seconds": [round(r.seconds, 2) for r, *_ in runs],
         "cpu_seconds": round(cpu, 2),
         "customers_per_cpu_minute": round(60 * best.customers / cpu) if cpu > 0 else None,
+        # what 2 free cores would give if the run kept both busy: 2 × customers per CPU-minute
+        "meets_target_on_2_free_cores": cpu > 0 and 2 * 60 * best.customers / cpu >= TARGET_CUSTOMERS_PER_MIN,
         "load_average_1min_before": round(before, 2), "load_average_1min_after": round(after, 2),
         "drift_psi": best.drift["psi"] if best.drift else None,
     }
