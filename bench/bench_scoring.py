@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ["POLARS_MAX_THREADS"] = str(args.threads)  # before polars is imported
     os.environ.setdefault("MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK", "true")
+    from pipeline.settings import apply_library_defaults
+
+    apply_library_defaults()  # as `txseq score` does, before torch loads OpenMP: waiting threads sleep, not spin
 
     import json
     import platform
@@ -83,23 +86,24 @@ def main(argv: list[str] | None = None) -> int:
         train_on(raw, bench_dir, missing, args.train_steps)
         versions = registered_by_kind(settings)
 
+    out_json = Path(args.out) if args.out else Path(__file__).resolve().parent / "results" / "scoring.json"
+    out_json.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for kind in kinds:
         uri = f"models:/{settings.registered_model}/{versions[kind]}"
         rows.append(bench_one(kind, uri, raw, bench_dir, args))
-    result = {
-        "benchmark": "batch scoring (pipeline.batch_scoring.score_file), every model kind",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "customers": args.customers, "rows": n_rows, "threads": args.threads, "cpu_count": os.cpu_count(),
-        "chunk_rows": args.chunk_rows, "target_customers_per_minute": TARGET_CUSTOMERS_PER_MIN,
-        "train_steps_of_models_trained_here": args.train_steps,
-        "models": rows,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "polars": pl.__version__},
-        "machine": platform.platform(),
-    }
-    out_json = Path(args.out) if args.out else Path(__file__).resolve().parent / "results" / "scoring.json"
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(result, indent=2) + "\n")
+        result = {
+            "benchmark": "batch scoring (pipeline.batch_scoring.score_file), every model kind",
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "customers": args.customers, "rows": n_rows, "threads": args.threads, "cpu_count": os.cpu_count(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "chunk_rows": args.chunk_rows, "target_customers_per_minute": TARGET_CUSTOMERS_PER_MIN,
+            "train_steps_of_models_trained_here": args.train_steps,
+            "models": rows,
+            "versions": {"python": platform.python_version(), "torch": torch.__version__, "polars": pl.__version__},
+            "machine": platform.platform(),
+        }
+        out_json.write_text(json.dumps(result, indent=2) + "\n")  # after every model: a long run keeps what it measured
 
     print()
     print("| model | customers | seconds | customers/min | CPU s | customers/CPU-min | CPU s: stage · load · model · "
@@ -149,6 +153,7 @@ def registered_by_kind(settings) -> dict[str, str]:  # noqa: ANN001 - pipeline.s
 def bench_one(kind: str, uri: str, raw, bench_dir, args) -> dict:  # noqa: ANN001
     import time
 
+    import pipeline.embeddings  # noqa: F401 - this tree's, before a logged model's code copy joins sys.path
     from pipeline.batch_scoring import ScoreConfig, score_file
     from pipeline.scoring import load_batch_scorer
 
