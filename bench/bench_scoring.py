@@ -2,13 +2,15 @@
 
     python bench/bench_scoring.py --train-if-missing                 # every kind, 15,000 customers, 2 threads
     python bench/bench_scoring.py --kinds transformer,gbdt --customers 3000 --repeats 2
+    python bench/bench_scoring.py --kinds hybrid_performer --customers 3000   # registered by txseq train --init-from
 
 The generated raw Parquet is cached under <data root>/bench/ (made once by `pipeline.generate`). Each model kind is
 the newest registered version whose `model` tag names it (with --train-if-missing, kinds not registered yet are
 trained with the demo preset on the generated data first: that is the size users register). The timed part is
 `pipeline.batch_scoring.score_file`, end to end: validate + stage into customer buckets, load each chunk, the
 model's `predict` (sequence building + encoder), write the sorted scores, and the drift report (model loading is
-timed apart). For sequence models the model alone is also timed on --model-customers customers through the
+timed apart); each phase in wall and CPU seconds. The library defaults of `txseq score` apply (OpenMP threads sleep
+while waiting). For sequence models the model alone is also timed on --model-customers customers through the
 unoptimised path (`pipeline.train.evaluate`, padded batches of 128) and the scoring path
 (`pipeline.inference.predict_proba`), on the same sequences, and their largest probability difference is reported.
 
