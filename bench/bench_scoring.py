@@ -2,13 +2,15 @@
 
     python bench/bench_scoring.py --train-if-missing                 # every kind, 15,000 customers, 2 threads
     python bench/bench_scoring.py --kinds transformer,gbdt --customers 3000 --repeats 2
+    python bench/bench_scoring.py --kinds hybrid_performer --customers 3000   # registered by txseq train --init-from
 
 The generated raw Parquet is cached under <data root>/bench/ (made once by `pipeline.generate`). Each model kind is
 the newest registered version whose `model` tag names it (with --train-if-missing, kinds not registered yet are
 trained with the demo preset on the generated data first: that is the size users register). The timed part is
 `pipeline.batch_scoring.score_file`, end to end: validate + stage into customer buckets, load each chunk, the
 model's `predict` (sequence building + encoder), write the sorted scores, and the drift report (model loading is
-timed apart). For sequence models the model alone is also timed on --model-customers customers through the
+timed apart); each phase in wall and CPU seconds. The library defaults of `txseq score` apply (OpenMP threads sleep
+while waiting). For sequence models the model alone is also timed on --model-customers customers through the
 unoptimised path (`pipeline.train.evaluate`, padded batches of 128) and the scoring path
 (`pipeline.inference.predict_proba`), on the same sequences, and their largest probability difference is reported.
 
@@ -40,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-if-missing", action="store_true",
                    help="train (demo preset) and register the kinds that have no registered version yet")
     p.add_argument("--train-steps", type=int, default=None,
-                   help="with --train-if-missing: optimiser steps per epoch (default: the demo preset's 40). Scoring "
+                   help="with --train-if-missing: optimiser steps (default: the demo preset's 80). Scoring "
                    "throughput depends on the architecture, not on how long it trained: fewer steps register the "
                    "same models sooner on a busy machine")
     return p.parse_args(argv)
@@ -50,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ["POLARS_MAX_THREADS"] = str(args.threads)  # before polars is imported
     os.environ.setdefault("MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK", "true")
+    from pipeline.settings import apply_library_defaults
+
+    apply_library_defaults()  # as `txseq score` does, before torch loads OpenMP: waiting threads sleep, not spin
 
     import json
     import platform
@@ -83,34 +88,35 @@ def main(argv: list[str] | None = None) -> int:
         train_on(raw, bench_dir, missing, args.train_steps)
         versions = registered_by_kind(settings)
 
+    out_json = Path(args.out) if args.out else Path(__file__).resolve().parent / "results" / "scoring.json"
+    out_json.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for kind in kinds:
         uri = f"models:/{settings.registered_model}/{versions[kind]}"
         rows.append(bench_one(kind, uri, raw, bench_dir, args))
-    result = {
-        "benchmark": "batch scoring (pipeline.batch_scoring.score_file), every model kind",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "customers": args.customers, "rows": n_rows, "threads": args.threads, "cpu_count": os.cpu_count(),
-        "chunk_rows": args.chunk_rows, "target_customers_per_minute": TARGET_CUSTOMERS_PER_MIN,
-        "train_steps_per_epoch_of_models_trained_here": args.train_steps,
-        "models": rows,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "polars": pl.__version__},
-        "machine": platform.platform(),
-    }
-    out_json = Path(args.out) if args.out else Path(__file__).resolve().parent / "results" / "scoring.json"
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(result, indent=2) + "\n")
+        result = {
+            "benchmark": "batch scoring (pipeline.batch_scoring.score_file), every model kind",
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "customers": args.customers, "rows": n_rows, "threads": args.threads, "cpu_count": os.cpu_count(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "chunk_rows": args.chunk_rows, "target_customers_per_minute": TARGET_CUSTOMERS_PER_MIN,
+            "train_steps_of_models_trained_here": args.train_steps,
+            "models": rows,
+            "versions": {"python": platform.python_version(), "torch": torch.__version__, "polars": pl.__version__},
+            "machine": platform.platform(),
+        }
+        out_json.write_text(json.dumps(result, indent=2) + "\n")  # after every model: a long run keeps what it measured
 
     print()
-    print("| model | customers | seconds | customers/min | CPU s | customers/CPU-min | stage · load · model · write · "
-          "drift (s) | load avg before → after | target |")
-    print("|---|---:|---:|---:|---:|---:|---|---|---|")
+    print("| model | customers | seconds | customers/min | CPU s | customers/CPU-min | CPU s: stage · load · model · "
+          "write · drift | load avg before → after | target (wall) | target (2 × per CPU-min) |")
+    print("|---|---:|---:|---:|---:|---:|---|---|---|---|")
     for r in rows:
-        phases = " · ".join(f"{v:.1f}" for v in r["phase_seconds"].values())
+        phases = " · ".join(f"{v:.1f}" for v in r["phase_cpu_seconds"].values())
         print(f"| {r['kind']} (v{r['version']}) | {r['customers']:,} | {r['seconds']:.1f} | {r['customers_per_minute']:,} "
               f"| {r['cpu_seconds']:.1f} | {r['customers_per_cpu_minute']:,} | {phases} | "
               f"{r['load_average_1min_before']:.1f} → {r['load_average_1min_after']:.1f} | "
-              f"{'✓' if r['meets_target'] else '✗'} |")
+              f"{'✓' if r['meets_target'] else '✗'} | {'✓' if r['meets_target_on_2_free_cores'] else '✗'} |")
     compared = [r for r in rows if "model_only" in r]
     if compared:
         print("\nModel alone on the same sequences (unoptimised: evaluate, batches of 128; scoring: predict_proba):")
@@ -149,6 +155,7 @@ def registered_by_kind(settings) -> dict[str, str]:  # noqa: ANN001 - pipeline.s
 def bench_one(kind: str, uri: str, raw, bench_dir, args) -> dict:  # noqa: ANN001
     import time
 
+    import pipeline.embeddings  # noqa: F401 - this tree's, before a logged model's code copy joins sys.path
     from pipeline.batch_scoring import ScoreConfig, score_file
     from pipeline.scoring import load_batch_scorer
 
@@ -169,12 +176,15 @@ def bench_one(kind: str, uri: str, raw, bench_dir, args) -> dict:  # noqa: ANN00
         "kind": kind, "model_uri": uri, "version": model.version, "customers": best.customers,
         "rejected_rows": best.rejected_rows, "chunks": best.chunks, "seconds": round(best.seconds, 2),
         "phase_seconds": {k: round(v, 2) for k, v in best.phase_seconds.items()},
+        "phase_cpu_seconds": {k: round(v, 2) for k, v in best.phase_cpu_seconds.items()},
         "model_load_seconds": round(load_s, 2),
         "customers_per_minute": round(best.customers_per_minute),
         "meets_target": best.customers_per_minute >= TARGET_CUSTOMERS_PER_MIN,
         "all_runs_seconds": [round(r.seconds, 2) for r, *_ in runs],
         "cpu_seconds": round(cpu, 2),
         "customers_per_cpu_minute": round(60 * best.customers / cpu) if cpu > 0 else None,
+        # what 2 free cores would give if the run kept both busy: 2 × customers per CPU-minute
+        "meets_target_on_2_free_cores": cpu > 0 and 2 * 60 * best.customers / cpu >= TARGET_CUSTOMERS_PER_MIN,
         "load_average_1min_before": round(before, 2), "load_average_1min_after": round(after, 2),
         "drift_psi": best.drift["psi"] if best.drift else None,
     }
@@ -210,7 +220,7 @@ def compare_paths(scorer, raw, n: int) -> dict:  # noqa: ANN001 - pipeline.scori
 
 
 def train_on(raw, bench_dir, kinds: list[str], steps: int | None = None) -> None:  # noqa: ANN001
-    """ingest -> sequences -> train `kinds` (demo preset, `steps` per epoch) on the generated data, registered like
+    """ingest -> sequences -> train `kinds` (demo preset, `steps` optimiser steps) on the generated data, registered like
     any other run."""
     from pipeline.compare import run_comparison
     from pipeline.ingest import ingest
@@ -223,7 +233,7 @@ def train_on(raw, bench_dir, kinds: list[str], steps: int | None = None) -> None
         ingest([raw], events)
     if not (sequences / "manifest.json").exists():
         run_sequences(events, raw.parent / "gender_train.csv", sequences)
-    preset = get("demo", max_steps_per_epoch=steps)
+    preset = get("demo", steps=steps, eval_every=steps)
     print(run_comparison(sequences, events, preset, models=kinds).table, flush=True)
 
 

@@ -117,6 +117,7 @@ class ScoreResult:
     seconds: float
     histogram: list[dict[str, float]]  # probability histogram: bin_start, bin_end, customers
     phase_seconds: dict[str, float] = field(default_factory=dict)  # validate+stage, load chunks, model, write
+    phase_cpu_seconds: dict[str, float] = field(default_factory=dict)  # the same phases in CPU time (all threads)
     drift: dict[str, Any] | None = None  # `DriftReport.to_dict()`; None for a model stored without a reference
     drift_files: list[str] = field(default_factory=list)  # <scores stem>.drift.json, .drift.png
 
@@ -221,13 +222,15 @@ def score_file(
     reference = getattr(scorer, "reference", None)
     monitor = DriftMonitor(reference, config.drift_psi_threshold) if reference is not None else None
     phases = dict.fromkeys(("stage", "load", "model", "write", "drift"), 0.0)
-    clock = time.perf_counter()
+    phases_cpu = dict(phases)  # CPU time of this process: what a phase costs whatever else the machine runs
+    clock, cpu_clock = time.perf_counter(), time.process_time()
 
     def lap(phase: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
+        nonlocal clock, cpu_clock
+        now, cpu_now = time.perf_counter(), time.process_time()
         phases[phase] += now - clock
-        clock = now
+        phases_cpu[phase] += cpu_now - cpu_clock
+        clock, cpu_clock = now, cpu_now
 
     try:
         buckets, reject_parts = _stage(files, staging, config, ingest)
@@ -273,6 +276,7 @@ def score_file(
         seconds=time.perf_counter() - started,
         histogram=probability_histogram(output),
         phase_seconds=phases,
+        phase_cpu_seconds=phases_cpu,
         drift=drift,
         drift_files=drift_files,
     )

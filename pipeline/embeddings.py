@@ -25,6 +25,7 @@ from pipeline import schema as S
 from pipeline.batches import SequenceDataset, make_loader
 from pipeline.features import FeatureSpec, build_features
 from pipeline.gbdt import feature_matrix
+from pipeline.inference import InferenceConfig, embed_customers
 from pipeline.ingest import IngestConfig
 from pipeline.sequences import SequenceConfig, Vocab, build_sequences
 
@@ -70,7 +71,8 @@ class EmbeddingScorer:
     vocab: Vocab
     sequence: SequenceConfig
     ingest: IngestConfig
-    batch_size: int = 128
+    batch_size: int = 128  # as stored in config.json (training-time batches); scoring batches by `inference`
+    inference: InferenceConfig = InferenceConfig()
 
     def __call__(self, raw: pd.DataFrame | pl.DataFrame) -> pd.DataFrame:
         from pipeline.scoring import raw_events  # scoring imports this module: import at call time
@@ -81,7 +83,7 @@ class EmbeddingScorer:
         seq = build_sequences(events, self.vocab, self.sequence, labels=None)
         if seq.height == 0:
             return embedding_frame(np.empty(0, np.int64), np.empty((0, 0), np.float32))
-        return embedding_frame(*embed(self.model, SequenceDataset(seq), self.batch_size))
+        return embedding_frame(*embed_customers(self.model, SequenceDataset(seq), self.inference))
 
     def score_events(self, events: pl.LazyFrame) -> pd.DataFrame:
         return self.embed_events(events).to_pandas()

@@ -3,25 +3,31 @@
 Same scores as the training-time evaluation loop (`pipeline.train.evaluate`, a fixed 128 customers per padded
 batch; a test compares both), with:
 - batches filled to a token budget: customers sorted by length are cut into consecutive batches of at most
-  `max_tokens` = rows × longest length, so short sequences come in big batches and long ones in small, padding
-  stays small (neighbours in length order), and there are few batches (on CPU each extra batch shape costs more
-  than the padding it saves: measured in bench/bench_scoring.py);
+  `max_tokens` = rows × longest length, so short sequences come in big batches and long ones in small, and padding
+  stays small (neighbours in length order). The budget is small on purpose: a batch of 16k tokens keeps the
+  activations of one layer (16k × d_model floats, and the attention tiles) in the CPU's L2/L3 cache; 131k tokens
+  per batch cost 1.2–2× the CPU time (demo-size models, bench/bench_scoring.py --model-customers);
 - `torch.inference_mode` (no autograd bookkeeping).
+
+`embed_customers` is the same loop over `model.embed` (the pooled customer embedding): what the hybrid model's
+frozen encoder runs at scoring.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from models.batch import Batch
 from pipeline.batches import SequenceDataset
 
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    max_tokens: int = 131_072  # rows × padded length per batch (~110 customers at the 1,200-event cap)
+    max_tokens: int = 16_384  # rows × padded length per batch (13 customers at the 1,200-event cap, 40 at 400)
 
 
 def token_budget_batches(lengths: np.ndarray, config: InferenceConfig = InferenceConfig()) -> list[np.ndarray]:
@@ -46,10 +52,29 @@ def token_budget_batches(lengths: np.ndarray, config: InferenceConfig = Inferenc
 def predict_proba(model: torch.nn.Module, dataset: SequenceDataset,
                   config: InferenceConfig = InferenceConfig()) -> tuple[np.ndarray, np.ndarray]:
     """(customer_id (N,), probability (N,)) of every row of `dataset`, in dataset order, on CPU."""
+    prob = _per_customer(lambda batch: torch.sigmoid(model(batch).logit.float())[:, None], model, dataset, config)
+    return dataset.customer_id.numpy(), prob[:, 0].numpy()
+
+
+def embed_customers(model: torch.nn.Module, dataset: SequenceDataset,
+                    config: InferenceConfig = InferenceConfig()) -> tuple[np.ndarray, np.ndarray]:
+    """(customer_id (N,), embedding (N, D)) of every row of `dataset` (`model.embed`'s pooled output), in dataset
+    order, on CPU."""
+    emb = _per_customer(lambda batch: model.embed(batch)[0].float(), model, dataset, config)
+    return dataset.customer_id.numpy(), emb.numpy()
+
+
+def _per_customer(forward: Callable[[Batch], torch.Tensor], model: torch.nn.Module, dataset: SequenceDataset,
+                  config: InferenceConfig) -> torch.Tensor:
+    """`forward` (a batch -> (B, K) rows) over token-budget batches of `dataset`, scattered back to dataset order:
+    (N, K) float32."""
     model.eval()
-    prob = torch.empty(len(dataset), dtype=torch.float32)
+    out: torch.Tensor | None = None
     with torch.inference_mode():
         for rows in token_budget_batches(dataset.lengths.numpy(), config):
             index = torch.from_numpy(rows)
-            prob[index] = torch.sigmoid(model(dataset.gather(index)).logit.float())
-    return dataset.customer_id.numpy(), prob.numpy()
+            got = forward(dataset.gather(index))  # (B, K)
+            if out is None:
+                out = torch.empty(len(dataset), got.shape[1], dtype=torch.float32)
+            out[index] = got
+    return out if out is not None else torch.empty(0, 1, dtype=torch.float32)

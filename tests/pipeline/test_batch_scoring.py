@@ -73,6 +73,7 @@ def test_chunked_scoring_equals_one_chunk_and_keeps_whole_histories(raw_file: Pa
     one = score_file(raw_file, tmp_path / "one.parquet", count_scorer, MODEL, ScoreConfig(chunk_rows=10**9))
     many = score_file(raw_file, tmp_path / "many.parquet", count_scorer, MODEL, ScoreConfig(chunk_rows=20))
     assert one.chunks == 1 and many.chunks > 3
+    assert many.phase_cpu_seconds.keys() == many.phase_seconds.keys() == {"stage", "load", "model", "write", "drift"}
     assert_frame_equal(_scores(one.output), _scores(many.output))
     scores = pl.read_parquet(many.output)
     assert scores[schema.CUSTOMER_ID].to_list() == list(range(60))  # one row per customer, sorted

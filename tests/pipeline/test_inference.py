@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from models import ModelConfig, build_model, comparison_encoders
 from pipeline.batches import SequenceDataset, make_loader, numeric_stats
-from pipeline.inference import InferenceConfig, predict_proba, token_budget_batches
+from pipeline.embeddings import embed
+from pipeline.inference import InferenceConfig, embed_customers, predict_proba, token_budget_batches
 from pipeline.presets import demo, tiny
 from pipeline.train import evaluate
 
@@ -41,6 +42,20 @@ def test_scores_equal_the_unoptimised_path(table, encoder: str, preset: str, con
     want = dict(zip(reference["customer_id"].tolist(), reference["prob"].tolist(), strict=True))
     assert ids.tolist() == table["customer_id"].to_list()
     np.testing.assert_allclose(prob, [want[i] for i in ids.tolist()], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("encoder", ["transformer", "eam"])  # EAM: pooled tokens, its own output mask
+def test_embeddings_equal_the_unoptimised_path(table, encoder: str) -> None:
+    """The hybrid model's frozen encoder at scoring (token-budget batches) = the fixed batches it was trained on."""
+    cfg = ModelConfig(n_mcc=30, n_tr_type=8, **tiny().model_kwargs(encoder))
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    want_ids, want = embed(model, table, batch_size=64)  # padded batches of 64, sorted by customer_id
+    ids, got = embed_customers(model, SequenceDataset(table), InferenceConfig(max_tokens=700))
+    order = np.argsort(ids, kind="stable")
+    assert ids[order].tolist() == want_ids.tolist()
+    assert got.shape == want.shape == (table.height, cfg.d_model)
+    np.testing.assert_allclose(got[order], want, atol=1e-5, rtol=0)
 
 
 @settings(max_examples=60, deadline=None)
