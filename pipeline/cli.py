@@ -79,7 +79,11 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
                    help="raw transactions file(s), Parquet folder(s) or folder(s) of CSV files")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: <data root>/events)")
-    p.add_argument("--max-day", type=int, default=d.max_day, help="largest accepted day number (%(default)s)")
+    p.add_argument("--source", type=Path, default=None, metavar="FILE.toml",
+                   help="the export's source mapping (columns, time format; README 'Other exports'); default: the "
+                   "built-in Sberbank export")
+    p.add_argument("--max-day", type=int, default=None,
+                   help="largest accepted day number (default: the source's; 3650 for day numbers)")
     p.add_argument("--max-abs-amount", type=float, default=d.max_abs_amount, help="largest accepted |amount| (%(default)g)")
     p.add_argument("--allow-extra-columns", action="store_true", help="drop unknown columns instead of refusing the file")
     p.add_argument("--dedupe-date-only", action="store_true",
@@ -96,12 +100,15 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
 
         from pipeline.io import PathError, check_io_paths
 
-        config = IngestConfig(max_day=args.max_day, max_abs_amount=args.max_abs_amount,
-                              allow_extra_columns=args.allow_extra_columns, dedupe_date_only=args.dedupe_date_only)
+        from pipeline.sources import SBERBANK, SourceError, load_source
+
         try:
+            source = load_source(args.source) if args.source else SBERBANK
+            config = IngestConfig(source=source, max_day=args.max_day, max_abs_amount=args.max_abs_amount,
+                                  allow_extra_columns=args.allow_extra_columns, dedupe_date_only=args.dedupe_date_only)
             inputs, (out,) = check_io_paths(args.inputs, [args.out or load_settings().events_dir])
             result = ingest_with(engine_from_args(args), inputs, out, config, atomic=args.atomic)
-        except (IngestError, PathError, SparkError) as e:
+        except (IngestError, PathError, SparkError, SourceError) as e:
             print(f"txseq ingest: error: {e}", file=sys.stderr)
             return 2
         print(result.format_table())
@@ -130,6 +137,10 @@ def _add_sequences(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--events", type=Path, default=None, help="ingest output folder (default: <data root>/events)")
     p.add_argument("--labels", type=Path, default=None, help="gender_train.csv (customer_id,gender); "
                    "default: none (all customers unlabelled, empty split)")
+    p.add_argument("--label-column", default="gender", help="the binary target's column in --labels (%(default)s)")
+    p.add_argument("--positive", default="1", help="the target value that is positive (%(default)s)")
+    p.add_argument("--negative", default="0",
+                   help="the one other value allowed (%(default)s), or 'rest': every other value is negative")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: <data root>/sequences)")
     p.add_argument("--max-len", type=int, default=seq_d.max_len, help="latest events kept per customer (%(default)s)")
     p.add_argument("--min-count", type=int, default=seq_d.min_count,
@@ -143,7 +154,7 @@ def _add_sequences(sub: argparse._SubParsersAction) -> None:
     def handler(args: argparse.Namespace) -> int:
         from pipeline.engines import sequences_with
         from pipeline.engines.spark import SparkError
-        from pipeline.ingest import IngestError
+        from pipeline.ingest import REST, IngestError, LabelSpec
         from pipeline.io import PathError, check_io_paths
         from pipeline.settings import load_settings
 
@@ -159,6 +170,7 @@ def _add_sequences(sub: argparse._SubParsersAction) -> None:
                 out_dir=out,
                 config=SequenceConfig(max_len=args.max_len, min_count=args.min_count),
                 split_config=SplitConfig(test_fraction=args.test_fraction, n_folds=args.folds, seed=args.seed),
+                label=LabelSpec(args.label_column, args.positive, None if args.negative == REST else args.negative),
             )
         except (IngestError, PathError, SparkError) as e:
             print(f"txseq sequences: error: {e}", file=sys.stderr)

@@ -34,7 +34,7 @@ from pipeline.batches import SequenceDataset, make_loader, numeric_stats
 from pipeline.calibration import ThresholdRule
 from pipeline.champion import ChampionRule
 from pipeline.gbdt import train_gbdt
-from pipeline.ingest import IngestConfig, read_events
+from pipeline.ingest import read_events
 from pipeline.metrics import classification_metrics, plot_roc, plot_training_curves, pyplot, roc_points
 from pipeline.model_card import ModelCard, card_metrics
 from pipeline.scoring_card import decision_metrics, fit_scoring_card
@@ -50,7 +50,7 @@ from pipeline.registry import (
     write_fit_ids,
 )
 from pipeline.scoring import log_model, save_gbdt_artifacts, save_sequence_artifacts, score_with_model
-from pipeline.sequences import MANIFEST_FILE, SEQUENCES_FILE, SPLIT_FILE, VOCAB_FILE, SequenceConfig, Vocab
+from pipeline.sequences import MANIFEST_FILE, SEQUENCES_FILE, SPLIT_FILE, VOCAB_FILE, SequenceConfig, TableRules, Vocab
 from pipeline.settings import Settings, load_settings
 from pipeline.splits import Split
 from pipeline.threads import apply_threads, choose_threads, hardware, loader_workers
@@ -116,6 +116,7 @@ class _Data:
     fold: int
     vocab: Vocab
     sequence_config: SequenceConfig
+    rules: TableRules  # sequence, ingest and label rules of the table: they travel with every model
     manifest_sha256: str | None
     labels: dict[int, int]  # labelled customers of the sequences table: id -> gender
     manifest: dict = field(default_factory=dict)
@@ -266,7 +267,8 @@ def _train_encoder(name: str, data: _Data, preset: RunPreset, datasets: dict, tr
     art = run_dir / "models" / name
     plot_training_curves(result.history, art / "training_curve.png", title=name)
     config, files = save_sequence_artifacts(art / "pyfunc", model.cpu(), cfg, data.vocab, data.sequence_config,
-                                            IngestConfig(), preset.eval_batch_size, scoring.decision, scoring.reference)
+                                            data.rules.ingest, preset.eval_batch_size, scoring.decision,
+                                            scoring.reference, label=data.rules.label)
     params = {"model": cfg.to_dict(), "train": result.config, "batch_size": preset.batch_size,
               "crop_len": preset.crop_len, "device": result.device, **scoring.tags()}
     if result.resumed_from_step is not None:  # continued from the checkpoint of an interrupted run
@@ -283,8 +285,8 @@ def _train_gbdt(data: _Data, preset: RunPreset, run_id: str, run_dir: Path) -> t
     scoring = fit_scoring_card(data.events, data.ids[0], run.val_label, run.val_prob, run.test_prob,
                           ThresholdRule.parse(preset.threshold_rule))
     art = run_dir / "models" / "gbdt"
-    config, files = save_gbdt_artifacts(art / "pyfunc", run.model, run.spec, IngestConfig(), scoring.decision,
-                                        scoring.reference)
+    config, files = save_gbdt_artifacts(art / "pyfunc", run.model, run.spec, data.rules.ingest, scoring.decision,
+                                        scoring.reference, label=data.rules.label)
     metrics = {**run.metrics, **decision_metrics(scoring.decision, run.test_label, run.test_prob)}
     row = ModelResult("gbdt", metrics, None, run_id, roc=roc_points(run.test_label, run.test_prob))
     return row, {"gbdt": asdict(preset.gbdt), **scoring.tags()}, {
@@ -339,7 +341,7 @@ class ComparisonPlan:
 
 def _load_data(sequences_dir: Path, events_dir: Path, fold: int) -> _Data:
     manifest = json.loads((sequences_dir / MANIFEST_FILE).read_text()) if (sequences_dir / MANIFEST_FILE).exists() else {}
-    seq_cfg = manifest.get("config", {})
+    rules = TableRules.of(manifest)
     labelled = (pl.read_parquet(sequences_dir / SEQUENCES_FILE, columns=[S.CUSTOMER_ID, S.GENDER])
                 .filter(pl.col(S.GENDER).is_not_null()).sort(S.CUSTOMER_ID))
     return _Data(
@@ -348,7 +350,8 @@ def _load_data(sequences_dir: Path, events_dir: Path, fold: int) -> _Data:
         split=Split.load(sequences_dir / SPLIT_FILE),
         fold=fold,
         vocab=Vocab.load(sequences_dir / VOCAB_FILE),
-        sequence_config=SequenceConfig(**{k: seq_cfg[k] for k in ("max_len", "min_count") if k in seq_cfg}),
+        sequence_config=rules.sequence,
+        rules=rules,
         manifest_sha256=_sha256(sequences_dir / MANIFEST_FILE),
         labels=dict(zip(labelled[S.CUSTOMER_ID].to_list(), labelled[S.GENDER].to_list(), strict=True)),
         manifest=manifest,

@@ -32,11 +32,10 @@ from models.coles import contrastive_loss, recall_at_k
 from pipeline import schema as S
 from pipeline.batches import SequenceDataset, make_slice_loader, numeric_stats
 from pipeline.embeddings import save_embedding_artifacts
-from pipeline.ingest import IngestConfig
 from pipeline.metrics import MemoryMonitor, Stopwatch, pyplot
 from pipeline.presets import RunPreset
 from pipeline.scoring import embedding_signature, log_model
-from pipeline.sequences import MANIFEST_FILE, SEQUENCES_FILE, SPLIT_FILE, VOCAB_FILE, SequenceConfig, Vocab
+from pipeline.sequences import MANIFEST_FILE, SEQUENCES_FILE, SPLIT_FILE, VOCAB_FILE, SequenceConfig, TableRules, Vocab
 from pipeline.settings import Settings, load_settings
 from pipeline.splits import Split
 from pipeline.tracking import TAG_SPLIT_ID, process_tags, setup
@@ -201,8 +200,8 @@ def run_pretraining(sequences_dir: Path, events_dir: Path, encoder: str, preset:
     split = Split.load(sequences_dir / SPLIT_FILE)
     vocab = Vocab.load(sequences_dir / VOCAB_FILE)
     manifest = json.loads((sequences_dir / MANIFEST_FILE).read_text()) if (sequences_dir / MANIFEST_FILE).exists() else {}
-    seq_cfg = SequenceConfig(**{k: manifest.get("config", {})[k] for k in ("max_len", "min_count")
-                                if k in manifest.get("config", {})})
+    rules = TableRules.of(manifest)
+    seq_cfg = rules.sequence
     ids = pretrain_customers(sequences_dir)
     assert not set(ids) & set(split.test_ids), "a test customer reached pretraining"
     seq_path = sequences_dir / SEQUENCES_FILE
@@ -230,7 +229,7 @@ def run_pretraining(sequences_dir: Path, events_dir: Path, encoder: str, preset:
         uri = None
         if register:
             config_json, files = save_embedding_artifacts(out / "pyfunc", model.cpu(), cfg, vocab, seq_cfg,
-                                                          IngestConfig(), preset.eval_batch_size,
+                                                          rules.ingest, preset.eval_batch_size,
                                                           split_id=split.split_id, customers_sha256=digest)
             name = pretrained_name(settings.registered_model, encoder)
             version = log_model(
@@ -238,7 +237,7 @@ def run_pretraining(sequences_dir: Path, events_dir: Path, encoder: str, preset:
                 version_tags={"kind": "coles", "encoder": encoder, TAG_SPLIT_ID: split.split_id,
                               "n_customers": str(len(ids)), "customers_sha256": digest, "run_id": run_id,
                               "test_customers_seen": "0"},
-                model_signature=embedding_signature(cfg.d_model),
+                model_signature=embedding_signature(cfg.d_model, rules.ingest.source),
             )
             uri = f"models:/{name}/{version.version}"
     return PretrainRun(encoder, run_id, uri, result, len(ids), digest)
