@@ -63,9 +63,9 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     """`txseq ingest`: raw CSV/Parquet -> validated Parquet + rejects + manifest (owner: pipeline.ingest)."""
     from pathlib import Path
 
-    from pipeline.ingest import IngestConfig
+    from pipeline.steps import IngestOptions
 
-    d = IngestConfig()
+    d = IngestOptions()
     p = sub.add_parser(
         "ingest",
         help="raw CSV/Parquet transactions -> validated events Parquet + rejects + manifest",
@@ -100,12 +100,11 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
 
         from pipeline.io import PathError, check_io_paths
 
-        from pipeline.sources import SBERBANK, SourceError, load_source
+        from pipeline.sources import SourceError
 
         try:
-            source = load_source(args.source) if args.source else SBERBANK
-            config = IngestConfig(source=source, max_day=args.max_day, max_abs_amount=args.max_abs_amount,
-                                  allow_extra_columns=args.allow_extra_columns, dedupe_date_only=args.dedupe_date_only)
+            config = IngestOptions(args.source, args.max_day, args.max_abs_amount, args.allow_extra_columns,
+                                   args.dedupe_date_only).config()
             inputs, (out,) = check_io_paths(args.inputs, [args.out or load_settings().events_dir])
             result = ingest_with(engine_from_args(args), inputs, out, config, atomic=args.atomic)
         except (IngestError, PathError, SparkError, SourceError) as e:
@@ -123,10 +122,9 @@ def _add_sequences(sub: argparse._SubParsersAction) -> None:
     """`txseq sequences`: events -> per-customer sequences + vocab + split (owner: pipeline.sequences)."""
     from pathlib import Path
 
-    from pipeline.sequences import SequenceConfig
-    from pipeline.splits import SplitConfig
+    from pipeline.steps import SequencesOptions
 
-    seq_d, split_d = SequenceConfig(), SplitConfig()
+    d = SequencesOptions()
     p = sub.add_parser(
         "sequences",
         help="validated events -> per-customer sequences Parquet + vocab + split",
@@ -137,24 +135,24 @@ def _add_sequences(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--events", type=Path, default=None, help="ingest output folder (default: <data root>/events)")
     p.add_argument("--labels", type=Path, default=None, help="gender_train.csv (customer_id,gender); "
                    "default: none (all customers unlabelled, empty split)")
-    p.add_argument("--label-column", default="gender", help="the binary target's column in --labels (%(default)s)")
-    p.add_argument("--positive", default="1", help="the target value that is positive (%(default)s)")
-    p.add_argument("--negative", default="0",
+    p.add_argument("--label-column", default=d.label_column, help="the binary target's column in --labels (%(default)s)")
+    p.add_argument("--positive", default=d.positive, help="the target value that is positive (%(default)s)")
+    p.add_argument("--negative", default=d.negative,
                    help="the one other value allowed (%(default)s), or 'rest': every other value is negative")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: <data root>/sequences)")
-    p.add_argument("--max-len", type=int, default=seq_d.max_len, help="latest events kept per customer (%(default)s)")
-    p.add_argument("--min-count", type=int, default=seq_d.min_count,
+    p.add_argument("--max-len", type=int, default=d.max_len, help="latest events kept per customer (%(default)s)")
+    p.add_argument("--min-count", type=int, default=d.min_count,
                    help="codes seen fewer times on training customers encode as unknown (%(default)s)")
-    p.add_argument("--seed", type=int, default=split_d.seed, help="split seed (%(default)s)")
-    p.add_argument("--folds", type=int, default=split_d.n_folds, help="stratified folds (%(default)s)")
-    p.add_argument("--test-fraction", type=float, default=split_d.test_fraction,
+    p.add_argument("--seed", type=int, default=d.seed, help="split seed (%(default)s)")
+    p.add_argument("--folds", type=int, default=d.folds, help="stratified folds (%(default)s)")
+    p.add_argument("--test-fraction", type=float, default=d.test_fraction,
                    help="labelled customers held out as the test set (%(default)s)")
     add_engine_arguments(p)
 
     def handler(args: argparse.Namespace) -> int:
         from pipeline.engines import sequences_with
         from pipeline.engines.spark import SparkError
-        from pipeline.ingest import REST, IngestError, LabelSpec
+        from pipeline.ingest import IngestError
         from pipeline.io import PathError, check_io_paths
         from pipeline.settings import load_settings
 
@@ -163,15 +161,12 @@ def _add_sequences(sub: argparse._SubParsersAction) -> None:
             labels = [args.labels] if args.labels else []
             inputs, (out,) = check_io_paths([args.events or settings.events_dir, *labels],
                                             [args.out or settings.sequences_dir])
-            result = sequences_with(
-                engine_from_args(args),
-                events_dir=inputs[0],
-                labels=inputs[1] if args.labels else None,
-                out_dir=out,
-                config=SequenceConfig(max_len=args.max_len, min_count=args.min_count),
-                split_config=SplitConfig(test_fraction=args.test_fraction, n_folds=args.folds, seed=args.seed),
-                label=LabelSpec(args.label_column, args.positive, None if args.negative == REST else args.negative),
-            )
+            config, split_config, label = SequencesOptions(
+                args.max_len, args.min_count, args.seed, args.folds, args.test_fraction, args.label_column,
+                args.positive, args.negative).configs()
+            result = sequences_with(engine_from_args(args), events_dir=inputs[0],
+                                    labels=inputs[1] if args.labels else None, out_dir=out, config=config,
+                                    split_config=split_config, label=label)
         except (IngestError, PathError, SparkError) as e:
             print(f"txseq sequences: error: {e}", file=sys.stderr)
             return 2
