@@ -35,7 +35,7 @@ from pipeline.embeddings import save_embedding_artifacts
 from pipeline.metrics import MemoryMonitor, Stopwatch, pyplot
 from pipeline.presets import RunPreset
 from pipeline.scoring import embedding_signature, log_model
-from pipeline.sequences import MANIFEST_FILE, SEQUENCES_FILE, SPLIT_FILE, VOCAB_FILE, SequenceConfig, TableRules, Vocab
+from pipeline.sequences import MANIFEST_FILE, SEQUENCES_FILE, SPLIT_FILE, VOCAB_FILE, TableRules, Vocab
 from pipeline.settings import Settings, load_settings
 from pipeline.splits import Split
 from pipeline.tracking import TAG_SPLIT_ID, process_tags, setup
