@@ -31,7 +31,7 @@ class PretrainParams(BaseModel):
 @task(task_run_name="pretrain-{encoder}")
 def pretrain_encoder(p: PretrainParams, sequences_dir: Path, events_dir: Path, encoder: str) -> str:
     run = run_pretraining(sequences_dir, events_dir, encoder, resolve_preset(p.preset, sequences_dir, p.fold),
-                          PretrainConfig(epochs=p.epochs))
+                          PretrainConfig(epochs=p.epochs), settings=load_settings())
     return str(run.model_uri)
 
 

@@ -48,8 +48,8 @@ class TrainParams(BaseModel):
 @task
 def start_task(p: TrainParams, sequences_dir: Path, events_dir: Path, run_name: str) -> ComparisonPlan:
     preset = resolve_preset(p.preset, sequences_dir, p.fold, steps=p.steps, device=p.device)
-    return start_comparison(sequences_dir, events_dir, preset, p.models or None, fold=p.fold, run_name=run_name,
-                            threads=p.threads, init_from=p.init_from)
+    return start_comparison(sequences_dir, events_dir, preset, p.models or None, fold=p.fold, settings=load_settings(),
+                            run_name=run_name, threads=p.threads, init_from=p.init_from)
 
 
 @task(task_run_name="train-{model}")

@@ -56,6 +56,7 @@ from pipeline.io import (
     is_parquet,
     open_table,
     parquet_files,
+    pid_alive,
     printable,
     remove_dead_temp,
     scan_table,
@@ -590,12 +591,7 @@ def _is_stale(path: Path, info: dict[str, Any], stale_after_s: float) -> bool:
     if age > stale_after_s:
         return True
     if info.get("host") == socket.gethostname() and isinstance(info.get("pid"), int):
-        try:
-            os.kill(info["pid"], 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
+        return not pid_alive(info["pid"])
     return False
 
 

@@ -266,8 +266,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         if not ddp.is_main:  # the same fit() calls as rank 0, nothing written
             try:
                 follow_comparison(args.sequences or settings.sequences_dir, args.events or settings.events_dir,
-                                  preset, models, args.fold, settings.runs_dir / args.run, args.threads, settings,
-                                  args.init_from)
+                                  preset, models, args.fold, settings.runs_dir / args.run, args.threads,
+                                  settings=settings, init_from=args.init_from)
             finally:
                 distributed.shutdown()
             return 0
@@ -336,7 +336,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
         config = PretrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device)
         try:
             run = run_pretraining(sequences, args.events or settings.events_dir, args.encoder,
-                                  resolve_preset(args.preset, sequences, args.fold), config, settings,
+                                  resolve_preset(args.preset, sequences, args.fold), config, settings=settings,
                                   register=not args.no_register)
         except (TrackingError, ValueError) as e:
             print(f"txseq pretrain: error: {e}", file=sys.stderr)
@@ -420,7 +420,7 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
 
             model_uri = args.model or f"models:/{load_settings().registered_model}@champion"
             try:
-                scorer, model = load_batch_scorer(model_uri)
+                scorer, model = load_batch_scorer(model_uri, load_settings().tracking_uri)
             except ModelLoadError as e:  # a missing model/alias/version or an unreachable store: one line, exit 2
                 print(f"txseq score: error: {e}", file=sys.stderr)
                 return 2
@@ -463,7 +463,7 @@ def _report_drift(result, model) -> None:  # noqa: ANN001 - batch_scoring.ScoreR
         print(f"{result.output.name}: input stable, largest PSI {result.drift['psi'][worst]:.3f} ({worst}) <= "
               f"{result.drift['psi_threshold']:g}")
     try:
-        log_scoring_run(result, model)
+        log_scoring_run(result, model, load_settings().tracking_uri)
     except Exception as e:  # noqa: BLE001 - the scores are written; a tracking hiccup must not fail the run
         print(f"txseq score: note: scoring run not logged to MLflow: {str(e).splitlines()[0][:300]}", file=sys.stderr)
 

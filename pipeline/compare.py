@@ -43,7 +43,7 @@ from pipeline.registry import (
 from pipeline.report import write_report
 from pipeline.scoring import log_model, score_with_model
 from pipeline.sequences import SEQUENCES_FILE, SPLIT_FILE, Vocab
-from pipeline.settings import Settings, load_settings
+from pipeline.settings import Settings
 from pipeline.splits import Split
 from pipeline.threads import apply_threads, choose_threads, loader_workers
 from pipeline.tracking import TAG_DECISION, TAG_SPLIT_ID, TAG_TEST_AUROC, Tracker, process_tags, setup
@@ -86,12 +86,11 @@ def fingerprint_key(fp: dict[str, str]) -> str:
 
 
 def follow_comparison(sequences_dir: Path, events_dir: Path, preset: RunPreset, models: Sequence[str] | None,
-                      fold: int, run_dir: Path, threads: int | None = None, settings: Settings | None = None,
+                      fold: int, run_dir: Path, threads: int | None = None, *, settings: Settings,
                       init_from: Sequence[str] = ()) -> None:
     """A torchrun rank other than 0: the same `fit` of every neural model as rank 0's `run_comparison`, in the same
     order, with the same fingerprint, and nothing else (no tracking, registry, report or checkpoint). A model whose
     registered version rank 0 reuses (`train_one`) is skipped: rank 0 says which (`distributed.from_main`)."""
-    settings = settings or load_settings()
     n_threads = choose_threads(threads or settings.threads)
     apply_threads(n_threads)
     ddp = distributed.current()
@@ -163,7 +162,8 @@ def start_comparison(
     preset: RunPreset,
     models: Sequence[str] | None = None,
     fold: int = 0,
-    settings: Settings | None = None,
+    *,
+    settings: Settings,
     run_name: str | None = None,
     register: bool = True,
     experiment: str = "txseq",
@@ -177,7 +177,6 @@ def start_comparison(
 
     `init_from`: URIs of CoLES-pretrained encoders (`txseq pretrain`); each adds `<encoder>_coles` (fine-tuned from
     it) and `hybrid_<encoder>` to the default models."""
-    settings = settings or load_settings()
     n_threads = choose_threads(threads or settings.threads)
     applied = apply_threads(n_threads)
     log.info("threads: %d (usable CPUs %d), DataLoader workers %d", applied.threads, applied.usable_cpus,
@@ -239,11 +238,11 @@ def _pretrained_encoders(uris: Sequence[str], vocab: Vocab) -> dict[str, str]:
     return out
 
 
-def end_comparison_runs(run_name_suffix: str, status: str, reason: str, settings: Settings | None = None,
+def end_comparison_runs(run_name_suffix: str, status: str, reason: str, settings: Settings,
                         experiment: str = "txseq") -> list[str]:
     """End the RUNNING runs (parent and nested) of the comparisons whose run name ends with `run_name_suffix` as
     `status`: KILLED for a cancelled flow run, FAILED for a crashed one (the flows' hooks call this)."""
-    tracker = setup(settings or load_settings(), experiment)
+    tracker = setup(settings, experiment)
     return tracker.end_running_runs(f"tags.`{TAG_RUN_NAME}` LIKE '%{run_name_suffix}'", status, reason)
 
 
@@ -331,7 +330,8 @@ def run_comparison(
     preset: RunPreset,
     models: Sequence[str] | None = None,
     fold: int = 0,
-    settings: Settings | None = None,
+    *,
+    settings: Settings,
     run_name: str | None = None,
     register: bool = True,
     experiment: str = "txseq",
@@ -343,8 +343,8 @@ def run_comparison(
     encoder) on fold `fold`, one after the other, track, register (deciding the champion for each version as it is
     registered) and report. Resumes the checkpoints of `run_name` when that run folder already exists and the
     fingerprint matches. (`flows/train.py` runs the same three steps with one Prefect task per model.)"""
-    plan = start_comparison(sequences_dir, events_dir, preset, models, fold, settings, run_name, register, experiment,
-                            rule, threads, init_from)
+    plan = start_comparison(sequences_dir, events_dir, preset, models, fold, settings=settings, run_name=run_name,
+                            register=register, experiment=experiment, rule=rule, threads=threads, init_from=init_from)
     results: list[ModelResult] = []
     try:
         for name in plan.models:

@@ -36,7 +36,7 @@ from pipeline.metrics import MemoryMonitor, Stopwatch, pyplot
 from pipeline.presets import RunPreset
 from pipeline.scoring import embedding_signature, log_model
 from pipeline.sequences import MANIFEST_FILE, SEQUENCES_FILE, SPLIT_FILE, VOCAB_FILE, TableRules, Vocab
-from pipeline.settings import Settings, load_settings
+from pipeline.settings import Settings
 from pipeline.splits import Split
 from pipeline.tracking import TAG_SPLIT_ID, process_tags, setup
 from pipeline.train import MetricLogger, resolve_device, seed_everything
@@ -189,12 +189,11 @@ def pretrained_name(registered_model: str, encoder: str) -> str:
 
 
 def run_pretraining(sequences_dir: Path, events_dir: Path, encoder: str, preset: RunPreset,
-                    config: PretrainConfig = PretrainConfig(), settings: Settings | None = None,
+                    config: PretrainConfig = PretrainConfig(), *, settings: Settings,
                     register: bool = True, experiment: str = "txseq") -> PretrainRun:
     """Pretrain `encoder` (architecture from `preset`) with CoLES on every non-test customer, log to MLflow, and
     register it as `<registered model>-coles-<encoder>`: a pyfunc from raw transactions to embeddings whose
     version tags and `customers.json` artifact record the customers it saw (the split's test customers never)."""
-    settings = settings or load_settings()
     tracker = setup(settings, experiment)
     sequences_dir, encoder = Path(sequences_dir), canonical_encoder_name(encoder)
     split = Split.load(sequences_dir / SPLIT_FILE)

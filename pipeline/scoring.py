@@ -41,6 +41,7 @@ from pipeline.features import FeatureSpec, build_features
 from pipeline.gbdt import feature_matrix, load_gbdt, save_gbdt
 from pipeline.inference import InferenceConfig, predict_proba
 from pipeline.ingest import IngestConfig, LabelSpec, validate
+from pipeline.io import first_line
 from pipeline.sources import DAY_NUMBER, EPOCH_MS, EPOCH_S, SBERBANK, SBERBANK_DAY, Source
 from pipeline.sequences import SequenceConfig, Vocab, build_sequences
 from pipeline.tracking import RegisteredVersion, Tracker, TrackingError, check_readable
@@ -49,7 +50,6 @@ ROOT = Path(__file__).resolve().parent.parent
 CODE_PATHS = [str(ROOT / "pipeline"), str(ROOT / "models")]
 _MODEL_CODE = "from mlflow.models import set_model\nfrom pipeline.scoring import TxSeqModel\nset_model(TxSeqModel())\n"
 _REQUIREMENTS = ("torch", "polars", "pyarrow", "numpy", "pandas", "scikit-learn", "skops", "mlflow")
-OUTPUT_COLUMNS = (S.CUSTOMER_ID, S.PROBABILITY, S.PREDICTION)
 
 
 def pip_requirements() -> list[str]:
@@ -271,12 +271,6 @@ def save_gbdt_artifacts(out_dir: Path, model: Any, spec: FeatureSpec, ingest: In
     return _config_json("gbdt", ingest, decision, label), {**files, **_card_files(out_dir, reference)}
 
 
-def load_registered(name: str, alias_or_version: str = "champion") -> Any:
-    """`models:/<name>@<alias>` (or `/<version>` when a number) as a pyfunc model."""
-    uri = f"models:/{name}/{alias_or_version}" if alias_or_version.isdigit() else f"models:/{name}@{alias_or_version}"
-    return mlflow.pyfunc.load_model(uri)
-
-
 def score_with_model(model_uri: str, events: pl.LazyFrame) -> pd.DataFrame:
     """Score validated events (EVENTS_SCHEMA, e.g. a slice of the ingest output) with a logged or registered model
     through its pyfunc `predict`, fed the raw-schema columns as strings as a CSV read gives them: the route analysts
@@ -298,9 +292,7 @@ def load_batch_scorer(model_uri: str, tracking_uri: str | None = None) -> tuple[
     missing or unreachable, the model, alias or version does not exist, or its artifacts do not load.
     """
     from pipeline.batch_scoring import ModelRef
-    from pipeline.settings import load_settings
-
-    tracking_uri = tracking_uri or load_settings().tracking_uri
+    tracking_uri = tracking_uri or mlflow.get_tracking_uri()  # None: the store the caller set up
     if model_uri.startswith(("models:/", "runs:/")):  # these resolve through the tracking store
         try:
             check_readable(tracking_uri)
@@ -313,7 +305,7 @@ def load_batch_scorer(model_uri: str, tracking_uri: str | None = None) -> tuple[
         scorer = pyfunc.unwrap_python_model().scorer
     except Exception as e:  # noqa: BLE001 - MLflow, OS, torch and skops errors alike: say which model and why
         raise ModelLoadError(f"cannot load model {model_uri} (tracking store {tracking_uri}): "
-                             f"{_first_line(e).rstrip('.')}{_registry_hint(model_uri)}") from e
+                             f"{first_line(e)[:500].rstrip('.')}{_registry_hint(model_uri)}") from e
     return scorer, ModelRef(name, version, model_uri, pyfunc.metadata.run_id or "")
 
 
@@ -322,11 +314,9 @@ def log_scoring_run(result: Any, model: Any, tracking_uri: str | None = None) ->
     `score <output>` in the experiment of the run that logged the model: counts and throughput, PSI per feature,
     unknown-code shares and the mean probability as metrics, the drift JSON and PNG as artifacts. Returns its run
     id; None for a model with no MLflow run behind it."""
-    from pipeline.settings import load_settings
-
     if not model.run_id:
         return None
-    tracking_uri = tracking_uri or load_settings().tracking_uri
+    tracking_uri = tracking_uri or mlflow.get_tracking_uri()  # None: the store the caller set up
     client = mlflow.MlflowClient(tracking_uri)
     experiment_id = client.get_run(model.run_id).info.experiment_id
     tags = {"txseq.kind": "scoring", "txseq.model_name": model.name, "txseq.model_version": str(model.version),
@@ -357,11 +347,6 @@ class ModelLoadError(RuntimeError):
     def __init__(self, message: str, transient: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:500]
 
 
 def _registry_hint(model_uri: str) -> str:
