@@ -29,9 +29,9 @@ from pipeline.drift import markdown as drift_markdown
 from pipeline.engines import Engine, score_file_with
 from pipeline.io import check_io_paths
 from pipeline.scoring import ModelLoadError, load_batch_scorer, log_scoring_run
-from pipeline.settings import load_settings
+from pipeline.settings import DEFAULT_REGISTERED_MODEL, load_settings
 
-CHAMPION_URI = "models:/txseq-gender@champion"
+CHAMPION_URI = f"models:/{DEFAULT_REGISTERED_MODEL}@champion"
 
 
 class ScoreParams(EngineParams):

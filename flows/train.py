@@ -27,11 +27,12 @@ from pipeline.compare import (
     start_comparison,
     train_one,
 )
+from pipeline.presets import PRESET_NAMES
 from pipeline.settings import load_settings
 
 
 class TrainParams(BaseModel):
-    preset: Literal["auto", "tiny", "demo", "full"] = Field(
+    preset: Literal[PRESET_NAMES] = Field(
         "auto", description="named run configuration (pipeline/presets.py); auto is sized from the data")
     models: list[str] = Field(default_factory=list, description="models to train (default: the preset's)")
     sequences_dir: str | None = Field(None, description="default: <data root>/sequences")

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from pipeline.engines import add_engine_arguments, engine_from_args
-from pipeline.settings import apply_library_defaults
+from pipeline.settings import DEFAULT_REGISTERED_MODEL, apply_library_defaults
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
@@ -477,7 +477,8 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
         "ROC AUC and log-loss, the decision threshold and calibration stored with it, and the champion decision "
         "recorded when it was registered.",
     )
-    p.add_argument("--name", default=None, help="registered model (default: TXSEQ_REGISTERED_MODEL or txseq-gender)")
+    p.add_argument("--name", default=None,
+                   help=f"registered model (default: TXSEQ_REGISTERED_MODEL or {DEFAULT_REGISTERED_MODEL})")
 
     def handler(args: argparse.Namespace) -> int:
         from pipeline.settings import load_settings
