@@ -186,6 +186,17 @@ class _EncoderListHelp(argparse.HelpFormatter):
             from models import comparison_encoders
 
             text = text.replace("{encoders}", ",".join(comparison_encoders()))
+        if text and "{all_encoders}" in text:
+            from models import ENCODERS
+
+            text = text.replace("{all_encoders}", ", ".join(sorted(ENCODERS)))
+        if text and "{pretrain." in text:
+            from dataclasses import asdict
+
+            from pipeline.pretrain import PretrainConfig
+
+            for key, value in asdict(PretrainConfig()).items():
+                text = text.replace(f"{{pretrain.{key}}}", str(value))
         return text
 
 
@@ -297,12 +308,10 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     """`txseq pretrain`: CoLES self-supervised pretraining of one encoder (owner: pipeline.pretrain)."""
     from pathlib import Path
 
-    from models import ENCODERS
-    from pipeline.pretrain import PretrainConfig
-
-    d = PretrainConfig()
+    # no import of `models` or `pipeline.pretrain` here: they load torch, which every other `txseq` call would pay
     p = sub.add_parser(
         "pretrain",
+        formatter_class=_EncoderListHelp,
         help="CoLES self-supervised pretraining of an encoder on every non-test customer, registered in MLflow",
         description="Contrastive pretraining (CoLES: random contiguous slices of one customer embed close, other "
         "customers' far) of the chosen encoder on every customer of the sequences folder with transactions, "
@@ -310,30 +319,37 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
         "registers the encoder as <registered model>-coles-<encoder> (a pyfunc: raw transactions -> embeddings). "
         "Use it with `txseq train --init-from <printed URI>`.",
     )
-    p.add_argument("--encoder", required=True, choices=sorted(ENCODERS), help="encoder to pretrain")
+    p.add_argument("--encoder", required=True, help="encoder to pretrain: one of {all_encoders}")
     p.add_argument("--sequences", type=Path, help="sequences folder (default: <data root>/sequences)")
     p.add_argument("--events", type=Path, help="validated events folder (default: <data root>/events)")
     p.add_argument("--preset", default="auto", choices=["auto", "tiny", "demo", "full"],
                    help="where the encoder's architecture comes from (%(default)s); fine-tuning keeps it")
     p.add_argument("--fold", type=int, default=0, help="fold the auto preset is sized from (%(default)s)")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="(%(default)s)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="customers per batch (%(default)s)")
-    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (%(default)s)")
+    p.add_argument("--epochs", type=int, default=None, help="(default: the CoLES recipe's, {pretrain.epochs})")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="customers per batch (default: {pretrain.batch_size})")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: {pretrain.lr})")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(%(default)s)")
     p.add_argument("--no-register", action="store_true", help="log the run but do not register the encoder")
 
     def handler(args: argparse.Namespace) -> int:
         import logging
 
+        from models import ENCODERS
         from pipeline.compare import resolve_preset
-        from pipeline.pretrain import run_pretraining
+        from pipeline.pretrain import PretrainConfig, run_pretraining
         from pipeline.settings import load_settings
         from pipeline.tracking import TrackingError
 
+        if args.encoder not in ENCODERS:
+            print(f"txseq pretrain: error: unknown encoder {args.encoder!r}; choose one of {', '.join(sorted(ENCODERS))}",
+                  file=sys.stderr)
+            return 2
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         settings = load_settings()
         sequences = args.sequences or settings.sequences_dir
-        config = PretrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device)
+        given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
+        config = PretrainConfig(device=args.device, **{k: v for k, v in given.items() if v is not None})
         try:
             run = run_pretraining(sequences, args.events or settings.events_dir, args.encoder,
                                   resolve_preset(args.preset, sequences, args.fold), config, settings=settings,
