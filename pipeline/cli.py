@@ -186,6 +186,10 @@ class _EncoderListHelp(argparse.HelpFormatter):
             from models import comparison_encoders
 
             text = text.replace("{encoders}", ",".join(comparison_encoders()))
+        if text and "{presets}" in text:
+            from pipeline.presets import PRESET_NAMES
+
+            text = text.replace("{presets}", ", ".join(PRESET_NAMES))
         if text and "{all_encoders}" in text:
             from models import ENCODERS
 
@@ -218,9 +222,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--events", type=Path, help="validated events folder (default: <data root>/events)")
     p.add_argument("--models", default=None,
                    help="comma-separated: {encoders},gbdt (default: all of them)")
-    p.add_argument("--preset", default="auto", choices=["auto", "tiny", "demo", "full"],
-                   help="run configuration; auto sizes the model and the step budget from the labelled customers "
-                   "and their events (%(default)s)")
+    p.add_argument("--preset", default="auto",
+                   help="run configuration, one of {presets}; auto sizes the model and the step budget from the "
+                   "labelled customers and their events (%(default)s)")
     p.add_argument("--steps", type=int, help="override the preset's optimiser-step budget")
     p.add_argument("--fold", type=int, default=0, help="validation fold of the split (%(default)s)")
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help="default: the preset's (auto)")
@@ -252,6 +256,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         from pipeline.tracking import TrackingError
         from pipeline.train import resolve_device
 
+        from pipeline.presets import PRESET_NAMES
+
+        if args.preset not in PRESET_NAMES:
+            p.error(f"--preset: unknown {args.preset!r}; choose one of {', '.join(PRESET_NAMES)}")
         if args.threads is not None and args.threads < 1:
             p.error(f"--threads must be >= 1, got {args.threads}")
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -322,8 +330,9 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--encoder", required=True, help="encoder to pretrain: one of {all_encoders}")
     p.add_argument("--sequences", type=Path, help="sequences folder (default: <data root>/sequences)")
     p.add_argument("--events", type=Path, help="validated events folder (default: <data root>/events)")
-    p.add_argument("--preset", default="auto", choices=["auto", "tiny", "demo", "full"],
-                   help="where the encoder's architecture comes from (%(default)s); fine-tuning keeps it")
+    p.add_argument("--preset", default="auto",
+                   help="where the encoder's architecture comes from, one of {presets} (%(default)s); fine-tuning "
+                   "keeps it")
     p.add_argument("--fold", type=int, default=0, help="fold the auto preset is sized from (%(default)s)")
     p.add_argument("--epochs", type=int, default=None, help="(default: the CoLES recipe's, {pretrain.epochs})")
     p.add_argument("--batch-size", type=int, default=None,
@@ -341,8 +350,14 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
         from pipeline.settings import load_settings
         from pipeline.tracking import TrackingError
 
+        from pipeline.presets import PRESET_NAMES
+
         if args.encoder not in ENCODERS:
             print(f"txseq pretrain: error: unknown encoder {args.encoder!r}; choose one of {', '.join(sorted(ENCODERS))}",
+                  file=sys.stderr)
+            return 2
+        if args.preset not in PRESET_NAMES:
+            print(f"txseq pretrain: error: unknown preset {args.preset!r}; choose one of {', '.join(PRESET_NAMES)}",
                   file=sys.stderr)
             return 2
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
