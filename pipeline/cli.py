@@ -483,6 +483,7 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
 def _report_drift(result, model) -> None:  # noqa: ANN001 - batch_scoring.ScoreResult, ModelRef
     """The drift warning line (stderr) or a stability line, and the scoring run in MLflow."""
     from pipeline.scoring import log_scoring_run
+    from pipeline.settings import load_settings
 
     if result.drift is None:
         print(f"{result.output.name}: no reference statistics stored with {model.name} v{model.version}: "
