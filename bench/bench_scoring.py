@@ -158,9 +158,10 @@ def bench_one(kind: str, uri: str, raw, bench_dir, args) -> dict:  # noqa: ANN00
     import pipeline.embeddings  # noqa: F401 - this tree's, before a logged model's code copy joins sys.path
     from pipeline.batch_scoring import ScoreConfig, score_file
     from pipeline.scoring import load_batch_scorer
+    from pipeline.settings import load_settings
 
     t0 = time.perf_counter()
-    scorer, model = load_batch_scorer(uri)
+    scorer, model = load_batch_scorer(uri, load_settings().tracking_uri)
     load_s = time.perf_counter() - t0
     runs = []
     for i in range(args.repeats):
@@ -226,6 +227,7 @@ def train_on(raw, bench_dir, kinds: list[str], steps: int | None = None) -> None
     from pipeline.ingest import ingest
     from pipeline.presets import get
     from pipeline.sequences import run_sequences
+    from pipeline.settings import load_settings
 
     print(f"training {', '.join(kinds)} (demo preset) on {raw} …", flush=True)
     events, sequences = bench_dir / "events", bench_dir / "sequences"
@@ -234,7 +236,7 @@ def train_on(raw, bench_dir, kinds: list[str], steps: int | None = None) -> None
     if not (sequences / "manifest.json").exists():
         run_sequences(events, raw.parent / "gender_train.csv", sequences)
     preset = get("demo", steps=steps, eval_every=steps)
-    print(run_comparison(sequences, events, preset, models=kinds).table, flush=True)
+    print(run_comparison(sequences, events, preset, models=kinds, settings=load_settings()).table, flush=True)
 
 
 if __name__ == "__main__":

@@ -76,12 +76,12 @@ def ensure_raw_data(raw_dir: Path, config: GeneratorConfig) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pipeline.presets import ENCODER_MODELS  # the registry's list; loads torch, which the pipeline needs anyway
+    from pipeline.presets import ENCODER_MODELS, PRESET_NAMES  # the registry's list; loads torch, which the pipeline needs anyway
 
     parser = argparse.ArgumentParser(prog="txseq-demo", description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=GeneratorConfig().n_customers, help="customers to generate (15,000 = full size)")
     parser.add_argument("--seed", type=int, default=0, help="generator seed")
-    parser.add_argument("--preset", choices=("auto", "tiny", "demo", "full"), default="demo", help="named run configuration")
+    parser.add_argument("--preset", choices=PRESET_NAMES, default="demo", help="named run configuration")
     parser.add_argument("--models", default="", help=f"comma-separated models: {','.join(ENCODER_MODELS)},gbdt (default: the preset's)")
     args = parser.parse_args(argv)
 

@@ -18,6 +18,7 @@ from prefect.client.schemas.objects import FlowRun, State
 from prefect.logging.loggers import flow_run_logger
 
 from pipeline.compare import end_comparison_runs
+from pipeline.settings import load_settings
 
 
 def root_flow_run_id(flow_run: FlowRun) -> str:
@@ -41,7 +42,7 @@ def close_mlflow_runs(status: str) -> Callable[[Flow, FlowRun, State], None]:
 
     def hook(flow: Flow, flow_run: FlowRun, state: State) -> None:
         reason = f"Prefect flow run {flow_run.name!r} ({flow_run.id}) ended {state.name}"
-        ended = end_comparison_runs(f"-{root_flow_run_id(flow_run)[:8]}", status, reason)
+        ended = end_comparison_runs(f"-{root_flow_run_id(flow_run)[:8]}", status, reason, load_settings())
         flow_run_logger(flow_run, flow).info("marked %d MLflow run(s) %s: %s", len(ended), status, ", ".join(ended))
 
     hook.__name__ = f"close_mlflow_runs_{status.lower()}"

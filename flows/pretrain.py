@@ -16,12 +16,13 @@ from pydantic import BaseModel, Field
 
 from pipeline.compare import resolve_preset
 from pipeline.pretrain import PretrainConfig, run_pretraining
+from pipeline.presets import PRESET_NAMES
 from pipeline.settings import load_settings
 
 
 class PretrainParams(BaseModel):
     encoders: list[str] = Field(default_factory=list, description="encoders to pretrain with CoLES (empty: skip)")
-    preset: Literal["auto", "tiny", "demo", "full"] = Field("auto", description="the encoders' architecture")
+    preset: Literal[PRESET_NAMES] = Field("auto", description="the encoders' architecture")
     epochs: int = Field(PretrainConfig().epochs, gt=0, description="pretraining epochs")
     sequences_dir: str | None = Field(None, description="default: <data root>/sequences")
     events_dir: str | None = Field(None, description="default: <data root>/events")
@@ -31,7 +32,7 @@ class PretrainParams(BaseModel):
 @task(task_run_name="pretrain-{encoder}")
 def pretrain_encoder(p: PretrainParams, sequences_dir: Path, events_dir: Path, encoder: str) -> str:
     run = run_pretraining(sequences_dir, events_dir, encoder, resolve_preset(p.preset, sequences_dir, p.fold),
-                          PretrainConfig(epochs=p.epochs))
+                          PretrainConfig(epochs=p.epochs), settings=load_settings())
     return str(run.model_uri)
 
 

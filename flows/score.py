@@ -29,9 +29,9 @@ from pipeline.drift import markdown as drift_markdown
 from pipeline.engines import Engine, score_file_with
 from pipeline.io import check_io_paths
 from pipeline.scoring import ModelLoadError, load_batch_scorer, log_scoring_run
-from pipeline.settings import load_settings
+from pipeline.settings import DEFAULT_REGISTERED_MODEL, load_settings
 
-CHAMPION_URI = "models:/txseq-gender@champion"
+CHAMPION_URI = f"models:/{DEFAULT_REGISTERED_MODEL}@champion"
 
 
 class ScoreParams(EngineParams):
@@ -66,7 +66,7 @@ def _worth_retrying(task, task_run, state) -> bool:
 @task(**IO_RETRIES, retry_condition_fn=_worth_retrying)
 def score_task(model_uri: str, source: Path, output: Path, chunk_rows: int, drift_threshold: float,
                engine: Engine = Engine()) -> ScoreResult:
-    scorer, model = load_batch_scorer(model_uri)
+    scorer, model = load_batch_scorer(model_uri, load_settings().tracking_uri)
     result = score_file_with(engine, source, output, scorer, model,
                              ScoreConfig(chunk_rows, drift_psi_threshold=drift_threshold), load_settings().tracking_uri)
     _log_scoring_run(result, model)
@@ -77,7 +77,7 @@ def score_task(model_uri: str, source: Path, output: Path, chunk_rows: int, drif
 def score_landing_task(model_uri: str, landing_dir: Path, out_dir: Path, p: LandingParams) -> LandingResult:
     if not pending_files(landing_dir, out_dir, p.min_age_s):  # nothing new: no model to load
         return LandingResult(scored=[], skipped=landing_files(landing_dir, p.min_age_s), ledger=[])
-    scorer, model = load_batch_scorer(model_uri)
+    scorer, model = load_batch_scorer(model_uri, load_settings().tracking_uri)
     landing = LandingConfig(stale_after_s=p.stale_after_s, min_age_s=p.min_age_s)
     config = ScoreConfig(chunk_rows=p.chunk_rows, drift_psi_threshold=p.drift_threshold)
     result = score_landing_folder(landing_dir, out_dir, scorer, model, config, landing)
@@ -89,7 +89,7 @@ def score_landing_task(model_uri: str, landing_dir: Path, out_dir: Path, p: Land
 def _log_scoring_run(result: ScoreResult, model) -> None:  # noqa: ANN001 - batch_scoring.ModelRef
     """The scoring run in MLflow; the scores are written already, so a tracking hiccup is a warning, not a retry."""
     try:
-        log_scoring_run(result, model)
+        log_scoring_run(result, model, load_settings().tracking_uri)
     except Exception as e:  # noqa: BLE001
         get_run_logger().warning("scoring run of %s not logged to MLflow: %s", result.output.name, e)
 

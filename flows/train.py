@@ -27,11 +27,12 @@ from pipeline.compare import (
     start_comparison,
     train_one,
 )
+from pipeline.presets import PRESET_NAMES
 from pipeline.settings import load_settings
 
 
 class TrainParams(BaseModel):
-    preset: Literal["auto", "tiny", "demo", "full"] = Field(
+    preset: Literal[PRESET_NAMES] = Field(
         "auto", description="named run configuration (pipeline/presets.py); auto is sized from the data")
     models: list[str] = Field(default_factory=list, description="models to train (default: the preset's)")
     sequences_dir: str | None = Field(None, description="default: <data root>/sequences")
@@ -48,8 +49,8 @@ class TrainParams(BaseModel):
 @task
 def start_task(p: TrainParams, sequences_dir: Path, events_dir: Path, run_name: str) -> ComparisonPlan:
     preset = resolve_preset(p.preset, sequences_dir, p.fold, steps=p.steps, device=p.device)
-    return start_comparison(sequences_dir, events_dir, preset, p.models or None, fold=p.fold, run_name=run_name,
-                            threads=p.threads, init_from=p.init_from)
+    return start_comparison(sequences_dir, events_dir, preset, p.models or None, fold=p.fold, settings=load_settings(),
+                            run_name=run_name, threads=p.threads, init_from=p.init_from)
 
 
 @task(task_run_name="train-{model}")

@@ -56,6 +56,7 @@ from pipeline.io import (
     is_parquet,
     open_table,
     parquet_files,
+    pid_alive,
     printable,
     remove_dead_temp,
     scan_table,
@@ -153,11 +154,12 @@ def input_files(source: Path) -> list[Path]:
     return files
 
 
-def check_inputs(source: Path) -> list[Path]:
+def check_inputs(source: Path, ingest: IngestConfig | None = None) -> list[Path]:
     """The files behind `source`, each checked as far as it can be without reading its rows: it exists, has a
     readable header or Parquet footer, the required columns (none nested) and a data row, and a CSV can be read to its
     end (a .gz that ends early). Raises IngestError naming the file, so a bad input is reported before a model is
-    loaded (a corrupt Parquet page still surfaces while scoring, also as IngestError)."""
+    loaded (a corrupt Parquet page still surfaces while scoring, also as IngestError). The columns are checked
+    against the model's export format (`ingest.source`) when given: before a model is loaded, it is not known."""
     try:
         files = input_files(Path(source))
     except FileNotFoundError as e:
@@ -165,13 +167,14 @@ def check_inputs(source: Path) -> list[Path]:
     for f in files:
         try:
             check_input(f)
-            found = scan_table(f).collect_schema()
+            found = scan_table(f, ingest.source.delimiter if ingest else None).collect_schema()
             if not is_parquet(f):
                 check_readable(f)  # a truncated .gz is found here, before the model is loaded
         except TableError as e:
             raise IngestError(str(e)) from e
-        check_columns([n.strip().lstrip("\ufeff") for n in found.names()], str(f), allow_extra=True,
-                      dtypes={n.strip().lstrip("\ufeff"): t for n, t in found.items()})
+        if ingest is not None:
+            check_columns([n.strip().lstrip("\ufeff") for n in found.names()], str(f), allow_extra=True,
+                          dtypes={n.strip().lstrip("\ufeff"): t for n, t in found.items()}, source=ingest.source)
     try:
         if is_parquet(files[0]):  # a Parquet file or folder: the footers hold the row counts
             empty = pl.scan_parquet(files).select(pl.len()).collect().item() == 0
@@ -212,8 +215,8 @@ def score_file(
     rejects = Path(rejects) if rejects is not None else default_rejects_path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     rejects.parent.mkdir(parents=True, exist_ok=True)
-    files = check_inputs(source)
     ingest = config.ingest or getattr(scorer, "ingest", None) or IngestConfig()
+    files = check_inputs(source, ingest)
     scored_at = datetime.now(UTC)
     for folder in {output.parent, rejects.parent}:  # what killed runs left here (their process is gone)
         for leftover in remove_dead_temp(folder):
@@ -348,7 +351,7 @@ def _stage(files: Sequence[Path], staging: Path, config: ScoreConfig, ingest: In
             # split (two sinks of validate()'s two frames would run the validation twice).
             bucket = pl.when(pl.col(schema.REASON).is_null()).then(pl.col(schema.CUSTOMER_ID).hash(seed=0) % n_buckets)
             folder = staging / "events" / f"{i:05d}"
-            with open_table(f) as table:  # a CSV is read through its checked, bounded copy
+            with open_table(f, ingest.source.delimiter) as table:  # a CSV is read through its checked, bounded copy
                 combined = validate_combined(table.lf, str(f), ingest)
                 combined.with_columns(bucket.fill_null(n_buckets).alias(_BUCKET)).sink_parquet(
                     pl.PartitionBy(folder, key=_BUCKET, include_key=False), mkdir=True,
@@ -593,12 +596,7 @@ def _is_stale(path: Path, info: dict[str, Any], stale_after_s: float) -> bool:
     if age > stale_after_s:
         return True
     if info.get("host") == socket.gethostname() and isinstance(info.get("pid"), int):
-        try:
-            os.kill(info["pid"], 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
+        return not pid_alive(info["pid"])
     return False
 
 

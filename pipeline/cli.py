@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from pipeline.engines import add_engine_arguments, engine_from_args, location
-from pipeline.settings import apply_library_defaults
+from pipeline.settings import DEFAULT_REGISTERED_MODEL, apply_library_defaults
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
@@ -63,9 +63,9 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     """`txseq ingest`: raw CSV/Parquet -> validated Parquet + rejects + manifest (owner: pipeline.ingest)."""
     from pathlib import Path
 
-    from pipeline.ingest import IngestConfig
+    from pipeline.steps import IngestOptions
 
-    d = IngestConfig()
+    d = IngestOptions()
     p = sub.add_parser(
         "ingest",
         help="raw CSV/Parquet transactions -> validated events Parquet + rejects + manifest",
@@ -79,7 +79,11 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", type=location, metavar="INPUT",
                    help="raw transactions file(s), Parquet folder(s) or folder(s) of CSV files")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: <data root>/events)")
-    p.add_argument("--max-day", type=int, default=d.max_day, help="largest accepted day number (%(default)s)")
+    p.add_argument("--source", type=Path, default=None, metavar="FILE.toml",
+                   help="the export's source mapping (columns, time format; README 'Other exports'); default: the "
+                   "built-in Sberbank export")
+    p.add_argument("--max-day", type=int, default=None,
+                   help="largest accepted day number (default: the source's; 3650 for day numbers)")
     p.add_argument("--max-abs-amount", type=float, default=d.max_abs_amount, help="largest accepted |amount| (%(default)g)")
     p.add_argument("--allow-extra-columns", action="store_true", help="drop unknown columns instead of refusing the file")
     p.add_argument("--dedupe-date-only", action="store_true",
@@ -96,12 +100,14 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
 
         from pipeline.io import PathError, check_io_paths
 
-        config = IngestConfig(max_day=args.max_day, max_abs_amount=args.max_abs_amount,
-                              allow_extra_columns=args.allow_extra_columns, dedupe_date_only=args.dedupe_date_only)
+        from pipeline.sources import SourceError
+
         try:
+            config = IngestOptions(args.source, args.max_day, args.max_abs_amount, args.allow_extra_columns,
+                                   args.dedupe_date_only).config()
             inputs, (out,) = check_io_paths(args.inputs, [args.out or load_settings().events_dir])
             result = ingest_with(engine_from_args(args), inputs, out, config, atomic=args.atomic)
-        except (IngestError, PathError, SparkError) as e:
+        except (IngestError, PathError, SparkError, SourceError) as e:
             print(f"txseq ingest: error: {e}", file=sys.stderr)
             return 2
         print(result.format_table())
@@ -116,10 +122,9 @@ def _add_sequences(sub: argparse._SubParsersAction) -> None:
     """`txseq sequences`: events -> per-customer sequences + vocab + split (owner: pipeline.sequences)."""
     from pathlib import Path
 
-    from pipeline.sequences import SequenceConfig
-    from pipeline.splits import SplitConfig
+    from pipeline.steps import SequencesOptions
 
-    seq_d, split_d = SequenceConfig(), SplitConfig()
+    d = SequencesOptions()
     p = sub.add_parser(
         "sequences",
         help="validated events -> per-customer sequences Parquet + vocab + split",
@@ -130,13 +135,17 @@ def _add_sequences(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--events", type=location, default=None, help="ingest output folder (default: <data root>/events)")
     p.add_argument("--labels", type=location, default=None, help="gender_train.csv (customer_id,gender); "
                    "default: none (all customers unlabelled, empty split)")
+    p.add_argument("--label-column", default=d.label_column, help="the binary target's column in --labels (%(default)s)")
+    p.add_argument("--positive", default=d.positive, help="the target value that is positive (%(default)s)")
+    p.add_argument("--negative", default=d.negative,
+                   help="the one other value allowed (%(default)s), or 'rest': every other value is negative")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: <data root>/sequences)")
-    p.add_argument("--max-len", type=int, default=seq_d.max_len, help="latest events kept per customer (%(default)s)")
-    p.add_argument("--min-count", type=int, default=seq_d.min_count,
+    p.add_argument("--max-len", type=int, default=d.max_len, help="latest events kept per customer (%(default)s)")
+    p.add_argument("--min-count", type=int, default=d.min_count,
                    help="codes seen fewer times on training customers encode as unknown (%(default)s)")
-    p.add_argument("--seed", type=int, default=split_d.seed, help="split seed (%(default)s)")
-    p.add_argument("--folds", type=int, default=split_d.n_folds, help="stratified folds (%(default)s)")
-    p.add_argument("--test-fraction", type=float, default=split_d.test_fraction,
+    p.add_argument("--seed", type=int, default=d.seed, help="split seed (%(default)s)")
+    p.add_argument("--folds", type=int, default=d.folds, help="stratified folds (%(default)s)")
+    p.add_argument("--test-fraction", type=float, default=d.test_fraction,
                    help="labelled customers held out as the test set (%(default)s)")
     add_engine_arguments(p)
 
@@ -152,14 +161,12 @@ def _add_sequences(sub: argparse._SubParsersAction) -> None:
             labels = [args.labels] if args.labels else []
             inputs, (out,) = check_io_paths([args.events or settings.events_dir, *labels],
                                             [args.out or settings.sequences_dir])
-            result = sequences_with(
-                engine_from_args(args),
-                events_dir=inputs[0],
-                labels=inputs[1] if args.labels else None,
-                out_dir=out,
-                config=SequenceConfig(max_len=args.max_len, min_count=args.min_count),
-                split_config=SplitConfig(test_fraction=args.test_fraction, n_folds=args.folds, seed=args.seed),
-            )
+            config, split_config, label = SequencesOptions(
+                args.max_len, args.min_count, args.seed, args.folds, args.test_fraction, args.label_column,
+                args.positive, args.negative).configs()
+            result = sequences_with(engine_from_args(args), events_dir=inputs[0],
+                                    labels=inputs[1] if args.labels else None, out_dir=out, config=config,
+                                    split_config=split_config, label=label)
         except (IngestError, PathError, SparkError) as e:
             print(f"txseq sequences: error: {e}", file=sys.stderr)
             return 2
@@ -179,6 +186,10 @@ class _EncoderListHelp(argparse.HelpFormatter):
             from models import comparison_encoders
 
             text = text.replace("{encoders}", ",".join(comparison_encoders()))
+        if text and "{presets}" in text:
+            from pipeline.presets import PRESET_NAMES
+
+            text = text.replace("{presets}", ", ".join(PRESET_NAMES))
         if text and "{all_encoders}" in text:
             from models import ENCODERS
 
@@ -211,9 +222,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--events", type=Path, help="validated events folder (default: <data root>/events)")
     p.add_argument("--models", default=None,
                    help="comma-separated: {encoders},gbdt (default: all of them)")
-    p.add_argument("--preset", default="auto", choices=["auto", "tiny", "demo", "full"],
-                   help="run configuration; auto sizes the model and the step budget from the labelled customers "
-                   "and their events (%(default)s)")
+    p.add_argument("--preset", default="auto",
+                   help="run configuration, one of {presets}; auto sizes the model and the step budget from the "
+                   "labelled customers and their events (%(default)s)")
     p.add_argument("--steps", type=int, help="override the preset's optimiser-step budget")
     p.add_argument("--fold", type=int, default=0, help="validation fold of the split (%(default)s)")
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help="default: the preset's (auto)")
@@ -245,6 +256,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         from pipeline.tracking import TrackingError
         from pipeline.train import resolve_device
 
+        from pipeline.presets import PRESET_NAMES
+
+        if args.preset not in PRESET_NAMES:
+            p.error(f"--preset: unknown {args.preset!r}; choose one of {', '.join(PRESET_NAMES)}")
         if args.threads is not None and args.threads < 1:
             p.error(f"--threads must be >= 1, got {args.threads}")
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -270,8 +285,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         if not ddp.is_main:  # the same fit() calls as rank 0, nothing written
             try:
                 follow_comparison(args.sequences or settings.sequences_dir, args.events or settings.events_dir,
-                                  preset, models, args.fold, settings.runs_dir / args.run, args.threads, settings,
-                                  args.init_from)
+                                  preset, models, args.fold, settings.runs_dir / args.run, args.threads,
+                                  settings=settings, init_from=args.init_from)
             finally:
                 distributed.shutdown()
             return 0
@@ -315,8 +330,9 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--encoder", required=True, help="encoder to pretrain: one of {all_encoders}")
     p.add_argument("--sequences", type=Path, help="sequences folder (default: <data root>/sequences)")
     p.add_argument("--events", type=Path, help="validated events folder (default: <data root>/events)")
-    p.add_argument("--preset", default="auto", choices=["auto", "tiny", "demo", "full"],
-                   help="where the encoder's architecture comes from (%(default)s); fine-tuning keeps it")
+    p.add_argument("--preset", default="auto",
+                   help="where the encoder's architecture comes from, one of {presets} (%(default)s); fine-tuning "
+                   "keeps it")
     p.add_argument("--fold", type=int, default=0, help="fold the auto preset is sized from (%(default)s)")
     p.add_argument("--epochs", type=int, default=None, help="(default: the CoLES recipe's, {pretrain.epochs})")
     p.add_argument("--batch-size", type=int, default=None,
@@ -334,8 +350,14 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
         from pipeline.settings import load_settings
         from pipeline.tracking import TrackingError
 
+        from pipeline.presets import PRESET_NAMES
+
         if args.encoder not in ENCODERS:
             print(f"txseq pretrain: error: unknown encoder {args.encoder!r}; choose one of {', '.join(sorted(ENCODERS))}",
+                  file=sys.stderr)
+            return 2
+        if args.preset not in PRESET_NAMES:
+            print(f"txseq pretrain: error: unknown preset {args.preset!r}; choose one of {', '.join(PRESET_NAMES)}",
                   file=sys.stderr)
             return 2
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -345,7 +367,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
         config = PretrainConfig(device=args.device, **{k: v for k, v in given.items() if v is not None})
         try:
             run = run_pretraining(sequences, args.events or settings.events_dir, args.encoder,
-                                  resolve_preset(args.preset, sequences, args.fold), config, settings,
+                                  resolve_preset(args.preset, sequences, args.fold), config, settings=settings,
                                   register=not args.no_register)
         except (TrackingError, ValueError) as e:
             print(f"txseq pretrain: error: {e}", file=sys.stderr)
@@ -429,7 +451,7 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
 
             model_uri = args.model or f"models:/{load_settings().registered_model}@champion"
             try:
-                scorer, model = load_batch_scorer(model_uri)
+                scorer, model = load_batch_scorer(model_uri, load_settings().tracking_uri)
             except ModelLoadError as e:  # a missing model/alias/version or an unreachable store: one line, exit 2
                 print(f"txseq score: error: {e}", file=sys.stderr)
                 return 2
@@ -461,6 +483,7 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
 def _report_drift(result, model) -> None:  # noqa: ANN001 - batch_scoring.ScoreResult, ModelRef
     """The drift warning line (stderr) or a stability line, and the scoring run in MLflow."""
     from pipeline.scoring import log_scoring_run
+    from pipeline.settings import load_settings
 
     if result.drift is None:
         print(f"{result.output.name}: no reference statistics stored with {model.name} v{model.version}: "
@@ -472,7 +495,7 @@ def _report_drift(result, model) -> None:  # noqa: ANN001 - batch_scoring.ScoreR
         print(f"{result.output.name}: input stable, largest PSI {result.drift['psi'][worst]:.3f} ({worst}) <= "
               f"{result.drift['psi_threshold']:g}")
     try:
-        log_scoring_run(result, model)
+        log_scoring_run(result, model, load_settings().tracking_uri)
     except Exception as e:  # noqa: BLE001 - the scores are written; a tracking hiccup must not fail the run
         print(f"txseq score: note: scoring run not logged to MLflow: {str(e).splitlines()[0][:300]}", file=sys.stderr)
 
@@ -486,7 +509,8 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
         "ROC AUC and log-loss, the decision threshold and calibration stored with it, and the champion decision "
         "recorded when it was registered.",
     )
-    p.add_argument("--name", default=None, help="registered model (default: TXSEQ_REGISTERED_MODEL or txseq-gender)")
+    p.add_argument("--name", default=None,
+                   help=f"registered model (default: TXSEQ_REGISTERED_MODEL or {DEFAULT_REGISTERED_MODEL})")
 
     def handler(args: argparse.Namespace) -> int:
         from pipeline.settings import load_settings

@@ -41,7 +41,7 @@ SCORE = "score"
 class Bins:
     """Fixed bins of one feature: categorical codes (plus an "other" bin) or numeric inner edges (len + 1 bins)."""
 
-    codes: tuple[int, ...] = ()
+    codes: tuple[int | str, ...] = ()  # text for a declared source's categoricals
     edges: tuple[float, ...] = ()
     ref_shares: tuple[float, ...] = ()
 
@@ -63,6 +63,16 @@ class Bins:
             return out
         idx = np.searchsorted(np.asarray(self.edges), values, side="right")
         return np.bincount(idx, minlength=len(self.edges) + 1).astype(np.int64)
+
+
+def _code(c: Any) -> int | str:
+    return c if isinstance(c, str) else int(c)
+
+
+def _codes(frame: pl.DataFrame, column: str) -> pl.Series:
+    """A categorical column's codes; a declared source's missing text code counts as the code ""."""
+    values = frame.get_column(column)
+    return values.fill_null("") if values.dtype == pl.String else values
 
 
 def psi(ref_shares: np.ndarray, batch_shares: np.ndarray) -> float:
@@ -93,7 +103,7 @@ class Reference:
     """What the model was trained on, as bin definitions + reference shares (reference.json)."""
 
     features: dict[str, Bins]
-    known_codes: dict[str, tuple[int, ...]]  # codes seen >= min_count times on the reference events
+    known_codes: dict[str, tuple[int | str, ...]]  # codes seen >= min_count times on the reference events
     unknown_share: dict[str, float]  # share of reference events with a code outside known_codes
     customers: int
     events: int
@@ -130,15 +140,16 @@ def fit_reference(events: pl.LazyFrame | pl.DataFrame, test_scores: np.ndarray, 
     cols = [S.CUSTOMER_ID, S.DAY, S.MCC_CODE, S.TR_TYPE, S.AMOUNT]
     frame = (events.lazy() if isinstance(events, pl.DataFrame) else events).select(cols).collect()
     features: dict[str, Bins] = {}
-    known: dict[str, tuple[int, ...]] = {}
+    known: dict[str, tuple[int | str, ...]] = {}
     unknown: dict[str, float] = {}
     for name, col in CATEGORICAL.items():
-        counts = frame.get_column(col).value_counts(sort=True)  # most frequent first
+        values = _codes(frame, col)
+        counts = values.value_counts(sort=True)  # most frequent first
         codes, n = counts.get_column(col).to_numpy(), counts.get_column("count").to_numpy()
         k = top_k if name == "mcc" else max(top_k // 2, 1)
-        bins = Bins(codes=tuple(int(c) for c in codes[:k]))
-        features[name] = Bins(bins.codes, (), tuple(map(float, _shares(bins.count(frame.get_column(col).to_numpy())))))
-        known[name] = tuple(sorted(int(c) for c, m in zip(codes, n, strict=True) if m >= min_count))
+        bins = Bins(codes=tuple(_code(c) for c in codes[:k]))
+        features[name] = Bins(bins.codes, (), tuple(map(float, _shares(bins.count(values.to_numpy())))))
+        known[name] = tuple(sorted(_code(c) for c, m in zip(codes, n, strict=True) if m >= min_count))
         unknown[name] = float(n[n < min_count].sum() / max(len(frame), 1))
     features["amount"] = _quantile_bins(frame.get_column(S.AMOUNT).to_numpy())
     per_customer = _per_customer(frame)
@@ -215,7 +226,7 @@ class DriftMonitor:
         """Add one chunk of validated events (EVENTS_SCHEMA columns)."""
         feats = self.reference.features
         for name, col in CATEGORICAL.items():
-            values = events.get_column(col).to_numpy()
+            values = _codes(events, col).to_numpy()
             self.counts[name] += feats[name].count(values)
             known = np.asarray(self.reference.known_codes[name], dtype=values.dtype)
             self.unknown[name] += int((~np.isin(values, known)).sum())

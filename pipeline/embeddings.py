@@ -123,7 +123,7 @@ def save_embedding_artifacts(out_dir: Path, model: torch.nn.Module, model_config
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / "model.pt"
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
-    config = {"kind": "embedding", "schema_version": S.SCHEMA_VERSION, "ingest": asdict(ingest),
+    config = {"kind": "embedding", "schema_version": S.SCHEMA_VERSION, "ingest": ingest.to_dict(),
               "model": model_config.to_dict(), "sequence": asdict(sequence), "batch_size": batch_size, **extra}
     return config, {"model": weights, "vocab": vocab.save(out_dir / "vocab.json")}
 
@@ -150,7 +150,7 @@ def load_embedding_kind(cfg: dict, artifacts: dict[str, str]) -> EmbeddingScorer
     weights = artifacts["encoder"] if cfg["kind"] == "hybrid" else artifacts["model"]
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     model.eval()
-    ingest = IngestConfig(**cfg["ingest"])
+    ingest = IngestConfig.from_dict(cfg["ingest"])
     embedder = EmbeddingScorer(model, model_config, Vocab.load(Path(artifacts["vocab"])), SequenceConfig(**cfg["sequence"]), ingest,
                                cfg["batch_size"])
     if cfg["kind"] == "embedding":

@@ -7,7 +7,7 @@ validation, test and scoring data, so the columns are the same everywhere.
 Columns (one row per customer, sorted by customer_id):
   n_events; amount_{sum,mean,std,min,max,q05..q95}; share_negative;
   mcc_<code|other>_{count,share,amount_sum,amount_mean}; tr_type_<code|other>_{...same};
-  hour_<0..23>_share; weekday_<0..6>_share (day % 7);
+  hour_<0..23>_share; weekday_<0..6>_share (the events' weekday: calendar, or day % 7 without dates);
   first_day, last_day, span_days (= last - first + 1), active_days, events_per_day (n / span), events_per_active_day.
 """
 
@@ -21,6 +21,7 @@ from pathlib import Path
 import polars as pl
 
 from pipeline import schema as S
+from pipeline.sources import weekday_of
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,8 @@ class FeatureConfig:
 class FeatureSpec:
     """The fitted choice of columns: applied unchanged to every customer set."""
 
-    mcc_codes: tuple[int, ...]
-    tr_types: tuple[int, ...]
+    mcc_codes: tuple[int | str, ...]  # text for a declared source's categoricals
+    tr_types: tuple[int | str, ...]
     quantiles: tuple[float, ...]
 
     def save(self, path: Path) -> Path:
@@ -48,9 +49,10 @@ class FeatureSpec:
         return cls(tuple(d["mcc_codes"]), tuple(d["tr_types"]), tuple(d["quantiles"]))
 
 
-def _top_codes(events: pl.LazyFrame, column: str, k: int) -> tuple[int, ...]:
-    counts = events.group_by(column).agg(pl.len().alias("n")).sort(["n", column], descending=[True, False])
-    return tuple(int(c) for c in counts.head(k).collect()[column].to_list())
+def _top_codes(events: pl.LazyFrame, column: str, k: int) -> tuple[int | str, ...]:
+    counts = (events.filter(pl.col(column).is_not_null()).group_by(column).agg(pl.len().alias("n"))
+              .sort(["n", column], descending=[True, False]))
+    return tuple(c if isinstance(c, str) else int(c) for c in counts.head(k).collect()[column].to_list())
 
 
 def fit_feature_spec(events: pl.LazyFrame, customer_ids: Sequence[int] | None, config: FeatureConfig) -> FeatureSpec:
@@ -64,7 +66,7 @@ def fit_feature_spec(events: pl.LazyFrame, customer_ids: Sequence[int] | None, c
     )
 
 
-def _per_code(column: str, prefix: str, codes: Sequence[int]) -> list[pl.Expr]:
+def _per_code(column: str, prefix: str, codes: Sequence[int | str]) -> list[pl.Expr]:
     """count, share, amount sum and mean for each kept code and for the pooled rest (`<prefix>_other_*`).
 
     The mean is 0 when the customer has no such event (count 0 says so); an all-missing column would also trip
@@ -72,7 +74,7 @@ def _per_code(column: str, prefix: str, codes: Sequence[int]) -> list[pl.Expr]:
     """
     amount, n = pl.col(S.AMOUNT), pl.len()
     buckets = [(str(c), pl.col(column) == c) for c in codes]
-    buckets.append(("other", ~pl.col(column).is_in(list(codes)) if codes else pl.lit(True)))
+    buckets.append(("other", ~pl.col(column).is_in(list(codes)).fill_null(False) if codes else pl.lit(True)))
     exprs: list[pl.Expr] = []
     for name, hit in buckets:
         count = hit.sum().cast(pl.Float64)
@@ -89,7 +91,7 @@ def build_features(events: pl.LazyFrame, spec: FeatureSpec) -> pl.LazyFrame:
     """Validated events (`schema.EVENTS_SCHEMA`) -> one row of float features per customer, sorted by customer_id."""
     amount, day, n = pl.col(S.AMOUNT), pl.col(S.DAY), pl.len().cast(pl.Float64)
     hour = pl.col(S.SECOND_OF_DAY) // 3600
-    weekday = day % 7
+    weekday = weekday_of(events.collect_schema().names())
     span = (day.max() - day.min() + 1).cast(pl.Float64)
     aggs = [
         n.alias("n_events"),
@@ -117,5 +119,5 @@ def build_features(events: pl.LazyFrame, spec: FeatureSpec) -> pl.LazyFrame:
 
 def feature_names(spec: FeatureSpec) -> list[str]:
     """The feature columns `build_features` produces, in order (customer_id excluded)."""
-    empty = pl.LazyFrame(schema=S.EVENTS_SCHEMA)
+    empty = pl.LazyFrame(schema=S.events_schema(text_codes=any(isinstance(c, str) for c in spec.mcc_codes + spec.tr_types)))
     return [c for c in build_features(empty, spec).collect_schema().names() if c != S.CUSTOMER_ID]

@@ -47,6 +47,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from pipeline import raw_csv, schema
+from pipeline.sources import DAY_NUMBER, EPOCH, EPOCH_MS, EPOCH_S, FIELDS, SBERBANK, SBERBANK_DAY, TIME_KINDS, Source
 from pipeline.io import (
     REPLACEMENT_CHAR,
     TableError,
@@ -101,10 +102,32 @@ class IngestError(Exception):
 
 @dataclass(frozen=True)
 class IngestConfig:
-    max_day: int = 3650
+    """The ingest rules; they travel with every registered model, so scoring validates exactly as ingest did."""
+
+    source: Source = SBERBANK  # the export format (`pipeline.sources`)
+    max_day: int | None = None  # largest accepted day number; None: the source's (3650 for day numbers)
     max_abs_amount: float = 1e12
-    allow_extra_columns: bool = False  # drop unknown columns instead of refusing the file
-    dedupe_date_only: bool = False  # also treat repeated "<day> 00:00:00" rows of one file as duplicates
+    allow_extra_columns: bool = False  # drop unknown columns instead of refusing the file (built-in source)
+    dedupe_date_only: bool = False  # also treat repeated date-only rows of one file as duplicates
+
+    @property
+    def day_limit(self) -> int | None:
+        return self.max_day if self.max_day is not None else self.source.day_limit
+
+    @property
+    def events_schema(self) -> dict[str, pl.DataType]:
+        return schema.events_schema(self.source.text_codes)
+
+    def to_dict(self) -> dict:
+        return {"source": self.source.to_dict(), "max_day": self.max_day, "max_abs_amount": self.max_abs_amount,
+                "allow_extra_columns": self.allow_extra_columns, "dedupe_date_only": self.dedupe_date_only}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "IngestConfig":
+        """The rules as stored in a manifest or with a model; before sources were recorded: the built-in one."""
+        known = {"max_day", "max_abs_amount", "allow_extra_columns", "dedupe_date_only"}
+        source = Source.from_dict(d["source"]) if d.get("source") else SBERBANK
+        return cls(source=source, **{k: v for k, v in d.items() if k in known})
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -113,9 +136,12 @@ class IngestConfig:
 
 
 def check_columns(names: Sequence[str], source_file: str, allow_extra: bool = False,
-                  dtypes: dict[str, pl.DataType] | None = None) -> None:
+                  dtypes: dict[str, pl.DataType] | None = None, source: Source = SBERBANK) -> None:
     """File-level column check: every required raw column present; no unknown column unless allowed; with the
-    `dtypes` of a typed (Parquet) input, no raw column nested (a list or struct per row)."""
+    `dtypes` of a typed (Parquet) input, no raw column nested (a list or struct per row). A declared `source`
+    checks its mapped export columns instead (the export's other columns are left out)."""
+    if source.declared:
+        return _check_declared(names, source_file, dtypes, source)
     missing = [c for c in REQUIRED_COLUMNS if c not in names]
     extra = [c for c in names if c not in schema.RAW_COLUMNS]
     found = printable(", ".join(names)) if names else "none"
@@ -133,7 +159,27 @@ def check_columns(names: Sequence[str], source_file: str, allow_extra: bool = Fa
                               f"({_EXPECTED[c]})")
 
 
-def _numeric_columns(dtypes: dict[str, pl.DataType]) -> frozenset[str]:
+def _check_declared(names: Sequence[str], source_file: str, dtypes: dict[str, pl.DataType] | None,
+                    source: Source) -> None:
+    found = printable(", ".join(names)) if names else "none"
+    field = {raw: f for f, raw in FIELDS.items()}
+    missing = [f"{export} ({field[raw]})" for raw, export in source.columns if export not in names]
+    if missing:
+        hint = " — is the delimiter right?" if len(names) == 1 else ""
+        raise IngestError(f"{source_file}: missing column(s) {', '.join(missing)} of source {source.name!r} "
+                          f"(found: {found}){hint}")
+    for raw, export in source.columns:
+        if dtypes and export in dtypes and dtypes[export].is_nested():
+            raise IngestError(f"{source_file}: column {export} holds {dtypes[export]} values; expected one value per "
+                              f"row ({_EXPECTED[raw]})")
+
+
+def integer_columns(source: Source) -> tuple[str, ...]:
+    """Raw columns read as integers: the customer id, and the codes unless the source's codes are text."""
+    return (schema.CUSTOMER_ID,) if source.text_codes else INTEGER_COLUMNS
+
+
+def _numeric_columns(dtypes: dict[str, pl.DataType], source: Source = SBERBANK) -> frozenset[str]:
     """Raw columns whose typed values are checked as numbers instead of as their text (typed Parquet).
 
     Integer ids (any signed/unsigned width) and a Float64 amount: for these the checks on the number give exactly
@@ -141,7 +187,7 @@ def _numeric_columns(dtypes: dict[str, pl.DataType]) -> frozenset[str]:
     (float ids such as 5411.0, a Float32 amount whose text is not its Float64 value, decimals, booleans) take the
     text route."""
     ints = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64)
-    out = {c for c in INTEGER_COLUMNS if c in dtypes and dtypes[c] in ints}
+    out = {c for c in integer_columns(source) if c in dtypes and dtypes[c] in ints}
     if dtypes.get(schema.AMOUNT) == pl.Float64:
         out.add(schema.AMOUNT)
     return frozenset(out)
@@ -162,8 +208,16 @@ def _raw_columns(lf: pl.LazyFrame, source_file: str, config: IngestConfig, text_
     flagged = raw_csv.FLAG in names
     names = [n for n in names if n != raw_csv.FLAG]
     dtypes = dict(lf.collect_schema().items())
-    check_columns(names, source_file, config.allow_extra_columns, dtypes)
-    numeric = frozenset() if text_only else _numeric_columns(dtypes)
+    source = config.source
+    check_columns(names, source_file, config.allow_extra_columns, dtypes, source)
+    if source.declared:  # the export's columns under their raw names; unmapped export columns left out
+        export = source.export
+        lf = lf.select(*([pl.col(schema.SOURCE_ROW)] if numbered else []),
+                       *([pl.col(raw_csv.FLAG)] if flagged else []),
+                       *[pl.col(export[c]).alias(c) for c in schema.RAW_COLUMNS if c in export])
+        dtypes = {c: dtypes[export[c]] for c in schema.RAW_COLUMNS if c in export}
+        names = list(dtypes)
+    numeric = frozenset() if text_only else _numeric_columns(dtypes, source)
     flag = pl.col(raw_csv.FLAG) if flagged else pl.lit(None, pl.String).alias(raw_csv.FLAG)
     columns = [pl.col(c) if c in numeric else pl.col(c).cast(pl.String) if c in names else pl.lit(None, pl.String).alias(c)
                for c in schema.RAW_COLUMNS] + [flag]
@@ -180,31 +234,24 @@ def _annotate(lf: pl.LazyFrame, source_file: str, config: IngestConfig, text_onl
     columns of the previous one, never re-derives them). Typed numeric columns (`_numeric_columns`) are checked
     as numbers, with the same outcome as the text route (`text_only=True` forces it; the tests compare both)."""
     raw, numeric = _raw_columns(lf, source_file, config, text_only, numbered)
+    source = config.source
+    ints = integer_columns(source)
+    texts = [c for c in (schema.MCC_CODE, schema.TR_TYPE) if c not in ints]  # text codes: empty = missing code
     text_cols = [c for c in schema.RAW_COLUMNS if c not in numeric]
     st = {c: f"_{c}_text" for c in text_cols}  # stripped text
-    stage1 = raw.with_columns(
+    stage1 = _parse_time(raw.with_columns(
         *[pl.col(c).str.strip_chars().alias(st[c]) for c in text_cols],
-    ).with_columns(
-        pl.col(st[schema.TR_DATETIME]).str.split_exact(" ", 1).alias("_dt_parts"),
-    ).with_columns(
-        pl.col("_dt_parts").struct.field("field_0").alias("_day_text"),
-        pl.col("_dt_parts").struct.field("field_1").str.strip_chars_start().alias("_time_text"),
-    )
-    time_text = pl.col("_time_text")
+    ), st[schema.TR_DATETIME], source)
     stage2 = stage1.with_columns(
         # a typed integer above Int64's range (UInt64) becomes null: not_an_integer, as its text would be
-        *[pl.col(c if c in numeric else st[c]).cast(pl.Int64, strict=False).alias(f"_{c}") for c in INTEGER_COLUMNS],
-        pl.col("_day_text").cast(pl.Int64, strict=False).alias("_day"),
-        time_text.str.contains(_TIME).alias("_time_ok"),
-        time_text.str.head(-6).cast(pl.Int32, strict=False).alias("_h"),
-        time_text.str.slice(-5, 2).cast(pl.Int32, strict=False).alias("_m"),
-        time_text.str.tail(2).cast(pl.Int32, strict=False).alias("_s"),
+        *[pl.col(c if c in numeric else st[c]).cast(pl.Int64, strict=False).alias(f"_{c}") for c in ints],
+        *[pl.when(pl.col(st[c]) != "").then(pl.col(st[c])).alias(f"_{c}") for c in texts],
         pl.col(schema.AMOUNT if schema.AMOUNT in numeric else st[schema.AMOUNT]).cast(pl.Float64, strict=False).alias("_amount"),
         pl.when(pl.col(st[schema.TERM_ID]) != "").then(pl.col(st[schema.TERM_ID])).alias("_term"),
     )
     # Integers written as "5411.0" (spreadsheets) parse too. Polars evaluates every branch of a when/then, so the
     # regex runs on the text of the rows whose cast failed only (null elsewhere: skipped), not on every row.
-    text_ints = [c for c in INTEGER_COLUMNS if c not in numeric]
+    text_ints = [c for c in ints if c not in numeric]
     failed = {c: pl.when(pl.col(f"_{c}").is_null()).then(pl.col(st[c])) for c in text_ints}
     stage3 = stage2.with_columns(
         *[
@@ -218,22 +265,22 @@ def _annotate(lf: pl.LazyFrame, source_file: str, config: IngestConfig, text_onl
     int_max = {schema.CUSTOMER_ID: 2**63 - 1, schema.MCC_CODE: 2**31 - 1, schema.TR_TYPE: 2**31 - 1}
     checks: list[tuple[pl.Expr, str, str | None]] = []
     # The text of a number is never empty, never holds U+FFFD and starts with "-" only when the number is < 0.
-    for c in REQUIRED_COLUMNS:
+    mapped = set(source.export)
+    ints = [c for c in ints if c in mapped]  # a declared source's unmapped tr_type stays null, unchecked
+    for c in (c for c in REQUIRED_COLUMNS if c in ints or c not in (schema.MCC_CODE, schema.TR_TYPE)):
         checks.append((pl.col(c).is_null() if c in numeric else pl.col(st[c]).fill_null("") == "", "missing_value", c))
     for c in text_cols:
         checks.append((pl.col(c).str.contains(REPLACEMENT_CHAR, literal=True).fill_null(False), "invalid_utf8", c))
-    for c in INTEGER_COLUMNS:
+    for c in ints:
         bad = pl.col(f"_{c}").is_null() | (pl.col(f"_{c}") < 0) | (pl.col(f"_{c}") > int_max[c])
         signed = pl.col(st[c]).str.starts_with("-") | pl.col(st[c]).str.starts_with("+") if c not in numeric else None
         checks.append((bad if c in numeric else bad | signed, "not_an_integer", c))
     if schema.CUSTOMER_ID not in numeric:
         checks.append((pl.col(st[schema.CUSTOMER_ID]).str.contains(_LEADING_ZERO), "ambiguous_id", schema.CUSTOMER_ID))
-    no_time = (
-        ~pl.col("_time_ok").fill_null(False) | ~pl.col("_day_text").str.contains(r"^-?[0-9]+$").fill_null(False)
-        | (pl.col("_h") > 23) | (pl.col("_m") > 59) | (pl.col("_s") > 60)
-    )
-    checks.append((no_time, "unparseable_datetime", schema.TR_DATETIME))
-    day_bad = pl.col("_day").is_null() | (pl.col("_day") < 0) | (pl.col("_day") > config.max_day)
+    checks.append((pl.col("_time_bad"), "unparseable_datetime", schema.TR_DATETIME))
+    day_bad = pl.col("_day").is_null() | (pl.col("_day") < 0)
+    if config.day_limit is not None:
+        day_bad = day_bad | (pl.col("_day") > config.day_limit)
     checks.append((day_bad, "day_out_of_range", schema.TR_DATETIME))
     amount = pl.col("_amount")
     checks.append((amount.is_null(), "unparseable_amount", schema.AMOUNT))
@@ -250,9 +297,9 @@ def _annotate(lf: pl.LazyFrame, source_file: str, config: IngestConfig, text_onl
     flag = pl.col(raw_csv.FLAG)
     reason: pl.Expr = pl.when(flag.is_not_null()).then(flag)
     column: pl.Expr = pl.when(flag.is_not_null()).then(pl.lit(None, pl.String))
-    for cond, r, c in checks:
+    for cond, r, c in checks:  # the column as the export names it
         reason = reason.when(cond).then(pl.lit(r))
-        column = column.when(cond).then(pl.lit(c))
+        column = column.when(cond).then(pl.lit(source.export_name(c)))
     stage4 = stage3.with_columns(
         reason.otherwise(pl.lit(None, pl.String)).alias(schema.REASON),
         column.otherwise(pl.lit(None, pl.String)).alias(schema.REJECT_COLUMN),
@@ -275,6 +322,73 @@ def _annotate(lf: pl.LazyFrame, source_file: str, config: IngestConfig, text_onl
     )
 
 
+def _parse_time(lf: pl.LazyFrame, text_column: str, source: Source) -> pl.LazyFrame:
+    """Adds `_day` (days since the source's day 0), `_h`, `_m`, `_s` (second 60 kept: read as 59 later) and
+    `_time_bad` (unparseable) from the stripped time text, in the source's `time_format`."""
+    text, fmt = pl.col(text_column), source.time_format
+    zero = pl.lit(0, pl.Int32)
+    if fmt == SBERBANK_DAY:  # "<day> HH:MM:SS"
+        time_text = pl.col("_time_text")
+        return lf.with_columns(
+            text.str.split_exact(" ", 1).alias("_dt_parts"),
+        ).with_columns(
+            pl.col("_dt_parts").struct.field("field_0").alias("_day_text"),
+            pl.col("_dt_parts").struct.field("field_1").str.strip_chars_start().alias("_time_text"),
+        ).with_columns(
+            pl.col("_day_text").cast(pl.Int64, strict=False).alias("_day"),
+            time_text.str.contains(_TIME).alias("_time_ok"),
+            time_text.str.head(-6).cast(pl.Int32, strict=False).alias("_h"),
+            time_text.str.slice(-5, 2).cast(pl.Int32, strict=False).alias("_m"),
+            time_text.str.tail(2).cast(pl.Int32, strict=False).alias("_s"),
+        ).with_columns((
+            ~pl.col("_time_ok").fill_null(False) | ~pl.col("_day_text").str.contains(r"^-?[0-9]+$").fill_null(False)
+            | (pl.col("_h") > 23) | (pl.col("_m") > 59) | (pl.col("_s") > 60)
+        ).alias("_time_bad"))
+    if fmt == DAY_NUMBER:
+        day = text.cast(pl.Int64, strict=False)
+        bad = ~text.str.contains(r"^-?[0-9]+$").fill_null(False) | day.is_null()
+        return lf.with_columns(day.alias("_day"), zero.alias("_h"), zero.alias("_m"), zero.alias("_s"),
+                               bad.alias("_time_bad"))
+    if fmt in (EPOCH_S, EPOCH_MS):
+        value = text.cast(pl.Float64, strict=False)
+        seconds = (value / 1000.0 if fmt == EPOCH_MS else value).floor()
+        ok = value.is_not_null() & value.is_finite() & (seconds.abs() < 1e15)
+        origin_s = (source.origin_date - EPOCH).days * 86400
+        since = pl.when(ok).then(seconds).cast(pl.Int64, strict=False) - origin_s
+        return lf.with_columns(since.alias("_since")).with_columns(
+            (pl.col("_since") // 86400).alias("_day"),
+            ((pl.col("_since") % 86400) // 3600).cast(pl.Int32).alias("_h"),
+            ((pl.col("_since") % 3600) // 60).cast(pl.Int32).alias("_m"),
+            (pl.col("_since") % 60).cast(pl.Int32).alias("_s"),
+            (~ok).alias("_time_bad"),
+        )
+    parsed = text.str.strptime(pl.Datetime("us"), fmt, strict=False)  # a strftime pattern
+    origin = pl.lit(source.origin_date, pl.Date)
+    return lf.with_columns(parsed.alias("_datetime")).with_columns(
+        (pl.col("_datetime").dt.date() - origin).dt.total_days().cast(pl.Int64).alias("_day"),
+        pl.col("_datetime").dt.hour().cast(pl.Int32).alias("_h"),
+        pl.col("_datetime").dt.minute().cast(pl.Int32).alias("_m"),
+        pl.col("_datetime").dt.second().cast(pl.Int32).alias("_s"),
+        pl.col("_datetime").is_null().alias("_time_bad"),
+    )
+
+
+def _date_only(source: Source) -> pl.Expr:
+    """Raw rows without a time of day (midnight or a date format): identical ones on one day are ordinary."""
+    dt = pl.col(schema.TR_DATETIME).str.strip_chars()
+    fmt = source.time_format
+    if fmt == SBERBANK_DAY:
+        return dt.str.ends_with(" 00:00:00") | dt.str.ends_with(" 0:00:00")
+    if fmt == DAY_NUMBER or (fmt not in TIME_KINDS and not any(d in fmt for d in _TIME_DIRECTIVES)):
+        return pl.lit(True)
+    if fmt in (EPOCH_S, EPOCH_MS):
+        return pl.lit(False)
+    return dt.str.contains(r"(^|[^0-9])0?0[:.]00[:.]00$")
+
+
+_TIME_DIRECTIVES = ("%H", "%I", "%k", "%l", "%M", "%S", "%T", "%R", "%X", "%c", "%s", "%+")
+
+
 def _repeated_rows(raw: pl.LazyFrame, config: IngestConfig, numeric: frozenset[str] = frozenset()) -> pl.Series:
     """Source rows that repeat an earlier row of the same input exactly (raw values, byte for byte).
 
@@ -290,9 +404,7 @@ def _repeated_rows(raw: pl.LazyFrame, config: IngestConfig, numeric: frozenset[s
         fields.append(((a == 0) & (1.0 / a < 0)).alias("_negative_zero"))
     key = pl.struct(fields).hash(seed=0)
     if not config.dedupe_date_only:
-        dt = pl.col(schema.TR_DATETIME).str.strip_chars()
-        date_only = dt.str.ends_with(" 00:00:00") | dt.str.ends_with(" 0:00:00")
-        key = pl.when(~date_only.fill_null(False)).then(key)
+        key = pl.when(~_date_only(config.source).fill_null(False)).then(key)
     key = pl.when(pl.col(raw_csv.FLAG).is_null()).then(key)  # a flagged record is no first occurrence
     keys = raw.select(pl.col(schema.SOURCE_ROW), key.alias("_key")).filter(pl.col("_key").is_not_null())
     repeated = lambda df: df.sort(schema.SOURCE_ROW).filter(~pl.col("_key").is_first_distinct())[schema.SOURCE_ROW]  # noqa: E731
@@ -310,8 +422,8 @@ def _repeated_rows(raw: pl.LazyFrame, config: IngestConfig, numeric: frozenset[s
     return pl.concat(found).sort()
 
 
-def _event_columns() -> list[tuple[str, pl.DataType, pl.Expr]]:
-    """(name, dtype, expression on the annotated frame) of each EVENTS_SCHEMA column, uncast."""
+def _event_columns(config: IngestConfig = IngestConfig()) -> list[tuple[str, pl.DataType, pl.Expr]]:
+    """(name, dtype, expression on the annotated frame) of each `config.events_schema` column, uncast."""
     second_of_day = pl.col("_h") * 3600 + pl.col("_m") * 60 + pl.min_horizontal(pl.col("_s"), pl.lit(59))
     cols = {
         schema.CUSTOMER_ID: pl.col(f"_{schema.CUSTOMER_ID}"),
@@ -319,6 +431,7 @@ def _event_columns() -> list[tuple[str, pl.DataType, pl.Expr]]:
         schema.DAY: pl.col("_day"),
         schema.SECOND_OF_DAY: second_of_day,
         schema.EVENT_TIME: pl.col("_day") + second_of_day / 86400.0,
+        schema.WEEKDAY: (pl.col("_day") + config.source.weekday_offset) % 7,
         schema.MCC_CODE: pl.col(f"_{schema.MCC_CODE}"),
         schema.TR_TYPE: pl.col(f"_{schema.TR_TYPE}"),
         schema.AMOUNT: pl.col("_amount"),
@@ -327,11 +440,11 @@ def _event_columns() -> list[tuple[str, pl.DataType, pl.Expr]]:
         schema.SOURCE_ROW: pl.col(schema.SOURCE_ROW),
         schema.ROW_HASH: pl.col(schema.ROW_HASH),
     }
-    return [(c, t, cols[c].alias(c)) for c, t in schema.EVENTS_SCHEMA.items()]
+    return [(c, t, cols[c].alias(c)) for c, t in config.events_schema.items()]
 
 
-def _events(annotated: pl.LazyFrame) -> pl.LazyFrame:
-    return annotated.filter(pl.col(schema.REASON).is_null()).select([e.cast(t) for _, t, e in _event_columns()])
+def _events(annotated: pl.LazyFrame, config: IngestConfig = IngestConfig()) -> pl.LazyFrame:
+    return annotated.filter(pl.col(schema.REASON).is_null()).select([e.cast(t) for _, t, e in _event_columns(config)])
 
 
 def _rejects(annotated: pl.LazyFrame) -> pl.LazyFrame:
@@ -354,7 +467,7 @@ def validate_combined(lf: pl.LazyFrame, source_file: str, config: IngestConfig =
     valid = pl.col(schema.REASON).is_null()
     shared = (schema.SOURCE_FILE, schema.SOURCE_ROW)
     events = [e.cast(t) if c in shared else pl.when(valid).then(e).cast(t).alias(c)  # masked, then cast (strict)
-              for c, t, e in _event_columns()]
+              for c, t, e in _event_columns(config)]
     text = lambda c: pl.col(c).cast(pl.String) if all_texts else pl.when(~valid).then(pl.col(c).cast(pl.String))  # noqa: E731
     texts = [text(c).alias(REJECT_TEXT_PREFIX + c) for c in schema.RAW_COLUMNS]
     return annotated.select(*events, *texts, pl.col(schema.REJECT_COLUMN), pl.col(schema.REASON))
@@ -362,7 +475,7 @@ def validate_combined(lf: pl.LazyFrame, source_file: str, config: IngestConfig =
 
 def split_combined(combined: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     """A `validate_combined` frame (or its rows read back) -> (events with EVENTS_SCHEMA, rejects with REJECTS_SCHEMA)."""
-    events = combined.filter(pl.col(schema.REASON).is_null()).select(list(schema.EVENTS_SCHEMA))
+    events = combined.filter(pl.col(schema.REASON).is_null()).select(list(schema.events_schema()))
     rejects = combined.filter(pl.col(schema.REASON).is_not_null()).select(
         [(pl.col(REJECT_TEXT_PREFIX + c) if c in schema.RAW_COLUMNS else pl.col(c)).cast(t).alias(c)
          for c, t in schema.REJECTS_SCHEMA.items()]
@@ -378,7 +491,7 @@ def validate(lf: pl.LazyFrame, source_file: str, config: IngestConfig = IngestCo
     the input once up front for the repeat check (narrow, in bounded buckets); the returned frames are lazy.
     `text_only` checks typed numeric columns through their text instead of as numbers (same result, slower)."""
     annotated = _annotate(lf, source_file, config, text_only)
-    return _events(annotated), _rejects(annotated)
+    return _events(annotated, config), _rejects(annotated)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -574,7 +687,7 @@ def _ingest_file(path: Path, sha: str, out_dir: Path, seen: list[Path], config: 
     by_reason: dict[str, int] = {}
     rows_in = accepted = rejected = last_row = 0
     try:
-        with open_table(path) as table:
+        with open_table(path, config.source.delimiter) as table:
             annotated = _annotate(table.lf, source, config)
             if seen:  # rows identical to ones already ingested from other files
                 hashes = pl.scan_parquet(seen).select(schema.ROW_HASH).collect()[schema.ROW_HASH]
@@ -582,9 +695,9 @@ def _ingest_file(path: Path, sha: str, out_dir: Path, seen: list[Path], config: 
             # One streaming pass: each batch of validated rows is split into the two outputs (two lazy sinks of the
             # same query would run the whole validation twice).
             with atomic_path(out_dir / EVENTS_DIR / part) as ev, atomic_path(out_dir / REJECTS_DIR / part) as rj, \
-                    _ParquetSink(ev, schema.EVENTS_SCHEMA) as events_out, _ParquetSink(rj, schema.REJECTS_SCHEMA) as rejects_out:
+                    _ParquetSink(ev, config.events_schema) as events_out, _ParquetSink(rj, schema.REJECTS_SCHEMA) as rejects_out:
                 for batch in annotated.collect_batches(chunk_size=BATCH_ROWS):
-                    good, bad = _events(batch.lazy()).collect(), _rejects(batch.lazy()).collect()
+                    good, bad = _events(batch.lazy(), config).collect(), _rejects(batch.lazy()).collect()
                     events_out.write(good)
                     rejects_out.write(bad)
                     rows_in += batch.height
@@ -642,7 +755,7 @@ def _commit_unit(files: Sequence[Path], out_dir: Path, manifest: dict, config: I
                 os.replace(staging / d / report.part, out_dir / d / report.part)
         for report in staged:
             entry = {k: v for k, v in asdict(report).items() if k != "status"}
-            entry |= {"part": report.part, "config": asdict(config), "ingested_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            entry |= {"part": report.part, "config": config.to_dict(), "ingested_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             manifest["files"] = [f for f in manifest["files"] if f["sha256"] != report.sha256] + [entry]
         if staged:
             manifest["totals"] = _totals(manifest["files"])
@@ -668,6 +781,9 @@ def ingest(inputs: Sequence[str | Path], out_dir: str | Path, config: IngestConf
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_dead_temp(out_dir)  # staging folders of killed runs
     manifest = _load_manifest(out_dir)
+    if manifest["files"] and ingest_rules(out_dir).source != config.source:
+        raise IngestError(f"{out_dir}: holds events of source {ingest_rules(out_dir).source.name!r}, not "
+                          f"{config.source.name!r}; ingest into a fresh folder")
     reports: list[FileReport] = []
     for i, unit in enumerate(units):
         try:
@@ -689,9 +805,17 @@ def read_events(out_dir: str | Path) -> pl.LazyFrame:
     if not manifest_path.exists():
         raise IngestError(f"{out_dir}: no {MANIFEST}; run `txseq ingest` first")
     parts = event_part_files(out_dir)
+    columns = ingest_rules(out_dir).events_schema
     if not parts:
-        return pl.LazyFrame(schema=schema.EVENTS_SCHEMA)
-    return pl.scan_parquet(parts, schema=schema.EVENTS_SCHEMA)
+        return pl.LazyFrame(schema=columns)
+    return pl.scan_parquet(parts, schema=columns)
+
+
+def ingest_rules(out_dir: str | Path) -> IngestConfig:
+    """The ingest rules of an events folder, as recorded in its manifest (the latest file's; every file of one
+    folder has the same source): what a model trained on these events validates its input with."""
+    files = _load_manifest(Path(out_dir))["files"]
+    return IngestConfig.from_dict(files[-1]["config"]) if files else IngestConfig()
 
 
 def event_part_files(out_dir: Path) -> list[Path]:
@@ -707,36 +831,68 @@ def read_rejects(out_dir: str | Path) -> pl.LazyFrame:
     return pl.scan_parquet(parts, schema=schema.REJECTS_SCHEMA)
 
 
-def read_labels(path: str | Path) -> pl.DataFrame:
-    """gender_train.csv -> customer_id (Int64), gender (Int8), file order.
+REST = "rest"  # LabelSpec.negative: every value other than the positive one
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """Which column of the labels file is the binary target and which value is positive (recorded with every model).
+
+    `negative`: the one other value allowed (anything else is a bad row), or None (`--negative rest`): every other
+    value is negative (one value against the rest of a multi-class column). `id_column`: the customer id column
+    (a declared source's export name; "customer_id" is accepted too)."""
+
+    column: str = schema.GENDER
+    positive: str = "1"
+    negative: str | None = "0"
+    id_column: str = schema.CUSTOMER_ID
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LabelSpec":
+        return cls(**{k: d[k] for k in ("column", "positive", "negative", "id_column") if k in d})
+
+
+def read_labels(path: str | Path, spec: LabelSpec = LabelSpec()) -> pl.DataFrame:
+    """The labels file -> customer_id (Int64), gender (Int8: the binary target, 1 = `spec.positive`), file order.
 
     Labels are few and every one matters, so there is no labels rejects file: any bad row (missing or non-integer
-    id, gender not 0/1, repeated id) or a wrong header fails the whole file with an IngestError that lists the
-    first offending rows (1-based data row numbers) and their reasons."""
+    id, a value that is neither positive nor negative, an id repeated with another label) or a missing column fails
+    the whole file with an IngestError that lists the first offending rows (1-based data row numbers) and their
+    reasons. Other columns are left out, and an id repeated with the same label counts once (a target column in a
+    transactions export)."""
     path = Path(path)
     try:
         lf = scan_table(path)
     except TableError as e:
         raise IngestError(str(e)) from e
     names = [n.strip().lstrip("\ufeff") for n in lf.collect_schema().names()]
-    if sorted(names) != sorted(schema.LABEL_COLUMNS):
-        raise IngestError(f"{path}: expected columns {', '.join(schema.LABEL_COLUMNS)}, found {printable(', '.join(names))}")
+    id_column = next((c for c in (spec.id_column, schema.CUSTOMER_ID) if c in names), spec.id_column)
+    if id_column not in names or spec.column not in names:
+        raise IngestError(f"{path}: expected columns {id_column}, {spec.column}, found {printable(', '.join(names))}")
     try:
-        raw = lf.rename(dict(zip(lf.collect_schema().names(), names))).collect()
+        raw = lf.rename(dict(zip(lf.collect_schema().names(), names))).select(id_column, spec.column).collect()
     except pl.exceptions.PolarsError as e:
         raise IngestError(f"{path}: cannot be read: {printable(first_line(e), 200)}") from e
-    cid = pl.col(schema.CUSTOMER_ID).cast(pl.String).str.strip_chars()
-    gender = pl.col(schema.GENDER).cast(pl.String).str.strip_chars()
+    cid = pl.col(id_column).cast(pl.String).str.strip_chars()
+    value = pl.col(spec.column).cast(pl.String).str.strip_chars()
+    allowed = [spec.positive] if spec.negative is None else [spec.negative, spec.positive]
+    target = (value == spec.positive).cast(pl.Int8)
+    bad_value = value.is_null() | (value == "") if spec.negative is None else value.is_null() | ~value.is_in(allowed)
     checked = raw.with_row_index("row", offset=1).with_columns(
-        cid.cast(pl.Int64, strict=False).alias("_id"),
-        pl.when(cid.is_null() | (cid == "")).then(pl.lit("missing customer_id"))
-        .when(~cid.str.contains(r"^[0-9]+$") | cid.cast(pl.Int64, strict=False).is_null()).then(pl.lit("customer_id not an integer"))
-        .when(cid.str.contains(_LEADING_ZERO)).then(pl.lit("customer_id with leading zeros (ambiguous id)"))
-        .when(gender.is_null() | ~gender.is_in(["0", "1"])).then(pl.lit("gender not 0/1"))
+        cid.cast(pl.Int64, strict=False).alias("_id"), target.alias("_target"),
+        pl.when(cid.is_null() | (cid == "")).then(pl.lit(f"missing {id_column}"))
+        .when(~cid.str.contains(r"^[0-9]+$") | cid.cast(pl.Int64, strict=False).is_null()).then(pl.lit(f"{id_column} not an integer"))
+        .when(cid.str.contains(_LEADING_ZERO)).then(pl.lit(f"{id_column} with leading zeros (ambiguous id)"))
+        .when(bad_value).then(pl.lit(f"{spec.column} not {'/'.join(allowed) if spec.negative is not None else 'set'}"))
         .alias("problem"),
-    ).with_columns(
-        pl.when(pl.col("problem").is_null() & pl.col("_id").is_duplicated()).then(pl.lit("repeated customer_id"))
-        .otherwise(pl.col("problem")).alias("problem")
+    )
+    conflict = pl.col("_target").n_unique().over("_id") > 1
+    checked = checked.with_columns(
+        pl.when(pl.col("problem").is_null() & conflict & ~pl.col("_id").is_first_distinct())
+        .then(pl.lit(f"repeated {id_column} with another label")).otherwise(pl.col("problem")).alias("problem")
     )
     bad = checked.filter(pl.col("problem").is_not_null())
     if bad.height:
@@ -744,4 +900,7 @@ def read_labels(path: str | Path) -> pl.DataFrame:
         raise IngestError(f"{path}: {bad.height} bad label row(s): {shown}")
     if checked.height == 0:
         raise IngestError(f"{path}: no label rows")
-    return checked.select(pl.col("_id").alias(schema.CUSTOMER_ID), gender.cast(pl.Int8).alias(schema.GENDER))
+    if spec.negative is None and checked["_target"].sum() == 0:  # a mistyped positive value
+        raise IngestError(f"{path}: no row has {spec.column} = {spec.positive!r} (the positive value)")
+    return checked.unique("_id", keep="first", maintain_order=True).select(
+        pl.col("_id").alias(schema.CUSTOMER_ID), pl.col("_target").alias(schema.GENDER))

@@ -223,17 +223,18 @@ def _scan_parquet(path: Path) -> pl.LazyFrame:
     return lf
 
 
-def _csv_header(path: Path) -> tuple[str, str]:
-    """(header line, delimiter) of a CSV after the file-level checks (not empty, a header line)."""
+def _csv_header(path: Path, delimiter: str | None = None) -> tuple[str, str]:
+    """(header line, delimiter) of a CSV after the file-level checks (not empty, a header line); the delimiter is
+    `delimiter` when given (a declared source's), else sniffed."""
     if path.stat().st_size == 0:
         raise TableError(f"{path}: file is empty")
     header = read_header_line(path)
     if not header.strip():
         raise TableError(f"{path}: file is empty (no header line)")
-    return header, sniff_delimiter(header)
+    return header, delimiter or sniff_delimiter(header)
 
 
-def scan_table(path: str | Path) -> pl.LazyFrame:
+def scan_table(path: str | Path, delimiter: str | None = None) -> pl.LazyFrame:
     """A table as it is, as a lazy frame: Parquet with the file's own types; a CSV with every column a String,
     invalid UTF-8 bytes replaced by U+FFFD and empty fields null, read directly (for clean, small CSVs such as
     labels: raw transactions go through `open_table`)."""
@@ -243,7 +244,7 @@ def scan_table(path: str | Path) -> pl.LazyFrame:
         _check_kind(path)
     if is_parquet(path):
         return _scan_parquet(path)
-    header, sep = _csv_header(path)
+    header, sep = _csv_header(path, delimiter)
     _check_names(path, raw_csv.header_names(header.encode(), sep))
     return pl.scan_csv(path, separator=sep, infer_schema=False, encoding="utf8-lossy", raise_if_empty=False)
 
@@ -257,7 +258,7 @@ class RawTable:
 
 
 @contextmanager
-def open_table(path: str | Path) -> Iterator[RawTable]:
+def open_table(path: str | Path, delimiter: str | None = None) -> Iterator[RawTable]:
     """A raw input file or Parquet folder, checked (module docstring) and opened for one validation pass.
 
     Parquet is scanned as it is. A CSV (plain or gzip) is streamed through `raw_csv.filter_csv` into a temporary
@@ -274,17 +275,17 @@ def open_table(path: str | Path) -> Iterator[RawTable]:
         return
     with tempfile.TemporaryDirectory(prefix="txseq-csv-") as tmp:
         clean = Path(tmp) / "clean.csv"
-        sep, stats = clean_csv_copy(path, clean)
+        sep, stats = clean_csv_copy(path, clean, delimiter)
         yield RawTable(pl.scan_csv(clean, separator=sep, infer_schema=False, encoding="utf8-lossy",
                                    raise_if_empty=False), stats.blank_lines)
 
 
-def clean_csv_copy(path: Path, clean: Path) -> tuple[str, raw_csv.FilterStats]:
+def clean_csv_copy(path: Path, clean: Path, delimiter: str | None = None) -> tuple[str, raw_csv.FilterStats]:
     """The checks `open_table` makes on a raw CSV, then its bounded clean copy written to `clean` (one record a
     line, `raw_csv.FLAG` column added, blank lines counted and left out): (delimiter, stats). The Spark engine
     writes the copy where its workers can read it."""
     _check_kind(path)
-    header, sep = _csv_header(path)
+    header, sep = _csv_header(path, delimiter)
     _check_names(path, raw_csv.header_names(header.encode(), sep))
     try:
         return sep, raw_csv.filter_csv(path, clean, sep)

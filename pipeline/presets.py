@@ -14,7 +14,7 @@ shares plus, under an encoder's name, that encoder's config (an encoder without 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from models import ENCODERS, EAMConfig, InfiniteFormerConfig, PerformerConfig, comparison_encoders
@@ -36,13 +36,12 @@ class RunPreset:
     crop_len: int | None  # training-time random window; evaluation sees the full sequence (up to max_len)
     gbdt: GBDTConfig
     models: tuple[str, ...] = DEFAULT_MODELS
-    per_encoder: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # extra keywords for one encoder
     threshold_rule: str = "youden"  # decision threshold on validation: youden | precision>=X | recall>=X
 
     def model_kwargs(self, encoder: str) -> dict[str, Any]:
-        """ModelConfig keywords for one encoder: the shared sizes, its config (if the preset has one), extras."""
+        """ModelConfig keywords for one encoder: the shared sizes and its config (if the preset has one)."""
         shared = {k: v for k, v in self.model.items() if k not in ENCODERS}
-        return {**shared, **self.per_encoder.get(encoder, {}), "encoder": encoder,
+        return {**shared, "encoder": encoder,
                 "encoder_config": self.model.get(encoder)}
 
     def to_dict(self) -> dict[str, Any]:

@@ -32,12 +32,11 @@ from models.coles import contrastive_loss, recall_at_k
 from pipeline import schema as S
 from pipeline.batches import SequenceDataset, make_slice_loader, numeric_stats
 from pipeline.embeddings import save_embedding_artifacts
-from pipeline.ingest import IngestConfig
 from pipeline.metrics import MemoryMonitor, Stopwatch, pyplot
 from pipeline.presets import RunPreset
 from pipeline.scoring import embedding_signature, log_model
-from pipeline.sequences import MANIFEST_FILE, SEQUENCES_FILE, SPLIT_FILE, VOCAB_FILE, SequenceConfig, Vocab
-from pipeline.settings import Settings, load_settings
+from pipeline.sequences import MANIFEST_FILE, SEQUENCES_FILE, SPLIT_FILE, VOCAB_FILE, TableRules, Vocab
+from pipeline.settings import Settings
 from pipeline.splits import Split
 from pipeline.tracking import TAG_SPLIT_ID, process_tags, setup
 from pipeline.train import MetricLogger, resolve_device, seed_everything
@@ -190,19 +189,18 @@ def pretrained_name(registered_model: str, encoder: str) -> str:
 
 
 def run_pretraining(sequences_dir: Path, events_dir: Path, encoder: str, preset: RunPreset,
-                    config: PretrainConfig = PretrainConfig(), settings: Settings | None = None,
+                    config: PretrainConfig = PretrainConfig(), *, settings: Settings,
                     register: bool = True, experiment: str = "txseq") -> PretrainRun:
     """Pretrain `encoder` (architecture from `preset`) with CoLES on every non-test customer, log to MLflow, and
     register it as `<registered model>-coles-<encoder>`: a pyfunc from raw transactions to embeddings whose
     version tags and `customers.json` artifact record the customers it saw (the split's test customers never)."""
-    settings = settings or load_settings()
     tracker = setup(settings, experiment)
     sequences_dir, encoder = Path(sequences_dir), canonical_encoder_name(encoder)
     split = Split.load(sequences_dir / SPLIT_FILE)
     vocab = Vocab.load(sequences_dir / VOCAB_FILE)
     manifest = json.loads((sequences_dir / MANIFEST_FILE).read_text()) if (sequences_dir / MANIFEST_FILE).exists() else {}
-    seq_cfg = SequenceConfig(**{k: manifest.get("config", {})[k] for k in ("max_len", "min_count")
-                                if k in manifest.get("config", {})})
+    rules = TableRules.of(manifest)
+    seq_cfg = rules.sequence
     ids = pretrain_customers(sequences_dir)
     assert not set(ids) & set(split.test_ids), "a test customer reached pretraining"
     seq_path = sequences_dir / SEQUENCES_FILE
@@ -230,7 +228,7 @@ def run_pretraining(sequences_dir: Path, events_dir: Path, encoder: str, preset:
         uri = None
         if register:
             config_json, files = save_embedding_artifacts(out / "pyfunc", model.cpu(), cfg, vocab, seq_cfg,
-                                                          IngestConfig(), preset.eval_batch_size,
+                                                          rules.ingest, preset.eval_batch_size,
                                                           split_id=split.split_id, customers_sha256=digest)
             name = pretrained_name(settings.registered_model, encoder)
             version = log_model(
@@ -238,7 +236,7 @@ def run_pretraining(sequences_dir: Path, events_dir: Path, encoder: str, preset:
                 version_tags={"kind": "coles", "encoder": encoder, TAG_SPLIT_ID: split.split_id,
                               "n_customers": str(len(ids)), "customers_sha256": digest, "run_id": run_id,
                               "test_customers_seen": "0"},
-                model_signature=embedding_signature(cfg.d_model),
+                model_signature=embedding_signature(cfg.d_model, rules.ingest.source),
             )
             uri = f"models:/{name}/{version.version}"
     return PretrainRun(encoder, run_id, uri, result, len(ids), digest)

@@ -28,6 +28,7 @@ import polars as pl
 
 from pipeline import champion
 from pipeline import schema as S
+from pipeline.io import first_line
 from pipeline.champion import ChampionRule, Comparison, Contender, Decision
 from pipeline.model_card import ModelCard, describe
 from pipeline.tracking import TAG_DECISION, TAG_PROMOTED, Tracker, VersionInfo
@@ -103,7 +104,8 @@ class DecisionData:
 
 
 def _first_line(e: BaseException) -> str:
-    return f"{type(e).__name__}: {(str(e).strip() or '-').splitlines()[0][:200]}"
+    """The error's type and the first line of its message (`io.first_line`), for a decision tag."""
+    return f"{type(e).__name__}: {first_line(e)[:200]}"
 
 
 def _score_both(comparison: Comparison, new: VersionInfo, old: VersionInfo, data: DecisionData) -> Decision:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import polars as pl
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: events carry `weekday`; categorical codes may be text (declared sources)
 
 # --- raw transactions, as distributed -------------------------------------------------------------------------
 CUSTOMER_ID = "customer_id"
@@ -31,24 +31,34 @@ TR_DESCRIPTION = "tr_description"
 DAY = "day"
 SECOND_OF_DAY = "second_of_day"
 EVENT_TIME = "event_time"  # float days: day + second_of_day / 86400
+WEEKDAY = "weekday"  # 0-6: the calendar weekday (Monday = 0) when the source has dates, else day % 7
 SOURCE_FILE = "source_file"
 SOURCE_ROW = "source_row"  # 1-based data row number in the source file (header excluded)
 ROW_HASH = "row_hash"  # hash of the raw values: de-duplication key, makes ingest idempotent
 
-EVENTS_SCHEMA: dict[str, pl.DataType] = {
-    CUSTOMER_ID: pl.Int64(),
-    TR_DATETIME: pl.String(),
-    DAY: pl.Int32(),
-    SECOND_OF_DAY: pl.Int32(),
-    EVENT_TIME: pl.Float64(),
-    MCC_CODE: pl.Int32(),
-    TR_TYPE: pl.Int32(),
-    AMOUNT: pl.Float64(),
-    TERM_ID: pl.String(),
-    SOURCE_FILE: pl.String(),
-    SOURCE_ROW: pl.Int64(),
-    ROW_HASH: pl.UInt64(),
-}
+
+
+def events_schema(text_codes: bool = False) -> dict[str, pl.DataType]:
+    """Validated events; `text_codes`: mcc_code and tr_type as text (a declared source's categoricals)."""
+    code = pl.String() if text_codes else pl.Int32()
+    return {
+        CUSTOMER_ID: pl.Int64(),
+        TR_DATETIME: pl.String(),
+        DAY: pl.Int32(),
+        SECOND_OF_DAY: pl.Int32(),
+        EVENT_TIME: pl.Float64(),
+        WEEKDAY: pl.Int8(),
+        MCC_CODE: code,
+        TR_TYPE: code,
+        AMOUNT: pl.Float64(),
+        TERM_ID: pl.String(),
+        SOURCE_FILE: pl.String(),
+        SOURCE_ROW: pl.Int64(),
+        ROW_HASH: pl.UInt64(),
+    }
+
+
+EVENTS_SCHEMA: dict[str, pl.DataType] = events_schema()  # the built-in (Sberbank) source: integer codes
 
 # --- rejects ----------------------------------------------------------------------------------------------------
 REASON = "reason"  # machine-readable code, e.g. "unparseable_datetime"
@@ -68,7 +78,7 @@ SEQ_MCC = "mcc"  # list[int32]: frequency-rank code, 0 = padding, 1 = unknown/ra
 SEQ_TR_TYPE = "tr_type_code"  # list[int32]: same encoding
 SEQ_AMOUNT = "amount_log"  # list[float32]: sign(x) * log1p(|x|)
 SEQ_HOUR = "hour"  # list[float32]: hour of day, fractional, [0, 24)
-SEQ_WEEKDAY = "weekday"  # list[float32]: day % 7
+SEQ_WEEKDAY = "weekday"  # list[float32]: the events' weekday (calendar, or day % 7 without dates)
 SEQ_LOG_DT = "log_dt"  # list[float32]: log1p(hours since previous event), 0 for the first
 SEQ_EVENT_TIME = "event_time"  # list[float64]
 SEQ_CATEGORICAL: tuple[str, ...] = (SEQ_MCC, SEQ_TR_TYPE)

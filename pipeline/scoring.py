@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import tempfile
 from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from datetime import time as dt_time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,9 @@ from pipeline.drift import Reference
 from pipeline.features import FeatureSpec, build_features
 from pipeline.gbdt import feature_matrix, load_gbdt, save_gbdt
 from pipeline.inference import InferenceConfig, predict_proba
-from pipeline.ingest import IngestConfig, validate
+from pipeline.ingest import IngestConfig, LabelSpec, validate
+from pipeline.io import first_line
+from pipeline.sources import DAY_NUMBER, EPOCH_MS, EPOCH_S, SBERBANK, SBERBANK_DAY, Source
 from pipeline.sequences import SequenceConfig, Vocab, build_sequences
 from pipeline.tracking import RegisteredVersion, Tracker, TrackingError, check_readable
 
@@ -46,7 +50,6 @@ ROOT = Path(__file__).resolve().parent.parent
 CODE_PATHS = [str(ROOT / "pipeline"), str(ROOT / "models")]
 _MODEL_CODE = "from mlflow.models import set_model\nfrom pipeline.scoring import TxSeqModel\nset_model(TxSeqModel())\n"
 _REQUIREMENTS = ("torch", "polars", "pyarrow", "numpy", "pandas", "scikit-learn", "skops", "mlflow")
-OUTPUT_COLUMNS = (S.CUSTOMER_ID, S.PROBABILITY, S.PREDICTION)
 
 
 def pip_requirements() -> list[str]:
@@ -54,16 +57,18 @@ def pip_requirements() -> list[str]:
     return [f"{name}=={metadata.version(name).split('+')[0]}" for name in _REQUIREMENTS]
 
 
-def embedding_signature(dim: int) -> ModelSignature:
-    """Raw-schema columns in, customer_id + emb_0 … emb_{dim-1} out: a pretrained encoder's pyfunc."""
-    inputs = signature().inputs
+def embedding_signature(dim: int, source: Source = SBERBANK) -> ModelSignature:
+    """The source's columns in, customer_id + emb_0 … emb_{dim-1} out: a pretrained encoder's pyfunc."""
+    inputs = signature(source).inputs
     outputs = Schema([ColSpec("long", S.CUSTOMER_ID), *[ColSpec("double", f"emb_{j}") for j in range(dim)]])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
-def signature() -> ModelSignature:
-    """Raw-schema columns in (strings as read from CSV, or already typed values: both are accepted), scores out."""
-    inputs = Schema([ColSpec(AnyType(), c, required=c not in S.RAW_OPTIONAL_COLUMNS) for c in S.RAW_COLUMNS])
+def signature(source: Source = SBERBANK) -> ModelSignature:
+    """The export's columns in (`source`: the model's export format; strings as read from CSV, or already typed
+    values: both are accepted), scores out."""
+    optional = S.RAW_OPTIONAL_COLUMNS if not source.declared else {S.TR_TYPE, S.TERM_ID}
+    inputs = Schema([ColSpec(AnyType(), export, required=raw not in optional) for raw, export in source.columns])
     outputs = Schema([ColSpec("long", S.CUSTOMER_ID), ColSpec("double", S.PROBABILITY), ColSpec("long", S.PREDICTION)])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
@@ -82,22 +87,38 @@ _EXAMPLE_EVENTS = (  # (day, time, mcc, tr_type, amount, term_id)
 )
 
 
-def input_example() -> pd.DataFrame:
-    """Synthetic raw-schema rows (strings, as read from a CSV) of `EXAMPLE_CUSTOMERS`, for `log_model`."""
+def _example_time(day: int, hms: str, source: Source) -> str:
+    """A synthetic event time written in the source's format."""
+    h, m, sec = (int(x) for x in hms.split(":"))
+    if source.time_format == SBERBANK_DAY:
+        return f"{day} {hms}"
+    if source.time_format == DAY_NUMBER:
+        return str(day)
+    moment = datetime.combine(source.origin_date, dt_time(h, m, sec)) + timedelta(days=day)
+    if source.time_format in (EPOCH_S, EPOCH_MS):
+        seconds = int((moment - datetime(1970, 1, 1)).total_seconds())
+        return str(seconds * 1000 if source.time_format == EPOCH_MS else seconds)
+    return moment.strftime(source.time_format)
+
+
+def input_example(source: Source = SBERBANK) -> pd.DataFrame:
+    """Synthetic rows (strings, as read from a CSV) of `EXAMPLE_CUSTOMERS` in the source's columns and time format,
+    for `log_model`."""
     rows = [
-        {S.CUSTOMER_ID: str(cid), S.TR_DATETIME: f"{int(day) + k} {hms}", S.MCC_CODE: mcc, S.TR_TYPE: tr,
-         S.AMOUNT: amount, S.TERM_ID: term}
+        {S.CUSTOMER_ID: str(cid), S.TR_DATETIME: _example_time(int(day) + k, hms, source), S.MCC_CODE: mcc,
+         S.TR_TYPE: tr, S.AMOUNT: amount, S.TERM_ID: term}
         for k, cid in enumerate(EXAMPLE_CUSTOMERS) for day, hms, mcc, tr, amount, term in _EXAMPLE_EVENTS
     ]
-    return pd.DataFrame(rows, columns=list(S.RAW_COLUMNS))
+    export = source.export
+    return pd.DataFrame(rows, columns=list(S.RAW_COLUMNS))[list(export)].rename(columns=export)
 
 
 def raw_events(raw: pd.DataFrame | pl.DataFrame, ingest: IngestConfig) -> pl.LazyFrame:
-    """Any raw-schema frame -> validated events (the rejects are dropped here; batch scoring keeps them)."""
+    """Rows of the model's export format (`ingest.source`: the columns it was trained on) -> validated events (the
+    rejects are dropped here; batch scoring keeps them). Other columns are left out."""
     frame = pl.from_pandas(raw) if isinstance(raw, pd.DataFrame) else raw
-    if S.TERM_ID not in frame.columns:
-        frame = frame.with_columns(pl.lit(None, pl.String).alias(S.TERM_ID))
-    strings = frame.select([pl.col(c).cast(pl.String) for c in S.RAW_COLUMNS])
+    keep = [c for c in frame.columns if c in set(ingest.source.export.values())]
+    strings = frame.select([pl.col(c).cast(pl.String) for c in keep])
     events, _rejects = validate(strings.lazy(), "pyfunc-input", ingest)
     return events
 
@@ -162,7 +183,7 @@ def load_scorer(artifacts: dict[str, str]) -> Any:
         from pipeline.embeddings import load_embedding_kind
 
         return load_embedding_kind(cfg, artifacts)
-    ingest = IngestConfig(**cfg["ingest"])
+    ingest = IngestConfig.from_dict(cfg["ingest"])
     # models registered before thresholds and calibration were stored: their threshold (0.5), no calibration
     decision = Decision.from_dict(cfg["decision"]) if "decision" in cfg else Decision(
         threshold=float(cfg.get("threshold", 0.5)), rule=NO_DECISION.rule)
@@ -173,7 +194,7 @@ def load_scorer(artifacts: dict[str, str]) -> Any:
     model = build_model(ModelConfig.from_dict(cfg["model"]))
     model.load_state_dict(torch.load(artifacts["model"], map_location="cpu", weights_only=True))
     model.eval()
-    return SequenceScorer(model, Vocab.load(artifacts["vocab"]), SequenceConfig(**cfg["sequence"]), ingest,
+    return SequenceScorer(model, Vocab.load(artifacts["vocab"]), SequenceConfig.from_dict(cfg["sequence"]), ingest,
                           decision, reference)
 
 
@@ -187,8 +208,10 @@ class TxSeqModel(mlflow.pyfunc.PythonModel):
         return self.scorer(model_input)
 
 
-def _config_json(kind: str, ingest: IngestConfig, decision: Decision, **extra: Any) -> dict:
-    return {"kind": kind, "schema_version": S.SCHEMA_VERSION, "ingest": asdict(ingest),
+def _config_json(kind: str, ingest: IngestConfig, decision: Decision, label: LabelSpec = LabelSpec(), **extra: Any
+                 ) -> dict:
+    """config.json of a model: the ingest rules (source mapping included) and the label it predicts travel with it."""
+    return {"kind": kind, "schema_version": S.SCHEMA_VERSION, "ingest": ingest.to_dict(), "label": label.to_dict(),
             "threshold": decision.threshold, "decision": decision.to_dict(), **extra}
 
 
@@ -210,6 +233,7 @@ def log_model(
     """Write config.json beside `files` and log + register the pyfunc (models from code); the input example is
     `input_example()`, synthetic rows, so that no customer data reaches the registry; the signature defaults to raw
     rows in, scores out."""
+    source = IngestConfig.from_dict(config.get("ingest", {})).source
     artifacts_dir.mkdir(parents=True, exist_ok=True)
     (artifacts_dir / "config.json").write_text(json.dumps(config, indent=1))
     artifacts = {"config": str(artifacts_dir / "config.json"), **{k: str(v) for k, v in files.items()}}
@@ -218,7 +242,8 @@ def log_model(
         code.write_text(_MODEL_CODE)
         return tracker.log_pyfunc(
             run_id, name="model", python_model=code, artifacts=artifacts, code_paths=CODE_PATHS,
-            signature=model_signature or signature(), input_example=input_example(), pip_requirements=pip_requirements(),
+            signature=model_signature or signature(source), input_example=input_example(source),
+            pip_requirements=pip_requirements(),
             registered_model=registered_model, version_tags=version_tags,
         )
 
@@ -226,29 +251,24 @@ def log_model(
 def save_sequence_artifacts(
     out_dir: Path, model: torch.nn.Module, model_config: ModelConfig, vocab: Vocab, sequence: SequenceConfig,
     ingest: IngestConfig, batch_size: int = 64, decision: Decision = NO_DECISION, reference: Reference | None = None,
+    label: LabelSpec = LabelSpec(),
 ) -> tuple[dict, dict[str, Path]]:
     """(config.json content, artifact files) of a trained sequence model."""
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / "model.pt"
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
     vocab_path = vocab.save(out_dir / "vocab.json")
-    config = _config_json("sequence", ingest, decision, model=model_config.to_dict(), sequence=asdict(sequence),
+    config = _config_json("sequence", ingest, decision, label, model=model_config.to_dict(), sequence=asdict(sequence),
                           batch_size=batch_size)
     return config, {"model": weights, "vocab": vocab_path, **_card_files(out_dir, reference)}
 
 
 def save_gbdt_artifacts(out_dir: Path, model: Any, spec: FeatureSpec, ingest: IngestConfig,
                         decision: Decision = NO_DECISION, reference: Reference | None = None,
-                        ) -> tuple[dict, dict[str, Path]]:
+                        label: LabelSpec = LabelSpec()) -> tuple[dict, dict[str, Path]]:
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"model": save_gbdt(model, out_dir / "model.skops"), "feature_spec": spec.save(out_dir / "feature_spec.json")}
-    return _config_json("gbdt", ingest, decision), {**files, **_card_files(out_dir, reference)}
-
-
-def load_registered(name: str, alias_or_version: str = "champion") -> Any:
-    """`models:/<name>@<alias>` (or `/<version>` when a number) as a pyfunc model."""
-    uri = f"models:/{name}/{alias_or_version}" if alias_or_version.isdigit() else f"models:/{name}@{alias_or_version}"
-    return mlflow.pyfunc.load_model(uri)
+    return _config_json("gbdt", ingest, decision, label), {**files, **_card_files(out_dir, reference)}
 
 
 def score_with_model(model_uri: str, events: pl.LazyFrame) -> pd.DataFrame:
@@ -272,9 +292,7 @@ def load_batch_scorer(model_uri: str, tracking_uri: str | None = None) -> tuple[
     missing or unreachable, the model, alias or version does not exist, or its artifacts do not load.
     """
     from pipeline.batch_scoring import ModelRef
-    from pipeline.settings import load_settings
-
-    tracking_uri = tracking_uri or load_settings().tracking_uri
+    tracking_uri = tracking_uri or mlflow.get_tracking_uri()  # None: the store the caller set up
     if model_uri.startswith(("models:/", "runs:/")):  # these resolve through the tracking store
         try:
             check_readable(tracking_uri)
@@ -287,7 +305,7 @@ def load_batch_scorer(model_uri: str, tracking_uri: str | None = None) -> tuple[
         scorer = pyfunc.unwrap_python_model().scorer
     except Exception as e:  # noqa: BLE001 - MLflow, OS, torch and skops errors alike: say which model and why
         raise ModelLoadError(f"cannot load model {model_uri} (tracking store {tracking_uri}): "
-                             f"{_first_line(e).rstrip('.')}{_registry_hint(model_uri)}") from e
+                             f"{first_line(e)[:500].rstrip('.')}{_registry_hint(model_uri)}") from e
     return scorer, ModelRef(name, version, model_uri, pyfunc.metadata.run_id or "")
 
 
@@ -296,11 +314,9 @@ def log_scoring_run(result: Any, model: Any, tracking_uri: str | None = None) ->
     `score <output>` in the experiment of the run that logged the model: counts and throughput, PSI per feature,
     unknown-code shares and the mean probability as metrics, the drift JSON and PNG as artifacts. Returns its run
     id; None for a model with no MLflow run behind it."""
-    from pipeline.settings import load_settings
-
     if not model.run_id:
         return None
-    tracking_uri = tracking_uri or load_settings().tracking_uri
+    tracking_uri = tracking_uri or mlflow.get_tracking_uri()  # None: the store the caller set up
     client = mlflow.MlflowClient(tracking_uri)
     experiment_id = client.get_run(model.run_id).info.experiment_id
     tags = {"txseq.kind": "scoring", "txseq.model_name": model.name, "txseq.model_version": str(model.version),
@@ -331,11 +347,6 @@ class ModelLoadError(RuntimeError):
     def __init__(self, message: str, transient: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:500]
 
 
 def _registry_hint(model_uri: str) -> str:

@@ -7,7 +7,7 @@ Per-event features (names and dtypes in `schema.SEQ_*`):
     mcc, tr_type_code   frequency-rank codes: 0 = padding, 1 = unknown or rarer than `min_count`, 2.. by count
     amount_log          sign(x) * log1p(|x|)
     hour                fractional hour of day, [0, 24)
-    weekday             day % 7 (the export's day numbers have no calendar anchor)
+    weekday             the events' weekday: the calendar's when the source has dates, else day % 7
     log_dt              log1p(hours since the previous event), 0 for a customer's first event
 
 The code vocabularies are fitted on training customers only (`fit_vocab`) and saved beside the table; scoring
@@ -27,14 +27,15 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import polars as pl
 
 from pipeline import schema
-from pipeline.ingest import read_events, read_labels
+from pipeline.ingest import IngestConfig, LabelSpec, ingest_rules, read_events, read_labels
 from pipeline.io import atomic_path, sha256_file, write_text_atomic
+from pipeline.sources import weekday_of
 from pipeline.splits import Split, SplitConfig, make_split
 
 SEQUENCES_FILE = "sequences.parquet"
@@ -52,6 +53,15 @@ class SequenceConfig:
     max_len: int = 1200  # latest events kept per customer (ptls keeps 5000 for training and crops)
     min_count: int = 5  # codes seen fewer times on the training customers map to UNKNOWN_CODE
 
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "SequenceConfig":
+        """As recorded in a manifest; an unknown key is an error (a field this code does not know is not dropped)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"sequence config: unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        return cls(**d)
+
     def __post_init__(self) -> None:
         if self.max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {self.max_len}")
@@ -64,11 +74,12 @@ class SequenceConfig:
 class Vocab:
     """Frequency-rank code maps for mcc_code and tr_type: raw code -> 2, 3, ... (most frequent first).
 
-    `size_*` is the embedding table size (codes 0 and 1 included). Raw codes absent from a map encode to 1.
+    `size_*` is the embedding table size (codes 0 and 1 included). Raw codes absent from a map encode to 1. Codes
+    are integers (the built-in source) or text (a declared source's categoricals); JSON keeps which.
     """
 
-    mcc: Mapping[int, int]
-    tr_type: Mapping[int, int]
+    mcc: Mapping[int | str, int]
+    tr_type: Mapping[int | str, int]
     min_count: int = 1
     n_events: int = 0  # events the vocab was fitted on
     n_customers: int = 0
@@ -102,8 +113,8 @@ class Vocab:
     @classmethod
     def from_dict(cls, d: dict) -> "Vocab":
         return cls(
-            mcc={int(k): int(v) for k, v in d[schema.MCC_CODE]},
-            tr_type={int(k): int(v) for k, v in d[schema.TR_TYPE]},
+            mcc={_code(k): int(v) for k, v in d[schema.MCC_CODE]},
+            tr_type={_code(k): int(v) for k, v in d[schema.TR_TYPE]},
             min_count=int(d.get("min_count", 1)),
             n_events=int(d.get("n_events", 0)),
             n_customers=int(d.get("n_customers", 0)),
@@ -114,13 +125,17 @@ class Vocab:
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
+def _code(k: int | str) -> int | str:
+    return k if isinstance(k, str) else int(k)
+
+
 def code_counts(events: pl.LazyFrame, column: str) -> pl.LazyFrame:
     """(code, n): events per non-null code. Counts of disjoint sets of events add up (an engine that counts
     partitions separately sums them before `rank_codes`)."""
     return events.group_by(column).agg(pl.len().cast(pl.Int64).alias("n")).filter(pl.col(column).is_not_null())
 
 
-def rank_codes(counts: pl.DataFrame, column: str, min_count: int) -> dict[int, int]:
+def rank_codes(counts: pl.DataFrame, column: str, min_count: int) -> dict[int | str, int]:
     """(code, n) -> {code: frequency rank from 2}, codes seen fewer than `min_count` times left out, ties broken by
     the smaller code (deterministic)."""
     ranked = (
@@ -151,10 +166,12 @@ def fit_vocab(events: pl.LazyFrame, customer_ids: Iterable[int] | None = None, m
     )
 
 
-def _encode(column: str, mapping: Mapping[int, int]) -> pl.Expr:
+def _encode(column: str, mapping: Mapping[int | str, int], text: bool) -> pl.Expr:
+    """Raw codes -> ranks; `text`: the events' codes are text (a declared source), else integers."""
     keys = list(mapping.keys())
-    return pl.col(column).cast(pl.Int64).replace_strict(
-        pl.Series(keys, dtype=pl.Int64), pl.Series([mapping[k] for k in keys], dtype=pl.Int32),
+    dtype = pl.String if text else pl.Int64
+    return pl.col(column).cast(dtype).replace_strict(
+        pl.Series(keys, dtype=dtype), pl.Series([mapping[k] for k in keys], dtype=pl.Int32),
         default=schema.UNKNOWN_CODE, return_dtype=pl.Int32,
     ).fill_null(schema.UNKNOWN_CODE)
 
@@ -205,15 +222,16 @@ def event_features(events: pl.LazyFrame, vocab: Vocab) -> tuple[pl.LazyFrame, li
     """Per-event feature columns (flat, one row per event) with the sort key column(s), and the sort key names."""
     key_exprs, order = order_keys(events)
     amount = pl.col(schema.AMOUNT).cast(pl.Float64)
+    text = events.collect_schema()[schema.MCC_CODE] == pl.String
     flat = events.select(
         pl.col(schema.CUSTOMER_ID).cast(pl.Int64),
         pl.col(schema.EVENT_TIME).cast(pl.Float64),
         *key_exprs,
-        _encode(schema.MCC_CODE, vocab.mcc).alias(schema.SEQ_MCC),
-        _encode(schema.TR_TYPE, vocab.tr_type).alias(schema.SEQ_TR_TYPE),
+        _encode(schema.MCC_CODE, vocab.mcc, text).alias(schema.SEQ_MCC),
+        _encode(schema.TR_TYPE, vocab.tr_type, text).alias(schema.SEQ_TR_TYPE),
         (amount.sign() * amount.abs().log1p()).cast(pl.Float32).alias(schema.SEQ_AMOUNT),
         (pl.col(schema.SECOND_OF_DAY).cast(pl.Float64) / 3600.0).cast(pl.Float32).alias(schema.SEQ_HOUR),
-        (pl.col(schema.DAY).cast(pl.Int64) % 7).cast(pl.Float32).alias(schema.SEQ_WEEKDAY),
+        weekday_of(events.collect_schema().names()).cast(pl.Float32).alias(schema.SEQ_WEEKDAY),
     )
     return flat, order
 
@@ -232,8 +250,8 @@ def build_sequences(
 ) -> pl.DataFrame:
     """One row per customer (sorted by customer_id) with the latest `max_len` events as list columns.
 
-    `events` follows `schema.EVENTS_SCHEMA` (only customer_id, event_time, day, second_of_day, mcc_code, tr_type,
-    amount are required; source_file/source_row break ties when present). `labels` (customer_id, gender) is
+    `events` follows `schema.EVENTS_SCHEMA` (only customer_id, event_time, day, second_of_day, weekday, mcc_code,
+    tr_type, amount are required; source_file/source_row break ties when present). `labels` (customer_id, gender) is
     left-joined: customers without a label keep a null gender.
 
     `events` is executed twice: a small pre-pass for the sort key (`order_keys`), then the build. That is cheap on a
@@ -358,11 +376,20 @@ class SequencesResult:
         ])
 
 
-def labels_or_none(labels_path: str | Path | None) -> pl.DataFrame:
+def labels_or_none(labels_path: str | Path | None, label: LabelSpec = LabelSpec()) -> pl.DataFrame:
     """The labels file read and checked, or an empty labels table (all customers unlabelled)."""
     if labels_path is None:
         return pl.DataFrame(schema={schema.CUSTOMER_ID: pl.Int64, schema.GENDER: pl.Int8})
-    return read_labels(labels_path)
+    return read_labels(labels_path, label)
+
+
+def label_for(events_dir: Path, label: LabelSpec) -> LabelSpec:
+    """`label` with the customer id column of the events' source (a declared source's labels file names its ids
+    as its export does) unless one was given."""
+    source = ingest_rules(events_dir).source
+    if label.id_column != schema.CUSTOMER_ID or not source.declared:
+        return label
+    return replace(label, id_column=source.export_name(schema.CUSTOMER_ID) or schema.CUSTOMER_ID)
 
 
 def cover_labels(labels: pl.DataFrame, customers: Sequence[int]) -> tuple[pl.DataFrame, LabelCoverage]:
@@ -377,13 +404,16 @@ def run_sequences(
     out_dir: str | Path,
     config: SequenceConfig = SequenceConfig(),
     split_config: SplitConfig = SplitConfig(),
+    label: LabelSpec = LabelSpec(),
 ) -> SequencesResult:
     """split -> vocab (non-test customers) -> sequences; writes sequences.parquet, vocab.json, split.json and
-    manifest.json into `out_dir`, each atomically (temp file + rename), manifest last."""
+    manifest.json into `out_dir`, each atomically (temp file + rename), manifest last. `label`: which column of
+    the labels file is the binary target."""
     t0 = time.perf_counter()
     events_dir, out_dir = Path(events_dir), Path(out_dir)
     events = read_events(events_dir)
-    labels = labels_or_none(labels_path)
+    label = label_for(events_dir, label)
+    labels = labels_or_none(labels_path, label)
     customers = events.select(pl.col(schema.CUSTOMER_ID).unique()).collect()[schema.CUSTOMER_ID].to_list()
     labels, coverage = cover_labels(labels, customers)  # before the split
     split = make_split(labels, split_config)
@@ -396,19 +426,42 @@ def run_sequences(
     seq_path = out_dir / SEQUENCES_FILE
     with atomic_path(seq_path) as tmp:
         seq.write_parquet(tmp, **PARQUET_OPTIONS)
-    return record_sequences(events_dir, labels_path, out_dir, config, split_config, vocab, split, coverage, t0)
+    return record_sequences(events_dir, labels_path, out_dir, config, split_config, vocab, split, coverage, t0,
+                            label=label)
 
 
 PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 1}
 
 
+@dataclass(frozen=True)
+class TableRules:
+    """What a sequences table was built with, read back from its manifest: every model trained on it carries
+    these, so scoring builds its input the same way (tables written before a rule was recorded: its default)."""
+
+    sequence: SequenceConfig = SequenceConfig()
+    ingest: IngestConfig = IngestConfig()
+    label: LabelSpec = LabelSpec()
+
+    @classmethod
+    def of(cls, manifest: Mapping) -> "TableRules":
+        return cls(SequenceConfig.from_dict(manifest.get("config", {})),
+                   IngestConfig.from_dict(manifest.get("ingest", {})),
+                   LabelSpec.from_dict(manifest.get("label", {})))
+
+    @classmethod
+    def load(cls, sequences_dir: str | Path) -> "TableRules":
+        path = Path(sequences_dir) / MANIFEST_FILE
+        return cls.of(json.loads(path.read_text()) if path.exists() else {})
+
+
 def record_sequences(
     events_dir: Path, labels_path: str | Path | None, out_dir: Path, config: SequenceConfig, split_config: SplitConfig,
-    vocab: Vocab, split: Split, coverage: LabelCoverage, t0: float,
+    vocab: Vocab, split: Split, coverage: LabelCoverage, t0: float, label: LabelSpec = LabelSpec(),
 ) -> SequencesResult:
     """Write vocab.json, split.json and (last) manifest.json beside the sequences table already at
     `out_dir/sequences.parquet` (a file, or a folder of parts from the Spark engine), counting from the table;
-    `coverage` (how labels and customers matched) goes into the manifest."""
+    `coverage` (how labels and customers matched), the ingest rules of the events and the label spec go into the
+    manifest: they travel on with every model trained on this table."""
     seq_path = out_dir / SEQUENCES_FILE
     vocab_path = vocab.save(out_dir / VOCAB_FILE)
     split_path = split.save(out_dir / SPLIT_FILE)
@@ -434,6 +487,8 @@ def record_sequences(
         },
         "config": asdict(config),
         "split_config": asdict(split_config),
+        "ingest": ingest_rules(events_dir).to_dict(),
+        "label": label.to_dict(),
         "counts": {
             "customers": n_customers,
             "labelled_customers": n_labelled,

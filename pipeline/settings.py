@@ -81,6 +81,9 @@ def shared_data_dir() -> Path | None:
     return None
 
 
+DEFAULT_REGISTERED_MODEL = "txseq-gender"  # the registered model's name unless TXSEQ_REGISTERED_MODEL says otherwise
+
+
 def load_settings() -> Settings:
     data_root = Path(os.environ.get("TXSEQ_DATA_ROOT", "data")).expanduser().resolve()
     mlflow_dir = data_root / "mlflow"
@@ -90,7 +93,7 @@ def load_settings() -> Settings:
         data_root=data_root,
         tracking_uri=tracking_uri,
         artifact_root=artifact_root,
-        registered_model=os.environ.get("TXSEQ_REGISTERED_MODEL", "txseq-gender"),
+        registered_model=os.environ.get("TXSEQ_REGISTERED_MODEL", DEFAULT_REGISTERED_MODEL),
         threads=_positive_int("TXSEQ_THREADS"),
     )
 

@@ -32,7 +32,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 
-from pipeline.settings import Settings, load_settings
+from pipeline.io import pid_alive
+from pipeline.settings import Settings
 
 CHAMPION = "champion"
 TAG_SPLIT_ID = "split_id"
@@ -49,18 +50,6 @@ TAG_PID = "txseq.pid"
 def process_tags() -> dict[str, str]:
     """Which process opened a run: lets a later run tell a killed run (process gone) from a live one."""
     return {TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid())}
-
-
-def _alive(pid: str) -> bool:
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class TrackingError(RuntimeError):
@@ -221,7 +210,8 @@ class Tracker:
         failed = []
         for run in runs:
             tags = run.data.tags
-            if tags.get(TAG_HOST) != socket.gethostname() or _alive(tags.get(TAG_PID, "")):
+            pid = tags.get(TAG_PID, "")
+            if tags.get(TAG_HOST) != socket.gethostname() or (pid.isdigit() and pid_alive(int(pid))):
                 continue
             self.client.set_tag(run.info.run_id, "txseq.failure",
                                 f"process {tags.get(TAG_PID)} ended without closing the run (killed?)")
@@ -404,9 +394,8 @@ def get_or_create_experiment(client: MlflowClient, name: str, artifact_location:
     return client.create_experiment(name, artifact_location=Path(artifact_location).resolve().as_uri())
 
 
-def setup(settings: Settings | None = None, experiment: str = "txseq") -> Tracker:
+def setup(settings: Settings, experiment: str = "txseq") -> Tracker:
     """Preflight the store, point MLflow at it and open `experiment` (artifacts under settings.artifact_root)."""
-    settings = settings or load_settings()
     preflight(settings.tracking_uri, settings.artifact_root)
     mlflow.set_tracking_uri(settings.tracking_uri)
     client = MlflowClient(settings.tracking_uri)

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from models.batch import Batch
 from models.encoders.base import pop_stats
 from pipeline import distributed
+from pipeline.io import atomic_path
 from pipeline.metrics import MemoryMonitor, Stopwatch, classification_metrics
 
 log = logging.getLogger(__name__)
@@ -160,9 +161,8 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:

@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlparse
 if TYPE_CHECKING:
     from pipeline.batch_scoring import ModelRef, ScoreConfig, ScoreResult
     from pipeline.engines.spark import SparkEngine
-    from pipeline.ingest import IngestConfig, IngestResult
+    from pipeline.ingest import IngestConfig, IngestResult, LabelSpec
     from pipeline.sequences import SequenceConfig, SequencesResult
     from pipeline.splits import SplitConfig
 
@@ -76,20 +76,28 @@ def engine_from_args(args: argparse.Namespace) -> Engine:
 
 def ingest_with(engine: Engine, inputs: list[Path], out_dir: Path, config: IngestConfig, atomic: bool = False
                 ) -> IngestResult:
-    from pipeline.ingest import ingest
+    from pipeline.ingest import IngestError, ingest
 
     if engine.name == "spark":
+        if config.source.declared:
+            raise IngestError(f"source {config.source.name!r}: the Spark engine reads the built-in (Sberbank) export "
+                              "only; ingest a declared source with --engine polars")
         return engine.spark().ingest(inputs, out_dir, config, atomic=atomic)
     return ingest(inputs, out_dir, config, atomic=atomic)
 
 
 def sequences_with(engine: Engine, events_dir: Path, labels: Path | None, out_dir: Path, config: SequenceConfig,
-                   split_config: SplitConfig) -> SequencesResult:
+                   split_config: SplitConfig, label: LabelSpec | None = None) -> SequencesResult:
+    from pipeline.ingest import IngestError, LabelSpec
     from pipeline.sequences import run_sequences
 
+    label = label or LabelSpec()
     if engine.name == "spark":
+        if label != LabelSpec():
+            raise IngestError("the Spark engine reads the default labels (customer_id, gender 0/1) only; build "
+                              "sequences with other labels with --engine polars")
         return engine.spark().run_sequences(events_dir, labels, out_dir, config, split_config)
-    return run_sequences(events_dir, labels, out_dir, config, split_config)
+    return run_sequences(events_dir, labels, out_dir, config, split_config, label)
 
 
 def score_file_with(engine: Engine, source: Path, output: Path, scorer: Any, model: ModelRef, config: ScoreConfig,

@@ -249,3 +249,28 @@ async def _task_run_counts(flow_run_id: UUID) -> dict[str, int]:
     async with get_client() as client:
         tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
     return {t.name.rsplit("-", 1)[0]: t.run_count for t in tasks}
+
+
+def test_the_ingest_and_sequences_flows_take_every_cli_knob(tmp_path: Path) -> None:
+    """A declared source (the ptls age-group layout) and one label value against the rest, as flow parameters."""
+    from pipeline.ingest import read_events
+    from pipeline.sequences import TableRules
+
+    toml = tmp_path / "ptls.toml"
+    toml.write_text('[source]\nname = "ptls-age"\n[columns]\ncustomer_id = "client_id"\nevent_time = "trans_date"\n'
+                    'amount = "amount_rur"\nmcc_code = "small_group"\n[time]\nformat = "day_number"\n'
+                    'origin = "2020-01-08"\n')
+    rows = [f"{c},{d},{(c + d) % 5},{10.0 + d}" for c in range(1, 21) for d in range(0, 30, 3)]
+    (tmp_path / "trans.csv").write_text("client_id,trans_date,small_group,amount_rur\n" + "\n".join(rows) + "\n")
+    (tmp_path / "target.csv").write_text("client_id,bins\n" + "".join(f"{c},{c % 4}\n" for c in range(1, 21)))
+    events = ingest_flow(IngestParams(inputs=[str(tmp_path / "trans.csv")], out_dir=str(tmp_path / "events"),
+                                      source=str(toml), max_day=24))
+    assert events.rejected == 20  # day 27 of each of the 20 customers is past max_day
+    frame = read_events(tmp_path / "events").collect()
+    assert (frame[schema.WEEKDAY].cast(pl.Int32) == (frame[schema.DAY] + 2) % 7).all()  # 2020-01-08: a Wednesday
+    seq = sequences_flow(SequencesParams(events_dir=str(tmp_path / "events"), labels=str(tmp_path / "target.csv"),
+                                         out_dir=str(tmp_path / "seq"), label_column="bins", positive="3",
+                                         negative="rest", folds=2, test_fraction=0.2, min_count=1))
+    assert seq.n_labelled == 20
+    rules = TableRules.load(tmp_path / "seq")
+    assert rules.ingest.max_day == 24 and rules.ingest.source.name == "ptls-age" and rules.label.negative is None

@@ -20,6 +20,7 @@ def events_frame(rows: Sequence[tuple], source_file: str = "t.csv") -> pl.LazyFr
         cols[schema.DAY].append(day)
         cols[schema.SECOND_OF_DAY].append(sec)
         cols[schema.EVENT_TIME].append(day + sec / 86400)
+        cols[schema.WEEKDAY].append(day % 7)
         cols[schema.MCC_CODE].append(mcc)
         cols[schema.TR_TYPE].append(tr)
         cols[schema.AMOUNT].append(amount)

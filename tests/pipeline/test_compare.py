@@ -9,7 +9,8 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline.cli import main
-from pipeline.compare import ModelResult, markdown_table
+from pipeline.report import markdown_table
+from pipeline.trainers import ModelResult
 from pipeline.presets import DEFAULT_MODELS
 from pipeline.tracking import CHAMPION, TAG_DECISION
 

@@ -135,7 +135,7 @@ def test_run_sequences_writes_table_vocab_split_manifest(tmp_path, monkeypatch) 
     monkeypatch.setattr(sequences, "read_events", lambda d: events.lazy())
     labels_path = tmp_path / "gender_train.csv"
     pl.DataFrame({schema.CUSTOMER_ID: list(range(50)), schema.GENDER: [i % 2 for i in range(50)]}).write_csv(labels_path)
-    monkeypatch.setattr(sequences, "read_labels", lambda p: pl.read_csv(p))
+    monkeypatch.setattr(sequences, "read_labels", lambda p, spec: pl.read_csv(p))
     out = tmp_path / "seq"
     res = run_sequences(tmp_path / "events", labels_path, out, SequenceConfig(max_len=8, min_count=1),
                         SplitConfig(n_folds=3, seed=1))
