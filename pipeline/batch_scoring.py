@@ -39,14 +39,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import schema
-from pipeline.drift import PSI_THRESHOLD, DriftMonitor, warning_line
+from pipeline.drift import PSI_THRESHOLD, DriftMonitor, Reference, warning_line
 from pipeline.ingest import IngestConfig, IngestError, check_columns, split_combined, validate_combined
 from pipeline.io import (
     TableError,
@@ -67,11 +67,43 @@ from pipeline.io import (
 )
 
 log = logging.getLogger(__name__)
-Scorer = Callable[[Any], Any]
-"""`predict(raw transactions DataFrame) -> DataFrame` with one row per customer: customer_id, probability,
-prediction (pandas or polars in, pandas or polars out). A scorer that also has `score_events(events LazyFrame)`
-(the validated EVENTS_SCHEMA rows; `pipeline.scoring`'s scorers do) is handed the rows validated here, so they
-are not validated a second time inside the model."""
+class Scorer(Protocol):
+    """`predict(raw transactions DataFrame) -> DataFrame` with one row per customer: customer_id, probability,
+    prediction (pandas or polars in, pandas or polars out). Any pyfunc's predict, or a plain function, will do."""
+
+    def __call__(self, raw: Any) -> Any: ...
+
+
+@runtime_checkable
+class EventScorer(Protocol):
+    """A scorer that takes the validated EVENTS_SCHEMA rows (`pipeline.scoring`'s do): it is handed the rows
+    validated here, so they are not validated a second time inside the model."""
+
+    def score_events(self, events: pl.LazyFrame) -> Any: ...
+
+
+@runtime_checkable
+class RuleBound(Protocol):
+    """A scorer that carries the ingest rules (source mapping, limits) its model was trained with."""
+
+    ingest: IngestConfig
+
+
+@runtime_checkable
+class DriftReferenced(Protocol):
+    """A scorer that carries the training-time statistics its drift report compares against."""
+
+    reference: Reference | None
+
+
+def scorer_rules(scorer: Any) -> IngestConfig | None:
+    """The ingest rules stored with the scorer's model, or None (a plain function: the caller's or the default)."""
+    return scorer.ingest if isinstance(scorer, RuleBound) else None
+
+
+def scorer_reference(scorer: Any) -> Reference | None:
+    """The drift reference stored with the scorer's model, or None (no drift report)."""
+    return scorer.reference if isinstance(scorer, DriftReferenced) else None
 
 SCORES_SCHEMA: dict[str, pl.DataType] = {
     schema.CUSTOMER_ID: pl.Int64(),
@@ -215,14 +247,14 @@ def score_file(
     rejects = Path(rejects) if rejects is not None else default_rejects_path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     rejects.parent.mkdir(parents=True, exist_ok=True)
-    ingest = config.ingest or getattr(scorer, "ingest", None) or IngestConfig()
+    ingest = config.ingest or scorer_rules(scorer) or IngestConfig()
     files = check_inputs(source, ingest)
     scored_at = datetime.now(UTC)
     for folder in {output.parent, rejects.parent}:  # what killed runs left here (their process is gone)
         for leftover in remove_dead_temp(folder):
             log.info("removed %s, left by a scoring run that was killed", leftover)
     staging = temp_path(output, ".staging")
-    reference = getattr(scorer, "reference", None)
+    reference = scorer_reference(scorer)
     monitor = DriftMonitor(reference, config.drift_psi_threshold) if reference is not None else None
     phases = dict.fromkeys(("stage", "load", "model", "write", "drift"), 0.0)
     phases_cpu = dict(phases)  # CPU time of this process: what a phase costs whatever else the machine runs
@@ -397,9 +429,8 @@ def _pack(buckets: Sequence[_Bucket], chunk_rows: int) -> list[list[_Bucket]]:
 
 
 def _predict(scorer: Scorer, events: pl.DataFrame, config: ScoreConfig) -> Any:
-    score_events = getattr(scorer, "score_events", None)
-    if score_events is not None:
-        return score_events(events.lazy())
+    if isinstance(scorer, EventScorer):
+        return scorer.score_events(events.lazy())
     raw = events.select(schema.RAW_COLUMNS)
     return scorer(raw.to_pandas() if config.pandas_input else raw)
 

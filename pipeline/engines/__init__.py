@@ -104,12 +104,12 @@ def score_file_with(engine: Engine, source: Path, output: Path, scorer: Any, mod
                     tracking_uri: str) -> ScoreResult:
     """Score one input. On Spark each worker loads the model itself from `model.uri` (through `tracking_uri`);
     `scorer` (loaded here) gives the ingest settings and the drift reference stored with the model."""
-    from pipeline.batch_scoring import score_file
+    from pipeline.batch_scoring import score_file, scorer_reference, scorer_rules
 
     if engine.name == "spark":
         from pipeline.engines.spark import RegisteredScorer
 
         return engine.spark().score_file(source, output, RegisteredScorer(model.uri, tracking_uri), model, config,
-                                         ingest_config=config.ingest or getattr(scorer, "ingest", None),
-                                         reference=getattr(scorer, "reference", None))
+                                         ingest_config=config.ingest or scorer_rules(scorer),
+                                         reference=scorer_reference(scorer))
     return score_file(source, output, scorer, model, config)
