@@ -15,7 +15,7 @@ from models import ModelConfig, build_model
 from pipeline import distributed
 from pipeline import schema as S
 from pipeline.batches import SequenceDataset, make_loader
-from pipeline.sequences import SEQUENCES_SCHEMA
+from pipeline.schema import SEQUENCES_SCHEMA
 from pipeline.train import TrainConfig, fit
 
 

@@ -105,14 +105,6 @@ def scorer_reference(scorer: Any) -> Reference | None:
     """The drift reference stored with the scorer's model, or None (no drift report)."""
     return scorer.reference if isinstance(scorer, DriftReferenced) else None
 
-SCORES_SCHEMA: dict[str, pl.DataType] = {
-    schema.CUSTOMER_ID: pl.Int64(),
-    schema.PROBABILITY: pl.Float64(),
-    schema.PREDICTION: pl.Int32(),
-    schema.MODEL_NAME: pl.String(),
-    schema.MODEL_VERSION: pl.String(),
-    schema.SCORED_AT: pl.Datetime("us", "UTC"),
-}
 LANDING_SUFFIXES: tuple[str, ...] = (".parquet", ".csv", ".csv.gz")
 _BUCKET = "_bucket"
 # Bytes per raw row, on the low side, to size the staging buckets before the rows are counted.
@@ -436,7 +428,7 @@ def _predict(scorer: Scorer, events: pl.DataFrame, config: ScoreConfig) -> Any:
 
 
 def _arrow_scores_schema() -> pa.Schema:
-    return pl.DataFrame(schema=SCORES_SCHEMA).to_arrow().schema
+    return pl.DataFrame(schema=schema.SCORES_SCHEMA).to_arrow().schema
 
 
 def _conform(scored: Any, frame: pl.DataFrame, model: ModelRef, scored_at: datetime) -> pl.DataFrame:

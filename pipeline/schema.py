@@ -84,6 +84,20 @@ SEQ_EVENT_TIME = "event_time"  # list[float64]
 SEQ_CATEGORICAL: tuple[str, ...] = (SEQ_MCC, SEQ_TR_TYPE)
 SEQ_NUMERIC: tuple[str, ...] = (SEQ_AMOUNT, SEQ_HOUR, SEQ_WEEKDAY, SEQ_LOG_DT)
 
+SEQUENCES_SCHEMA: dict[str, pl.DataType] = {
+    CUSTOMER_ID: pl.Int64(),
+    GENDER: pl.Int8(),
+    SEQ_LENGTH: pl.Int32(),
+    SEQ_TOTAL: pl.Int32(),
+    SEQ_EVENT_TIME: pl.List(pl.Float64()),
+    SEQ_MCC: pl.List(pl.Int32()),
+    SEQ_TR_TYPE: pl.List(pl.Int32()),
+    SEQ_AMOUNT: pl.List(pl.Float32()),
+    SEQ_HOUR: pl.List(pl.Float32()),
+    SEQ_WEEKDAY: pl.List(pl.Float32()),
+    SEQ_LOG_DT: pl.List(pl.Float32()),
+}
+
 PAD_CODE = 0
 UNKNOWN_CODE = 1
 
@@ -93,3 +107,11 @@ PREDICTION = "prediction"
 MODEL_NAME = "model_name"
 MODEL_VERSION = "model_version"
 SCORED_AT = "scored_at"
+SCORES_SCHEMA: dict[str, pl.DataType] = {
+    CUSTOMER_ID: pl.Int64(),
+    PROBABILITY: pl.Float64(),
+    PREDICTION: pl.Int32(),
+    MODEL_NAME: pl.String(),
+    MODEL_VERSION: pl.String(),
+    SCORED_AT: pl.Datetime("us", "UTC"),
+}

@@ -286,19 +286,6 @@ def build_sequences(
     return out.select(SEQUENCE_COLUMNS).sort(schema.CUSTOMER_ID).collect()
 
 
-SEQUENCES_SCHEMA: dict[str, pl.DataType] = {
-    schema.CUSTOMER_ID: pl.Int64(),
-    schema.GENDER: pl.Int8(),
-    schema.SEQ_LENGTH: pl.Int32(),
-    schema.SEQ_TOTAL: pl.Int32(),
-    schema.SEQ_EVENT_TIME: pl.List(pl.Float64()),
-    schema.SEQ_MCC: pl.List(pl.Int32()),
-    schema.SEQ_TR_TYPE: pl.List(pl.Int32()),
-    schema.SEQ_AMOUNT: pl.List(pl.Float32()),
-    schema.SEQ_HOUR: pl.List(pl.Float32()),
-    schema.SEQ_WEEKDAY: pl.List(pl.Float32()),
-    schema.SEQ_LOG_DT: pl.List(pl.Float32()),
-}
 
 
 # --- the step: events dir + labels -> sequences dir ---------------------------------------------------------------

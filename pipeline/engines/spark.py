@@ -492,7 +492,7 @@ class SparkEngine:
             written = events.repartitionByRange(n, schema.CUSTOMER_ID).mapInArrow(build, "part int, customers long")
             self._run(str(events_dir), written.collect)
             if not any(staging.iterdir()):  # no events at all: one empty part with the table's schema
-                from pipeline.sequences import SEQUENCES_SCHEMA
+                from pipeline.schema import SEQUENCES_SCHEMA
 
                 pl.DataFrame(schema=SEQUENCES_SCHEMA).write_parquet(staging / "part-00000.parquet")
             _move_into_place(staging, target)
@@ -555,7 +555,7 @@ class SparkEngine:
                 write_parquet_atomic(pl.scan_parquet(reject_parts).cast(schema.REJECTS_SCHEMA), rejects)
             else:
                 write_parquet_atomic(pl.DataFrame(schema=schema.REJECTS_SCHEMA), rejects)
-            from pipeline.batch_scoring import SCORES_SCHEMA
+            from pipeline.schema import SCORES_SCHEMA
 
             scores = pl.scan_parquet(score_parts) if score_parts else pl.LazyFrame(schema=SCORES_SCHEMA)
             write_parquet_atomic(scores.sort(schema.CUSTOMER_ID), output)

@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 
 from pipeline import schema as S
-from pipeline.sequences import SEQUENCES_SCHEMA
+from pipeline.schema import SEQUENCES_SCHEMA
 
 
 def synthetic_sequences(n: int = 160, seed: int = 0, max_len: int = 48) -> pl.DataFrame:

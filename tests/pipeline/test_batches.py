@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from models.batch import Batch
 from pipeline import schema
 from pipeline.batches import Collate, LengthBucketSampler, SequenceDataset, make_loader, numeric_stats
-from pipeline.sequences import SEQUENCES_SCHEMA
+from pipeline.schema import SEQUENCES_SCHEMA
 
 
 def _table(lengths, seed=0, genders=None) -> pl.DataFrame:

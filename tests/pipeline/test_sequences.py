@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import schema
-from pipeline.sequences import SEQUENCES_SCHEMA, SequenceConfig, build_sequences, fit_vocab, order_keys
+from pipeline.schema import SEQUENCES_SCHEMA
+from pipeline.sequences import SequenceConfig, build_sequences, fit_vocab, order_keys
 from _sequence_events import events_frame  # tests/pipeline is on sys.path (pytest rootdir insertion)
 
 # (customer_id, day, second_of_day, mcc_code, tr_type, amount); source_row = position
