@@ -308,11 +308,16 @@ def _train_hybrid(name: str, data: _Data, preset: RunPreset, init_uri: str, run_
     embed_s = time.perf_counter() - t0
     run = train_gbdt(data.events, labels, data.ids, preset.gbdt, extra_features=emb)
     run.metrics["time/train_s"] += embed_s
+    scoring = fit_scoring_card(data.events, data.ids[0], run.val_label, run.val_prob, run.test_prob,
+                               ThresholdRule.parse(preset.threshold_rule))
     art = run_dir / "models" / name
-    config, files = save_hybrid_artifacts(art / "pyfunc", run.model, run.spec, embedder, pretrained=init_uri)
-    row = ModelResult(name, run.metrics, None, run_id, roc=roc_points(run.test_label, run.test_prob))
-    return row, {"gbdt": asdict(preset.gbdt), "init_from": init_uri}, {  # threshold 0.5, no calibration card yet
-        "config": config, "files": files, "plots": [], "val_curve": run.val_auroc_per_round, "version_tags": {}}
+    config, files = save_hybrid_artifacts(art / "pyfunc", run.model, run.spec, embedder, scoring.decision,
+                                          scoring.reference, pretrained=init_uri)
+    metrics = {**run.metrics, **decision_metrics(scoring.decision, run.test_label, run.test_prob)}
+    row = ModelResult(name, metrics, None, run_id, roc=roc_points(run.test_label, run.test_prob))
+    return row, {"gbdt": asdict(preset.gbdt), "init_from": init_uri, **scoring.tags()}, {
+        "config": config, "files": files, "plots": [], "val_curve": run.val_auroc_per_round,
+        "version_tags": scoring.tags()}
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,8 @@ def test_pretrain_then_fine_tune_and_hybrid_through_the_cli(tmp_path: Path, monk
     assert "| transformer_coles |" in table and "| hybrid_transformer |" in table
     versions = {v.tags["model"]: v for v in client.search_model_versions("name='pretrain-tests'")}
     assert set(versions) == {"transformer_coles", "hybrid_transformer", "gbdt"}
+    for name in versions:  # every model, the hybrid too, carries its validation threshold and calibration
+        assert {"decision.threshold", "decision.rule", "decision.calibration"} <= set(versions[name].tags), name
     hybrid = mlflow.pyfunc.load_model(f"models:/pretrain-tests/{versions['hybrid_transformer'].version}")
     scores = hybrid.predict(raw.to_pandas())
     assert list(scores.columns) == [S.CUSTOMER_ID, S.PROBABILITY, S.PREDICTION]
