@@ -309,7 +309,11 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="auto", choices=["auto", "tiny", "demo", "full"],
                    help="where the encoder's architecture comes from (%(default)s); fine-tuning keeps it")
     p.add_argument("--fold", type=int, default=0, help="fold the auto preset is sized from (%(default)s)")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="(%(default)s)")
+    p.add_argument("--steps", type=int, default=d.steps,
+                   help=f"optimiser steps; 0 = {d.passes} passes over the customers, at least {d.min_steps:,}, at "
+                   f"most {d.max_steps:,} (%(default)s)")
+    p.add_argument("--epochs", type=int, default=d.epochs,
+                   help="rounds the steps are split into: held-out recall logged, best kept (%(default)s)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="customers per batch (%(default)s)")
     p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (%(default)s)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(%(default)s)")
@@ -326,7 +330,8 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         settings = load_settings()
         sequences = args.sequences or settings.sequences_dir
-        config = PretrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device)
+        config = PretrainConfig(epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                device=args.device)
         try:
             run = run_pretraining(sequences, args.events or settings.events_dir, args.encoder,
                                   resolve_preset(args.preset, sequences, args.fold), config, settings,

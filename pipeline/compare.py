@@ -38,7 +38,7 @@ from pipeline.ingest import IngestConfig, read_events
 from pipeline.metrics import classification_metrics, plot_roc, plot_training_curves, pyplot, roc_points
 from pipeline.model_card import ModelCard, card_metrics
 from pipeline.scoring_card import decision_metrics, fit_scoring_card
-from pipeline.presets import DataProfile, RunPreset, get
+from pipeline.presets import DataProfile, RunPreset, fine_tune, get
 from pipeline.registry import (
     FIT_IDS_ARTIFACT_DIR,
     FIT_IDS_FILE,
@@ -188,7 +188,7 @@ def _fit_encoder(name: str, data: _Data, preset: RunPreset, datasets: dict, logg
     model.embedding.set_numeric_stats(*datasets["stats"])
     if init is not None:  # the pretrained embedding (with its numeric statistics) and encoder; the head starts fresh
         model.load_state_dict({k: v for k, v in init[1].items() if not k.startswith("head.")}, strict=False)
-    tc = preset.train
+    tc = preset.train if init is None else fine_tune(preset.train)
     result = fit(
         model,
         lambda epoch: make_loader(train_ds, batch_size=preset.batch_size, shuffle=True, crop_len=preset.crop_len,
