@@ -129,18 +129,29 @@ def run_setting(args: argparse.Namespace, order_signal: float, tmp: Path, rows: 
         ids = pretrain_customers(seq_dir)
         for enc in args.encoders:
             cfg = ModelConfig(n_mcc=vocab.size_mcc, n_tr_type=vocab.size_tr_type, **arch.model_kwargs(enc))
-            torch.manual_seed(0)
-            model = build_model(cfg)
-            model.embedding.set_numeric_stats(*numeric_stats(seq_path, ids))
             pc = PretrainConfig(steps=args.pretrain_steps, device="cpu")
-            result, cpu = cpu_seconds(pretrain, model, seq_path, ids, pc)
-            pretrained[enc] = (cfg, {k: v.clone() for k, v in model.state_dict().items()}, cpu)
-            rows.append({"order_signal": order_signal, "model": f"pretrain_{enc}", "budget": None, "seed": None,
-                         "auroc": None, "cpu_s": cpu, "recall": result.best_recall, "n_customers": len(ids),
-                         "steps": int(sum(h["pretrain/steps"] for h in result.history))})
+            key = f"{order_signal:g}-{enc}-{args.customers}-{args.max_len}-{pc.budget_steps(len(ids))}"
+            cached = args.cache / f"pretrain-{key}.pt" if args.cache else None
+            if cached is not None and cached.exists():  # pretrained by an earlier part on the same data
+                blob = torch.load(cached, weights_only=True)
+                state, row = blob["state"], {**blob["row"], "cached": True}  # its CPU s counted once, there
+            else:
+                torch.manual_seed(0)
+                model = build_model(cfg)
+                model.embedding.set_numeric_stats(*numeric_stats(seq_path, ids))
+                result, cpu = cpu_seconds(pretrain, model, seq_path, ids, pc)
+                state = {k: v.clone() for k, v in model.state_dict().items()}
+                row = {"order_signal": order_signal, "model": f"pretrain_{enc}", "budget": None, "seed": None,
+                       "auroc": None, "cpu_s": cpu, "recall": result.best_recall, "n_customers": len(ids),
+                       "steps": int(sum(h["pretrain/steps"] for h in result.history))}
+                if cached is not None:
+                    cached.parent.mkdir(parents=True, exist_ok=True)
+                    torch.save({"state": state, "row": row}, cached)
+            pretrained[enc] = (cfg, state, row["cpu_s"])
+            rows.append(row)
             save()
-            print(f"  pretrain {enc}: {len(ids)} customers, held-out recall {result.best_recall:.3f}, {cpu:.0f} CPU s",
-                  flush=True)
+            print(f"  pretrain {enc}: {len(ids)} customers, {row['steps']} steps, held-out recall {row['recall']:.3f}, "
+                  f"{row['cpu_s']:.0f} CPU s", flush=True)
 
     for budget in budgets:
         for seed in args.seeds:
@@ -236,6 +247,8 @@ def main() -> None:
     p.add_argument("--signal-strength", type=float, default=0.5, help="the generator's bag-of-events signal")
     p.add_argument("--pretrain-steps", type=int, default=0,
                    help="CoLES optimiser steps (0: the library's budget, sized from the customers)")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="keep pretrained encoders here and reuse them (parts of one bench run in parallel)")
     p.add_argument("--merge", type=lambda s: [Path(x) for x in s.split(",")], default=None,
                    help="combine the runs of these result JSONs into --out / --plot (no training)")
     p.add_argument("--no-pretrain", action="store_true", help="supervised models and the GBDT only")
