@@ -241,7 +241,7 @@ def main() -> None:
     p.add_argument("--budgets", type=lambda s: s.split(","), default=["300", "1000", "all"],
                    help="labelled customers for train + validation, comma-separated; 'all' = every non-test one")
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
-    p.add_argument("--encoders", type=lambda s: s.split(","), default=["transformer", "performer",
+    p.add_argument("--encoders", type=lambda s: [x for x in s.split(",") if x], default=["transformer", "performer",
                                                                         "infinite_former", "eam"])
     p.add_argument("--order-signals", type=lambda s: [float(x) for x in s.split(",")], default=[0.0, 2.0])
     p.add_argument("--signal-strength", type=float, default=0.5, help="the generator's bag-of-events signal")
