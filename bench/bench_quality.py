@@ -286,9 +286,15 @@ def main() -> None:
         return result
 
     if args.merge:  # parts run in parallel processes: one table and plot over all their runs
+        seen: set[tuple] = set()
         for path in args.merge:
             part = json.loads(path.read_text())
-            rows.extend(part["runs"])
+            for row in part["runs"]:  # a model two parts both ran (same data, budget, seed: same result) counts once
+                key = (row["order_signal"], row["model"], row["budget"], row["seed"])
+                if row.get("cached") or key in seen:
+                    continue
+                seen.add(key)
+                rows.append(row)
             parts.append({"file": path.name, "args": part["args"], "complete": part["complete"],
                           "wall_s": part["wall_s"], "cpu_s": part["cpu_s"], "machine": part["machine"]})
         result = save(complete=all(p["complete"] for p in parts))
