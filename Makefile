@@ -25,7 +25,7 @@ demo: setup
 	$(BIN)/txseq-demo
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadgroup
 
 clean:
 	rm -rf $(VENV) .pytest_cache

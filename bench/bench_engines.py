@@ -4,9 +4,13 @@ peak RSS of the whole process tree), with the outputs checked equal; and DDP tra
     python bench/bench_engines.py                         # 3,000 generated customers (~1.4M rows), Spark local[2]
     python bench/bench_engines.py --customers 15000       # the full generated size (~6.85M rows)
 
+Measured (2026-12-02, 2 cores at load ~20): the 3,000-customer run took ~45 min, Spark ~30 of them; the full size
+would take ~2 h at that load. Scoring writes and compares the drift report too (the GBDT stores a reference).
+
 The data (plain CSV, splittable by Spark) and a GBDT model (trained with `txseq train --models gbdt`, untimed) are
 made under <data root>/bench-engines/. Each step is timed in this process: CPU is the user+system time of this
-process and every descendant alive at the end of the step (the JVM, Spark's Python workers), sampled with psutil;
+process and every descendant alive at the end of the step (the JVM, Spark's Python workers), plus what each of them
+has waited for of its exited children (Spark's finished workers), sampled with psutil;
 peak RSS is the largest sum of their resident sets, sampled every 0.2 s. Spark's session start is timed apart.
 Prints a table and writes bench/results/engines.json (with the load average: the machine is shared).
 """
@@ -59,8 +63,8 @@ class TreeMeter:
         out = {}
         for p in self._tree():
             try:
-                t = p.cpu_times()
-                out[p.pid] = t.user + t.system
+                t = p.cpu_times()  # + its children that exited and were waited for (Spark's finished workers)
+                out[p.pid] = t.user + t.system + t.children_user + t.children_system
             except Exception:  # noqa: BLE001 - a worker that exited between listing and reading
                 pass
         return out
@@ -91,14 +95,20 @@ class TreeMeter:
         row["peak_rss_gib"] = round(self.peak / 2**30, 3)
 
 
-def shuffle_bytes(engine: Any) -> int:
-    """Shuffle bytes written by every completed stage so far (Spark's monitoring REST API on the driver UI)."""
+def shuffle_bytes(engine: Any) -> int | None:
+    """Shuffle bytes written by every completed stage so far (Spark's monitoring REST API on the driver UI); None
+    when the UI does not answer (it can take minutes on a loaded machine): the step is still timed."""
     import urllib.request
 
     sc = engine.spark.sparkContext
     url = f"{sc.uiWebUrl}/api/v1/applications/{sc.applicationId}/stages?status=complete"
-    with urllib.request.urlopen(url, timeout=30) as response:
-        return sum(int(s.get("shuffleWriteBytes", 0)) for s in json.load(response))
+    for attempt in range(3):
+        try:
+            with urllib.request.urlopen(url, timeout=120) as response:
+                return sum(int(s.get("shuffleWriteBytes", 0)) for s in json.load(response))
+        except OSError as e:
+            print(f"Spark UI did not answer ({e}); attempt {attempt + 1} of 3", flush=True)
+    return None
 
 
 def ddp_epoch_seconds(nproc: int, customers: int, threads: int, work: Path) -> dict[str, float]:
@@ -148,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         with meter.measure(row):
             result = fn()
         if spark_engine:
-            row["shuffle_write_bytes"] = shuffle_bytes(spark_engine[0]) - shuffled
+            now = shuffle_bytes(spark_engine[0])
+            row["shuffle_write_bytes"] = now - shuffled if now is not None and shuffled is not None else None
         row["rows_per_s"] = round(n_rows / row["wall_s"]) if name != "spark start" else None
         rows.append(row)
         return result
@@ -178,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     step("spark", "ingest", lambda: engine.ingest([csv], out["spark"] / "events"))
     step("spark", "sequences", lambda: engine.run_sequences(out["spark"] / "events", labels, out["spark"] / "sequences"))
     step("spark", "score", lambda: engine.score_file(csv, out["spark"] / "scores.parquet", RegisteredScorer(uri, tracking),
-                                                     model, ingest_config=scorer.ingest))
+                                                     model, ingest_config=scorer.ingest,
+                                                     reference=getattr(scorer, "reference", None)))
 
     key = ["source_file", "source_row"]
     same = {
@@ -193,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     b = pl.read_parquet(out["spark"] / "scores.parquet")
     same["scores_max_abs_diff"] = float((a["probability"] - b["probability"]).abs().max()) \
         if a["customer_id"].equals(b["customer_id"]) else None
+    drift = [out[e] / "scores.drift.json" for e in ("polars", "spark")]
+    same["drift_report"] = drift[0].read_text() == drift[1].read_text() if all(p.exists() for p in drift) else None
     print("outputs equal:", same, flush=True)
 
     ddp = {}

@@ -513,6 +513,7 @@ def score_landing(
                 "sha256": digest,
                 "output": output.name,
                 "rejects": scored.rejects.name,
+                "drift": [Path(d).name for d in scored.drift_files],  # [] for a model stored without a reference
                 "model_name": model.name,
                 "model_version": str(model.version),
                 "model_uri": model.uri,

@@ -22,10 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from sklearn.isotonic import IsotonicRegression
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_curve
-from sklearn.model_selection import StratifiedKFold
 
 Method = Literal["none", "platt", "isotonic"]
 _EPS = 1e-7  # probabilities are clipped to [eps, 1 - eps] before the logit and in the log-loss
@@ -154,6 +150,9 @@ def log_loss(label: np.ndarray, prob: np.ndarray) -> float:
 
 def fit_calibration(label: np.ndarray, prob: np.ndarray, method: Method) -> Calibration:
     """Fit one calibration map on (label, raw probability)."""
+    from sklearn.isotonic import IsotonicRegression  # lazily: scoring applies calibrations without sklearn
+    from sklearn.linear_model import LogisticRegression
+
     if method == "platt":
         lr = LogisticRegression(C=1e6, max_iter=1000).fit(_logit(prob)[:, None], label)
         return Calibration("platt", a=float(lr.coef_[0, 0]), b=float(lr.intercept_[0]))
@@ -165,6 +164,8 @@ def fit_calibration(label: np.ndarray, prob: np.ndarray, method: Method) -> Cali
 
 def cross_fitted_logloss(label: np.ndarray, prob: np.ndarray, method: Method, folds: int = 5, seed: int = 0) -> float:
     """Log-loss of `method` on held-out folds of (label, prob): each fold calibrated by a map fitted on the others."""
+    from sklearn.model_selection import StratifiedKFold
+
     out = np.empty(len(prob))
     for fit_idx, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(prob, label):
         out[held] = fit_calibration(label[fit_idx], prob[fit_idx], method).apply(prob[held])
@@ -173,6 +174,8 @@ def cross_fitted_logloss(label: np.ndarray, prob: np.ndarray, method: Method, fo
 
 def choose_threshold(label: np.ndarray, prob: np.ndarray, rule: ThresholdRule = ThresholdRule()) -> tuple[float, str]:
     """(threshold, how it was chosen). A precision/recall target no threshold reaches falls back to Youden's J."""
+    from sklearn.metrics import roc_curve
+
     fpr, tpr, thresholds = roc_curve(label, prob, drop_intermediate=False)
     finite = np.isfinite(thresholds)  # roc_curve's first threshold is +inf (nothing predicted positive)
     fpr, tpr, thresholds = fpr[finite], tpr[finite], thresholds[finite]

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pipeline.engines import add_engine_arguments, engine_from_args
+from pipeline.engines import add_engine_arguments, engine_from_args, location
 from pipeline.settings import apply_library_defaults
 
 
@@ -76,7 +76,7 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
         "all inputs. Re-ingesting a file is a no-op; rows already ingested from another file are rejected as "
         "duplicate_of_ingested_row. File-level problems exit with status 2 and say which inputs were committed.",
     )
-    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
+    p.add_argument("inputs", nargs="+", type=location, metavar="INPUT",
                    help="raw transactions file(s), Parquet folder(s) or folder(s) of CSV files")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: <data root>/events)")
     p.add_argument("--max-day", type=int, default=d.max_day, help="largest accepted day number (%(default)s)")
@@ -127,8 +127,8 @@ def _add_sequences(sub: argparse._SubParsersAction) -> None:
         "vocabularies on the non-test customers, and write one row per customer with the latest --max-len events "
         "as list columns (sequences.parquet, vocab.json, split.json, manifest.json in --out).",
     )
-    p.add_argument("--events", type=Path, default=None, help="ingest output folder (default: <data root>/events)")
-    p.add_argument("--labels", type=Path, default=None, help="gender_train.csv (customer_id,gender); "
+    p.add_argument("--events", type=location, default=None, help="ingest output folder (default: <data root>/events)")
+    p.add_argument("--labels", type=location, default=None, help="gender_train.csv (customer_id,gender); "
                    "default: none (all customers unlabelled, empty split)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: <data root>/sequences)")
     p.add_argument("--max-len", type=int, default=seq_d.max_len, help="latest events kept per customer (%(default)s)")
@@ -179,6 +179,17 @@ class _EncoderListHelp(argparse.HelpFormatter):
             from models import comparison_encoders
 
             text = text.replace("{encoders}", ",".join(comparison_encoders()))
+        if text and "{all_encoders}" in text:
+            from models import ENCODERS
+
+            text = text.replace("{all_encoders}", ", ".join(sorted(ENCODERS)))
+        if text and "{pretrain." in text:
+            from dataclasses import asdict
+
+            from pipeline.pretrain import PretrainConfig
+
+            for key, value in asdict(PretrainConfig()).items():
+                text = text.replace(f"{{pretrain.{key}}}", str(value))
         return text
 
 
@@ -290,12 +301,10 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     """`txseq pretrain`: CoLES self-supervised pretraining of one encoder (owner: pipeline.pretrain)."""
     from pathlib import Path
 
-    from models import ENCODERS
-    from pipeline.pretrain import PretrainConfig
-
-    d = PretrainConfig()
+    # no import of `models` or `pipeline.pretrain` here: they load torch, which every other `txseq` call would pay
     p = sub.add_parser(
         "pretrain",
+        formatter_class=_EncoderListHelp,
         help="CoLES self-supervised pretraining of an encoder on every non-test customer, registered in MLflow",
         description="Contrastive pretraining (CoLES: random contiguous slices of one customer embed close, other "
         "customers' far) of the chosen encoder on every customer of the sequences folder with transactions, "
@@ -303,35 +312,42 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
         "registers the encoder as <registered model>-coles-<encoder> (a pyfunc: raw transactions -> embeddings). "
         "Use it with `txseq train --init-from <printed URI>`.",
     )
-    p.add_argument("--encoder", required=True, choices=sorted(ENCODERS), help="encoder to pretrain")
+    p.add_argument("--encoder", required=True, help="encoder to pretrain: one of {all_encoders}")
     p.add_argument("--sequences", type=Path, help="sequences folder (default: <data root>/sequences)")
     p.add_argument("--events", type=Path, help="validated events folder (default: <data root>/events)")
     p.add_argument("--preset", default="auto", choices=["auto", "tiny", "demo", "full"],
                    help="where the encoder's architecture comes from (%(default)s); fine-tuning keeps it")
     p.add_argument("--fold", type=int, default=0, help="fold the auto preset is sized from (%(default)s)")
-    p.add_argument("--steps", type=int, default=d.steps,
-                   help=f"optimiser steps; 0 = {d.passes} passes over the customers, at least {d.min_steps:,}, at "
-                   f"most {d.max_steps:,} (%(default)s)")
-    p.add_argument("--epochs", type=int, default=d.epochs,
-                   help="rounds the steps are split into: held-out recall logged, best kept (%(default)s)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="customers per batch (%(default)s)")
-    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (%(default)s)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimiser steps (default: {pretrain.passes} passes over the customers, at least "
+                   "{pretrain.min_steps}, at most {pretrain.max_steps})")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="rounds the steps are split into: held-out recall logged, best kept "
+                   "(default: {pretrain.epochs})")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="customers per batch (default: {pretrain.batch_size})")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: {pretrain.lr})")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(%(default)s)")
     p.add_argument("--no-register", action="store_true", help="log the run but do not register the encoder")
 
     def handler(args: argparse.Namespace) -> int:
         import logging
 
+        from models import ENCODERS
         from pipeline.compare import resolve_preset
-        from pipeline.pretrain import run_pretraining
+        from pipeline.pretrain import PretrainConfig, run_pretraining
         from pipeline.settings import load_settings
         from pipeline.tracking import TrackingError
 
+        if args.encoder not in ENCODERS:
+            print(f"txseq pretrain: error: unknown encoder {args.encoder!r}; choose one of {', '.join(sorted(ENCODERS))}",
+                  file=sys.stderr)
+            return 2
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         settings = load_settings()
         sequences = args.sequences or settings.sequences_dir
-        config = PretrainConfig(epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                device=args.device)
+        given = {"epochs": args.epochs, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr}
+        config = PretrainConfig(device=args.device, **{k: v for k, v in given.items() if v is not None})
         try:
             run = run_pretraining(sequences, args.events or settings.events_dir, args.encoder,
                                   resolve_preset(args.preset, sequences, args.fold), config, settings,
@@ -365,7 +381,7 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", default=None, help="models:/<name>@champion, models:/<name>/<version> or runs:/<id>/… "
                    "(default: the registered champion, models:/<registered model>@champion)")
-    p.add_argument("--input", type=Path, help="raw transactions: Parquet/CSV file or folder")
+    p.add_argument("--input", type=location, help="raw transactions: Parquet/CSV file or folder (or file:// URI)")
     p.add_argument("--output", type=Path, help="scores Parquet <stem>.parquet (rejects go to <stem>.rejects.parquet "
                    "beside it)")
     p.add_argument("--landing", type=Path, help="landing folder: score each new file once (instead of --input)")

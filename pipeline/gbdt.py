@@ -11,15 +11,17 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
-import skops.io as sio
-from sklearn.ensemble import HistGradientBoostingClassifier
 
 from pipeline import schema as S
 from pipeline.features import FeatureConfig, FeatureSpec, build_features, fit_feature_spec
 from pipeline.metrics import MemoryMonitor, classification_metrics
+
+if TYPE_CHECKING:  # scikit-learn loads only where a GBDT is built, saved or loaded: scoring a neural model skips it
+    from sklearn.ensemble import HistGradientBoostingClassifier
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,8 @@ class GBDTConfig:
 
 
 def _classifier(config: GBDTConfig, max_iter: int) -> HistGradientBoostingClassifier:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
     return HistGradientBoostingClassifier(
         max_iter=max_iter,
         learning_rate=config.learning_rate,
@@ -84,11 +88,15 @@ def _fit_in_stages(
 
 
 def save_gbdt(model: HistGradientBoostingClassifier, path: Path) -> Path:
+    import skops.io as sio  # here, not at module level: importing skops imports all of scikit-learn (seconds)
+
     sio.dump(model, path)
     return path
 
 
 def load_gbdt(path: Path) -> HistGradientBoostingClassifier:
+    import skops.io as sio  # lazily, as in save_gbdt
+
     untrusted = set(sio.get_untrusted_types(file=path)) - set(TRUSTED_TYPES)
     if untrusted:
         raise ValueError(f"{path} holds types outside the trusted list: {sorted(untrusted)}")

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn import metrics as skm
 
 GIB = float(1 << 30)
 _EPS = 1e-7
@@ -31,6 +30,8 @@ def classification_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: floa
     p = np.clip(np.asarray(prob, dtype=np.float64).ravel(), _EPS, 1.0 - _EPS)
     if y.shape != p.shape or y.size == 0:
         raise ValueError(f"labels {y.shape} and probabilities {p.shape} must be non-empty and the same shape")
+    from sklearn import metrics as skm  # lazily: importing scikit-learn costs seconds that scoring need not pay
+
     auroc = float(skm.roc_auc_score(y, p)) if np.unique(y).size == 2 else float("nan")
     return {
         "auroc": auroc,
@@ -41,6 +42,8 @@ def classification_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: floa
 
 def roc_points(y_true: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(false-positive rate, true-positive rate) of the ROC curve."""
+    from sklearn import metrics as skm
+
     fpr, tpr, _ = skm.roc_curve(np.asarray(y_true).ravel(), np.asarray(prob).ravel())
     return fpr, tpr
 

@@ -9,10 +9,10 @@ only moves Arrow batches to where those same functions run and gathers what they
 from __future__ import annotations
 
 import argparse
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
 
 if TYPE_CHECKING:
     from pipeline.batch_scoring import ModelRef, ScoreConfig, ScoreResult
@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from pipeline.sequences import SequenceConfig, SequencesResult
     from pipeline.splits import SplitConfig
 
-log = logging.getLogger(__name__)
 ENGINES: tuple[str, ...] = ("polars", "spark")
 
 
@@ -56,6 +55,21 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --engine spark: any spark.* setting, repeatable (e.g. spark.executor.memory=8g)")
 
 
+def location(text: str) -> Path:
+    """An input argument: a path, or a `file://` URI (as Hadoop tools write them) turned into its path. Other URIs
+    (hdfs://, s3a://) are refused with what to do: the steps check, hash and name their inputs on this machine."""
+    parsed = urlparse(text)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise argparse.ArgumentTypeError(f"{text}: a file:// URI names this machine's files (file:///path)")
+        return Path(unquote(parsed.path))
+    if len(parsed.scheme) > 1 and text.startswith(f"{parsed.scheme}://"):
+        raise argparse.ArgumentTypeError(
+            f"{text}: the CLI reads paths this machine can open (a file:// URI is fine): mount the {parsed.scheme}:// "
+            "storage (NFS, a FUSE driver), or score Parquet there from Python with SparkEngine.score_file")
+    return Path(text)
+
+
 def engine_from_args(args: argparse.Namespace) -> Engine:
     return Engine(args.engine, args.spark_master, tuple(args.spark_conf))
 
@@ -81,16 +95,13 @@ def sequences_with(engine: Engine, events_dir: Path, labels: Path | None, out_di
 def score_file_with(engine: Engine, source: Path, output: Path, scorer: Any, model: ModelRef, config: ScoreConfig,
                     tracking_uri: str) -> ScoreResult:
     """Score one input. On Spark each worker loads the model itself from `model.uri` (through `tracking_uri`);
-    `scorer` (loaded here) gives the ingest settings stored with the model."""
+    `scorer` (loaded here) gives the ingest settings and the drift reference stored with the model."""
     from pipeline.batch_scoring import score_file
 
     if engine.name == "spark":
         from pipeline.engines.spark import RegisteredScorer
 
-        if getattr(scorer, "reference", None) is not None:  # not silently: the polars engine writes the report
-            log.warning("%s: no drift report with the Spark engine (the polars engine writes <scores>.drift.json)",
-                        source)
-
         return engine.spark().score_file(source, output, RegisteredScorer(model.uri, tracking_uri), model, config,
-                                         ingest_config=config.ingest or getattr(scorer, "ingest", None))
+                                         ingest_config=config.ingest or getattr(scorer, "ingest", None),
+                                         reference=getattr(scorer, "reference", None))
     return score_file(source, output, scorer, model, config)

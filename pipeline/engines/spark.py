@@ -10,6 +10,7 @@ on Arrow tables through `applyInArrow` / `mapInArrow` in the Python workers:
               events ─range-partition by customer_id─▶ build_sequences ──▶ sequences.parquet/part-<n>.parquet
     score     read ─number rows─▶ validate_combined (as ingest) ──▶ rejects parts
               valid rows ─range-partition by customer_id─▶ the model's scorer ──▶ scores parts ──▶ one sorted file
+                                                            └─▶ DriftMonitor bin counts ─sum (driver)─▶ drift report
 
 Rules that need more than one row see all the rows they need: repeats of a row of the same file
 (`duplicate_row`) share their raw customer_id text, so one validation group holds them all; repeats of rows
@@ -27,6 +28,7 @@ the driver and the workers share (local disk in local mode; NFS or a mounted buc
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shutil
@@ -42,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
@@ -70,6 +73,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
     from pipeline.batch_scoring import ModelRef, ScoreConfig, ScoreResult
+    from pipeline.drift import DriftMonitor, Reference
     from pipeline.sequences import SequenceConfig, SequencesResult
     from pipeline.splits import SplitConfig
 
@@ -251,6 +255,15 @@ def _local_path(uri: str) -> str:
     return unquote(parsed.path) if parsed.scheme in ("", "file") else uri
 
 
+def _input(location: str | Path) -> str | Path:
+    """A path or a `file://` URI as a local Path; another URI (hdfs://, s3a://) stays a string for Spark to read."""
+    text = str(location)
+    parsed = urlparse(text)
+    if parsed.scheme == "file" or not (len(parsed.scheme) > 1 and text.startswith(f"{parsed.scheme}:/")):
+        return Path(_local_path(text))
+    return text
+
+
 def _partitions(spark: SparkSession, rows: int, partition_rows: int) -> int:
     return max(spark.sparkContext.defaultParallelism, math.ceil(rows / max(partition_rows, 1)))
 
@@ -376,8 +389,14 @@ class SparkEngine:
     # ingest ------------------------------------------------------------------------------------------------------
     def ingest(self, inputs: Sequence[str | Path], out_dir: str | Path, config: IngestConfig = IngestConfig(), *,
                atomic: bool = False) -> IngestResult:
-        """`pipeline.ingest.ingest` with each file validated on Spark: the same manifest, parts and counts."""
-        return ingest(inputs, out_dir, config, atomic=atomic, file_step=self._ingest_file)
+        """`pipeline.ingest.ingest` with each file validated on Spark: the same manifest, parts and counts. Inputs
+        are paths or `file://` URIs the driver reads too: it hashes each file for the manifest (and cleans a CSV)."""
+        local = [_input(i) for i in inputs]
+        remote = [str(i) for i in local if not isinstance(i, Path)]
+        if remote:
+            raise IngestError(f"{remote[0]}: ingest hashes each input on the driver (the manifest's sha256): give a "
+                              "path or file:// URI the driver reads (mount the storage)")
+        return ingest(local, out_dir, config, atomic=atomic, file_step=self._ingest_file)
 
     def _ingest_file(self, path: Path, sha: str, out_dir: Path, seen: list[Path], config: IngestConfig) -> FileReport:
         from pyspark.sql import functions as F
@@ -438,7 +457,7 @@ class SparkEngine:
 
         config, split_config = config or SequenceConfig(), split_config or SplitConfig()
         t0 = time.perf_counter()
-        events_dir, out_dir = Path(events_dir), Path(out_dir)
+        events_dir, out_dir = Path(_local_path(str(events_dir))), Path(out_dir)
         if not (events_dir / "manifest.json").exists():
             raise IngestError(f"{events_dir}: no manifest.json; run `txseq ingest` first")
         parts = event_part_files(events_dir)
@@ -484,11 +503,15 @@ class SparkEngine:
     # scoring -----------------------------------------------------------------------------------------------------
     def score_file(self, source: str | Path, output: str | Path, scorer_factory: Callable[[], Any], model: ModelRef,
                    config: ScoreConfig | None = None, rejects: str | Path | None = None,
-                   ingest_config: IngestConfig | None = None) -> ScoreResult:
+                   ingest_config: IngestConfig | None = None, reference: Reference | None = None) -> ScoreResult:
         """`pipeline.batch_scoring.score_file` on Spark. `scorer_factory()` (picklable: it runs in each worker,
-        once per Python worker) returns the scorer; rows are validated with `ingest_config` (the model's)."""
+        once per Python worker) returns the scorer; rows are validated with `ingest_config` (the model's).
+        With the model's drift `reference`, each worker counts its customers' events into a `DriftMonitor`'s bins
+        and the driver adds the counts up: the same `<stem>.drift.json` / `.drift.png` as the polars engine."""
         from pyspark import StorageLevel
         from pyspark.sql import functions as F
+
+        from pipeline.drift import DriftMonitor
 
         from pipeline.batch_scoring import (
             ScoreConfig,
@@ -501,7 +524,7 @@ class SparkEngine:
         started = time.perf_counter()
         config = config or ScoreConfig()
         ingest_config = ingest_config or config.ingest or IngestConfig()
-        source, output = Path(source), Path(output)
+        source, output = _input(source), Path(output)  # the input may be any URI Spark reads (Parquet)
         rejects = Path(rejects) if rejects is not None else default_rejects_path(output)
         output.parent.mkdir(parents=True, exist_ok=True)
         rejects.parent.mkdir(parents=True, exist_ok=True)
@@ -522,8 +545,8 @@ class SparkEngine:
             good = combined.filter(F.col(schema.REASON).isNull()).select(*schema.EVENTS_SCHEMA)
             n = _partitions(self.spark, rows_in, self.config.partition_rows)
             scored = good.repartitionByRange(n, schema.CUSTOMER_ID).mapInArrow(
-                partial(_score_partition, scorer_factory, model, scored_at, str(staging / "scores")),
-                "part int, customers long")
+                partial(_score_partition, scorer_factory, model, scored_at, str(staging / "scores"), reference),
+                "part int, customers long, drift string")
             parts = self._run(str(source), scored.collect)
             combined.unpersist()
             reject_parts = sorted((staging / "rejects").glob("*.parquet"))
@@ -536,6 +559,14 @@ class SparkEngine:
 
             scores = pl.scan_parquet(score_parts) if score_parts else pl.LazyFrame(schema=SCORES_SCHEMA)
             write_parquet_atomic(scores.sort(schema.CUSTOMER_ID), output)
+            drift, drift_files = None, []
+            if reference is not None:
+                monitor = DriftMonitor(reference, config.drift_psi_threshold)
+                for part in parts:
+                    _add_drift_counts(monitor, json.loads(part["drift"]))
+                probabilities = pl.read_parquet(output, columns=[schema.PROBABILITY])[schema.PROBABILITY].to_numpy()
+                report = monitor.report(probabilities)
+                drift, drift_files = report.to_dict(), [str(p) for p in report.write(output.with_suffix(""))]
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         rejected_rows = pl.scan_parquet(rejects).select(pl.len()).collect().item()
@@ -543,7 +574,8 @@ class SparkEngine:
         return ScoreResult(
             output=output, rejects=rejects, input_rows=rows_in, rejected_rows=int(rejected_rows),
             customers=int(customers), chunks=len(parts), model_name=model.name, model_version=model.version,
-            seconds=time.perf_counter() - started, histogram=probability_histogram(output),
+            seconds=time.perf_counter() - started, histogram=probability_histogram(output), drift=drift,
+            drift_files=drift_files,
         )
 
 
@@ -604,9 +636,11 @@ _SCORERS: dict[Any, Any] = {}  # one scorer per Python worker process and factor
 
 
 def _score_partition(scorer_factory: Callable[[], Any], model: Any, scored_at: datetime, folder: str,
-                     batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """One customer range of validated events -> the scorer -> scores part (one row per customer)."""
+                     reference: Reference | None, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """One customer range of validated events -> the scorer -> scores part (one row per customer), and with a
+    `reference`, the partition's drift bin counts (whole customers: the per-customer features count right)."""
     from pipeline.batch_scoring import ScoreConfig, _conform, _predict
+    from pipeline.drift import DriftMonitor
 
     frame = _batches_frame(batches, schema.EVENTS_SCHEMA)
     if frame is None:
@@ -616,8 +650,24 @@ def _score_partition(scorer_factory: Callable[[], Any], model: Any, scored_at: d
     scored = _conform(_predict(_SCORERS[scorer_factory], frame, ScoreConfig()), frame, model, scored_at)
     pid = _partition_id()
     scored.write_parquet(Path(folder) / f"part-{pid:05d}.parquet")
-    yield pa.RecordBatch.from_pydict({"part": [pid], "customers": [scored.height]},
-                                     schema=pa.schema([("part", pa.int32()), ("customers", pa.int64())]))
+    counts: dict[str, Any] = {}
+    if reference is not None:
+        monitor = DriftMonitor(reference)
+        monitor.observe(frame)
+        counts = {"counts": {k: v.tolist() for k, v in monitor.counts.items()}, "unknown": monitor.unknown,
+                  "events": monitor.events}
+    yield pa.RecordBatch.from_pydict(
+        {"part": [pid], "customers": [scored.height], "drift": [json.dumps(counts)]},
+        schema=pa.schema([("part", pa.int32()), ("customers", pa.int64()), ("drift", pa.string())]))
+
+
+def _add_drift_counts(monitor: DriftMonitor, counts: dict[str, Any]) -> None:
+    """Add one partition's bin counts (from `_score_partition`) to the driver's monitor."""
+    for name, n in counts["counts"].items():
+        monitor.counts[name] += np.asarray(n, dtype=np.int64)
+    for name, n in counts["unknown"].items():
+        monitor.unknown[name] += int(n)
+    monitor.events += int(counts["events"])
 
 
 @dataclass(frozen=True)

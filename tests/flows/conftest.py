@@ -13,5 +13,5 @@ def prefect_server() -> Iterator[str]:
     """Every flow test reports to this temporary server; yields its API URL (for the CLI in subprocesses)."""
     from prefect.settings import PREFECT_API_URL
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=600):
         yield str(PREFECT_API_URL.value())

@@ -60,6 +60,24 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
     assert b["weights"] == pytest.approx(a["weights"], rel=TOLERANCE)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.pt", "last.pt"]  # rank 0's only
 
+    # killed after step 14's checkpoint (every rank at training batch 17), then resumed with the same fingerprint:
+    # both ranks load rank 0's last.pt and the run ends as the uninterrupted 2-process run did
+    killed, fp = tmp_path / "killed", json.dumps({"split_id": "same"})
+    run2 = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(SCRIPT)]
+    done = subprocess.run([*run2, str(tmp_path / "none.json"), str(killed), fp, "16"], env=env, timeout=900,
+                          capture_output=True, text=True)
+    assert done.returncode != 0 and not (tmp_path / "none.json").exists()
+    resumed_out = tmp_path / "resumed.json"
+    done = subprocess.run([*run2, str(resumed_out), str(killed), fp], env=env, timeout=900, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = json.loads(resumed_out.read_text())
+    assert r["resumed_from_step"] == 14 and [h["step"] for h in r["history"]] == [7, 14, 21]
+    for hb, hr in zip(b["history"], r["history"], strict=True):
+        for key in ("train/loss", "val/logloss", "val/auroc"):
+            assert hr[key] == pytest.approx(hb[key], rel=TOLERANCE, abs=TOLERANCE), key
+    assert r["weights"] == pytest.approx(b["weights"], rel=TOLERANCE)
+
     # another fingerprint: rank 0 alone moves the checkpoints aside, every rank starts fresh (none waits for the other)
     three = tmp_path / "three.json"
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import polars as pl
 import pytest
@@ -19,6 +21,7 @@ from polars.testing import assert_frame_equal
 
 from pipeline import schema
 from pipeline.batch_scoring import ModelRef, ScoreConfig, score_file
+from pipeline.drift import Reference, fit_reference
 from pipeline.engines.spark import SparkConfig, SparkEngine, SparkError, check_spark, parse_conf
 from pipeline.ingest import IngestConfig, ingest, read_events, read_rejects
 from pipeline.sequences import SequenceConfig, run_sequences
@@ -59,14 +62,19 @@ def _rows(n_customers: int, first: int = 1000, seed: int = 0) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def engine() -> SparkEngine:
-    """One local[2] session for the module; small partitions so that every step runs on several of them."""
+def spark_ok() -> None:
+    """pyspark and Java 17+ are here: else a skip on a developer machine, a failure in CI."""
     try:
         check_spark()
     except SparkError as e:
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the Spark tests: {e}")
         pytest.skip(str(e))
+
+
+@pytest.fixture(scope="session")
+def engine(spark_ok: None) -> SparkEngine:
+    """One local[2] session for the module; small partitions so that every step runs on several of them."""
     return SparkEngine.start(SparkConfig(master="local[2]", partition_rows=150,
                                          conf=(("spark.sql.shuffle.partitions", "4"),)))
 
@@ -171,13 +179,44 @@ def test_scoring_gives_the_same_scores_and_rejects(engine: SparkEngine, inputs: 
     for source in (inputs[0], inputs[2]):  # a CSV, and a Parquet folder (rows numbered per file)
         a = score_file(source, tmp_path / f"{source.name}-polars.parquet", EventCountScorer(), model,
                        ScoreConfig(chunk_rows=200))
-        b = engine.score_file(source, tmp_path / f"{source.name}-spark.parquet", EventCountScorer(), model,
-                              ingest_config=IngestConfig())
+        b = engine.score_file(source.as_uri(), tmp_path / f"{source.name}-spark.parquet", EventCountScorer(), model,
+                              ingest_config=IngestConfig())  # a file:// URI, as Hadoop paths are written
         drop = [schema.SCORED_AT]
         assert_frame_equal(pl.read_parquet(b.output).drop(drop), pl.read_parquet(a.output).drop(drop), abs_tol=1e-6)
         key = [schema.SOURCE_FILE, schema.SOURCE_ROW]
         assert_frame_equal(pl.read_parquet(b.rejects).sort(key), pl.read_parquet(a.rejects).sort(key))
         assert (b.input_rows, b.rejected_rows, b.customers) == (a.input_rows, a.rejected_rows, a.customers)
+
+
+class EventCountScorerWithReference(EventCountScorer):
+    """The stand-in model with training-time drift statistics, as a registered model stores them."""
+
+    def __init__(self, reference: Reference) -> None:
+        self.reference = reference
+
+
+def test_scoring_writes_the_same_drift_report(engine: SparkEngine, inputs: list[Path],
+                                              both_ingested: tuple[Path, Path], tmp_path: Path) -> None:
+    from pyspark import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    # reference: the first file's customers; the Parquet folder (other customers, other days) is the scored batch
+    pol, _ = both_ingested
+    train = read_events(pol).filter(pl.col(schema.SOURCE_FILE).str.ends_with("a.csv")).collect()
+    reference = fit_reference(train, np.linspace(0.05, 0.95, 40), top_k=4, min_count=2)
+    model = ModelRef("toy", "1", "models:/toy/1")
+    config = ScoreConfig(chunk_rows=200, drift_psi_threshold=0.15)
+    a = score_file(inputs[2], tmp_path / "polars.parquet", EventCountScorerWithReference(reference), model, config)
+    b = engine.score_file(inputs[2], tmp_path / "spark.parquet", EventCountScorer(), model, config,
+                          ingest_config=IngestConfig(), reference=reference)
+    assert a.drift is not None and a.drift["events"] > 0 and a.drift["drifted"]  # a report with something in it
+    assert [Path(f).name for f in b.drift_files] == ["spark.drift.json", "spark.drift.png"]
+    assert Path(b.drift_files[0]).read_text() == Path(a.drift_files[0]).read_text()
+    assert json.dumps(b.drift) == json.dumps(a.drift)  # NaN-safe: the same PSI, bins, counts, shares and means
+    assert Path(b.drift_files[1]).stat().st_size > 0
+    plain = engine.score_file(inputs[2], tmp_path / "plain.parquet", EventCountScorer(), model, config,
+                              ingest_config=IngestConfig())
+    assert plain.drift is None and plain.drift_files == [] and not (tmp_path / "plain.drift.json").exists()
 
 
 def test_cli_ingest_with_spark_engine(engine: SparkEngine, inputs: list[Path], tmp_path: Path) -> None:
@@ -195,16 +234,59 @@ def test_cli_ingest_with_spark_engine(engine: SparkEngine, inputs: list[Path], t
     assert bad.returncode == 2 and "expected KEY=VALUE" in bad.stderr
 
 
-def test_missing_java_names_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_spark_submit_runs_the_cli_with_its_master_and_file_uris(spark_ok: None, inputs: list[Path],
+                                                                 tmp_path: Path) -> None:
+    """`spark-submit --master local[2] pipeline/cli.py ingest file:///... --engine spark`, as on a cluster: the
+    master and settings come from spark-submit (read back from Spark's event log), inputs as file:// URIs."""
+    import pyspark
+
+    home = Path(pyspark.__file__).parent
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TXSEQ_DATA_ROOT": str(tmp_path), "SPARK_HOME": str(home),
+           "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    events_log = tmp_path / "spark-events"
+    events_log.mkdir()
+    cmd = [str(home / "bin" / "spark-submit"), "--master", "local[2]", "--conf", "spark.sql.shuffle.partitions=3",
+           "--conf", "spark.eventLog.enabled=true", "--conf", f"spark.eventLog.dir={events_log.as_uri()}",
+           "--conf", "spark.eventLog.rolling.enabled=false", "--conf", "spark.eventLog.compress=false",  # one JSON file
+           str(ROOT / "pipeline" / "cli.py"), "ingest", inputs[0].as_uri(), inputs[2].as_uri(),
+           "--out", str(tmp_path / "ev"), "--engine", "spark"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected = ingest([inputs[0], inputs[2]], tmp_path / "ev-polars")
+    manifest = json.loads((tmp_path / "ev" / "manifest.json").read_text())
+    assert manifest["totals"] == expected.manifest["totals"]
+    assert [f["path"] for f in manifest["files"]] == [f["path"] for f in expected.manifest["files"]]
+    (log,) = events_log.iterdir()
+    environment = next(json.loads(line) for line in log.read_text().splitlines()
+                       if '"SparkListenerEnvironmentUpdate"' in line)
+    properties = dict(environment["Spark Properties"])
+    assert properties["spark.master"] == "local[2]" and properties["spark.sql.shuffle.partitions"] == "3"
+
+
+def test_cli_refuses_other_uris_with_what_to_do(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TXSEQ_DATA_ROOT": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "ingest", "hdfs://nn:8020/exports/a.parquet",
+                           "--engine", "spark"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2 and "mount the hdfs:// storage" in done.stderr
+
+
+def test_missing_java_is_an_error_naming_what_to_install(inputs: list[Path], tmp_path: Path) -> None:
+    """`txseq ingest --engine spark` with JAVA_HOME pointing nowhere, then with no java on PATH: exit 2 and a line
+    saying what to install, before any Spark starts (no skip: this needs pyspark, which the project installs)."""
     if not os.environ.get("CI"):
         pytest.importorskip("pyspark")  # without it the error names pyspark first (CI installs it)
-    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "no-jdk"))
-    with pytest.raises(SparkError, match=r"JDK 17\+.*openjdk-17-jre-headless"):
-        check_spark()
-    monkeypatch.delenv("JAVA_HOME")
-    monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(SparkError, match=r"no Java runtime found.*openjdk-17-jre-headless"):
-        check_spark()
+    no_java = tmp_path / "bin"
+    no_java.mkdir()
+    base = {k: v for k, v in os.environ.items() if k not in ("JAVA_HOME", "PATH")}
+    base |= {"PYTHONPATH": str(ROOT), "TXSEQ_DATA_ROOT": str(tmp_path), "PATH": str(no_java)}
+    cmd = [sys.executable, "-m", "pipeline.cli", "ingest", str(inputs[0]), "--out", str(tmp_path / "ev"),
+           "--engine", "spark"]
+    for env, message in (({**base, "JAVA_HOME": str(tmp_path / "no-jdk")}, r"no-jdk/bin/java is not runnable"),
+                         (base, r"no Java runtime found \(no `java` on PATH, JAVA_HOME unset\)")):
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert re.search(message + r".*JDK 17\+.*apt-get install openjdk-17-jre-headless", done.stderr), done.stderr
+        assert not (tmp_path / "ev" / "manifest.json").exists()
 
 
 def test_spark_conf_items_parse_or_fail_with_the_item() -> None:

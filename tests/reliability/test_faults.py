@@ -87,7 +87,8 @@ def test_scoring_killed_midway_leaves_no_output_and_a_rerun_completes(session: S
     assert again.returncode == 0, again.stderr[-3000:]
     no_traceback(again)
     assert not any(p.exists() for p in left)  # the killed run's staging and temp files are cleaned up
-    assert sorted(p.name for p in out.iterdir()) == ["scores.parquet", "scores.rejects.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "scores.drift.json", "scores.drift.png", "scores.parquet", "scores.rejects.parquet"]
     scores = pl.read_parquet(output)
     events = pl.read_parquet(session.data.events / "events")
     assert sorted(scores[S.CUSTOMER_ID]) == sorted(events[S.CUSTOMER_ID].unique())
