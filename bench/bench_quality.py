@@ -6,18 +6,20 @@ For each signal setting (--order-signals):
   generate --customers (all labelled, --signal-strength) -> ingest -> sequences (--max-len; a fixed, stratified
   --test-fraction of the customers is the test set, the same for every budget and seed)
   pretrain each encoder once with CoLES on every non-test customer (labels unused; architecture: the auto preset of
-  the smallest budget, kept by fine-tuning)
+  the smallest budget, kept by fine-tuning; the library's step budget, `PretrainConfig`, unless --pretrain-steps)
   for each budget b (--budgets; "all" = every non-test customer) and split seed s (--seeds):
       b labelled customers drawn from the non-test ones (seeded); 80% train, 20% validation
       gbdt                   the GBDT of the auto preset on the aggregates
       <enc>                  supervised, the auto preset's recipe (`pipeline.train.fit`)
-      <enc>_coles            the same recipe from the pretrained embedding + encoder (new head)
+      <enc>_coles            the same budget from the pretrained embedding + encoder (new head), the library's
+                             fine-tuning recipe (`presets.fine_tune`: head alone during warm-up, backbone at 0.3 × LR)
       hybrid_<enc>           the auto preset's GBDT on [aggregates | frozen pretrained embedding]
   every model: test ROC AUC on the test customers, CPU seconds (process time: the machine is shared; wall time
   would measure the neighbours); pretraining CPU seconds reported once per encoder.
 
     python bench/bench_quality.py                                             # defaults below
     python bench/bench_quality.py --customers 1500 --budgets 300 --seeds 0 --encoders transformer   # quick
+    python bench/bench_quality.py --merge a.json,b.json --out quality.json     # one table/plot from parallel parts
 
 Writes bench/results/quality.json and bench/results/quality.png (AUC vs budget, one panel per signal setting) and
 prints a markdown table of mean ± sd over the seeds.
@@ -50,7 +52,7 @@ from pipeline.gbdt import train_gbdt  # noqa: E402
 from pipeline.generate import GeneratorConfig, generate  # noqa: E402
 from pipeline.ingest import ingest, read_events  # noqa: E402
 from pipeline.metrics import classification_metrics, pyplot  # noqa: E402
-from pipeline.presets import DataProfile, RunPreset, auto  # noqa: E402
+from pipeline.presets import DataProfile, RunPreset, auto, fine_tune  # noqa: E402
 from pipeline.pretrain import PretrainConfig, pretrain, pretrain_customers  # noqa: E402
 from pipeline.sequences import SEQUENCES_FILE, SPLIT_FILE, VOCAB_FILE, SequenceConfig, Vocab, run_sequences  # noqa: E402
 from pipeline.splits import Split, SplitConfig  # noqa: E402
@@ -87,7 +89,7 @@ def train_encoder(cfg: ModelConfig, preset: RunPreset, ds: dict, init: dict | No
     model.embedding.set_numeric_stats(*numeric_stats(ds["train"]))
     if init is not None:
         model.load_state_dict({k: v for k, v in init.items() if not k.startswith("head.")}, strict=False)
-    tc = replace(preset.train, seed=seed, progress=False, device="cpu")
+    tc = replace(preset.train if init is None else fine_tune(preset.train), seed=seed, progress=False, device="cpu")
     if MAX_STEPS:  # a smoke run's cap (the bench's figures use the auto budget)
         tc = replace(tc, steps=min(tc.steps, MAX_STEPS), eval_every=min(tc.eval_every, MAX_STEPS))
     fit(model, lambda e: make_loader(ds["train"], batch_size=preset.batch_size, shuffle=True, crop_len=preset.crop_len,
@@ -127,17 +129,29 @@ def run_setting(args: argparse.Namespace, order_signal: float, tmp: Path, rows: 
         ids = pretrain_customers(seq_dir)
         for enc in args.encoders:
             cfg = ModelConfig(n_mcc=vocab.size_mcc, n_tr_type=vocab.size_tr_type, **arch.model_kwargs(enc))
-            torch.manual_seed(0)
-            model = build_model(cfg)
-            model.embedding.set_numeric_stats(*numeric_stats(seq_path, ids))
-            pc = PretrainConfig(epochs=args.pretrain_epochs, device="cpu")
-            result, cpu = cpu_seconds(pretrain, model, seq_path, ids, pc)
-            pretrained[enc] = (cfg, {k: v.clone() for k, v in model.state_dict().items()}, cpu)
-            rows.append({"order_signal": order_signal, "model": f"pretrain_{enc}", "budget": None, "seed": None,
-                         "auroc": None, "cpu_s": cpu, "recall": result.best_recall, "n_customers": len(ids)})
+            pc = PretrainConfig(steps=args.pretrain_steps, device="cpu")
+            key = f"{order_signal:g}-{enc}-{args.customers}-{args.max_len}-{pc.budget_steps(len(ids))}"
+            cached = args.cache / f"pretrain-{key}.pt" if args.cache else None
+            if cached is not None and cached.exists():  # pretrained by an earlier part on the same data
+                blob = torch.load(cached, weights_only=True)
+                state, row = blob["state"], {**blob["row"], "cached": True}  # its CPU s counted once, there
+            else:
+                torch.manual_seed(0)
+                model = build_model(cfg)
+                model.embedding.set_numeric_stats(*numeric_stats(seq_path, ids))
+                result, cpu = cpu_seconds(pretrain, model, seq_path, ids, pc)
+                state = {k: v.clone() for k, v in model.state_dict().items()}
+                row = {"order_signal": order_signal, "model": f"pretrain_{enc}", "budget": None, "seed": None,
+                       "auroc": None, "cpu_s": cpu, "recall": result.best_recall, "n_customers": len(ids),
+                       "steps": int(sum(h["pretrain/steps"] for h in result.history))}
+                if cached is not None:
+                    cached.parent.mkdir(parents=True, exist_ok=True)
+                    torch.save({"state": state, "row": row}, cached)
+            pretrained[enc] = (cfg, state, row["cpu_s"])
+            rows.append(row)
             save()
-            print(f"  pretrain {enc}: {len(ids)} customers, held-out recall {result.best_recall:.3f}, {cpu:.0f} CPU s",
-                  flush=True)
+            print(f"  pretrain {enc}: {len(ids)} customers, {row['steps']} steps, held-out recall {row['recall']:.3f}, "
+                  f"{row['cpu_s']:.0f} CPU s", flush=True)
 
     for budget in budgets:
         for seed in args.seeds:
@@ -227,11 +241,16 @@ def main() -> None:
     p.add_argument("--budgets", type=lambda s: s.split(","), default=["300", "1000", "all"],
                    help="labelled customers for train + validation, comma-separated; 'all' = every non-test one")
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
-    p.add_argument("--encoders", type=lambda s: s.split(","), default=["transformer", "performer",
+    p.add_argument("--encoders", type=lambda s: [x for x in s.split(",") if x], default=["transformer", "performer",
                                                                         "infinite_former", "eam"])
     p.add_argument("--order-signals", type=lambda s: [float(x) for x in s.split(",")], default=[0.0, 2.0])
     p.add_argument("--signal-strength", type=float, default=0.5, help="the generator's bag-of-events signal")
-    p.add_argument("--pretrain-epochs", type=int, default=PretrainConfig().epochs)
+    p.add_argument("--pretrain-steps", type=int, default=0,
+                   help="CoLES optimiser steps (0: the library's budget, sized from the customers)")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="keep pretrained encoders here and reuse them (parts of one bench run in parallel)")
+    p.add_argument("--merge", type=lambda s: [Path(x) for x in s.split(",")], default=None,
+                   help="combine the runs of these result JSONs into --out / --plot (no training)")
     p.add_argument("--no-pretrain", action="store_true", help="supervised models and the GBDT only")
     p.add_argument("--max-len", type=int, default=SequenceConfig().max_len)
     p.add_argument("--test-fraction", type=float, default=0.25)
@@ -247,12 +266,15 @@ def main() -> None:
     load_start = os.getloadavg()
     t0, c0 = time.perf_counter(), time.process_time()
     rows: list[dict] = []
+    parts: list[dict] = []
 
     def save(complete: bool = False) -> dict:
         summary = summarise(rows)
-        result = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        result = {"args": {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if k == "merge" and v else v)
+                           for k, v in vars(args).items()},
                   "complete": complete,
-                  "pretrain_config": asdict(replace(PretrainConfig(), epochs=args.pretrain_epochs)),
+                  "pretrain_config": asdict(replace(PretrainConfig(), steps=args.pretrain_steps)),
+                  "parts": parts,
                   "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_at_start": load_start,
                               "load_now": os.getloadavg()},
                   "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
@@ -263,6 +285,21 @@ def main() -> None:
             plot(summary, args.plot)
         return result
 
+    if args.merge:  # parts run in parallel processes: one table and plot over all their runs
+        seen: set[tuple] = set()
+        for path in args.merge:
+            part = json.loads(path.read_text())
+            for row in part["runs"]:  # a model two parts both ran (same data, budget, seed: same result) counts once
+                key = (row["order_signal"], row["model"], row["budget"], row["seed"])
+                if row.get("cached") or key in seen:
+                    continue
+                seen.add(key)
+                rows.append(row)
+            parts.append({"file": path.name, "args": part["args"], "complete": part["complete"],
+                          "wall_s": part["wall_s"], "cpu_s": part["cpu_s"], "machine": part["machine"]})
+        result = save(complete=all(p["complete"] for p in parts))
+        print(result["table"])
+        return
     with tempfile.TemporaryDirectory(prefix="txseq-bench-quality-") as tmp:
         for sig in args.order_signals:
             run_setting(args, sig, Path(tmp), rows, save)

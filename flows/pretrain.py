@@ -23,7 +23,8 @@ from pipeline.settings import load_settings
 class PretrainParams(BaseModel):
     encoders: list[str] = Field(default_factory=list, description="encoders to pretrain with CoLES (empty: skip)")
     preset: Literal[PRESET_NAMES] = Field("auto", description="the encoders' architecture")
-    epochs: int = Field(PretrainConfig().epochs, gt=0, description="pretraining epochs")
+    epochs: int = Field(PretrainConfig().epochs, gt=0, description="evaluation rounds (held-out recall, best kept)")
+    steps: int = Field(0, ge=0, description="optimiser steps; 0 = sized from the customers")
     sequences_dir: str | None = Field(None, description="default: <data root>/sequences")
     events_dir: str | None = Field(None, description="default: <data root>/events")
     fold: int = Field(0, ge=0, description="fold the auto preset is sized from")
@@ -32,7 +33,7 @@ class PretrainParams(BaseModel):
 @task(task_run_name="pretrain-{encoder}")
 def pretrain_encoder(p: PretrainParams, sequences_dir: Path, events_dir: Path, encoder: str) -> str:
     run = run_pretraining(sequences_dir, events_dir, encoder, resolve_preset(p.preset, sequences_dir, p.fold),
-                          PretrainConfig(epochs=p.epochs), settings=load_settings())
+                          PretrainConfig(epochs=p.epochs, steps=p.steps), settings=load_settings())
     return str(run.model_uri)
 
 

@@ -334,7 +334,12 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
                    help="where the encoder's architecture comes from, one of {presets} (%(default)s); fine-tuning "
                    "keeps it")
     p.add_argument("--fold", type=int, default=0, help="fold the auto preset is sized from (%(default)s)")
-    p.add_argument("--epochs", type=int, default=None, help="(default: the CoLES recipe's, {pretrain.epochs})")
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimiser steps (default: {pretrain.passes} passes over the customers, at least "
+                   "{pretrain.min_steps}, at most {pretrain.max_steps})")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="rounds the steps are split into: held-out recall logged, best kept "
+                   "(default: {pretrain.epochs})")
     p.add_argument("--batch-size", type=int, default=None,
                    help="customers per batch (default: {pretrain.batch_size})")
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: {pretrain.lr})")
@@ -363,7 +368,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         settings = load_settings()
         sequences = args.sequences or settings.sequences_dir
-        given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
+        given = {"epochs": args.epochs, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr}
         config = PretrainConfig(device=args.device, **{k: v for k, v in given.items() if v is not None})
         try:
             run = run_pretraining(sequences, args.events or settings.events_dir, args.encoder,

@@ -23,6 +23,8 @@ import torch
 from models import ModelConfig, build_model
 from pipeline import schema as S
 from pipeline.batches import SequenceDataset, make_loader
+from pipeline.calibration import NO_DECISION, Decision
+from pipeline.drift import Reference
 from pipeline.features import FeatureSpec, build_features
 from pipeline.gbdt import feature_matrix
 from pipeline.inference import InferenceConfig, embed_customers
@@ -91,13 +93,15 @@ class EmbeddingScorer:
 
 @dataclass
 class HybridScorer:
-    """Raw or validated events -> scores from the GBDT on [aggregate features | frozen encoder embedding]."""
+    """Raw or validated events -> scores from the GBDT on [aggregate features | frozen encoder embedding], calibrated
+    and thresholded by the decision fitted on validation (as every other model's, `pipeline.calibration`)."""
 
     model: Any  # HistGradientBoostingClassifier
     spec: FeatureSpec
     embedder: EmbeddingScorer
     ingest: IngestConfig
-    threshold: float = 0.5
+    decision: Decision = NO_DECISION
+    reference: Reference | None = None  # training-time statistics for the drift report
 
     def __call__(self, raw: pd.DataFrame | pl.DataFrame) -> pd.DataFrame:
         from pipeline.scoring import raw_events
@@ -105,15 +109,14 @@ class HybridScorer:
         return self.score_events(raw_events(raw, self.ingest))
 
     def score_events(self, events: pl.LazyFrame) -> pd.DataFrame:
-        from pipeline.calibration import Decision
         from pipeline.scoring import _scores
 
         features = build_features(events, self.spec).collect()
         ids = features[S.CUSTOMER_ID].to_numpy()
         if len(ids) == 0:
-            return _scores(np.empty(0, np.int64), np.empty(0), Decision(threshold=self.threshold))
+            return _scores(np.empty(0, np.int64), np.empty(0), self.decision)
         x = hybrid_matrix(features, self.embedder.embed_events(events), ids)
-        return _scores(ids, self.model.predict_proba(x)[:, 1], Decision(threshold=self.threshold))
+        return _scores(ids, self.model.predict_proba(x)[:, 1], self.decision)
 
 
 def save_embedding_artifacts(out_dir: Path, model: torch.nn.Module, model_config: ModelConfig, vocab: Vocab,
@@ -129,15 +132,19 @@ def save_embedding_artifacts(out_dir: Path, model: torch.nn.Module, model_config
 
 
 def save_hybrid_artifacts(out_dir: Path, gbdt: Any, spec: FeatureSpec, embedder: EmbeddingScorer,
-                          threshold: float = 0.5, **extra: Any) -> tuple[dict, dict[str, Path]]:
-    """(config.json content, artifact files) of a hybrid model: the GBDT, its feature spec and the frozen encoder."""
+                          decision: Decision = NO_DECISION, reference: Reference | None = None,
+                          **extra: Any) -> tuple[dict, dict[str, Path]]:
+    """(config.json content, artifact files) of a hybrid model: the GBDT, its feature spec, the frozen encoder, the
+    decision (threshold + calibration) and the drift reference."""
     from pipeline.gbdt import save_gbdt
 
     emb_config, emb_files = save_embedding_artifacts(out_dir, embedder.model, embedder.model_config, embedder.vocab,
                                                      embedder.sequence, embedder.ingest, embedder.batch_size)
     files = {"gbdt": save_gbdt(gbdt, out_dir / "gbdt.skops"), "feature_spec": spec.save(out_dir / "feature_spec.json"),
              "encoder": emb_files["model"], "vocab": emb_files["vocab"]}
-    config = {**emb_config, "kind": "hybrid", "threshold": threshold, **extra}
+    if reference is not None:
+        files["reference"] = reference.save(out_dir / "reference.json")
+    config = {**emb_config, "kind": "hybrid", "threshold": decision.threshold, "decision": decision.to_dict(), **extra}
     return config, files
 
 
@@ -156,4 +163,8 @@ def load_embedding_kind(cfg: dict, artifacts: dict[str, str]) -> EmbeddingScorer
     if cfg["kind"] == "embedding":
         return embedder
     spec = FeatureSpec.load(Path(artifacts["feature_spec"]))
-    return HybridScorer(load_gbdt(Path(artifacts["gbdt"])), spec, embedder, ingest, cfg["threshold"])
+    # hybrids registered before their decision was stored: their threshold, no calibration
+    decision = Decision.from_dict(cfg["decision"]) if "decision" in cfg else Decision(
+        threshold=float(cfg.get("threshold", 0.5)), rule=NO_DECISION.rule)
+    reference = Reference.load(Path(artifacts["reference"])) if "reference" in artifacts else None
+    return HybridScorer(load_gbdt(Path(artifacts["gbdt"])), spec, embedder, ingest, decision, reference)

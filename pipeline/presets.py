@@ -23,6 +23,7 @@ from pipeline.gbdt import GBDTConfig
 from pipeline.train import TrainConfig
 
 ENCODER_MODELS: tuple[str, ...] = comparison_encoders()
+BACKBONE_LR_SCALE = 0.3  # a pretrained backbone's share of the LR when fine-tuned (`fine_tune`)
 DEFAULT_MODELS: tuple[str, ...] = (*ENCODER_MODELS, "gbdt")
 
 
@@ -169,6 +170,16 @@ def auto(profile: DataProfile) -> RunPreset:
         crop_len=crop,
         gbdt=GBDTConfig(max_iter=300, learning_rate=0.05, min_samples_leaf=10 if small else 20),
     )
+
+
+def fine_tune(train: TrainConfig, backbone_lr_scale: float = BACKBONE_LR_SCALE) -> TrainConfig:
+    """The recipe for a pretrained embedding + encoder under a fresh head (`<encoder>_coles`): the preset's budget and
+    schedule, the head alone during the warm-up steps (a linear probe on the pretrained embedding), then the backbone
+    too, at `backbone_lr_scale` × the LR. A fresh head's first gradients are large and random; passed through at the
+    full LR they rewrite the pretrained features before the head has learned which of them matter (linear probing
+    then fine-tuning: Kumar et al., ICLR 2022)."""
+    warmup = max(1, int(round(train.warmup_frac * train.steps)))
+    return replace(train, head_only_steps=warmup, backbone_lr_scale=backbone_lr_scale)
 
 
 PRESETS: dict[str, Callable[[], RunPreset]] = {"tiny": tiny, "demo": demo, "full": full}

@@ -63,6 +63,12 @@ class TrainConfig:
     min_lr_frac: float = 0.05  # cosine decays to lr * min_lr_frac
     grad_clip: float = 1.0
     pos_weight: float = 1.0  # weight of the positive class in the loss (n_negative / n_positive balances them)
+    # Fine-tuning a pretrained backbone (embedding + encoder; everything but `head.`): train the head alone for the
+    # first `head_only_steps` steps, then the backbone too, at `backbone_lr_scale` × the LR, warming up again
+    # (linear-probe-then-fine-tune, Kumar et al. 2022: a fresh head's first large gradients do not wreck the
+    # pretrained features). Defaults: one LR for all, from step 0 (training from scratch).
+    head_only_steps: int = 0
+    backbone_lr_scale: float = 1.0
     precision: str = "bf16"  # "bf16" | "fp16" (GradScaler) | "fp32"; CUDA only, CPU always runs fp32
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     seed: int = 0
@@ -74,6 +80,9 @@ class TrainConfig:
                              f"{self.patience}")
         if self.pos_weight <= 0:
             raise ValueError(f"pos_weight must be > 0, got {self.pos_weight}")
+        if self.head_only_steps < 0 or not 0.0 <= self.backbone_lr_scale <= 1.0:
+            raise ValueError(f"head_only_steps must be >= 0 and backbone_lr_scale in [0, 1], got "
+                             f"{self.head_only_steps}, {self.backbone_lr_scale}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -99,6 +108,28 @@ def warmup_cosine(total_steps: int, warmup_frac: float, min_lr_frac: float) -> C
         return min_lr_frac + (1.0 - min_lr_frac) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return factor
+
+
+def backbone_schedule(base: Callable[[int], float], head_only_steps: int, warmup_steps: int, scale: float
+                      ) -> Callable[[int], float]:
+    """LR multiplier of the backbone: 0 while the head trains alone, then `scale` × `base`, ramped up linearly over
+    `warmup_steps` from the step it is released (so the released backbone starts gently even mid-schedule)."""
+
+    def factor(step: int) -> float:
+        if step < head_only_steps:
+            return 0.0
+        ramp = min(1.0, (step - head_only_steps + 1) / max(1, warmup_steps)) if head_only_steps else 1.0
+        return scale * ramp * base(step)
+
+    return factor
+
+
+def param_groups(model: torch.nn.Module) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+    """(head, backbone) parameters: the classification head (`head.`) and everything that makes the embedding."""
+    head, backbone = [], []
+    for name, p in model.named_parameters():
+        (head if name.startswith("head.") else backbone).append(p)
+    return head, backbone
 
 
 def _autocast(device: torch.device, precision: str):
@@ -229,8 +260,13 @@ def fit(
     seed_everything(config.seed)
     model.to(device)
     net = distributed.wrap(model, device, ddp)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(config.steps, config.warmup_frac, config.min_lr_frac))
+    head, backbone = param_groups(model)
+    opt = torch.optim.AdamW([{"params": head}, {"params": backbone}], lr=config.lr,
+                            weight_decay=config.weight_decay)
+    base = warmup_cosine(config.steps, config.warmup_frac, config.min_lr_frac)
+    warmup = max(1, int(round(config.warmup_frac * config.steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, [base, backbone_schedule(base, config.head_only_steps, warmup, config.backbone_lr_scale)])
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and config.precision == "fp16")
     pos_weight = torch.tensor(config.pos_weight, device=device)
     memory = MemoryMonitor(device)
@@ -252,7 +288,9 @@ def fit(
         distributed.barrier(ddp)  # no rank goes on before rank 0 has moved a mismatched one
         if ckpt is not None and not changed:
             saved = ckpt.get("config", {})
-            mismatch = {k for k, v in asdict(config).items() if k not in _RUNTIME_ONLY and saved.get(k) != v}
+            defaults = asdict(TrainConfig())  # a field added since the checkpoint was written has its default there
+            mismatch = {k for k, v in asdict(config).items()
+                        if k not in _RUNTIME_ONLY and saved.get(k, defaults[k]) != v}
             if mismatch or "step" not in ckpt.get("state", {}):
                 raise ValueError(f"{ckpt_dir / 'last.pt'} was written with other settings ({sorted(mismatch)}): "
                                  "resume with the same TrainConfig or use a new checkpoint folder")

@@ -28,7 +28,7 @@ from pipeline.gbdt import train_gbdt
 from pipeline.ingest import read_events
 from pipeline.metrics import classification_metrics, plot_training_curves, roc_points
 from pipeline.model_card import ModelCard, card_metrics
-from pipeline.presets import RunPreset
+from pipeline.presets import RunPreset, fine_tune
 from pipeline.scoring import save_gbdt_artifacts, save_sequence_artifacts
 from pipeline.scoring_card import decision_metrics, fit_scoring_card
 from pipeline.sequences import MANIFEST_FILE, SEQUENCES_FILE, SPLIT_FILE, VOCAB_FILE, SequenceConfig, TableRules, Vocab
@@ -292,7 +292,7 @@ def _fit_encoder(name: str, data: TrainingInputs, preset: RunPreset, datasets: d
     model.embedding.set_numeric_stats(*datasets["stats"])
     if init is not None:  # the pretrained embedding (with its numeric statistics) and encoder; the head starts fresh
         model.load_state_dict({k: v for k, v in init[1].items() if not k.startswith("head.")}, strict=False)
-    tc = preset.train
+    tc = preset.train if init is None else fine_tune(preset.train)  # linear probe, then a gentler fine-tune
     result = fit(
         model,
         lambda epoch: make_loader(train_ds, batch_size=preset.batch_size, shuffle=True, crop_len=preset.crop_len,
@@ -385,9 +385,12 @@ def _train_hybrid(name: str, data: TrainingInputs, preset: RunPreset, init_uri: 
     embed_s = time.perf_counter() - t0
     run = train_gbdt(data.events, labels, data.ids, preset.gbdt, extra_features=emb)
     run.metrics["time/train_s"] += embed_s
+    scoring = fit_scoring_card(data.events, data.ids[0], run.val_label, run.val_prob, run.test_prob,
+                               ThresholdRule.parse(preset.threshold_rule))
     art = run_dir / "models" / name
-    config, files = save_hybrid_artifacts(art / "pyfunc", run.model, run.spec, embedder, pretrained=init_uri)
-    row = ModelResult(name, run.metrics, None, run_id, roc=roc_points(run.test_label, run.test_prob))
-    # threshold 0.5, no calibration card yet
-    return TrainedModel(row, {"gbdt": asdict(preset.gbdt), "init_from": init_uri}, config, files,
-                        curves={"gbdt/val_auroc_per_round": list(run.val_auroc_per_round)})
+    config, files = save_hybrid_artifacts(art / "pyfunc", run.model, run.spec, embedder, scoring.decision,
+                                          scoring.reference, pretrained=init_uri)
+    metrics = {**run.metrics, **decision_metrics(scoring.decision, run.test_label, run.test_prob)}
+    row = ModelResult(name, metrics, None, run_id, roc=roc_points(run.test_label, run.test_prob))
+    return TrainedModel(row, {"gbdt": asdict(preset.gbdt), "init_from": init_uri, **scoring.tags()}, config, files,
+                        [], scoring.tags(), curves={"gbdt/val_auroc_per_round": list(run.val_auroc_per_round)})

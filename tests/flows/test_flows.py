@@ -51,7 +51,7 @@ def data_root(tmp_path_factory: pytest.TempPathFactory):
 def first_run(data_root: Path):
     # two models at a time: each model task opens its nested run from its own thread
     # with CoLES pretraining of the transformer: its fine-tuned and hybrid models train beside the others
-    params = PipelineParams(pretrain=PretrainParams(encoders=["transformer"], preset="tiny", epochs=1),
+    params = PipelineParams(pretrain=PretrainParams(encoders=["transformer"], preset="tiny", epochs=1, steps=5),
                             train=TrainParams(preset="tiny", models=MODELS, max_parallel=2))
     state = pipeline(params, return_state=True)
     assert state.is_completed(), state.message

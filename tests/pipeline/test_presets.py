@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.presets import DataProfile, get
+from pipeline.presets import DataProfile, fine_tune, get
 
 
 @given(n=st.integers(1, 2_000_000), mean_len=st.integers(1, 3000), pos_share=st.floats(0.05, 0.95))
@@ -47,3 +47,11 @@ def test_the_profile_of_a_sequences_folder_counts_the_folds_labelled_training_cu
     profile = data_profile(data.sequences, fold=1)
     assert profile == DataProfile(train.height, int(train[S.SEQ_LENGTH].sum()), int(train[S.GENDER].sum()))
     assert resolve_preset("auto", data.sequences, 1).train == get("auto", profile).train
+
+
+def test_fine_tuning_trains_the_head_alone_through_the_warm_up_then_the_backbone_slower() -> None:
+    train = get("auto", DataProfile(300, 300 * 400, 150)).train
+    ft = fine_tune(train)
+    assert ft.head_only_steps == round(train.warmup_frac * train.steps) > 0 and 0 < ft.backbone_lr_scale < 1
+    assert (ft.steps, ft.lr, ft.eval_every, ft.patience) == (train.steps, train.lr, train.eval_every, train.patience)
+    assert (train.head_only_steps, train.backbone_lr_scale) == (0, 1.0)  # training from scratch: one LR for all

@@ -58,12 +58,13 @@ def test_pretraining_raises_held_out_recall() -> None:
     model = build_model(ModelConfig(n_mcc=24, n_tr_type=8, **tiny().model_kwargs("transformer")))
     ds = SequenceDataset(table)
     model.embedding.set_numeric_stats(*numeric_stats(ds))
-    config = PretrainConfig(epochs=3, batch_size=32, min_len=10, max_len=40, heldout_fraction=0.3,
-                            min_steps_per_epoch=6, device="cpu")
+    config = PretrainConfig(epochs=3, steps=18, batch_size=32, min_len=10, max_len=40, heldout_fraction=0.3,
+                            device="cpu")
     held = SequenceDataset(table, list(range(67, 96)))  # not the held-out draw, but a fixed set to compare on
     before = heldout_recall(model, held, config, torch.device("cpu"))
     result = pretrain(model, table, list(range(96)), config)
     assert len(result.history) == 3 and result.n_fit + result.n_heldout == 96
+    assert [h["pretrain/steps"] for h in result.history] == [6, 6, 6]
     assert result.history[-1]["pretrain/loss"] < result.history[0]["pretrain/loss"]
     assert heldout_recall(model, held, config, torch.device("cpu")) > before
 
@@ -75,7 +76,7 @@ def test_pretrain_then_fine_tune_and_hybrid_through_the_cli(tmp_path: Path, monk
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("TXSEQ_REGISTERED_MODEL", "pretrain-tests")
     paths = ["--sequences", str(data.sequences), "--events", str(data.events)]
-    assert main(["pretrain", "--encoder", "transformer", *paths, "--preset", "tiny", "--epochs", "2",
+    assert main(["pretrain", "--encoder", "transformer", *paths, "--preset", "tiny", "--epochs", "2", "--steps", "10",
                  "--batch-size", "32", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     uri = out.split("registered: ")[1].split()[0]
@@ -96,6 +97,8 @@ def test_pretrain_then_fine_tune_and_hybrid_through_the_cli(tmp_path: Path, monk
     assert "| transformer_coles |" in table and "| hybrid_transformer |" in table
     versions = {v.tags["model"]: v for v in client.search_model_versions("name='pretrain-tests'")}
     assert set(versions) == {"transformer_coles", "hybrid_transformer", "gbdt"}
+    for name in versions:  # every model, the hybrid too, carries its validation threshold and calibration
+        assert {"decision.threshold", "decision.rule", "decision.calibration"} <= set(versions[name].tags), name
     hybrid = mlflow.pyfunc.load_model(f"models:/pretrain-tests/{versions['hybrid_transformer'].version}")
     scores = hybrid.predict(raw.to_pandas())
     assert list(scores.columns) == [S.CUSTOMER_ID, S.PROBABILITY, S.PREDICTION]
@@ -105,3 +108,13 @@ def test_pretrain_then_fine_tune_and_hybrid_through_the_cli(tmp_path: Path, monk
     assert main(["train", *paths, "--preset", "tiny", "--models", "eam_coles", "--device", "cpu"]) == 2
     assert "needs a pretrained eam encoder" in capsys.readouterr().err
     mlflow.set_tracking_uri(None)
+
+
+def test_the_pretraining_budget_is_passes_over_the_customers_within_bounds() -> None:
+    c = PretrainConfig(batch_size=100, passes=30, min_steps=1000, max_steps=20_000)
+    assert c.budget_steps(500) == 1000  # 5 batches a pass: the floor
+    assert c.budget_steps(10_001) == 30 * 101  # 30 passes
+    assert c.budget_steps(1_000_000) == 20_000  # the cap
+    assert replace(c, steps=7).budget_steps(10**6) == 7  # an explicit budget wins
+    with pytest.raises(ValueError):
+        PretrainConfig(min_steps=10, max_steps=5)

@@ -14,7 +14,7 @@ from pipeline.batches import SequenceDataset, make_loader, numeric_stats
 from pipeline.presets import ENCODER_MODELS, tiny
 from pipeline.settings import Settings
 from pipeline.tracking import Tracker, setup
-from pipeline.train import TrainConfig, evaluate, fit, load_checkpoint, warmup_cosine
+from pipeline.train import TrainConfig, backbone_schedule, evaluate, fit, load_checkpoint, param_groups, warmup_cosine
 
 from _train_data import synthetic_sequences  # tests/pipeline is on sys.path (pytest rootdir insertion)
 
@@ -153,3 +153,30 @@ def test_budget_in_steps_runs_several_passes_and_validates_every_eval_every(data
 def test_train_config_rejects_an_empty_budget() -> None:
     with pytest.raises(ValueError, match="steps"):
         TrainConfig(steps=0)
+
+
+def test_head_only_steps_leave_the_backbone_untouched_then_release_it_at_a_lower_lr(data: dict) -> None:
+    model = _model("transformer", data)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    _fit(model, data, replace(CONFIG, steps=5, eval_every=5, head_only_steps=5, backbone_lr_scale=0.5))
+    after = model.state_dict()
+    head = [k for k, _ in model.named_parameters() if k.startswith("head.")]
+    backbone = [k for k, _ in model.named_parameters() if not k.startswith("head.")]
+    assert head and backbone
+    assert all(torch.equal(before[k], after[k]) for k in backbone)  # frozen: no step, no weight decay
+    assert any(not torch.equal(before[k], after[k]) for k in head)
+
+    model = _model("transformer", data)  # released after 2 steps: the backbone moves
+    _fit(model, data, replace(CONFIG, steps=5, eval_every=5, head_only_steps=2, backbone_lr_scale=0.5))
+    assert any(not torch.equal(before[k], model.state_dict()[k]) for k in backbone)
+
+
+def test_the_backbone_schedule_waits_then_ramps_to_its_share_of_the_lr() -> None:
+    base = warmup_cosine(100, 0.1, 0.05)
+    f = backbone_schedule(base, head_only_steps=20, warmup_steps=10, scale=0.3)
+    assert [f(s) for s in (0, 19)] == [0.0, 0.0]
+    assert f(20) == pytest.approx(0.3 * 0.1 * base(20)) and f(29) == pytest.approx(0.3 * base(29))
+    assert f(60) == pytest.approx(0.3 * base(60))
+    assert backbone_schedule(base, 0, 10, 1.0)(3) == base(3)  # the default: the same schedule as the head
+    head, backbone = param_groups(build_model(ModelConfig(n_mcc=24, n_tr_type=8, **tiny().model_kwargs("eam"))))
+    assert len(head) == 4 and len(backbone) > 4  # LayerNorm (2) + Linear (2) make the head
