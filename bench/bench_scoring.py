@@ -223,7 +223,7 @@ def compare_paths(scorer, raw, n: int) -> dict:  # noqa: ANN001 - pipeline.scori
 def train_on(raw, bench_dir, kinds: list[str], steps: int | None = None) -> None:  # noqa: ANN001
     """ingest -> sequences -> train `kinds` (demo preset, `steps` optimiser steps) on the generated data, registered like
     any other run."""
-    from pipeline.compare import run_comparison
+    from pipeline.training_run import run_comparison
     from pipeline.ingest import ingest
     from pipeline.presets import get
     from pipeline.sequences import run_sequences

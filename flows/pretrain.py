@@ -14,7 +14,7 @@ from typing import Literal
 from prefect import flow, task
 from pydantic import BaseModel, Field
 
-from pipeline.compare import resolve_preset
+from pipeline.training_run import resolve_preset
 from pipeline.pretrain import PretrainConfig, run_pretraining
 from pipeline.presets import PRESET_NAMES
 from pipeline.settings import load_settings

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from flows.hooks import MLFLOW_HOOKS, comparison_run_name
 
-from pipeline.compare import (
+from pipeline.training_run import (
     ComparisonPlan,
     ComparisonResult,
     ModelResult,

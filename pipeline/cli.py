@@ -251,7 +251,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         import logging
 
         from pipeline import distributed
-        from pipeline.compare import default_run_name, follow_comparison, resolve_preset, run_comparison
+        from pipeline.training_run import default_run_name, follow_comparison, resolve_preset, run_comparison
         from pipeline.settings import load_settings, torchrun_env
         from pipeline.tracking import TrackingError
         from pipeline.train import resolve_device
@@ -350,7 +350,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
         import logging
 
         from models import ENCODERS
-        from pipeline.compare import resolve_preset
+        from pipeline.training_run import resolve_preset
         from pipeline.pretrain import PretrainConfig, run_pretraining
         from pipeline.settings import load_settings
         from pipeline.tracking import TrackingError

@@ -1,6 +1,6 @@
 """What a trained model carries for scoring besides its weights, fitted once training is done: the decision
 (threshold and calibration, from validation predictions; `pipeline.calibration`) and the drift reference (training
-customers' events and the calibrated test probabilities; `pipeline.drift`). `pipeline.compare` fits one per model
+customers' events and the calibrated test probabilities; `pipeline.drift`). `pipeline.training_run` fits one per model
 and stores it with the pyfunc artifacts (config.json + reference.json), the run params and the model-version tags.
 """
 

@@ -246,7 +246,7 @@ def fit(
     """Train `config.steps` optimiser steps with early stopping on val ROC AUC (checked every `eval_every` steps);
     resume from `checkpoint_dir/last.pt` if present.
 
-    `fingerprint` (what is trained: data, split, model config, preset; see `pipeline.compare`) is stored in every
+    `fingerprint` (what is trained: data, split, model config, preset; see `pipeline.training_run`) is stored in every
     checkpoint; a checkpoint with another fingerprint is not resumed: it is moved aside (`replaced-<n>/`) with a
     warning that names what changed, and training starts fresh. On return the model holds the best evaluation's
     weights. Metrics go to `logger.log(metrics, step=<step>)`; `name` labels the progress bar and the log line of each

@@ -1,6 +1,6 @@
 """Training one model, behind one interface: typed inputs read from the typed manifests, a `Trainer` per kind of
 model (encoder trained from scratch or fine-tuned from CoLES, GBDT, hybrid), a typed result. The comparison
-(`pipeline.compare`) runs any `Trainer` the same way: no branch on a model's name outside `trainer_for`.
+(`pipeline.training_run`) runs any `Trainer` the same way: no branch on a model's name outside `trainer_for`.
 
     TrainingInputs.load(sequences/, events/, fold) ──▶ trainer_for(name, pretrained).train(inputs, preset, context)
                                                      ──▶ TrainedModel (report row, params, pyfunc config + files, plots)

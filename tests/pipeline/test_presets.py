@@ -36,7 +36,7 @@ def test_the_profile_of_a_sequences_folder_counts_the_folds_labelled_training_cu
     import polars as pl
 
     from pipeline import schema as S
-    from pipeline.compare import data_profile, resolve_preset
+    from pipeline.training_run import data_profile, resolve_preset
     from pipeline.splits import Split
 
     from _train_data import tiny_dataset  # tests/pipeline is on sys.path

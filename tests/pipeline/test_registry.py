@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 
 from pipeline import schema as S
 from pipeline.champion import ChampionRule, auroc
-from pipeline.compare import run_comparison, start_comparison
+from pipeline.training_run import run_comparison, start_comparison
 from pipeline.ingest import read_events
 from pipeline.presets import get
 from pipeline.registry import TAG_CHALLENGED, TAG_FIT_IDS, ids_digest
@@ -151,7 +151,7 @@ def test_a_run_resumes_only_its_own_fingerprint_and_registers_each_model_once(
     assert second.steps == 5  # trained again, on the new split
 
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="pipeline.compare"):
+    with caplog.at_level(logging.INFO, logger="pipeline.training_run"):
         again = compare(other)
     assert again.version == second.version and any("already registered" in r.getMessage() for r in caplog.records)
     versions = client.search_model_versions("name='resume'")

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.timeout(1800)  # the module fixture generates ~1,500 cu
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """~1,500 customers; the GBDT trained, calibrated and registered as champion (with its drift reference)."""
-    from pipeline.compare import run_comparison
+    from pipeline.training_run import run_comparison
     from pipeline.presets import get
 
     base = tmp_path_factory.mktemp("score-cli")

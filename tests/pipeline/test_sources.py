@@ -192,7 +192,7 @@ def _env(root: Path) -> dict[str, str]:
 
 def _train(root: Path, events: Path, sequences: Path, models: list[str]) -> str:
     """Train with the tiny preset and register; the URI of the last model registered."""
-    from pipeline.compare import run_comparison
+    from pipeline.training_run import run_comparison
     from pipeline.presets import get
 
     settings = Settings(root, f"sqlite:///{root / 'mlflow' / 'mlflow.db'}", root / "mlflow" / "artifacts",

@@ -81,7 +81,7 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
     """Tiny data, and the transformer trained with the tiny preset (the reference run) registered as champion."""
     import mlflow
 
-    from pipeline.compare import run_comparison
+    from pipeline.training_run import run_comparison
     from pipeline.presets import get
     from pipeline.settings import Settings
 
