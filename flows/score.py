@@ -14,17 +14,9 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
 from flows.common import IO_RETRIES, EngineParams
-from pipeline.batch_scoring import (
-    LandingConfig,
-    LandingResult,
-    ScoreConfig,
-    ScoreResult,
-    default_rejects_path,
-    landing_files,
-    pending_files,
-    summary_markdown,
-)
-from pipeline.batch_scoring import score_landing as score_landing_folder
+from pipeline.batch_scoring import ScoreConfig, ScoreResult, default_rejects_path, summary_markdown
+from pipeline.landing import LandingConfig, LandingResult, landing_files, pending_files
+from pipeline.landing import score_landing as score_landing_folder
 from pipeline.drift import markdown as drift_markdown
 from pipeline.engines import Engine, score_file_with
 from pipeline.io import check_io_paths

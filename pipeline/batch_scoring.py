@@ -17,24 +17,16 @@ Every customer's whole history falls in one bucket, so a chunk holds complete hi
 memory are scored one chunk at a time. Only the staging pass and the final sort of the (small) scores table run
 over the whole input; both stream.
 
-Landing-folder mode (`score_landing`) scores each new file of a folder once. A file is known by the sha256 of its
-content; `<out_dir>/_ledger/<sha16>.json` records that it was scored (and by which model version), and
-`<out_dir>/_claims/<sha16>.claim`, created with O_CREAT|O_EXCL, keeps two concurrent runs from scoring it twice.
-A claim whose holder died (same host, pid gone) or that saw no heartbeat for `stale_after_s` is broken and retaken.
+Landing-folder mode (each new file of a folder scored once, with a ledger) is `pipeline.landing`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import gzip
-import json
 import logging
 import math
-import os
 import shutil
-import socket
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -56,14 +48,11 @@ from pipeline.io import (
     is_parquet,
     open_table,
     parquet_files,
-    pid_alive,
     printable,
     remove_dead_temp,
     scan_table,
-    sha256_file,
     temp_path,
     write_parquet_atomic,
-    write_text_atomic,
 )
 
 log = logging.getLogger(__name__)
@@ -105,7 +94,7 @@ def scorer_reference(scorer: Any) -> Reference | None:
     """The drift reference stored with the scorer's model, or None (no drift report)."""
     return scorer.reference if isinstance(scorer, DriftReferenced) else None
 
-LANDING_SUFFIXES: tuple[str, ...] = (".parquet", ".csv", ".csv.gz")
+DATA_SUFFIXES: tuple[str, ...] = (".parquet", ".csv", ".csv.gz")
 _BUCKET = "_bucket"
 # Bytes per raw row, on the low side, to size the staging buckets before the rows are counted.
 _BYTES_PER_ROW = {".parquet": 8, ".gz": 8, ".csv": 30}
@@ -350,8 +339,9 @@ class _Bucket:
     rows: int
 
 
-def _is_data_file(p: Path) -> bool:
-    return p.name.endswith(LANDING_SUFFIXES)
+def is_data_file(p: Path) -> bool:
+    """A file batch scoring reads (Parquet, CSV, gzipped CSV)."""
+    return p.name.endswith(DATA_SUFFIXES)
 
 
 def _estimated_rows(files: Sequence[Path]) -> int:
@@ -448,196 +438,3 @@ def _conform(scored: Any, frame: pl.DataFrame, model: ModelRef, scored_at: datet
         pl.lit(str(model.version), pl.String).alias(schema.MODEL_VERSION),
         pl.lit(scored_at, pl.Datetime("us", "UTC")).alias(schema.SCORED_AT),
     )
-
-
-# --- landing-folder mode ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LandingConfig:
-    stale_after_s: float = 3600.0  # a claim with no heartbeat for this long is taken over
-    min_age_s: float = 0.0  # files modified more recently than this are left for the next run (still being written)
-
-
-@dataclass
-class LandingResult:
-    scored: list[ScoreResult]
-    skipped: list[Path]  # already scored (ledger) or claimed by a concurrent run
-    ledger: list[dict[str, Any]]  # the ledger records written by this run
-    failed: list[tuple[Path, str]] = field(default_factory=list)  # unreadable files and why (tried again next run)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"scored": [r.to_dict() for r in self.scored], "skipped": [str(p) for p in self.skipped],
-                "failed": [{"source": str(p), "error": e} for p, e in self.failed]}
-
-
-def landing_files(landing_dir: Path, min_age_s: float = 0.0) -> list[Path]:
-    """Data files directly in the landing folder, oldest first; hidden/temp files and fresh writes are left out."""
-    now = time.time()
-    files = [
-        p
-        for p in Path(landing_dir).iterdir()
-        if p.is_file() and not p.name.startswith((".", "_")) and _is_data_file(p) and now - p.stat().st_mtime >= min_age_s
-    ]
-    return sorted(files, key=lambda p: (p.stat().st_mtime, p.name))
-
-
-def pending_files(landing_dir: Path, out_dir: Path, min_age_s: float = 0.0) -> list[Path]:
-    """Landing files with no ledger record yet: callers skip loading a model when there are none."""
-    done = {p.stem for p in ledger_dir(out_dir).glob("*.json")}
-    return [f for f in landing_files(Path(landing_dir), min_age_s) if sha256_file(f)[:16] not in done]
-
-
-def ledger_dir(out_dir: Path) -> Path:
-    return Path(out_dir) / "_ledger"
-
-
-def read_ledger(out_dir: Path) -> list[dict[str, Any]]:
-    """Every file scored into `out_dir` so far (one record each: source, sha256, output, model name/version)."""
-    return [json.loads(p.read_text()) for p in sorted(ledger_dir(out_dir).glob("*.json"))]
-
-
-def score_landing(
-    landing_dir: Path,
-    out_dir: Path,
-    scorer: Scorer,
-    model: ModelRef,
-    config: ScoreConfig = ScoreConfig(),
-    landing: LandingConfig = LandingConfig(),
-) -> LandingResult:
-    """Score each landing file not scored before into `<out_dir>/<stem>.<sha12>.<model>-v<version>.parquet`.
-
-    A file with a file-level problem (IngestError: empty, wrong columns, truncated) is listed in `failed` and left
-    unscored, and the other files are still scored: one bad export does not hold up the folder. It is tried again
-    by the next run (a file still being copied in may be complete by then)."""
-    out_dir = Path(out_dir)
-    (out_dir / "_claims").mkdir(parents=True, exist_ok=True)
-    ledger_dir(out_dir).mkdir(parents=True, exist_ok=True)
-    result = LandingResult(scored=[], skipped=[], ledger=[])
-    for f in landing_files(Path(landing_dir), landing.min_age_s):
-        digest = sha256_file(f)
-        record_path = ledger_dir(out_dir) / f"{digest[:16]}.json"
-        if record_path.exists():
-            result.skipped.append(f)
-            continue
-        claim = try_claim(out_dir / "_claims" / f"{digest[:16]}.claim", landing.stale_after_s)
-        if claim is None:
-            result.skipped.append(f)
-            continue
-        try:
-            if record_path.exists():  # scored by another run between our check and our claim
-                result.skipped.append(f)
-                continue
-            stem = f.name.removesuffix(".gz").removesuffix(".csv").removesuffix(".parquet")
-            output = out_dir / f"{stem}.{digest[:12]}.{_safe(model.name)}-v{_safe(model.version)}.parquet"
-            try:
-                scored = score_file(
-                    f, output, scorer, model, config, rejects=out_dir / f"{stem}.{digest[:12]}.rejects.parquet",
-                    on_chunk=lambda *_: claim.heartbeat(),
-                )
-            except IngestError as e:
-                result.failed.append((f, str(e)))
-                continue
-            record = {
-                "source": str(f),
-                "sha256": digest,
-                "output": output.name,
-                "rejects": scored.rejects.name,
-                "drift": [Path(d).name for d in scored.drift_files],  # [] for a model stored without a reference
-                "model_name": model.name,
-                "model_version": str(model.version),
-                "model_uri": model.uri,
-                "input_rows": scored.input_rows,
-                "rejected_rows": scored.rejected_rows,
-                "customers": scored.customers,
-                "scored_at": datetime.now(UTC).isoformat(),
-            }
-            write_text_atomic(json.dumps(record, indent=2), record_path)
-            result.scored.append(scored)
-            result.ledger.append(record)
-        finally:
-            claim.release()
-    return result
-
-
-def _safe(s: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(s))
-
-
-# --- claims: one scorer per landing file --------------------------------------------------------------------------
-
-
-@dataclass
-class Claim:
-    """An exclusive claim file; `heartbeat` keeps it fresh, `release` removes it if it is still ours."""
-
-    path: Path
-    token: str
-
-    def heartbeat(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.utime(self.path)
-
-    def release(self) -> None:
-        if _claim_info(self.path).get("token") == self.token:
-            self.path.unlink(missing_ok=True)
-
-
-def try_claim(path: Path, stale_after_s: float = 3600.0) -> Claim | None:
-    """Create `path` exclusively (O_CREAT|O_EXCL) and return the claim; None when a live claim holds it.
-
-    A claim is stale when its holder ran on this host and its pid is gone, or when it saw no heartbeat (mtime) for
-    `stale_after_s`. A stale claim is broken by renaming it aside (atomic: one breaker wins), then retaken.
-    """
-    token = uuid.uuid4().hex
-    body = json.dumps({"token": token, "pid": os.getpid(), "host": socket.gethostname(), "created": time.time()})
-    for _ in range(3):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            if _break_if_stale(path, stale_after_s):
-                continue
-            return None
-        with os.fdopen(fd, "w") as fh:
-            fh.write(body)
-        return Claim(path, token)
-    return None
-
-
-def _claim_info(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return {}
-
-
-def _is_stale(path: Path, info: dict[str, Any], stale_after_s: float) -> bool:
-    try:
-        age = time.time() - path.stat().st_mtime
-    except FileNotFoundError:
-        return True
-    if age > stale_after_s:
-        return True
-    if info.get("host") == socket.gethostname() and isinstance(info.get("pid"), int):
-        return not pid_alive(info["pid"])
-    return False
-
-
-def _break_if_stale(path: Path, stale_after_s: float) -> bool:
-    """Remove a stale claim; True when the caller should try to claim again."""
-    info = _claim_info(path)
-    if not _is_stale(path, info, stale_after_s):
-        return False
-    aside = path.with_name(f"{path.name}.stale-{uuid.uuid4().hex[:8]}")
-    try:
-        os.rename(path, aside)
-    except FileNotFoundError:
-        return True  # another run broke it first
-    if _claim_info(aside).get("token") != info.get("token"):
-        # A fresh claim replaced the stale one between our read and our rename: put it back.
-        with contextlib.suppress(FileExistsError):
-            os.link(aside, path)
-        aside.unlink(missing_ok=True)
-        return False
-    aside.unlink(missing_ok=True)
-    return True

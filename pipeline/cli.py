@@ -418,16 +418,8 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
         from pipeline.engines import score_file_with
         from pipeline.engines.spark import SparkError
         from pipeline.settings import load_settings
-        from pipeline.batch_scoring import (
-            LandingConfig,
-            ScoreConfig,
-            check_inputs,
-            default_rejects_path,
-            landing_files,
-            pending_files,
-            score_landing,
-            summary_markdown,
-        )
+        from pipeline.batch_scoring import ScoreConfig, check_inputs, default_rejects_path, summary_markdown
+        from pipeline.landing import LandingConfig, landing_files, pending_files, score_landing
         from pipeline.ingest import IngestError
         from pipeline.io import PathError, check_io_paths
 

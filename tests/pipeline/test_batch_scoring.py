@@ -1,13 +1,9 @@
-"""Batch scoring with a plain-function scorer: chunking, rejects, atomic outputs, the landing ledger and claims."""
+"""Batch scoring with a plain-function scorer: chunking, rejects, atomic outputs, staging leftovers."""
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
-import textwrap
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -16,39 +12,11 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from pipeline import schema
-from pipeline.batch_scoring import (
-    LandingConfig,
-    ModelRef,
-    ScoreConfig,
-    read_ledger,
-    score_file,
-    score_landing,
-    try_claim,
-)
+from pipeline.batch_scoring import ScoreConfig, score_file
 from pipeline.ingest import IngestConfig, validate
 from pipeline.io import scan_table
 
-MODEL = ModelRef("toy", "3", "models:/toy/3")
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def count_scorer(df: pd.DataFrame | pl.DataFrame) -> pd.DataFrame:
-    """probability = n/(n+1) of the customer's events in the frame: a customer split across chunks would show it."""
-    df = df.to_pandas() if isinstance(df, pl.DataFrame) else df
-    n = df.groupby(schema.CUSTOMER_ID).size()
-    return pd.DataFrame(
-        {schema.CUSTOMER_ID: n.index, schema.PROBABILITY: n.values / (n.values + 1), schema.PREDICTION: n.values % 2}
-    )
-
-
-def raw_rows(n_customers: int, seed: int = 0, first_id: int = 0) -> pl.DataFrame:
-    """Raw-schema rows (all strings, as the export): customer i has i % 7 + 1 events."""
-    rows = []
-    for c in range(first_id, first_id + n_customers):
-        for k in range(c % 7 + 1):
-            rows.append((str(c), f"{(c + k + seed) % 400} {k % 24:02d}:15:00", "5411", "1010", f"-{10 + k}.5", ""))
-    return pl.DataFrame(rows, schema=list(schema.RAW_COLUMNS), orient="row")
-
+from _scoring_data import MODEL, ROOT, count_scorer, raw_rows  # tests/pipeline is on sys.path
 
 BAD_ROWS = pl.DataFrame(
     [("x1", "3 10:00:00", "5411", "1010", "-1.0", ""), ("5", "not a date", "5411", "1010", "-1.0", "")],
@@ -148,89 +116,6 @@ def test_a_failed_scorer_leaves_no_output_and_no_temp_files(raw_file: Path, tmp_
 def test_a_scorer_that_drops_customers_is_an_error(raw_file: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="one row each"):
         score_file(raw_file, tmp_path / "s.parquet", lambda df: count_scorer(df).head(3), MODEL)
-
-
-def test_landing_scores_each_file_once_and_names_the_model_version(tmp_path: Path) -> None:
-    landing, out = tmp_path / "landing", tmp_path / "scores"
-    landing.mkdir()
-    raw_rows(10).write_parquet(landing / "day1.parquet")
-    raw_rows(10, first_id=100).write_csv(landing / "day2.csv")
-    (landing / ".day3.parquet.part").write_text("being written")
-
-    first = score_landing(landing, out, count_scorer, MODEL)
-    assert sorted(Path(r.output).name.split(".")[0] for r in first.scored) == ["day1", "day2"]
-    assert all(r.output.name.endswith(".toy-v3.parquet") for r in first.scored)
-    assert {rec["model_version"] for rec in read_ledger(out)} == {"3"}
-
-    second = score_landing(landing, out, count_scorer, ModelRef("toy", "4"))
-    assert second.scored == [] and len(second.skipped) == 2
-
-    raw_rows(5, first_id=200).write_parquet(landing / "day3.parquet")
-    third = score_landing(landing, out, count_scorer, ModelRef("toy", "4"))
-    assert [r.output.name for r in third.scored] == [f"day3.{third.ledger[0]['sha256'][:12]}.toy-v4.parquet"]
-    assert len(read_ledger(out)) == 3
-
-
-def test_landing_skips_files_still_being_written(tmp_path: Path) -> None:
-    landing = tmp_path / "landing"
-    landing.mkdir()
-    raw_rows(5).write_parquet(landing / "fresh.parquet")
-    result = score_landing(landing, tmp_path / "out", count_scorer, MODEL, landing=LandingConfig(min_age_s=3600))
-    assert result.scored == []
-
-
-def test_claims_are_exclusive_and_stale_ones_are_taken_over(tmp_path: Path) -> None:
-    path = tmp_path / "f.claim"
-    mine = try_claim(path)
-    assert mine is not None
-    assert try_claim(path) is None  # held by a live process (this one)
-    mine.release()
-    assert not path.exists()
-
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    path.write_text(json.dumps({"token": "old", "pid": int(dead.stdout), "host": os.uname().nodename}))
-    taken = try_claim(path)  # its holder is gone
-    assert taken is not None and json.loads(path.read_text())["token"] == taken.token
-
-    old = time.time() - 7200
-    os.utime(path, (old, old))  # no heartbeat for two hours: stale whoever holds it
-    assert try_claim(path, stale_after_s=3600) is not None
-
-
-SCRIPT = textwrap.dedent(
-    """
-    import sys, time
-    import pandas as pd
-    from pipeline.batch_scoring import ModelRef, ScoreConfig, score_landing
-
-    def scorer(df):
-        time.sleep(0.2)
-        df = df.to_pandas()
-        with open(sys.argv[3], "a") as log:
-            log.write("".join(f"{c}\\n" for c in sorted(set(df["customer_id"]))))
-        n = df.groupby("customer_id").size()
-        return pd.DataFrame({"customer_id": n.index, "probability": 0.5, "prediction": 1})
-
-    score_landing(sys.argv[1], sys.argv[2], scorer, ModelRef("toy", "1"), ScoreConfig(chunk_rows=10))
-    """
-)
-
-
-def test_two_concurrent_runs_never_score_a_file_twice(tmp_path: Path) -> None:
-    landing, out, log = tmp_path / "landing", tmp_path / "scores", tmp_path / "scored.log"
-    landing.mkdir()
-    for i in range(6):
-        raw_rows(8, first_id=100 * i).write_parquet(landing / f"f{i}.parquet")
-    script = tmp_path / "run.py"
-    script.write_text(SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen([sys.executable, str(script), str(landing), str(out), str(log)], env=env) for _ in range(2)]
-    assert [p.wait(timeout=300) for p in procs] == [0, 0]
-    scored = log.read_text().split()
-    assert len(scored) == len(set(scored)) == 6 * 8  # every customer scored exactly once across both runs
-    assert len(read_ledger(out)) == 6
-    assert len(list(out.glob("*.toy-v1.parquet"))) == 6
-    assert list((out / "_claims").iterdir()) == []
 
 
 def test_a_rerun_removes_the_staging_of_a_killed_run_but_not_of_a_live_one(raw_file: Path, tmp_path: Path) -> None:

@@ -361,7 +361,7 @@ def test_labels(case: str, session: Session, tmp_path: Path) -> None:
 
 def test_a_bad_file_in_the_landing_folder_does_not_stop_the_others(session: Session, tmp_path: Path) -> None:
     """The bad files are reported (exit status 2, each named) and left unscored; the good one is scored."""
-    from pipeline.batch_scoring import read_ledger
+    from pipeline.landing import read_ledger
 
     landing, out = tmp_path / "landing", tmp_path / "scores"
     landing.mkdir()

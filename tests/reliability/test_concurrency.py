@@ -10,7 +10,7 @@ import polars as pl
 from mlflow import MlflowClient
 
 from pipeline import schema as S
-from pipeline.batch_scoring import read_ledger
+from pipeline.landing import read_ledger
 
 from conftest import Session, no_traceback, subprocess_env
 
