@@ -152,6 +152,8 @@ def resolve_preset(name: str, sequences_dir: Path, fold: int = 0, **train_overri
     """`presets.get`, with `auto` sized from this sequences folder's fold."""
     profile = data_profile(sequences_dir, fold) if name == "auto" else None
     return get(name, profile, **train_overrides)
+
+
 def _decision_data(data: TrainingInputs, rule: ChampionRule) -> DecisionData:
     return DecisionData(data.labels, PyfuncScorer(data.events, score_with_model), rule)
 
