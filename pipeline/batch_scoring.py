@@ -94,6 +94,7 @@ def scorer_reference(scorer: Any) -> Reference | None:
     """The drift reference stored with the scorer's model, or None (no drift report)."""
     return scorer.reference if isinstance(scorer, DriftReferenced) else None
 
+
 DATA_SUFFIXES: tuple[str, ...] = (".parquet", ".csv", ".csv.gz")
 _BUCKET = "_bucket"
 # Bytes per raw row, on the low side, to size the staging buckets before the rows are counted.
