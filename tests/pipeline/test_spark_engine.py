@@ -22,8 +22,16 @@ from polars.testing import assert_frame_equal
 from pipeline import schema
 from pipeline.batch_scoring import ModelRef, ScoreConfig, score_file
 from pipeline.drift import Reference, fit_reference
-from pipeline.engines.spark import SparkConfig, SparkEngine, SparkError, check_spark, parse_conf
-from pipeline.ingest import IngestConfig, ingest, read_events, read_rejects
+from pipeline.engines.spark import (
+    SparkConfig,
+    SparkEngine,
+    SparkError,
+    check_spark,
+    failure,
+    local_memory_defaults,
+    parse_conf,
+)
+from pipeline.ingest import IngestConfig, IngestError, ingest, read_events, read_rejects
 from pipeline.sequences import SequenceConfig, run_sequences
 from pipeline.splits import Split, SplitConfig
 
@@ -293,3 +301,22 @@ def test_spark_conf_items_parse_or_fail_with_the_item() -> None:
     assert parse_conf(["spark.executor.memory=8g", "spark.x=a=b"]) == (("spark.executor.memory", "8g"), ("spark.x", "a=b"))
     with pytest.raises(SparkError, match="'spark.executor.memory'"):
         parse_conf(["spark.executor.memory"])
+
+
+def test_local_mode_gets_a_quarter_of_the_memory_and_a_cluster_keeps_its_own() -> None:
+    gib = 2**30
+    assert local_memory_defaults("local[2]", 24 * gib) == {"spark.driver.memory": "6g"}
+    assert local_memory_defaults("local[*]", 2 * gib) == {"spark.driver.memory": "1g"}  # never below Spark's own
+    assert local_memory_defaults("local", 1024 * gib) == {"spark.driver.memory": "32g"}
+    assert local_memory_defaults("spark://head:7077", 24 * gib) == {}
+    assert local_memory_defaults(None, 24 * gib) == {}  # spark-submit decides
+    assert local_memory_defaults("local[2]", None) == {}
+
+
+def test_out_of_memory_names_the_setting_and_other_failures_blame_the_input() -> None:
+    oom = failure("big.csv", "An error occurred while calling o556.collectToPython.\n: org.apache.spark.SparkException: "
+                  "Job aborted ... java.lang.OutOfMemoryError: Java heap space")
+    assert isinstance(oom, SparkError)
+    assert "big.csv" in str(oom) and "spark.driver.memory" in str(oom) and "cannot be read" not in str(oom)
+    bad = failure("bad.csv.gz", "An error occurred\nEOFError: Compressed file ended before the end-of-stream marker")
+    assert isinstance(bad, IngestError) and "cannot be read to the end: EOFError" in str(bad)
