@@ -91,8 +91,8 @@ _COUNTS = {"kind": pl.String(), "n": pl.Int64(), "last_row": pl.Int64()}  # kind
 
 
 class SparkError(RuntimeError):
-    """Spark cannot start as asked: pyspark or a Java 17+ runtime missing (the message says what to install), or a
-    malformed --spark-conf."""
+    """Spark cannot start or run as asked: pyspark or a Java 17+ runtime missing (the message says what to install), a
+    malformed --spark-conf, or a job out of JVM memory (the message names the setting to raise)."""
 
 
 @dataclass(frozen=True)
@@ -247,14 +247,14 @@ def _error_line(e: BaseException) -> str:
     return (python[-1] if python else lines[0] if lines else type(e).__name__)[:500]
 
 
-def failure(what: str, text: str) -> Exception:
+def failure(what: str, e: BaseException) -> Exception:
     """The error to raise for a failed Spark job on `what`: running out of JVM memory is the engine's sizing, not the
     input's fault, and says which setting to raise; anything else is the input's `cannot be read to the end`."""
-    if "OutOfMemoryError" in text:
+    if "OutOfMemoryError" in str(e):
         return SparkError(f"{what}: Spark ran out of memory (java.lang.OutOfMemoryError); give it more with "
                           "--spark-conf spark.driver.memory=8g (local mode) or spark.executor.memory=8g (a cluster), "
                           "or smaller partitions")
-    return IngestError(f"{what}: cannot be read to the end: {_error_line(BaseException(text))}")
+    return IngestError(f"{what}: cannot be read to the end: {_error_line(e)}")
 
 
 def _spark_errors() -> tuple[type[BaseException], ...]:
@@ -413,7 +413,7 @@ class SparkEngine:
         try:
             return action()
         except _spark_errors() as e:
-            raise failure(what, str(e)) from e
+            raise failure(what, e) from e
 
     # ingest ------------------------------------------------------------------------------------------------------
     def ingest(self, inputs: Sequence[str | Path], out_dir: str | Path, config: IngestConfig = IngestConfig(), *,

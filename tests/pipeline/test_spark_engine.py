@@ -314,9 +314,9 @@ def test_local_mode_gets_a_quarter_of_the_memory_and_a_cluster_keeps_its_own() -
 
 
 def test_out_of_memory_names_the_setting_and_other_failures_blame_the_input() -> None:
-    oom = failure("big.csv", "An error occurred while calling o556.collectToPython.\n: org.apache.spark.SparkException: "
-                  "Job aborted ... java.lang.OutOfMemoryError: Java heap space")
+    oom = failure("big.csv", RuntimeError("An error occurred while calling o556.collectToPython.\n: org.apache.spark.SparkException: "
+                  "Job aborted ... java.lang.OutOfMemoryError: Java heap space"))
     assert isinstance(oom, SparkError)
     assert "big.csv" in str(oom) and "spark.driver.memory" in str(oom) and "cannot be read" not in str(oom)
-    bad = failure("bad.csv.gz", "An error occurred\nEOFError: Compressed file ended before the end-of-stream marker")
+    bad = failure("bad.csv.gz", RuntimeError("An error occurred\nEOFError: Compressed file ended before the end-of-stream marker"))
     assert isinstance(bad, IngestError) and "cannot be read to the end: EOFError" in str(bad)
