@@ -12,11 +12,11 @@ import polars as pl
 import torch
 
 from models import ModelConfig, build_model
-from pipeline import distributed
+from pipeline.training import distributed
 from pipeline import schema as S
-from pipeline.batches import SequenceDataset, make_loader
+from pipeline.sequences.batches import SequenceDataset, make_loader
 from pipeline.schema import SEQUENCES_SCHEMA
-from pipeline.train import TrainConfig, fit
+from pipeline.training.train import TrainConfig, fit
 
 
 def table(n: int, max_len: int = 128, seed: int = 0) -> pl.DataFrame:

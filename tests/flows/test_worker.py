@@ -38,7 +38,7 @@ from prefect.client.schemas.filters import (
 )
 
 from pipeline import schema
-from pipeline.generate import GeneratorConfig, generate
+from pipeline.sources.generate import GeneratorConfig, generate
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,8 @@ from pipeline.schema import SEQUENCES_SCHEMA
 
 
 def synthetic_sequences(n: int = 160, seed: int = 0, max_len: int = 48) -> pl.DataFrame:
-    """A sequences table (schema of `pipeline.sequences`) with an easy signal: gender 1 shops codes 10..19 more."""
+    """A sequences table (schema of `pipeline.sequences.table`) with an easy signal: gender 1 shops codes 10..19
+    more."""
     rng = np.random.default_rng(seed)
     rows = []
     for cid in range(n):
@@ -39,9 +40,9 @@ class TinyData:
 
 def tiny_dataset(root: Path, scale: float = 0.02, max_len: int = 200) -> TinyData:
     """generate -> ingest -> sequences at a tiny scale (~300 customers), sequences capped at `max_len` events."""
-    from pipeline.generate import GeneratorConfig, generate
-    from pipeline.ingest import ingest
-    from pipeline.sequences import SequenceConfig, run_sequences
+    from pipeline.sources.generate import GeneratorConfig, generate
+    from pipeline.ingest.files import ingest
+    from pipeline.sequences.table import SequenceConfig, run_sequences
 
     paths = generate(root / "raw", GeneratorConfig(scale=scale, seed=1))
     ingest([paths.transactions], root / "events")

@@ -12,8 +12,8 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from pipeline import schema
-from pipeline.batch_scoring import ScoreConfig, score_file
-from pipeline.ingest import IngestConfig, validate
+from pipeline.scoring.batch import ScoreConfig, score_file
+from pipeline.ingest.rules import IngestConfig, validate
 from pipeline.io import scan_table
 
 from _scoring_data import MODEL, ROOT, count_scorer, raw_rows  # tests/pipeline is on sys.path

@@ -1,4 +1,4 @@
-"""pipeline.batches: Arrow buffers -> Batch, masks, crops, length buckets, numeric stats."""
+"""pipeline.sequences.batches: Arrow buffers -> Batch, masks, crops, length buckets, numeric stats."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from models.batch import Batch
 from pipeline import schema
-from pipeline.batches import Collate, LengthBucketSampler, SequenceDataset, make_loader, numeric_stats
+from pipeline.sequences.batches import Collate, LengthBucketSampler, SequenceDataset, make_loader, numeric_stats
 from pipeline.schema import SEQUENCES_SCHEMA
 
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import roc_curve
 
-from pipeline.calibration import (
+from pipeline.scoring.calibration import (
     NO_DECISION,
     Calibration,
     Decision,

@@ -1,4 +1,4 @@
-"""pipeline.champion: the fair champion rule as a pure function (no MLflow here; see test_registry.py)."""
+"""pipeline.registry.champion: the fair champion rule as a pure function (no MLflow here; see test_registry.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.champion import (
+from pipeline.registry.champion import (
     ChampionRule,
     Comparison,
     Contender,

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from models.batch import Batch
-from pipeline.distributed import Dist, shard, worker_argv
+from pipeline.training.distributed import Dist, shard, worker_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("_ddp_fit.py")

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from pipeline import schema as S
-from pipeline.drift import Bins, DriftMonitor, Reference, fit_reference, markdown, psi, warning_line
+from pipeline.scoring.drift import Bins, DriftMonitor, Reference, fit_reference, markdown, psi, warning_line
 
 
 def _events(n_customers: int, seed: int, amount_scale: float = 1.0, mcc_offset: int = 0) -> pl.DataFrame:

@@ -13,17 +13,18 @@ import torch
 
 from models import ModelConfig, build_model
 from pipeline import schema as S
-from pipeline.batches import SequenceDataset
-from pipeline.calibration import Calibration, Decision, ThresholdRule
-from pipeline.embeddings import (EmbeddingScorer, HybridScorer, embed, embedding_frame, hybrid_matrix,
+from pipeline.sequences.batches import SequenceDataset
+from pipeline.scoring.calibration import Calibration, Decision, ThresholdRule
+from pipeline.scoring.embeddings import (EmbeddingScorer, HybridScorer, embed, embedding_frame, hybrid_matrix,
                                  load_embedding_kind, save_hybrid_artifacts)
-from pipeline.features import build_features
-from pipeline.gbdt import train_gbdt
-from pipeline.ingest import IngestConfig, read_events
-from pipeline.presets import tiny
-from pipeline.scoring_card import fit_scoring_card
-from pipeline.sequences import SEQUENCES_FILE, SPLIT_FILE, VOCAB_FILE, SequenceConfig, Vocab
-from pipeline.splits import Split
+from pipeline.sequences.features import build_features
+from pipeline.scoring.gbdt import train_gbdt
+from pipeline.ingest.rules import IngestConfig
+from pipeline.ingest.files import read_events
+from pipeline.training.presets import tiny
+from pipeline.training.scoring_card import fit_scoring_card
+from pipeline.sequences.table import SEQUENCES_FILE, SPLIT_FILE, VOCAB_FILE, SequenceConfig, Vocab
+from pipeline.sequences.splits import Split
 
 from _train_data import tiny_dataset  # tests/pipeline is on sys.path
 

@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 
 from pipeline import schema as S
-from pipeline.features import FeatureConfig, FeatureSpec, build_features, feature_names, fit_feature_spec
+from pipeline.sequences.features import FeatureConfig, FeatureSpec, build_features, feature_names, fit_feature_spec
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.file_claim import try_claim
+from pipeline.scoring.file_claim import try_claim
 
 
 def test_claims_are_exclusive_and_stale_ones_are_taken_over(tmp_path: Path) -> None:

@@ -11,8 +11,17 @@ import pytest
 import skops.io as sio
 
 from pipeline import schema as S
-from pipeline.features import FeatureConfig
-from pipeline.gbdt import TRUSTED_TYPES, GBDTConfig, _classifier, _fit_in_stages, fit_gbdt, load_gbdt, save_gbdt, train_gbdt
+from pipeline.sequences.features import FeatureConfig
+from pipeline.scoring.gbdt import (
+    TRUSTED_TYPES,
+    GBDTConfig,
+    _classifier,
+    _fit_in_stages,
+    fit_gbdt,
+    load_gbdt,
+    save_gbdt,
+    train_gbdt,
+)
 
 
 def _events(n_customers: int = 120, seed: int = 0) -> tuple[pl.LazyFrame, pl.DataFrame]:
@@ -64,7 +73,7 @@ def test_staged_fit_logs_progress_and_grows_the_same_trees_as_one_fit(caplog: py
     x = rng.normal(size=(300, 4))
     y = (x[:, 0] - x[:, 1] + rng.normal(scale=1.5, size=300) > 0).astype(float)
     config = dataclasses.replace(CONFIG, max_iter=25, log_every=10)
-    with caplog.at_level(logging.INFO, logger="pipeline.gbdt"):
+    with caplog.at_level(logging.INFO, logger="pipeline.scoring.gbdt"):
         _, val_auc = fit_gbdt(x[:200], y[:200], x[200:], y[200:], config)
     rounds = [r.getMessage() for r in caplog.records if r.getMessage().startswith("gbdt: round")]
     assert [m.split()[2] for m in rounds] == ["10/25", "20/25", "25/25"] and all("val auroc" in m for m in rounds)

@@ -18,8 +18,8 @@ from threadpoolctl import threadpool_limits
 
 from pipeline import schema
 from pipeline.cli import main
-from pipeline.dictionaries import read_mcc_codes, read_tr_types, resource_path
-from pipeline.generate import (
+from pipeline.sources.dictionaries import read_mcc_codes, read_tr_types, resource_path
+from pipeline.sources.generate import (
     CALIBRATION_FILE,
     COUNT_BUCKETS,
     GeneratorConfig,
@@ -29,7 +29,8 @@ from pipeline.generate import (
     generate,
     iter_chunks,
 )
-from pipeline.ingest import ingest, read_events, read_labels
+from pipeline.ingest.files import ingest, read_events
+from pipeline.ingest.labels import read_labels
 from pipeline.settings import shared_data_dir
 
 N = 3000  # customers in the statistics / signal checks (~1.4M rows, ~2 s)
@@ -205,9 +206,9 @@ def test_order_signal_changes_only_the_order_of_each_customers_events() -> None:
     """Every per-customer aggregate the GBDT sees is the same with and without the order signal; the events are the
     same multiset of (time slot) and of (mcc, tr_type, amount, term_id) per customer; only which content sits in
     which slot moves, and own-gender MCCs drift to the end of the history."""
-    from pipeline.features import FeatureConfig, build_features, fit_feature_spec
-    from pipeline.generate import MCC_EFFECTS
-    from pipeline.ingest import IngestConfig, validate
+    from pipeline.sequences.features import FeatureConfig, build_features, fit_feature_spec
+    from pipeline.sources.generate import MCC_EFFECTS
+    from pipeline.ingest.rules import IngestConfig, validate
 
     base = GeneratorConfig(n_customers=60, n_labelled=60, seed=4)
     off = pl.concat(list(iter_chunks(base)))

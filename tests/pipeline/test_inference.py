@@ -9,11 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models import ModelConfig, build_model, comparison_encoders
-from pipeline.batches import SequenceDataset, make_loader, numeric_stats
-from pipeline.embeddings import embed
-from pipeline.inference import InferenceConfig, embed_customers, predict_proba, token_budget_batches
-from pipeline.presets import demo, tiny
-from pipeline.train import evaluate
+from pipeline.sequences.batches import SequenceDataset, make_loader, numeric_stats
+from pipeline.scoring.embeddings import embed
+from pipeline.scoring.inference import InferenceConfig, embed_customers, predict_proba, token_budget_batches
+from pipeline.training.presets import demo, tiny
+from pipeline.training.train import evaluate
 
 from _train_data import synthetic_sequences  # tests/pipeline is on sys.path (pytest rootdir insertion)
 

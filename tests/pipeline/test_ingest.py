@@ -14,15 +14,9 @@ from polars.testing import assert_frame_equal
 
 from pipeline import schema
 from pipeline.cli import main
-from pipeline.ingest import (
-    IngestConfig,
-    IngestError,
-    ingest,
-    read_events,
-    read_labels,
-    read_rejects,
-    validate,
-)
+from pipeline.ingest.rules import IngestConfig, IngestError, validate
+from pipeline.ingest.files import ingest, read_events, read_rejects
+from pipeline.ingest.labels import read_labels
 from pipeline.settings import shared_data_dir
 
 HEADER = "customer_id,tr_datetime,mcc_code,tr_type,amount,term_id"
@@ -344,7 +338,7 @@ def test_out_of_range_clock_values_are_unparseable(stamps: list[tuple[int, int, 
 
 
 def test_repeat_check_in_buckets_equals_in_one_go(mixed_csv: Path, monkeypatch) -> None:
-    import pipeline.ingest as ingest_module
+    import pipeline.ingest.rules as ingest_module
 
     def rejected_rows() -> list[tuple[int, str]]:
         _, rejects = validate(pl.scan_csv(mixed_csv, infer_schema=False), "m", IngestConfig(dedupe_date_only=True))
@@ -456,7 +450,7 @@ def test_typed_numeric_columns_validate_exactly_as_their_text(case: tuple[list[t
 
 
 def test_combined_validation_splits_into_the_same_events_and_rejects(mixed_csv: Path) -> None:
-    from pipeline.ingest import split_combined, validate_combined
+    from pipeline.ingest.rules import split_combined, validate_combined
 
     for lf in (pl.scan_csv(mixed_csv, infer_schema=False), _typed_frame(_TYPED_ROWS, _TYPED_COLUMNS).lazy()):
         events, rejects = (x.collect() for x in validate(lf, "f"))

@@ -8,8 +8,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from pipeline.batch_scoring import ModelRef
-from pipeline.landing import LandingConfig, read_ledger, score_landing
+from pipeline.scoring.batch import ModelRef
+from pipeline.scoring.landing import LandingConfig, read_ledger, score_landing
 
 from _scoring_data import MODEL, ROOT, count_scorer, raw_rows  # tests/pipeline is on sys.path
 
@@ -47,8 +47,8 @@ SCRIPT = textwrap.dedent(
     """
     import sys, time
     import pandas as pd
-    from pipeline.batch_scoring import ModelRef, ScoreConfig
-    from pipeline.landing import score_landing
+    from pipeline.scoring.batch import ModelRef, ScoreConfig
+    from pipeline.scoring.landing import score_landing
 
     def scorer(df):
         time.sleep(0.2)

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.presets import DataProfile, fine_tune, get
+from pipeline.training.presets import DataProfile, fine_tune, get
 
 
 @given(n=st.integers(1, 2_000_000), mean_len=st.integers(1, 3000), pos_share=st.floats(0.05, 0.95))
@@ -36,8 +36,8 @@ def test_the_profile_of_a_sequences_folder_counts_the_folds_labelled_training_cu
     import polars as pl
 
     from pipeline import schema as S
-    from pipeline.training_run import data_profile, resolve_preset
-    from pipeline.splits import Split
+    from pipeline.training.run import data_profile, resolve_preset
+    from pipeline.sequences.splits import Split
 
     from _train_data import tiny_dataset  # tests/pipeline is on sys.path
 

@@ -15,11 +15,11 @@ from mlflow import MlflowClient
 
 from models import ModelConfig, build_model
 from pipeline import schema as S
-from pipeline.batches import SequenceDataset, SliceCollate, numeric_stats
+from pipeline.sequences.batches import SequenceDataset, SliceCollate, numeric_stats
 from pipeline.cli import main
-from pipeline.presets import tiny
-from pipeline.pretrain import PretrainConfig, heldout_recall, pretrain, pretrain_customers
-from pipeline.splits import Split
+from pipeline.training.presets import tiny
+from pipeline.training.pretrain import PretrainConfig, heldout_recall, pretrain, pretrain_customers
+from pipeline.sequences.splits import Split
 
 from _train_data import synthetic_sequences, tiny_dataset  # tests/pipeline is on sys.path
 

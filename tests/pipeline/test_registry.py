@@ -16,16 +16,16 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline import schema as S
-from pipeline.champion import ChampionRule, auroc
-from pipeline.training_run import run_comparison, start_comparison
-from pipeline.ingest import read_events
-from pipeline.presets import get
-from pipeline.registry import TAG_CHALLENGED, TAG_FIT_IDS, ids_digest
-from pipeline.scoring import score_with_model
-from pipeline.sequences import MANIFEST_FILE, SEQUENCES_FILE, SPLIT_FILE, VOCAB_FILE
+from pipeline.registry.champion import ChampionRule, auroc
+from pipeline.training.run import run_comparison, start_comparison
+from pipeline.ingest.files import read_events
+from pipeline.training.presets import get
+from pipeline.registry.versions import TAG_CHALLENGED, TAG_FIT_IDS, ids_digest
+from pipeline.scoring.pyfunc import score_with_model
+from pipeline.sequences.table import MANIFEST_FILE, SEQUENCES_FILE, SPLIT_FILE, VOCAB_FILE
 from pipeline.settings import Settings
-from pipeline.splits import Split, SplitConfig, make_split
-from pipeline.tracking import CHAMPION, TAG_DECISION, TAG_PROMOTED
+from pipeline.sequences.splits import Split, SplitConfig, make_split
+from pipeline.registry.tracking import CHAMPION, TAG_DECISION, TAG_PROMOTED
 
 from _train_data import TinyData, tiny_dataset  # tests/pipeline is on sys.path (pytest rootdir insertion)
 
@@ -141,7 +141,7 @@ def test_a_run_resumes_only_its_own_fingerprint_and_registers_each_model_once(
     assert (ckpt / "last.pt").exists()
 
     other = _split_variant(data.sequences, tmp_path / "other", 7, flip_training_labels=False, test_fraction=0.2)
-    with caplog.at_level(logging.INFO, logger="pipeline.train"):
+    with caplog.at_level(logging.INFO, logger="pipeline.training.train"):
         second = compare(other)
     fresh = [r.getMessage() for r in caplog.records if "not resuming" in r.getMessage()]
     assert len(fresh) == 1 and "split_id" in fresh[0] and "starting fresh" in fresh[0], fresh
@@ -151,7 +151,7 @@ def test_a_run_resumes_only_its_own_fingerprint_and_registers_each_model_once(
     assert second.steps == 5  # trained again, on the new split
 
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="pipeline.training_run"):
+    with caplog.at_level(logging.INFO, logger="pipeline.training.run"):
         again = compare(other)
     assert again.version == second.version and any("already registered" in r.getMessage() for r in caplog.records)
     versions = client.search_model_versions("name='resume'")
@@ -166,7 +166,7 @@ def test_a_split_over_labels_without_transactions_cannot_crash_the_gbdt(data: Ti
     `sequences` wrote before it left them out) made the GBDT fail with `KeyError`. Such a split's unknown ids are
     now dropped before training and every logged size counts only customers that exist; `train_gbdt` itself
     refuses unlabelled ids with a clear message."""
-    from pipeline.gbdt import train_gbdt
+    from pipeline.scoring.gbdt import train_gbdt
 
     seq = pl.read_parquet(data.sequences / SEQUENCES_FILE, columns=[S.CUSTOMER_ID, S.GENDER]).drop_nulls()
     ghosts = pl.DataFrame({S.CUSTOMER_ID: range(10_000_000, 10_003_000), S.GENDER: [i % 2 for i in range(3000)]},

@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 
 from pipeline import schema as S
-from pipeline.generate import GeneratorConfig, generate
+from pipeline.sources.generate import GeneratorConfig, generate
 from pipeline.settings import Settings
 
 from _train_data import tiny_dataset  # tests/pipeline is on sys.path (pytest rootdir insertion)
@@ -28,8 +28,8 @@ pytestmark = pytest.mark.timeout(1800)  # the module fixture generates ~1,500 cu
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """~1,500 customers; the GBDT trained, calibrated and registered as champion (with its drift reference)."""
-    from pipeline.training_run import run_comparison
-    from pipeline.presets import get
+    from pipeline.training.run import run_comparison
+    from pipeline.training.presets import get
 
     base = tmp_path_factory.mktemp("score-cli")
     data = tiny_dataset(base / "data", scale=0.1)

@@ -17,14 +17,15 @@ import torch
 
 from models import ModelConfig, build_model
 from pipeline import schema as S
-from pipeline.batches import make_loader, numeric_stats
-from pipeline.calibration import Calibration, Decision
-from pipeline.features import FeatureConfig
-from pipeline.gbdt import GBDTConfig, train_gbdt
-from pipeline.inference import InferenceConfig
-from pipeline.ingest import IngestConfig, read_events
-from pipeline.presets import tiny
-from pipeline.scoring import (
+from pipeline.sequences.batches import make_loader, numeric_stats
+from pipeline.scoring.calibration import Calibration, Decision
+from pipeline.sequences.features import FeatureConfig
+from pipeline.scoring.gbdt import GBDTConfig, train_gbdt
+from pipeline.scoring.inference import InferenceConfig
+from pipeline.ingest.rules import IngestConfig
+from pipeline.ingest.files import read_events
+from pipeline.training.presets import tiny
+from pipeline.scoring.pyfunc import (
     EXAMPLE_CUSTOMERS,
     GBDTScorer,
     SequenceScorer,
@@ -34,11 +35,11 @@ from pipeline.scoring import (
     save_gbdt_artifacts,
     save_sequence_artifacts,
 )
-from pipeline.sequences import SequenceConfig, Vocab
+from pipeline.sequences.table import SequenceConfig, Vocab
 from pipeline.settings import Settings
-from pipeline.splits import Split
-from pipeline.tracking import CHAMPION, TAG_SPLIT_ID, TAG_TEST_AUROC, Tracker, setup
-from pipeline.train import evaluate
+from pipeline.sequences.splits import Split
+from pipeline.registry.tracking import CHAMPION, TAG_SPLIT_ID, TAG_TEST_AUROC, Tracker, setup
+from pipeline.training.train import evaluate
 
 from _train_data import TinyData, tiny_dataset  # tests/pipeline is on sys.path (pytest rootdir insertion)
 

@@ -1,4 +1,4 @@
-"""pipeline.sequences.build_sequences: ordering, truncation, features, labels, output schema."""
+"""pipeline.sequences.table.build_sequences: ordering, truncation, features, labels, output schema."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from pipeline import schema
 from pipeline.schema import SEQUENCES_SCHEMA
-from pipeline.sequences import SequenceConfig, build_sequences, fit_vocab, order_keys
+from pipeline.sequences.table import SequenceConfig, build_sequences, fit_vocab, order_keys
 from _sequence_events import events_frame  # tests/pipeline is on sys.path (pytest rootdir insertion)
 
 # (customer_id, day, second_of_day, mcc_code, tr_type, amount); source_row = position
@@ -122,12 +122,12 @@ def test_matches_a_per_customer_reference(draw, max_len) -> None:
 
 
 def test_run_sequences_writes_table_vocab_split_manifest(tmp_path, monkeypatch) -> None:
-    """The step end to end on a tiny validated-events folder (read through pipeline.ingest.read_events)."""
+    """The step end to end on a tiny validated-events folder (read through pipeline.ingest.files.read_events)."""
     import json
 
-    from pipeline import sequences
-    from pipeline.sequences import Vocab, run_sequences
-    from pipeline.splits import Split, SplitConfig
+    from pipeline.sequences import table as sequences
+    from pipeline.sequences.table import Vocab, run_sequences
+    from pipeline.sequences.splits import Split, SplitConfig
 
     rng = np.random.default_rng(0)
     rows = [(c, int(rng.integers(0, 400)), int(rng.integers(0, 86400)), int(rng.choice([10, 20, 30, 40])),
@@ -158,7 +158,7 @@ def test_cli_sequences_end_to_end_from_a_raw_csv(tmp_path, capsys) -> None:
     """raw CSV -> txseq-style ingest -> `txseq sequences` -> files and a printed summary."""
     import json
 
-    from pipeline import ingest
+    from pipeline.ingest.files import ingest
     from pipeline.cli import main
 
     rng = np.random.default_rng(1)
@@ -174,7 +174,7 @@ def test_cli_sequences_end_to_end_from_a_raw_csv(tmp_path, capsys) -> None:
     # 30 labelled customers with transactions, and 500 labels of customers the export has no transactions for
     labels.write_text("customer_id,gender\n" + "\n".join(f"{c},{c % 2}" for c in [*range(30), *range(1000, 1500)])
                       + "\n")
-    ingest.ingest([raw], tmp_path / "events")
+    ingest([raw], tmp_path / "events")
     out = tmp_path / "sequences"
     assert main(["sequences", "--events", str(tmp_path / "events"), "--labels", str(labels), "--out", str(out),
                  "--max-len", "10", "--min-count", "1", "--folds", "3"]) == 0

@@ -1,6 +1,6 @@
-"""Declared source mappings (`pipeline.sources`): the TOML file checked key by key, and three public export layouts
-besides Sberbank — the Czech PKDD'99 `trans.asc`, the ptls age-group layout and a Rosbank-style export — each a small
-file written here, each through ingest → sequences → train (tiny preset) → score with the registered model, which
+"""Declared source mappings (`pipeline.sources.mapping`): the TOML file checked key by key, and three public export
+layouts besides Sberbank — the Czech PKDD'99 `trans.asc`, the ptls age-group layout and a Rosbank-style export — each a
+small file written here, each through ingest → sequences → train (tiny preset) → score with the registered model, which
 carries the source mapping and the ingest rules."""
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ import polars as pl
 import pytest
 
 from pipeline import schema as S
-from pipeline.ingest import IngestConfig, LabelSpec, ingest, read_events, read_rejects
-from pipeline.sequences import SequenceConfig, TableRules, run_sequences
+from pipeline.ingest.rules import IngestConfig
+from pipeline.ingest.labels import LabelSpec
+from pipeline.ingest.files import ingest, read_events, read_rejects
+from pipeline.sequences.table import SequenceConfig, TableRules, run_sequences
 from pipeline.settings import Settings
-from pipeline.sources import SBERBANK, SourceError, load_source
+from pipeline.sources.mapping import SBERBANK, SourceError, load_source
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(1800)
@@ -192,8 +194,8 @@ def _env(root: Path) -> dict[str, str]:
 
 def _train(root: Path, events: Path, sequences: Path, models: list[str]) -> str:
     """Train with the tiny preset and register; the URI of the last model registered."""
-    from pipeline.training_run import run_comparison
-    from pipeline.presets import get
+    from pipeline.training.run import run_comparison
+    from pipeline.training.presets import get
 
     settings = Settings(root, f"sqlite:///{root / 'mlflow' / 'mlflow.db'}", root / "mlflow" / "artifacts",
                         "sources-tests")
@@ -294,7 +296,7 @@ def test_rosbank_layout_through_the_cli(tmp_path: Path) -> None:
 
 def test_the_ingest_rules_travel_with_the_model(tmp_path: Path) -> None:
     """After `ingest --max-day 5000`, the registered model validates its input with 5000, not the default 3650."""
-    from pipeline.generate import GeneratorConfig, generate
+    from pipeline.sources.generate import GeneratorConfig, generate
 
     raw = generate(tmp_path / "raw", GeneratorConfig(scale=0.01, seed=3))
     late = pl.read_csv(raw.transactions, infer_schema=False).with_columns(
@@ -314,7 +316,8 @@ def test_the_ingest_rules_travel_with_the_model(tmp_path: Path) -> None:
 
 
 def test_labels_one_value_against_the_rest_and_a_repeated_target_column(tmp_path: Path) -> None:
-    from pipeline.ingest import IngestError, read_labels
+    from pipeline.ingest.rules import IngestError
+    from pipeline.ingest.labels import read_labels
 
     path = tmp_path / "t.csv"
     path.write_text("client_id,bins,other\n1,3,x\n2,0,y\n3,2,z\n")

@@ -1,4 +1,4 @@
-"""pipeline.splits: the ptls gender protocol split (seeded stratified test set + K stratified folds)."""
+"""pipeline.sequences.splits: the ptls gender protocol split (seeded stratified test set + K stratified folds)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline.splits import Split, SplitConfig, make_split
+from pipeline.sequences.splits import Split, SplitConfig, make_split
 
 
 def _labels(n: int = 1000, p_one: float = 0.44, seed: int = 0) -> pl.DataFrame:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.settings import Settings
-from pipeline.tracking import (
+from pipeline.registry.tracking import (
     CHAMPION,
     TAG_SPLIT_ID,
     TAG_TEST_AUROC,

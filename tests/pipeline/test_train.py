@@ -10,11 +10,19 @@ import pytest
 import torch
 
 from models import ModelConfig, build_model
-from pipeline.batches import SequenceDataset, make_loader, numeric_stats
-from pipeline.presets import ENCODER_MODELS, tiny
+from pipeline.sequences.batches import SequenceDataset, make_loader, numeric_stats
+from pipeline.training.presets import ENCODER_MODELS, tiny
 from pipeline.settings import Settings
-from pipeline.tracking import Tracker, setup
-from pipeline.train import TrainConfig, backbone_schedule, evaluate, fit, load_checkpoint, param_groups, warmup_cosine
+from pipeline.registry.tracking import Tracker, setup
+from pipeline.training.train import (
+    TrainConfig,
+    backbone_schedule,
+    evaluate,
+    fit,
+    load_checkpoint,
+    param_groups,
+    warmup_cosine,
+)
 
 from _train_data import synthetic_sequences  # tests/pipeline is on sys.path (pytest rootdir insertion)
 

@@ -9,10 +9,10 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline.cli import main
-from pipeline.report import markdown_table
-from pipeline.trainers import ModelResult
-from pipeline.presets import DEFAULT_MODELS
-from pipeline.tracking import CHAMPION, TAG_DECISION
+from pipeline.training.report import markdown_table
+from pipeline.training.trainers import ModelResult
+from pipeline.training.presets import DEFAULT_MODELS
+from pipeline.registry.tracking import CHAMPION, TAG_DECISION
 
 from _train_data import tiny_dataset  # tests/pipeline is on sys.path (pytest rootdir insertion)
 

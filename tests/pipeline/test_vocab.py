@@ -1,11 +1,12 @@
-"""pipeline.sequences.Vocab / fit_vocab: frequency ranks fitted on training customers, unknowns at scoring time."""
+"""pipeline.sequences.table.Vocab / fit_vocab: frequency ranks fitted on training customers, unknowns at scoring
+time."""
 
 from __future__ import annotations
 
 import polars as pl
 
 from pipeline import schema
-from pipeline.sequences import SequenceConfig, Vocab, build_sequences, fit_vocab
+from pipeline.sequences.table import SequenceConfig, Vocab, build_sequences, fit_vocab
 from _sequence_events import events_frame  # tests/pipeline is on sys.path (pytest rootdir insertion)
 
 # customer 1: mcc 10 ×3, 20 ×2, 30 ×1; customer 2 (held out): mcc 99 ×5

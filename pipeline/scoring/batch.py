@@ -2,22 +2,22 @@
 
 The model is any `Scorer`: a callable from a raw-transactions DataFrame (pandas or polars) to one row per customer
 with `customer_id`, `probability`, `prediction`. In production that is the scorer inside the MLflow pyfunc model
-(`pipeline.scoring.load_batch_scorer`), which is handed the rows validated here; this module never imports mlflow,
-so it is tested with plain functions as well.
+(`pipeline.scoring.pyfunc.load_batch_scorer`), which is handed the rows validated here; this module never imports
+mlflow, so it is tested with plain functions as well.
 
     input (file or folder) ──validate (as ingest)──▶ rejects.parquet
                            └──▶ staging buckets: hash(customer_id) % n_buckets, one streaming pass
     buckets ──packed into chunks of ≤ chunk_rows──▶ scorer(chunk) ──▶ scores.parquet (temp name, then rename)
                                                 └──▶ drift monitor ──▶ <scores stem>.drift.json / .drift.png
 
-A scorer with a `reference` (training-time statistics stored with the model, `pipeline.drift`) gets a drift report
-with every scored batch; models registered before that have none and get no report.
+A scorer with a `reference` (training-time statistics stored with the model, `pipeline.scoring.drift`) gets a drift
+report with every scored batch; models registered before that have none and get no report.
 
 Every customer's whole history falls in one bucket, so a chunk holds complete histories and inputs larger than
 memory are scored one chunk at a time. Only the staging pass and the final sort of the (small) scores table run
 over the whole input; both stream.
 
-Landing-folder mode (each new file of a folder scored once, with a ledger) is `pipeline.landing`.
+Landing-folder mode (each new file of a folder scored once, with a ledger) is `pipeline.scoring.landing`.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import schema
-from pipeline.drift import PSI_THRESHOLD, DriftMonitor, Reference, warning_line
-from pipeline.ingest import IngestConfig, IngestError, check_columns, split_combined, validate_combined
+from pipeline.scoring.drift import PSI_THRESHOLD, DriftMonitor, Reference, warning_line
+from pipeline.ingest.rules import IngestConfig, IngestError, check_columns, split_combined, validate_combined
 from pipeline.io import (
     TableError,
     check_input,
@@ -65,7 +65,7 @@ class Scorer(Protocol):
 
 @runtime_checkable
 class EventScorer(Protocol):
-    """A scorer that takes the validated EVENTS_SCHEMA rows (`pipeline.scoring`'s do): it is handed the rows
+    """A scorer that takes the validated EVENTS_SCHEMA rows (`pipeline.scoring.pyfunc`'s do): it is handed the rows
     validated here, so they are not validated a second time inside the model."""
 
     def score_events(self, events: pl.LazyFrame) -> Any: ...

@@ -1,7 +1,7 @@
-"""What a trained model carries for scoring besides its weights, fitted once training is done: the decision
-(threshold and calibration, from validation predictions; `pipeline.calibration`) and the drift reference (training
-customers' events and the calibrated test probabilities; `pipeline.drift`). `pipeline.training_run` fits one per model
-and stores it with the pyfunc artifacts (config.json + reference.json), the run params and the model-version tags.
+"""What a trained model carries for scoring besides its weights, fitted once training is done: the decision (threshold
+and calibration, from validation predictions; `pipeline.scoring.calibration`) and the drift reference (training
+customers' events and the calibrated test probabilities; `pipeline.scoring.drift`). `pipeline.training.run` fits one per
+model and stores it with the pyfunc artifacts (config.json + reference.json), the run params and the model-version tags.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import numpy as np
 import polars as pl
 
 from pipeline import schema as S
-from pipeline.calibration import Decision, ThresholdRule, fit_decision, log_loss
-from pipeline.drift import Reference, fit_reference
+from pipeline.scoring.calibration import Decision, ThresholdRule, fit_decision, log_loss
+from pipeline.scoring.drift import Reference, fit_reference
 
 
 @dataclass(frozen=True)

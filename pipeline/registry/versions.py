@@ -1,4 +1,4 @@
-"""Register a trained model and decide the champion at once, by the rule of `pipeline.champion`.
+"""Register a trained model and decide the champion at once, by the rule of `pipeline.registry.champion`.
 
     register(...)        one trained model -> one version (a resumed run finds its version by fingerprint instead)
     decide_pending(...)  every version without a decision, oldest first: the champion rule, then tags on both
@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline import champion
+from pipeline.registry import champion
 from pipeline import schema as S
 from pipeline.io import first_line
-from pipeline.champion import ChampionRule, Comparison, Contender, Decision
-from pipeline.model_card import ModelCard, describe
-from pipeline.tracking import TAG_DECISION, TAG_PROMOTED, Tracker, VersionInfo
+from pipeline.registry.champion import ChampionRule, Comparison, Contender, Decision
+from pipeline.registry.model_card import ModelCard, describe
+from pipeline.registry.tracking import TAG_DECISION, TAG_PROMOTED, Tracker, VersionInfo
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Fast inference of a sequence model over a whole sequences table: what batch scoring runs.
 
-Same scores as the training-time evaluation loop (`pipeline.train.evaluate`, a fixed 128 customers per padded
+Same scores as the training-time evaluation loop (`pipeline.training.train.evaluate`, a fixed 128 customers per padded
 batch; a test compares both), with:
 - batches filled to a token budget: customers sorted by length are cut into consecutive batches of at most
   `max_tokens` = rows × longest length, so short sequences come in big batches and long ones in small, and padding
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from models.batch import Batch
-from pipeline.batches import SequenceDataset
+from pipeline.sequences.batches import SequenceDataset
 
 
 @dataclass(frozen=True)

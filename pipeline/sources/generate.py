@@ -40,7 +40,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from pipeline import schema, settings
-from pipeline.dictionaries import MCC_FILE, TR_TYPES_FILE, read_mcc_codes, resource_path
+from pipeline.sources.dictionaries import MCC_FILE, TR_TYPES_FILE, read_mcc_codes, resource_path
 from pipeline.io import atomic_path
 
 CALIBRATION_FILE = "calibration.json"
@@ -476,7 +476,7 @@ def generate(out_dir: Path, config: GeneratorConfig = GeneratorConfig()) -> Gene
     return GeneratedPaths(tx_path, labels_path, mcc_path, types_path, n_rows, customers.height)
 
 
-def main() -> None:  # pragma: no cover - maintenance entry: python -m pipeline.generate --calibrate
+def main() -> None:  # pragma: no cover - maintenance entry: python -m pipeline.sources.generate --calibrate
     import argparse
 
     p = argparse.ArgumentParser(description="Re-derive pipeline/resources/calibration.json from the real sample.")

@@ -1,6 +1,6 @@
 """Training one model, behind one interface: typed inputs read from the typed manifests, a `Trainer` per kind of
 model (encoder trained from scratch or fine-tuned from CoLES, GBDT, hybrid), a typed result. The comparison
-(`pipeline.training_run`) runs any `Trainer` the same way: no branch on a model's name outside `trainer_for`.
+(`pipeline.training.run`) runs any `Trainer` the same way: no branch on a model's name outside `trainer_for`.
 
     TrainingInputs.load(sequences/, events/, fold) ──▶ trainer_for(name, pretrained).train(inputs, preset, context)
                                                      ──▶ TrainedModel (report row, params, pyfunc config + files, plots)
@@ -22,20 +22,28 @@ import torch
 
 from models import ModelConfig, build_model, canonical_encoder_name
 from pipeline import schema as S
-from pipeline.batches import SequenceDataset, make_loader, numeric_stats
-from pipeline.calibration import ThresholdRule
-from pipeline.gbdt import train_gbdt
-from pipeline.ingest import read_events
+from pipeline.sequences.batches import SequenceDataset, make_loader, numeric_stats
+from pipeline.scoring.calibration import ThresholdRule
+from pipeline.scoring.gbdt import train_gbdt
+from pipeline.ingest.files import read_events
 from pipeline.metrics import classification_metrics, plot_training_curves, roc_points
-from pipeline.model_card import ModelCard, card_metrics
-from pipeline.presets import RunPreset, fine_tune
-from pipeline.scoring import save_gbdt_artifacts, save_sequence_artifacts
-from pipeline.scoring_card import decision_metrics, fit_scoring_card
-from pipeline.sequences import MANIFEST_FILE, SEQUENCES_FILE, SPLIT_FILE, VOCAB_FILE, SequenceConfig, TableRules, Vocab
-from pipeline.splits import Split
+from pipeline.registry.model_card import ModelCard, card_metrics
+from pipeline.training.presets import RunPreset, fine_tune
+from pipeline.scoring.pyfunc import save_gbdt_artifacts, save_sequence_artifacts
+from pipeline.training.scoring_card import decision_metrics, fit_scoring_card
+from pipeline.sequences.table import (
+    MANIFEST_FILE,
+    SEQUENCES_FILE,
+    SPLIT_FILE,
+    VOCAB_FILE,
+    SequenceConfig,
+    TableRules,
+    Vocab,
+)
+from pipeline.sequences.splits import Split
 from pipeline.threads import hardware
-from pipeline.tracking import Tracker
-from pipeline.train import FitResult, MetricLogger, evaluate, fit, resolve_device
+from pipeline.registry.tracking import Tracker
+from pipeline.training.train import FitResult, MetricLogger, evaluate, fit, resolve_device
 
 # logged every epoch by `fit`: the run summary does not repeat them
 PER_EPOCH = frozenset({"mem/rss_peak_gib", "mem/cuda_peak_gib", "mem/cuda_reserved_gib",
@@ -207,7 +215,7 @@ class EncoderTrainer:
 
 @dataclass(frozen=True)
 class GBDTTrainer:
-    """Gradient boosting on per-customer aggregates (`pipeline.features`)."""
+    """Gradient boosting on per-customer aggregates (`pipeline.sequences.features`)."""
 
     name: str = "gbdt"
 
@@ -308,7 +316,7 @@ def _fit_encoder(name: str, data: TrainingInputs, preset: RunPreset, datasets: d
 
 
 def _load_init(uri: str, data: TrainingInputs) -> tuple[ModelConfig, dict]:
-    from pipeline.pretrain import load_pretrained
+    from pipeline.training.pretrain import load_pretrained
 
     cfg, state, _ = load_pretrained(uri, data.vocab)
     return cfg, state
@@ -372,8 +380,8 @@ def _train_gbdt(data: TrainingInputs, preset: RunPreset, run_id: str, run_dir: P
 def _train_hybrid(name: str, data: TrainingInputs, preset: RunPreset, init_uri: str, run_id: str,
                   run_dir: Path) -> TrainedModel:
     """The GBDT on [aggregate features | frozen CoLES embedding] of each customer; registered as its own pyfunc."""
-    from pipeline.embeddings import embed, embedding_frame, save_hybrid_artifacts
-    from pipeline.pretrain import load_pretrained
+    from pipeline.scoring.embeddings import embed, embedding_frame, save_hybrid_artifacts
+    from pipeline.training.pretrain import load_pretrained
 
     _, _, embedder = load_pretrained(init_uri, data.vocab)
     labels = (pl.read_parquet(data.sequences_dir / SEQUENCES_FILE, columns=[S.CUSTOMER_ID, S.GENDER])

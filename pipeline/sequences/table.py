@@ -33,10 +33,12 @@ from pathlib import Path
 import polars as pl
 
 from pipeline import schema
-from pipeline.ingest import IngestConfig, LabelSpec, ingest_rules, read_events, read_labels
+from pipeline.ingest.rules import IngestConfig
+from pipeline.ingest.labels import LabelSpec, read_labels
+from pipeline.ingest.files import ingest_rules, read_events
 from pipeline.io import atomic_path, sha256_file, write_text_atomic
-from pipeline.sources import weekday_of
-from pipeline.splits import Split, SplitConfig, make_split
+from pipeline.sources.mapping import weekday_of
+from pipeline.sequences.splits import Split, SplitConfig, make_split
 
 SEQUENCES_FILE = "sequences.parquet"
 VOCAB_FILE = "vocab.json"

@@ -4,10 +4,10 @@ register each as a pyfunc model, and write the report (Markdown table + quality-
     sequences/ (table, vocab, split) + events/ ──▶ for each model: nested run ─ fit ─ test ─ log ─ register ─ champion?
                                                 ──▶ data/runs/<run>/report.md, report.png (also on the parent run)
 
-Each version's champion decision is made as it is registered (`pipeline.registry`, rule in `pipeline.champion`). A
-model is identified by its fingerprint (sequences manifest digest, split id, fold, model config, preset): its
-checkpoints resume only under the same fingerprint, and a re-run of the same `--run` name reuses the version it
-already registered instead of registering the same model twice.
+Each version's champion decision is made as it is registered (`pipeline.registry.versions`, rule in
+`pipeline.registry.champion`). A model is identified by its fingerprint (sequences manifest digest, split id, fold,
+model config, preset): its checkpoints resume only under the same fingerprint, and a re-run of the same `--run` name
+reuses the version it already registered instead of registering the same model twice.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline import distributed
+from pipeline.training import distributed
 from pipeline import schema as S
-from pipeline.champion import ChampionRule
+from pipeline.registry.champion import ChampionRule
 from pipeline.metrics import plot_roc
-from pipeline.presets import DataProfile, RunPreset, get
-from pipeline.registry import (
+from pipeline.training.presets import DataProfile, RunPreset, get
+from pipeline.registry.versions import (
     FIT_IDS_ARTIFACT_DIR,
     FIT_IDS_FILE,
     TAG_FINGERPRINT,
@@ -40,15 +40,15 @@ from pipeline.registry import (
     decide_pending,
     write_fit_ids,
 )
-from pipeline.report import write_report
-from pipeline.scoring import log_model, score_with_model
-from pipeline.sequences import SEQUENCES_FILE, SPLIT_FILE, Vocab
+from pipeline.training.report import write_report
+from pipeline.scoring.pyfunc import log_model, score_with_model
+from pipeline.sequences.table import SEQUENCES_FILE, SPLIT_FILE, Vocab
 from pipeline.settings import Settings
-from pipeline.splits import Split
+from pipeline.sequences.splits import Split
 from pipeline.threads import apply_threads, choose_threads, loader_workers
-from pipeline.tracking import TAG_DECISION, TAG_SPLIT_ID, TAG_TEST_AUROC, Tracker, process_tags, setup
-from pipeline.train import resolve_device
-from pipeline.trainers import (
+from pipeline.registry.tracking import TAG_DECISION, TAG_SPLIT_ID, TAG_TEST_AUROC, Tracker, process_tags, setup
+from pipeline.training.train import resolve_device
+from pipeline.training.trainers import (
     EncoderTrainer,
     ModelResult,
     TrainContext,
@@ -58,7 +58,7 @@ from pipeline.trainers import (
 )
 
 log = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TAG_RUN_NAME = "txseq.run_name"  # on the parent and every nested run of one comparison (its checkpoints folder)
 
 
@@ -229,7 +229,7 @@ def _reuse(tracker: Tracker, plan: ComparisonPlan, name: str, version: str, run_
                        tracker.version(registered, version).tags.get(TAG_DECISION, ""))
 def _pretrained_encoders(uris: Sequence[str], vocab: Vocab) -> dict[str, str]:
     """encoder -> URI for each pretrained model (loaded once here: a wrong URI or vocabulary fails before training)."""
-    from pipeline.pretrain import load_pretrained
+    from pipeline.training.pretrain import load_pretrained
 
     out: dict[str, str] = {}
     for uri in uris:

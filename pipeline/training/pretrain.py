@@ -30,16 +30,16 @@ from models import ModelConfig, build_model, canonical_encoder_name
 from models.classifier import SequenceClassifier
 from models.coles import contrastive_loss, recall_at_k
 from pipeline import schema as S
-from pipeline.batches import SequenceDataset, make_slice_loader, numeric_stats
-from pipeline.embeddings import save_embedding_artifacts
+from pipeline.sequences.batches import SequenceDataset, make_slice_loader, numeric_stats
+from pipeline.scoring.embeddings import save_embedding_artifacts
 from pipeline.metrics import MemoryMonitor, Stopwatch, pyplot
-from pipeline.presets import RunPreset
-from pipeline.scoring import embedding_signature, log_model
-from pipeline.sequences import MANIFEST_FILE, SEQUENCES_FILE, SPLIT_FILE, VOCAB_FILE, TableRules, Vocab
+from pipeline.training.presets import RunPreset
+from pipeline.scoring.pyfunc import embedding_signature, log_model
+from pipeline.sequences.table import MANIFEST_FILE, SEQUENCES_FILE, SPLIT_FILE, VOCAB_FILE, TableRules, Vocab
 from pipeline.settings import Settings
-from pipeline.splits import Split
-from pipeline.tracking import TAG_SPLIT_ID, process_tags, setup
-from pipeline.train import MetricLogger, resolve_device, seed_everything
+from pipeline.sequences.splits import Split
+from pipeline.registry.tracking import TAG_SPLIT_ID, process_tags, setup
+from pipeline.training.train import MetricLogger, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -292,8 +292,8 @@ def _plot_pretraining(result: PretrainResult, path: Path, title: str) -> Path:
 def load_pretrained(model_uri: str, vocab: Vocab | None = None) -> tuple[ModelConfig, dict[str, torch.Tensor], Any]:
     """(model config, state dict, EmbeddingScorer) of a registered pretrained encoder; with `vocab`, refuses one
     whose vocabulary differs (its codes would mean other MCCs)."""
-    from pipeline.embeddings import EmbeddingScorer
-    from pipeline.scoring import load_batch_scorer
+    from pipeline.scoring.embeddings import EmbeddingScorer
+    from pipeline.scoring.pyfunc import load_batch_scorer
 
     scorer, _ = load_batch_scorer(model_uri)
     if not isinstance(scorer, EmbeddingScorer):

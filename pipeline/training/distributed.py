@@ -1,7 +1,8 @@
-"""Training on several processes or machines: the pieces `pipeline.train.fit` needs for DistributedDataParallel.
+"""Training on several processes or machines: the pieces `pipeline.training.train.fit` needs for
+DistributedDataParallel.
 
     txseq train --nproc N [--nnodes M --node-rank R --master-addr HOST] ...
-      └─ launch(): python -m torch.distributed.run ... -m pipeline.distributed '["train", ...]' (one run name)
+      └─ launch(): python -m torch.distributed.run ... -m pipeline.training.distributed '["train", ...]' (one run name)
            rank 0:   run_comparison (MLflow, registry, reports, checkpoints) with fit() under DDP
            rank > 0: follow_comparison: the same fit() calls, nothing written
 
@@ -158,7 +159,7 @@ def worker_argv(argv: Sequence[str]) -> list[str]:
 
 def launch(argv: Sequence[str], nproc: int, nnodes: int = 1, node_rank: int = 0, master_addr: str | None = None,
            master_port: int = 29500) -> int:
-    """Run `txseq <argv>` (`python -m pipeline.distributed '<argv as JSON>'`) as a torchrun job; returns its exit status. One node: a standalone
+    """Run `txseq <argv>` (`python -m pipeline.training.distributed '<argv as JSON>'`) as a torchrun job; returns its exit status. One node: a standalone
     rendezvous on a free port; several: `master_addr:master_port` (run the same command on every node with its
     `node_rank`)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--nnodes={nnodes}"]
@@ -167,7 +168,7 @@ def launch(argv: Sequence[str], nproc: int, nnodes: int = 1, node_rank: int = 0,
     else:
         cmd += [f"--node-rank={node_rank}", f"--master-addr={master_addr or '127.0.0.1'}", f"--master-port={master_port}"]
     # argv travels as one JSON argument: torchrun's parser would take "--run" for its "--run-path"
-    return subprocess.call([*cmd, "-m", "pipeline.distributed", json.dumps(list(argv))])
+    return subprocess.call([*cmd, "-m", "pipeline.training.distributed", json.dumps(list(argv))])
 
 
 if __name__ == "__main__":  # a torchrun worker: the CLI with the launcher's arguments

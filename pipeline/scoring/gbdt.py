@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 
 from pipeline import schema as S
-from pipeline.features import FeatureConfig, FeatureSpec, build_features, fit_feature_spec
+from pipeline.sequences.features import FeatureConfig, FeatureSpec, build_features, fit_feature_spec
 from pipeline.metrics import MemoryMonitor, classification_metrics
 
 if TYPE_CHECKING:  # scikit-learn loads only where a GBDT is built, saved or loaded: scoring a neural model skips it
@@ -120,7 +120,7 @@ class GBDTRun:
     metrics: dict[str, float]
     test_prob: np.ndarray
     test_label: np.ndarray
-    val_prob: np.ndarray | None = None  # for the decision threshold and calibration (pipeline.calibration)
+    val_prob: np.ndarray | None = None  # for the decision threshold and calibration (pipeline.scoring.calibration)
     val_label: np.ndarray | None = None
 
 

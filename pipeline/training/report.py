@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.metrics import plot_roc, pyplot
-from pipeline.trainers import ModelResult
+from pipeline.training.trainers import ModelResult
 
 
 def write_report(run_dir: Path, header: str, results: Sequence[ModelResult], registered_model: str,

@@ -5,7 +5,7 @@
 
 `EmbeddingScorer` is what a registered pretrained encoder's pyfunc returns (one row of embedding columns per
 customer); `HybridScorer` scores like every other model (customer_id, probability, prediction) from the GBDT's
-aggregate features with the frozen embeddings appended. Neither imports MLflow: `pipeline.scoring` builds them
+aggregate features with the frozen embeddings appended. Neither imports MLflow: `pipeline.scoring.pyfunc` builds them
 from artifacts.
 """
 
@@ -22,14 +22,14 @@ import torch
 
 from models import ModelConfig, build_model
 from pipeline import schema as S
-from pipeline.batches import SequenceDataset, make_loader
-from pipeline.calibration import NO_DECISION, Decision
-from pipeline.drift import Reference
-from pipeline.features import FeatureSpec, build_features
-from pipeline.gbdt import feature_matrix
-from pipeline.inference import InferenceConfig, embed_customers
-from pipeline.ingest import IngestConfig
-from pipeline.sequences import SequenceConfig, Vocab, build_sequences
+from pipeline.sequences.batches import SequenceDataset, make_loader
+from pipeline.scoring.calibration import NO_DECISION, Decision
+from pipeline.scoring.drift import Reference
+from pipeline.sequences.features import FeatureSpec, build_features
+from pipeline.scoring.gbdt import feature_matrix
+from pipeline.scoring.inference import InferenceConfig, embed_customers
+from pipeline.ingest.rules import IngestConfig
+from pipeline.sequences.table import SequenceConfig, Vocab, build_sequences
 
 EMBEDDING_PREFIX = "emb_"
 
@@ -77,7 +77,7 @@ class EmbeddingScorer:
     inference: InferenceConfig = InferenceConfig()
 
     def __call__(self, raw: pd.DataFrame | pl.DataFrame) -> pd.DataFrame:
-        from pipeline.scoring import raw_events  # scoring imports this module: import at call time
+        from pipeline.scoring.pyfunc import raw_events  # scoring imports this module: import at call time
 
         return self.score_events(raw_events(raw, self.ingest))
 
@@ -94,7 +94,7 @@ class EmbeddingScorer:
 @dataclass
 class HybridScorer:
     """Raw or validated events -> scores from the GBDT on [aggregate features | frozen encoder embedding], calibrated
-    and thresholded by the decision fitted on validation (as every other model's, `pipeline.calibration`)."""
+    and thresholded by the decision fitted on validation (as every other model's, `pipeline.scoring.calibration`)."""
 
     model: Any  # HistGradientBoostingClassifier
     spec: FeatureSpec
@@ -104,12 +104,12 @@ class HybridScorer:
     reference: Reference | None = None  # training-time statistics for the drift report
 
     def __call__(self, raw: pd.DataFrame | pl.DataFrame) -> pd.DataFrame:
-        from pipeline.scoring import raw_events
+        from pipeline.scoring.pyfunc import raw_events
 
         return self.score_events(raw_events(raw, self.ingest))
 
     def score_events(self, events: pl.LazyFrame) -> pd.DataFrame:
-        from pipeline.scoring import _scores
+        from pipeline.scoring.pyfunc import _scores
 
         features = build_features(events, self.spec).collect()
         ids = features[S.CUSTOMER_ID].to_numpy()
@@ -136,7 +136,7 @@ def save_hybrid_artifacts(out_dir: Path, gbdt: Any, spec: FeatureSpec, embedder:
                           **extra: Any) -> tuple[dict, dict[str, Path]]:
     """(config.json content, artifact files) of a hybrid model: the GBDT, its feature spec, the frozen encoder, the
     decision (threshold + calibration) and the drift reference."""
-    from pipeline.gbdt import save_gbdt
+    from pipeline.scoring.gbdt import save_gbdt
 
     emb_config, emb_files = save_embedding_artifacts(out_dir, embedder.model, embedder.model_config, embedder.vocab,
                                                      embedder.sequence, embedder.ingest, embedder.batch_size)
@@ -150,7 +150,7 @@ def save_hybrid_artifacts(out_dir: Path, gbdt: Any, spec: FeatureSpec, embedder:
 
 def load_embedding_kind(cfg: dict, artifacts: dict[str, str]) -> EmbeddingScorer | HybridScorer:
     """The live scorer of an `embedding` (pretrained encoder) or `hybrid` config.json with its artifact files."""
-    from pipeline.gbdt import load_gbdt
+    from pipeline.scoring.gbdt import load_gbdt
 
     model_config = ModelConfig.from_dict(cfg["model"])
     model = build_model(model_config)

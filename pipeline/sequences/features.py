@@ -21,7 +21,7 @@ from pathlib import Path
 import polars as pl
 
 from pipeline import schema as S
-from pipeline.sources import weekday_of
+from pipeline.sources.mapping import weekday_of
 
 
 @dataclass(frozen=True)

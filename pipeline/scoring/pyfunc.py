@@ -34,19 +34,20 @@ from mlflow.types.schema import AnyType, ColSpec, Schema
 
 from models import ModelConfig, build_model
 from pipeline import schema as S
-from pipeline.batches import SequenceDataset
-from pipeline.calibration import NO_DECISION, Decision
-from pipeline.drift import Reference
-from pipeline.features import FeatureSpec, build_features
-from pipeline.gbdt import feature_matrix, load_gbdt, save_gbdt
-from pipeline.inference import InferenceConfig, predict_proba
-from pipeline.ingest import IngestConfig, LabelSpec, validate
+from pipeline.sequences.batches import SequenceDataset
+from pipeline.scoring.calibration import NO_DECISION, Decision
+from pipeline.scoring.drift import Reference
+from pipeline.sequences.features import FeatureSpec, build_features
+from pipeline.scoring.gbdt import feature_matrix, load_gbdt, save_gbdt
+from pipeline.scoring.inference import InferenceConfig, predict_proba
+from pipeline.ingest.rules import IngestConfig, validate
+from pipeline.ingest.labels import LabelSpec
 from pipeline.io import first_line
-from pipeline.sources import DAY_NUMBER, EPOCH_MS, EPOCH_S, SBERBANK, SBERBANK_DAY, Source
-from pipeline.sequences import SequenceConfig, Vocab, build_sequences
-from pipeline.tracking import RegisteredVersion, Tracker, TrackingError, check_readable
+from pipeline.sources.mapping import DAY_NUMBER, EPOCH_MS, EPOCH_S, SBERBANK, SBERBANK_DAY, Source
+from pipeline.sequences.table import SequenceConfig, Vocab, build_sequences
+from pipeline.registry.tracking import RegisteredVersion, Tracker, TrackingError, check_readable
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CODE_PATHS = [str(ROOT / "pipeline"), str(ROOT / "models")]
 _MODEL_CODE = "from mlflow.models import set_model\nfrom pipeline.scoring import TxSeqModel\nset_model(TxSeqModel())\n"
 _REQUIREMENTS = ("torch", "polars", "pyarrow", "numpy", "pandas", "scikit-learn", "skops", "mlflow")
@@ -180,7 +181,7 @@ def load_scorer(artifacts: dict[str, str]) -> Any:
     """Live scorer from the artifact files (config.json says which kind)."""
     cfg = json.loads(Path(artifacts["config"]).read_text())
     if cfg["kind"] in ("embedding", "hybrid"):  # a pretrained encoder, or the GBDT on its embeddings
-        from pipeline.embeddings import load_embedding_kind
+        from pipeline.scoring.embeddings import load_embedding_kind
 
         return load_embedding_kind(cfg, artifacts)
     ingest = IngestConfig.from_dict(cfg["ingest"])
@@ -282,7 +283,7 @@ def score_with_model(model_uri: str, events: pl.LazyFrame) -> pd.DataFrame:
 
 
 def load_batch_scorer(model_uri: str, tracking_uri: str | None = None) -> tuple[Any, Any]:
-    """(scorer, `batch_scoring.ModelRef`) for a registered or logged model, for `pipeline.batch_scoring`.
+    """(scorer, `batch_scoring.ModelRef`) for a registered or logged model, for `pipeline.scoring.batch`.
 
     The scorer is the very object the pyfunc's `predict` calls (built once by `load_context`), taken unwrapped so
     that chunks skip pandas conversion and signature checks; `models:/<name>@<alias>` is resolved to its version so
@@ -291,7 +292,7 @@ def load_batch_scorer(model_uri: str, tracking_uri: str | None = None) -> tuple[
     Raises `ModelLoadError` (one line naming the URI and the problem, the cause chained) when the tracking store is
     missing or unreachable, the model, alias or version does not exist, or its artifacts do not load.
     """
-    from pipeline.batch_scoring import ModelRef
+    from pipeline.scoring.batch import ModelRef
     tracking_uri = tracking_uri or mlflow.get_tracking_uri()  # None: the store the caller set up
     if model_uri.startswith(("models:/", "runs:/")):  # these resolve through the tracking store
         try:

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from models.batch import Batch
 from models.encoders.base import pop_stats
-from pipeline import distributed
+from pipeline.training import distributed
 from pipeline.io import atomic_path
 from pipeline.metrics import MemoryMonitor, Stopwatch, classification_metrics
 
@@ -43,7 +43,7 @@ _RUNTIME_ONLY = frozenset({"progress", "device"})  # may differ between a run an
 
 
 class MetricLogger(Protocol):
-    """Where `fit` sends its per-epoch metrics (`pipeline.tracking.MlflowLogger` in production)."""
+    """Where `fit` sends its per-epoch metrics (`pipeline.registry.tracking.MlflowLogger` in production)."""
 
     def log(self, metrics: Mapping[str, float], step: int) -> None: ...
 
@@ -246,13 +246,13 @@ def fit(
     """Train `config.steps` optimiser steps with early stopping on val ROC AUC (checked every `eval_every` steps);
     resume from `checkpoint_dir/last.pt` if present.
 
-    `fingerprint` (what is trained: data, split, model config, preset; see `pipeline.training_run`) is stored in every
+    `fingerprint` (what is trained: data, split, model config, preset; see `pipeline.training.run`) is stored in every
     checkpoint; a checkpoint with another fingerprint is not resumed: it is moved aside (`replaced-<n>/`) with a
     warning that names what changed, and training starts fresh. On return the model holds the best evaluation's
     weights. Metrics go to `logger.log(metrics, step=<step>)`; `name` labels the progress bar and the log line of each
-    validation (logger `pipeline.train`, which the flows forward to Prefect).
-    In a torchrun job (`pipeline.distributed`) every rank calls `fit` alike: each trains on its slice of the global
-    batch under DDP, metrics are summed over the ranks (each rank's own under `rank<r>/`), and only rank 0 writes
+    validation (logger `pipeline.training.train`, which the flows forward to Prefect).
+    In a torchrun job (`pipeline.training.distributed`) every rank calls `fit` alike: each trains on its slice of the
+    global batch under DDP, metrics are summed over the ranks (each rank's own under `rank<r>/`), and only rank 0 writes
     checkpoints and moves a mismatched one aside (pass a logger on rank 0 only).
     """
     ddp = distributed.current()

@@ -1,7 +1,7 @@
 """Landing-folder scoring: each new file of a folder scored once, by one run, with a ledger of what was scored.
 
 A file is known by the sha256 of its content; `<out_dir>/_ledger/<sha16>.json` records that it was scored (by
-which model version, into which outputs), and a claim `<out_dir>/_claims/<sha16>.claim` (`pipeline.file_claim`)
+which model version, into which outputs), and a claim `<out_dir>/_claims/<sha16>.claim` (`pipeline.scoring.file_claim`)
 keeps two concurrent runs from scoring it twice. A file with a file-level problem is reported and tried again by the
 next run; the others are still scored.
 """
@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.batch_scoring import ModelRef, Scorer, ScoreConfig, ScoreResult, is_data_file, score_file
-from pipeline.file_claim import try_claim
-from pipeline.ingest import IngestError
+from pipeline.scoring.batch import ModelRef, Scorer, ScoreConfig, ScoreResult, is_data_file, score_file
+from pipeline.scoring.file_claim import try_claim
+from pipeline.ingest.rules import IngestError
 from pipeline.io import sha256_file, write_text_atomic
 
 

@@ -6,8 +6,8 @@
 - `Tracker.run(name, parent_run_id=...)`: one parent run per comparison, nested runs per model.
 - `MlflowLogger.log(metrics, step)`: the trainer's `MetricLogger`.
 - `Tracker.log_pyfunc(...)` logs and registers a pyfunc model; registry primitives (versions, tags, description,
-  the `champion` alias, a registry lock) serve `pipeline.registry`, which applies the champion rule of
-  `pipeline.champion`. No policy lives here. Aliases, never stages.
+  the `champion` alias, a registry lock) serve `pipeline.registry.versions`, which applies the champion rule of
+  `pipeline.registry.champion`. No policy lives here. Aliases, never stages.
 """
 
 from __future__ import annotations
@@ -154,7 +154,8 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 @dataclass
 class MlflowLogger:
-    """`pipeline.train.MetricLogger` writing to one run (non-finite values are skipped: MLflow charts cannot draw them)."""
+    """`pipeline.training.train.MetricLogger` writing to one run (non-finite values are skipped: MLflow charts cannot
+    draw them)."""
 
     client: MlflowClient
     run_id: str
@@ -278,7 +279,7 @@ class Tracker:
             self.client.set_model_version_tag(registered_model, version, key, str(value))
         return RegisteredVersion(registered_model, version, info.model_uri)
 
-    # --- registry primitives (the champion rule itself is `pipeline.champion`; `pipeline.registry` applies it) ---
+    # --- registry primitives (the champion rule itself is `pipeline.registry.champion`; `pipeline.registry.versions` applies it) ---
     def version(self, name: str, version: str) -> VersionInfo:
         return _info(self.client.get_model_version(name, str(version)))
 

@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from models import ENCODERS, EAMConfig, InfiniteFormerConfig, PerformerConfig, comparison_encoders
-from pipeline.features import FeatureConfig
-from pipeline.gbdt import GBDTConfig
-from pipeline.train import TrainConfig
+from pipeline.sequences.features import FeatureConfig
+from pipeline.scoring.gbdt import GBDTConfig
+from pipeline.training.train import TrainConfig
 
 ENCODER_MODELS: tuple[str, ...] = comparison_encoders()
 BACKBONE_LR_SCALE = 0.3  # a pretrained backbone's share of the LR when fine-tuned (`fine_tune`)
