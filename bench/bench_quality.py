@@ -115,7 +115,7 @@ def run_setting(args: argparse.Namespace, order_signal: float, tmp: Path, rows: 
     seq_path = seq_dir / SEQUENCES_FILE
     split, vocab = Split.load(seq_dir / SPLIT_FILE), Vocab.load(seq_dir / VOCAB_FILE)
     events = read_events(seq_dir.parent / "events")
-    labels = pl.read_parquet(seq_path, columns=[S.CUSTOMER_ID, S.GENDER]).filter(pl.col(S.GENDER).is_not_null())
+    labels = pl.read_parquet(seq_path, columns=[S.CUSTOMER_ID, S.LABEL]).filter(pl.col(S.LABEL).is_not_null())
     test_ids = np.asarray(split.test_ids, dtype=np.int64)
     pool = np.asarray(split.trainval_ids, dtype=np.int64)
     budgets = sorted({len(pool) if b == "all" else min(int(b), len(pool)) for b in args.budgets})

@@ -87,7 +87,7 @@ def worker(workload: str, setting: str, data: Path) -> dict:
     if workload == "gbdt":
         from pipeline.scoring.gbdt import train_gbdt
 
-        labels = pl.read_parquet(data / "sequences" / "sequences.parquet", columns=[S.CUSTOMER_ID, S.GENDER]).drop_nulls()
+        labels = pl.read_parquet(data / "sequences" / "sequences.parquet", columns=[S.CUSTOMER_ID, S.LABEL]).drop_nulls()
         events = read_events(data / "events")
         c0, t0 = cpu_s(), time.perf_counter()
         run = train_gbdt(events, labels, ids, preset.gbdt)

@@ -78,7 +78,7 @@ def score_landing_task(model_uri: str, landing_dir: Path, out_dir: Path, p: Land
     return result
 
 
-def _log_scoring_run(result: ScoreResult, model) -> None:  # noqa: ANN001 - batch_scoring.ModelRef
+def _log_scoring_run(result: ScoreResult, model) -> None:  # noqa: ANN001 - batch.ModelRef
     """The scoring run in MLflow; the scores are written already, so a tracking hiccup is a warning, not a retry."""
     try:
         log_scoring_run(result, model, load_settings().tracking_uri)

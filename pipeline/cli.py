@@ -272,8 +272,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             rule = str(ThresholdRule.parse(args.threshold_rule))
         except ValueError as e:
             p.error(str(e))
-        preset = replace(resolve_preset(args.preset, args.sequences or settings.sequences_dir, args.fold,
-                                        steps=args.steps, device=args.device), threshold_rule=rule)
+        try:  # the auto preset reads the sequences table: a wrong or outdated one fails here, before any training
+            preset = replace(resolve_preset(args.preset, args.sequences or settings.sequences_dir, args.fold,
+                                            steps=args.steps, device=args.device), threshold_rule=rule)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
         if (args.nproc > 1 or args.nnodes > 1) and torchrun_env() is None:  # the launcher: one run name for all
             if args.nnodes > 1 and not args.master_addr:
@@ -418,10 +422,16 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
         from pipeline.engines import score_file_with
         from pipeline.engines.spark import SparkError
         from pipeline.settings import load_settings
-        from pipeline.scoring.batch import ScoreConfig, check_inputs, default_rejects_path, summary_markdown
-        from pipeline.scoring.landing import LandingConfig, landing_files, pending_files, score_landing
-        from pipeline.ingest.rules import IngestError
+        from pipeline.ingest.rules import IngestConfig, IngestError
         from pipeline.io import PathError, check_io_paths
+        from pipeline.scoring.batch import (
+            ScoreConfig,
+            check_input_columns,
+            check_inputs,
+            default_rejects_path,
+            summary_markdown,
+        )
+        from pipeline.scoring.landing import LandingConfig, landing_files, pending_files, score_landing
 
         if (args.input is None) == (args.landing is None):
             p.error("give either --input with --output, or --landing with --out-dir")
@@ -429,13 +439,19 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
             p.error("--input needs --output; --landing needs --out-dir")
         if args.landing and args.engine != "polars":
             p.error("--landing scores with --engine polars only (each landing file is small); use --input for Spark")
+        model_uri = args.model or f"models:/{load_settings().registered_model}@champion"
         try:
-            # Paths and the input's header/footer are checked before the (slow) model load.
+            # Paths, the input's header/footer and its columns are checked before the (slow) model load.
             if args.input:
                 (source,), (output, _) = check_io_paths([args.input], [args.output, default_rejects_path(args.output)])
                 if output.is_dir():
                     raise PathError(f"{output}: is a folder; --output names the scores Parquet file")
-                check_inputs(source)
+                files = check_inputs(source)
+                from pipeline.registry.tracking import stored_model_config
+
+                stored = stored_model_config(model_uri, load_settings().tracking_uri)  # config.json alone: no torch
+                if stored is not None:  # the model's export format; None: the model load says what is wrong
+                    check_input_columns(files, IngestConfig.from_dict(stored.get("ingest", {})))
             else:
                 (landing_dir,), (out_dir,) = check_io_paths([args.landing], [args.out_dir])
                 if not pending_files(landing_dir, out_dir, args.min_age_s):  # nothing new: no model to load
@@ -444,9 +460,6 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
                     return 0
             from pipeline.scoring.pyfunc import ModelLoadError, load_batch_scorer
 
-            from pipeline.settings import load_settings
-
-            model_uri = args.model or f"models:/{load_settings().registered_model}@champion"
             try:
                 scorer, model = load_batch_scorer(model_uri, load_settings().tracking_uri)
             except ModelLoadError as e:  # a missing model/alias/version or an unreachable store: one line, exit 2
@@ -477,7 +490,7 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=handler)
 
 
-def _report_drift(result, model) -> None:  # noqa: ANN001 - batch_scoring.ScoreResult, ModelRef
+def _report_drift(result, model) -> None:  # noqa: ANN001 - batch.ScoreResult, ModelRef
     """The drift warning line (stderr) or a stability line, and the scoring run in MLflow."""
     from pipeline.scoring.pyfunc import log_scoring_run
     from pipeline.settings import load_settings

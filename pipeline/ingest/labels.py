@@ -39,7 +39,7 @@ class LabelSpec:
 
 
 def read_labels(path: str | Path, spec: LabelSpec = LabelSpec()) -> pl.DataFrame:
-    """The labels file -> customer_id (Int64), gender (Int8: the binary target, 1 = `spec.positive`), file order.
+    """The labels file -> customer_id (Int64), label (Int8: the binary target, 1 = `spec.positive`), file order.
 
     Labels are few and every one matters, so there is no labels rejects file: any bad row (missing or non-integer
     id, a value that is neither positive nor negative, an id repeated with another label) or a missing column fails
@@ -86,4 +86,4 @@ def read_labels(path: str | Path, spec: LabelSpec = LabelSpec()) -> pl.DataFrame
     if spec.negative is None and checked["_target"].sum() == 0:  # a mistyped positive value
         raise IngestError(f"{path}: no row has {spec.column} = {spec.positive!r} (the positive value)")
     return checked.unique("_id", keep="first", maintain_order=True).select(
-        pl.col("_id").alias(schema.CUSTOMER_ID), pl.col("_target").alias(schema.GENDER))
+        pl.col("_id").alias(schema.CUSTOMER_ID), pl.col("_target").alias(schema.LABEL))

@@ -53,7 +53,7 @@ class Comparison:
     newcomer: Contender
     incumbent: Contender
     customer_ids: tuple[int, ...]
-    labels: tuple[int, ...]  # gender of each customer, same order
+    labels: tuple[int, ...]  # label of each customer, same order
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def plan(newcomer: Contender, incumbent: Contender | None, labels: Mapping[int, 
          rule: ChampionRule = ChampionRule()) -> Decision | Comparison:
     """Decide at once when no scoring is needed (or possible), else name the customers to score both models on.
 
-    `labels`: customer id -> gender of every labelled customer the caller can score (its current data)."""
+    `labels`: customer id -> label of every labelled customer the caller can score (its current data)."""
     if incumbent is None:
         return Decision(True, f"v{newcomer.version}: first champion")
     if incumbent.version == newcomer.version:

@@ -1,4 +1,4 @@
-"""MLflow behind a small interface: the only MLflow importer in `pipeline/` besides `scoring.py`.
+"""MLflow behind a small interface: the only MLflow importer in `pipeline/` besides `pipeline.scoring.pyfunc`.
 
 - `setup(settings)` checks the tracking store and the artifact folder first (`preflight`: an unreachable server or a
   read-only store fails here with a clear `TrackingError`, before any training starts), then opens the experiment
@@ -119,6 +119,23 @@ def check_readable(tracking_uri: str, timeout_s: float = 5.0) -> None:
             raise TrackingError(f"MLflow tracking database {db} is not readable")
     elif scheme in {"http", "https"}:
         _check_server(tracking_uri, timeout_s)
+
+
+def stored_model_config(model_uri: str, tracking_uri: str) -> dict | None:
+    """The config.json of a logged or registered txseq model (its kind, ingest rules with the export format, label),
+    read alone: no weights, no torch. None when it cannot be read that way (a missing model or version, an
+    unreachable store: loading the model then says why)."""
+    import json
+
+    try:
+        if model_uri.startswith(("models:/", "runs:/")):  # these resolve through the store: never create one
+            check_readable(tracking_uri)
+        with tempfile.TemporaryDirectory(prefix="txseq-config-") as tmp:
+            path = mlflow.artifacts.download_artifacts(f"{model_uri.rstrip('/')}/artifacts/config.json", dst_path=tmp,
+                                                       tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            return json.loads(Path(path).read_text())
+    except Exception:  # noqa: BLE001 - an early look only: the model load reports the real problem
+        return None
 
 
 @contextmanager

@@ -96,7 +96,7 @@ class PyfuncScorer:
 
 @dataclass(frozen=True)
 class DecisionData:
-    """What the rule needs from the caller's data: labelled customers (id -> gender) and a scorer over them."""
+    """What the rule needs from the caller's data: labelled customers (id -> label) and a scorer over them."""
 
     labels: Mapping[int, int]
     scorer: Callable[[str, tuple[int, ...]], tuple[np.ndarray, int]]

@@ -187,8 +187,7 @@ def check_inputs(source: Path, ingest: IngestConfig | None = None) -> list[Path]
         except TableError as e:
             raise IngestError(str(e)) from e
         if ingest is not None:
-            check_columns([n.strip().lstrip("\ufeff") for n in found.names()], str(f), allow_extra=True,
-                          dtypes={n.strip().lstrip("\ufeff"): t for n, t in found.items()}, source=ingest.source)
+            _check_columns(found, f, ingest)
     try:
         if is_parquet(files[0]):  # a Parquet file or folder: the footers hold the row counts
             empty = pl.scan_parquet(files).select(pl.len()).collect().item() == 0
@@ -199,6 +198,22 @@ def check_inputs(source: Path, ingest: IngestConfig | None = None) -> list[Path]
     if empty:
         raise IngestError(f"{source}: no data rows (header only)")
     return files
+
+
+def check_input_columns(files: Sequence[Path], ingest: IngestConfig) -> None:
+    """Each file's header or Parquet schema has the columns of the model's export format (`ingest.source`), none
+    nested: an IngestError names the file and the missing column. Reads no rows."""
+    for f in files:
+        try:
+            found = scan_table(f, ingest.source.delimiter).collect_schema()
+        except TableError as e:
+            raise IngestError(str(e)) from e
+        _check_columns(found, f, ingest)
+
+
+def _check_columns(found: pl.Schema, path: Path, ingest: IngestConfig) -> None:
+    names = {n.strip().lstrip("\ufeff"): t for n, t in found.items()}
+    check_columns(list(names), str(path), allow_extra=True, dtypes=names, source=ingest.source)
 
 
 def _csv_has_a_row(path: Path) -> bool:

@@ -133,7 +133,7 @@ def train_gbdt(
 ) -> GBDTRun:
     """Features (spec fitted on the training customers) -> fit with validation early stopping -> test metrics.
 
-    `labels`: customer_id + gender; `split_ids`: (train, val, test) customer ids; `extra_features`: customer_id +
+    `labels`: customer_id + label; `split_ids`: (train, val, test) customer ids; `extra_features`: customer_id +
     more columns appended to the aggregates (the hybrid model's frozen embeddings).
     """
     train_ids, val_ids, test_ids = (np.asarray(a, dtype=np.int64) for a in split_ids)
@@ -145,7 +145,7 @@ def train_gbdt(
     features = build_features(events.filter(pl.col(S.CUSTOMER_ID).is_in(wanted)), spec).collect()
     if extra_features is not None:
         features = features.join(extra_features, on=S.CUSTOMER_ID, how="left")
-    y = dict(zip(labels[S.CUSTOMER_ID].to_list(), labels[S.GENDER].to_list(), strict=True))
+    y = dict(zip(labels[S.CUSTOMER_ID].to_list(), labels[S.LABEL].to_list(), strict=True))
     unlabelled = sorted({int(i) for i in wanted.to_list()} - y.keys())
     if unlabelled:  # a split over customers the labels (or the sequences table) do not hold: say so, not KeyError
         raise ValueError(f"{len(unlabelled)} customers of the split have no label (e.g. {unlabelled[:5]}); "

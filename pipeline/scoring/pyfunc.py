@@ -283,7 +283,7 @@ def score_with_model(model_uri: str, events: pl.LazyFrame) -> pd.DataFrame:
 
 
 def load_batch_scorer(model_uri: str, tracking_uri: str | None = None) -> tuple[Any, Any]:
-    """(scorer, `batch_scoring.ModelRef`) for a registered or logged model, for `pipeline.scoring.batch`.
+    """(scorer, `batch.ModelRef`) for a registered or logged model, for `pipeline.scoring.batch`.
 
     The scorer is the very object the pyfunc's `predict` calls (built once by `load_context`), taken unwrapped so
     that chunks skip pandas conversion and signature checks; `models:/<name>@<alias>` is resolved to its version so
@@ -311,7 +311,7 @@ def load_batch_scorer(model_uri: str, tracking_uri: str | None = None) -> tuple[
 
 
 def log_scoring_run(result: Any, model: Any, tracking_uri: str | None = None) -> str | None:
-    """Record one scored batch (`batch_scoring.ScoreResult` by `batch_scoring.ModelRef`) as a finished run named
+    """Record one scored batch (`batch.ScoreResult` by `batch.ModelRef`) as a finished run named
     `score <output>` in the experiment of the run that logged the model: counts and throughput, PSI per feature,
     unknown-code shares and the mean probability as metrics, the drift JSON and PNG as artifacts. Returns its run
     id; None for a model with no MLflow run behind it."""

@@ -14,10 +14,10 @@ may crop sequences longer than `crop_len` to a random contiguous window (as ptls
 
     >>> import polars as pl
     >>> from pipeline import schema
-    >>> table = pl.DataFrame({"customer_id": [1, 2], "gender": [0, None], "length": [2, 1],
+    >>> table = pl.DataFrame({"customer_id": [1, 2], "label": [0, None], "length": [2, 1],
     ...     "event_time": [[0.5, 1.0], [3.0]], "mcc": [[2, 3], [4]], "tr_type_code": [[2, 2], [1]],
     ...     "amount_log": [[1.0, -1.0], [0.5]], "hour": [[1.0, 2.0], [3.0]], "weekday": [[0.0, 1.0], [3.0]],
-    ...     "log_dt": [[0.0, 2.5], [0.0]]}, schema_overrides={"gender": pl.Int8})
+    ...     "log_dt": [[0.0, 2.5], [0.0]]}, schema_overrides={"label": pl.Int8})
     >>> batch = next(iter(make_loader(table, batch_size=2, bucket=False)))
     >>> batch.mcc.tolist(), batch.valid.tolist(), batch.label.tolist()
     ([[2, 3], [4, 0]], [[True, True], [True, False]], [0.0, nan])
@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from models.batch import Batch
 from pipeline import schema
+from pipeline.sequences.table import check_sequences_columns
 
 _LIST_COLUMNS: tuple[str, ...] = (schema.SEQ_EVENT_TIME, *schema.SEQ_CATEGORICAL, *schema.SEQ_NUMERIC)
 
@@ -50,7 +51,8 @@ def _as_table(source: pa.Table | pl.DataFrame | str | Path) -> pa.Table:
     path = Path(source)
     if path.is_dir() and (path / "sequences.parquet").exists():  # a sequences folder (the table may be a folder too)
         path = path / "sequences.parquet"
-    return pq.read_table(path, columns=[schema.CUSTOMER_ID, schema.GENDER, *_LIST_COLUMNS])
+    check_sequences_columns(pq.ParquetDataset(path).schema.names, path)
+    return pq.read_table(path, columns=[schema.CUSTOMER_ID, schema.LABEL, *_LIST_COLUMNS])
 
 
 def _flat(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
@@ -76,8 +78,8 @@ class SequenceDataset(Dataset):
             wanted = pa.array(np.unique(np.asarray(list(customer_ids), dtype=np.int64)))
             table = table.filter(pc.is_in(table[schema.CUSTOMER_ID].cast(pa.int64()), value_set=wanted))
         self.customer_id = torch.from_numpy(table[schema.CUSTOMER_ID].to_numpy().astype(np.int64))
-        gender = table[schema.GENDER].cast(pa.float32()).to_numpy(zero_copy_only=False)  # nulls -> NaN
-        self.label = torch.from_numpy(np.array(gender, dtype=np.float32))  # a writable copy
+        label = table[schema.LABEL].cast(pa.float32()).to_numpy(zero_copy_only=False)  # nulls -> NaN
+        self.label = torch.from_numpy(np.array(label, dtype=np.float32))  # a writable copy
         flats = {c: _flat(table[c]) for c in _LIST_COLUMNS}
         offsets = flats[schema.SEQ_EVENT_TIME][1]
         for c, (_, off) in flats.items():

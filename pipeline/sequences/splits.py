@@ -4,7 +4,7 @@ A fixed, seeded, stratified 10 % of the labelled customers is the test set; the 
 (fold k = validation ids of run k; the other K-1 folds train). The split is a plain JSON file with a content hash
 (`split_id`), so a run can record exactly which split it used.
 
-    >>> labels = pl.DataFrame({"customer_id": range(100), "gender": [i % 2 for i in range(100)]})
+    >>> labels = pl.DataFrame({"customer_id": range(100), "label": [i % 2 for i in range(100)]})
     >>> split = make_split(labels, SplitConfig(test_fraction=0.1, n_folds=5, seed=1))
     >>> len(split.test_ids), len(split.val_ids(0)), len(split.train_ids(0))
     (10, 18, 72)
@@ -99,24 +99,24 @@ class Split:
 
 
 def make_split(labels: pl.DataFrame, config: SplitConfig = SplitConfig()) -> Split:
-    """Stratified test set + K stratified folds over the labelled customers in `labels` (customer_id, gender).
+    """Stratified test set + K stratified folds over the labelled customers in `labels` (customer_id, label).
 
     Deterministic in (set of labelled customers, their labels, config): input row order does not matter. Per class,
     ids are sorted and permuted with the seeded generator; the first ~test_fraction of them go to test (`_test_quota`), the
     rest are dealt round-robin into the folds, so each fold's class balance is within one customer of the others'.
     """
-    df = labels.select(pl.col(schema.CUSTOMER_ID).cast(pl.Int64), pl.col(schema.GENDER).cast(pl.Int64))
-    if df[schema.CUSTOMER_ID].null_count() or df[schema.GENDER].null_count():
-        raise ValueError("labels contain null customer ids or genders")
+    df = labels.select(pl.col(schema.CUSTOMER_ID).cast(pl.Int64), pl.col(schema.LABEL).cast(pl.Int64))
+    if df[schema.CUSTOMER_ID].null_count() or df[schema.LABEL].null_count():
+        raise ValueError("labels contain null customer ids or labels")
     if df[schema.CUSTOMER_ID].n_unique() != df.height:
         raise ValueError("labels contain duplicate customer ids")
     rng = np.random.default_rng(config.seed)
     test: list[np.ndarray] = []
     folds: list[list[np.ndarray]] = [[] for _ in range(config.n_folds)]
     offset = 0  # continue the round-robin across classes so fold sizes stay balanced overall
-    classes = sorted(df[schema.GENDER].unique().to_list())
+    classes = sorted(df[schema.LABEL].unique().to_list())
     for cls, n_test in zip(classes, _test_quota(df, classes, config.test_fraction)):
-        ids = np.sort(df.filter(pl.col(schema.GENDER) == cls)[schema.CUSTOMER_ID].to_numpy())
+        ids = np.sort(df.filter(pl.col(schema.LABEL) == cls)[schema.CUSTOMER_ID].to_numpy())
         ids = ids[rng.permutation(len(ids))]
         test.append(ids[:n_test])
         rest = ids[n_test:]
@@ -133,7 +133,7 @@ def make_split(labels: pl.DataFrame, config: SplitConfig = SplitConfig()) -> Spl
 def _test_quota(df: pl.DataFrame, classes: list[int], fraction: float) -> list[int]:
     """Test-set size per class: round(fraction * n) in total, shared by largest remainder (so 10 % of 50 is 5
     even when each class's exact share is 2.5)."""
-    sizes = np.array([int((df[schema.GENDER] == c).sum()) for c in classes], dtype=np.int64)
+    sizes = np.array([int((df[schema.LABEL] == c).sum()) for c in classes], dtype=np.int64)
     exact = fraction * sizes
     quota = np.floor(exact).astype(np.int64)
     left = int(np.floor(fraction * sizes.sum() + 0.5)) - int(quota.sum())

@@ -239,7 +239,7 @@ def event_features(events: pl.LazyFrame, vocab: Vocab) -> tuple[pl.LazyFrame, li
 
 
 SEQUENCE_COLUMNS: tuple[str, ...] = (
-    schema.CUSTOMER_ID, schema.GENDER, schema.SEQ_LENGTH, schema.SEQ_TOTAL, schema.SEQ_EVENT_TIME,
+    schema.CUSTOMER_ID, schema.LABEL, schema.SEQ_LENGTH, schema.SEQ_TOTAL, schema.SEQ_EVENT_TIME,
     *schema.SEQ_CATEGORICAL, *schema.SEQ_NUMERIC,
 )
 
@@ -253,8 +253,8 @@ def build_sequences(
     """One row per customer (sorted by customer_id) with the latest `max_len` events as list columns.
 
     `events` follows `schema.EVENTS_SCHEMA` (only customer_id, event_time, day, second_of_day, weekday, mcc_code,
-    tr_type, amount are required; source_file/source_row break ties when present). `labels` (customer_id, gender) is
-    left-joined: customers without a label keep a null gender.
+    tr_type, amount are required; source_file/source_row break ties when present). `labels` (customer_id, label) is
+    left-joined: customers without a label keep a null label.
 
     `events` is executed twice: a small pre-pass for the sort key (`order_keys`), then the build. That is cheap on a
     Parquet scan; when `events` is an expensive lazy query (e.g. validation of raw rows), pass it materialised
@@ -281,10 +281,10 @@ def build_sequences(
         .with_columns(pl.min_horizontal(pl.col(schema.SEQ_TOTAL), pl.lit(n, pl.Int32)).alias(schema.SEQ_LENGTH))
     )
     if labels is not None:
-        lab = labels.lazy().select(pl.col(schema.CUSTOMER_ID).cast(pl.Int64), pl.col(schema.GENDER).cast(pl.Int8))
+        lab = labels.lazy().select(pl.col(schema.CUSTOMER_ID).cast(pl.Int64), pl.col(schema.LABEL).cast(pl.Int8))
         out = out.join(lab, on=schema.CUSTOMER_ID, how="left")
     else:
-        out = out.with_columns(pl.lit(None, pl.Int8).alias(schema.GENDER))
+        out = out.with_columns(pl.lit(None, pl.Int8).alias(schema.LABEL))
     return out.select(SEQUENCE_COLUMNS).sort(schema.CUSTOMER_ID).collect()
 
 
@@ -368,7 +368,7 @@ class SequencesResult:
 def labels_or_none(labels_path: str | Path | None, label: LabelSpec = LabelSpec()) -> pl.DataFrame:
     """The labels file read and checked, or an empty labels table (all customers unlabelled)."""
     if labels_path is None:
-        return pl.DataFrame(schema={schema.CUSTOMER_ID: pl.Int64, schema.GENDER: pl.Int8})
+        return pl.DataFrame(schema={schema.CUSTOMER_ID: pl.Int64, schema.LABEL: pl.Int8})
     return read_labels(labels_path, label)
 
 
@@ -419,6 +419,22 @@ def run_sequences(
                             label=label)
 
 
+def check_sequences_columns(names: Sequence[str], path: str | Path) -> None:
+    """Refuse a sequences table without the target column `label`: one written before it was renamed (its `gender`
+    column) would otherwise be read as a table with no labelled customer."""
+    if schema.LABEL not in names:
+        found = f"; it has `{schema.GENDER}`: written by an earlier txseq" if schema.GENDER in names else ""
+        raise ValueError(f"{path}: a sequences table without the `{schema.LABEL}` column{found}; rebuild it with "
+                         "`txseq sequences`")
+
+
+def scan_sequences(path: str | Path) -> pl.LazyFrame:
+    """The sequences table at `path` (a file, or a folder of parts), checked by `check_sequences_columns`."""
+    lf = pl.scan_parquet(path)
+    check_sequences_columns(lf.collect_schema().names(), path)
+    return lf
+
+
 PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 1}
 
 
@@ -456,7 +472,7 @@ def record_sequences(
     split_path = split.save(out_dir / SPLIT_FILE)
     counts = pl.scan_parquet(seq_path).select(
         pl.len().alias("customers"),
-        pl.col(schema.GENDER).is_not_null().sum().alias("labelled"),
+        pl.col(schema.LABEL).is_not_null().sum().alias("labelled"),
         pl.col(schema.SEQ_TOTAL).cast(pl.Int64).sum().alias("total"),
         pl.col(schema.SEQ_LENGTH).cast(pl.Int64).sum().alias("kept"),
         (pl.col(schema.SEQ_TOTAL) > pl.col(schema.SEQ_LENGTH)).sum().alias("truncated"),

@@ -42,7 +42,7 @@ from pipeline.registry.versions import (
 )
 from pipeline.training.report import write_report
 from pipeline.scoring.pyfunc import log_model, score_with_model
-from pipeline.sequences.table import SEQUENCES_FILE, SPLIT_FILE, Vocab
+from pipeline.sequences.table import SEQUENCES_FILE, SPLIT_FILE, Vocab, scan_sequences
 from pipeline.settings import Settings
 from pipeline.sequences.splits import Split
 from pipeline.threads import apply_threads, choose_threads, loader_workers
@@ -140,10 +140,10 @@ def data_profile(sequences_dir: Path, fold: int = 0) -> DataProfile:
     from."""
     split = Split.load(Path(sequences_dir) / SPLIT_FILE)
     ids = pl.Series(split.train_ids(fold), dtype=pl.Int64)
-    rows = (pl.scan_parquet(Path(sequences_dir) / SEQUENCES_FILE)
-            .filter(pl.col(S.CUSTOMER_ID).is_in(ids) & pl.col(S.GENDER).is_not_null())
+    rows = (scan_sequences(Path(sequences_dir) / SEQUENCES_FILE)
+            .filter(pl.col(S.CUSTOMER_ID).is_in(ids) & pl.col(S.LABEL).is_not_null())
             .select(pl.len().alias("n"), pl.col(S.SEQ_LENGTH).sum().alias("events"),
-                    (pl.col(S.GENDER) == 1).sum().alias("pos"))
+                    (pl.col(S.LABEL) == 1).sum().alias("pos"))
             .collect().row(0))
     return DataProfile(n_labelled=int(rows[0]), n_events=int(rows[1] or 0), n_positive=int(rows[2] or 0))
 

@@ -39,6 +39,7 @@ from pipeline.sequences.table import (
     SequenceConfig,
     TableRules,
     Vocab,
+    scan_sequences,
 )
 from pipeline.sequences.splits import Split
 from pipeline.threads import hardware
@@ -117,8 +118,8 @@ class TrainingInputs:
     def load(cls, sequences_dir: Path, events_dir: Path, fold: int) -> TrainingInputs:
         manifest = json.loads((sequences_dir / MANIFEST_FILE).read_text()) if (sequences_dir / MANIFEST_FILE).exists() else {}
         rules = TableRules.of(manifest)
-        labelled = (pl.read_parquet(sequences_dir / SEQUENCES_FILE, columns=[S.CUSTOMER_ID, S.GENDER])
-                    .filter(pl.col(S.GENDER).is_not_null()).sort(S.CUSTOMER_ID))
+        labelled = (scan_sequences(sequences_dir / SEQUENCES_FILE).select(S.CUSTOMER_ID, S.LABEL)
+                    .filter(pl.col(S.LABEL).is_not_null()).sort(S.CUSTOMER_ID).collect())
         return cls(
             sequences_dir=sequences_dir,
             events=read_events(Path(events_dir)),
@@ -127,7 +128,7 @@ class TrainingInputs:
             vocab=Vocab.load(sequences_dir / VOCAB_FILE),
             rules=rules,
             manifest_sha256=_sha256(sequences_dir / MANIFEST_FILE),
-            labels=dict(zip(labelled[S.CUSTOMER_ID].to_list(), labelled[S.GENDER].to_list(), strict=True)),
+            labels=dict(zip(labelled[S.CUSTOMER_ID].to_list(), labelled[S.LABEL].to_list(), strict=True)),
             counts=TableCounts.of(manifest.get("counts", {})),
         )
 
@@ -363,8 +364,8 @@ def _train_encoder(name: str, data: TrainingInputs, preset: RunPreset, datasets:
 
 
 def _train_gbdt(data: TrainingInputs, preset: RunPreset, run_id: str, run_dir: Path) -> TrainedModel:
-    labels = pl.DataFrame({S.CUSTOMER_ID: list(data.labels), S.GENDER: list(data.labels.values())},
-                          schema={S.CUSTOMER_ID: pl.Int64, S.GENDER: pl.Int8})
+    labels = pl.DataFrame({S.CUSTOMER_ID: list(data.labels), S.LABEL: list(data.labels.values())},
+                          schema={S.CUSTOMER_ID: pl.Int64, S.LABEL: pl.Int8})
     run = train_gbdt(data.events, labels, data.ids, preset.gbdt)
     scoring = fit_scoring_card(data.events, data.ids[0], run.val_label, run.val_prob, run.test_prob,
                           ThresholdRule.parse(preset.threshold_rule))
@@ -384,8 +385,8 @@ def _train_hybrid(name: str, data: TrainingInputs, preset: RunPreset, init_uri: 
     from pipeline.training.pretrain import load_pretrained
 
     _, _, embedder = load_pretrained(init_uri, data.vocab)
-    labels = (pl.read_parquet(data.sequences_dir / SEQUENCES_FILE, columns=[S.CUSTOMER_ID, S.GENDER])
-              .filter(pl.col(S.GENDER).is_not_null()))
+    labels = (scan_sequences(data.sequences_dir / SEQUENCES_FILE).select(S.CUSTOMER_ID, S.LABEL)
+              .filter(pl.col(S.LABEL).is_not_null()).collect())
     ids = [i for part in data.ids for i in part]
     t0 = time.perf_counter()
     emb = embedding_frame(*embed(embedder.model, SequenceDataset(data.sequences_dir / SEQUENCES_FILE, ids),

@@ -24,7 +24,7 @@ def _table(lengths, seed=0, genders=None) -> pl.DataFrame:
     n = len(lengths)
     rows = {
         schema.CUSTOMER_ID: [100 + i for i in range(n)],
-        schema.GENDER: genders if genders is not None else [int(g) if g < 2 else None for g in rng.integers(0, 3, n)],
+        schema.LABEL: genders if genders is not None else [int(g) if g < 2 else None for g in rng.integers(0, 3, n)],
         schema.SEQ_LENGTH: list(lengths),
         schema.SEQ_TOTAL: list(lengths),
         schema.SEQ_EVENT_TIME: [[1000.0 * i + p for p in range(L)] for i, L in enumerate(lengths)],

@@ -36,7 +36,7 @@ def hybrid(tmp_path_factory: pytest.TempPathFactory):
     vocab = Vocab.load(data.sequences / VOCAB_FILE)
     split = Split.load(data.sequences / SPLIT_FILE)
     seq = data.sequences / SEQUENCES_FILE
-    labels = pl.read_parquet(seq, columns=[S.CUSTOMER_ID, S.GENDER]).filter(pl.col(S.GENDER).is_not_null())
+    labels = pl.read_parquet(seq, columns=[S.CUSTOMER_ID, S.LABEL]).filter(pl.col(S.LABEL).is_not_null())
     labelled = set(labels[S.CUSTOMER_ID].to_list())
     ids = tuple(np.array([i for i in part if i in labelled]) for part in
                 (split.train_ids(0), split.val_ids(0), split.test_ids))

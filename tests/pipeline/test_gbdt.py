@@ -38,7 +38,7 @@ def _events(n_customers: int = 120, seed: int = 0) -> tuple[pl.LazyFrame, pl.Dat
         rows[S.TR_TYPE] += rng.choice([1010, 1030], n).tolist()
         rows[S.AMOUNT] += (-rng.gamma(2.0, 100.0, n)).tolist()
     events = pl.LazyFrame(rows).with_columns(pl.col(S.DAY, S.SECOND_OF_DAY, S.MCC_CODE, S.TR_TYPE).cast(pl.Int32))
-    labels = pl.DataFrame({S.CUSTOMER_ID: np.arange(n_customers), S.GENDER: genders})
+    labels = pl.DataFrame({S.CUSTOMER_ID: np.arange(n_customers), S.LABEL: genders})
     return events, labels
 
 

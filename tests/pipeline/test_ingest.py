@@ -273,7 +273,7 @@ def test_read_labels(tmp_path: Path) -> None:
     path = tmp_path / "gender_train.csv"
     path.write_text("customer_id,gender\n10928546,1\n69348468,0\n")
     labels = read_labels(path)
-    assert labels.schema == pl.Schema({schema.CUSTOMER_ID: pl.Int64, schema.GENDER: pl.Int8})
+    assert labels.schema == pl.Schema({schema.CUSTOMER_ID: pl.Int64, schema.LABEL: pl.Int8})
     assert labels.rows() == [(10928546, 1), (69348468, 0)]
 
 
@@ -298,7 +298,7 @@ def test_real_labels_are_valid() -> None:
     if real is None:
         pytest.skip("../shared not present")
     labels = read_labels(real / "gender_train.csv")
-    assert labels.height == 8400 and labels[schema.GENDER].sum() == 3713
+    assert labels.height == 8400 and labels[schema.LABEL].sum() == 3713
 
 
 # ---- property: datetime parsing -------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def test_the_profile_of_a_sequences_folder_counts_the_folds_labelled_training_cu
     seq = pl.read_parquet(data.sequences / "sequences.parquet")
     train = seq.filter(pl.col(S.CUSTOMER_ID).is_in(Split.load(data.sequences / "split.json").train_ids(1)))
     profile = data_profile(data.sequences, fold=1)
-    assert profile == DataProfile(train.height, int(train[S.SEQ_LENGTH].sum()), int(train[S.GENDER].sum()))
+    assert profile == DataProfile(train.height, int(train[S.SEQ_LENGTH].sum()), int(train[S.LABEL].sum()))
     assert resolve_preset("auto", data.sequences, 1).train == get("auto", profile).train
 
 

@@ -49,7 +49,7 @@ def test_pretraining_customers_exclude_the_test_set(tmp_path: Path) -> None:
     test = set(Split.load(data.sequences / "split.json").test_ids)
     assert test and not set(ids) & test
     assert set(ids) == set(seq.filter(pl.col(S.SEQ_LENGTH) > 0)[S.CUSTOMER_ID].to_list()) - test
-    assert seq[S.GENDER].null_count() > 0 and set(ids) & set(seq.filter(pl.col(S.GENDER).is_null())[S.CUSTOMER_ID])
+    assert seq[S.LABEL].null_count() > 0 and set(ids) & set(seq.filter(pl.col(S.LABEL).is_null())[S.CUSTOMER_ID])
 
 
 def test_pretraining_raises_held_out_recall() -> None:

@@ -49,13 +49,13 @@ def _split_variant(src: Path, out: Path, seed: int, flip_training_labels: bool, 
     for name in (VOCAB_FILE, MANIFEST_FILE):
         shutil.copy(src / name, out / name)
     seq = pl.read_parquet(src / SEQUENCES_FILE)
-    split = make_split(seq.select(S.CUSTOMER_ID, S.GENDER).filter(pl.col(S.GENDER).is_not_null()),
+    split = make_split(seq.select(S.CUSTOMER_ID, S.LABEL).filter(pl.col(S.LABEL).is_not_null()),
                        SplitConfig(test_fraction=test_fraction, n_folds=3, seed=seed))
     split.save(out / SPLIT_FILE)
     if flip_training_labels:
         test = pl.Series(split.test_ids, dtype=pl.Int64)
-        seq = seq.with_columns(pl.when(pl.col(S.CUSTOMER_ID).is_in(test)).then(pl.col(S.GENDER))
-                               .otherwise(1 - pl.col(S.GENDER)).cast(seq.schema[S.GENDER]).alias(S.GENDER))
+        seq = seq.with_columns(pl.when(pl.col(S.CUSTOMER_ID).is_in(test)).then(pl.col(S.LABEL))
+                               .otherwise(1 - pl.col(S.LABEL)).cast(seq.schema[S.LABEL]).alias(S.LABEL))
     seq.write_parquet(out / SEQUENCES_FILE)
     return out
 
@@ -71,7 +71,7 @@ def test_the_champion_is_decided_on_customers_neither_model_has_seen(data: TinyD
     exactly the customers neither trained or validated on; the decision is tagged on both versions."""
     settings = _settings(tmp_path / "root", "fair")
     preset = get("tiny", device="cpu")
-    labels = dict(pl.read_parquet(data.sequences / SEQUENCES_FILE, columns=[S.CUSTOMER_ID, S.GENDER])
+    labels = dict(pl.read_parquet(data.sequences / SEQUENCES_FILE, columns=[S.CUSTOMER_ID, S.LABEL])
                   .drop_nulls().iter_rows())
     events = read_events(data.events)
 
@@ -168,8 +168,8 @@ def test_a_split_over_labels_without_transactions_cannot_crash_the_gbdt(data: Ti
     refuses unlabelled ids with a clear message."""
     from pipeline.scoring.gbdt import train_gbdt
 
-    seq = pl.read_parquet(data.sequences / SEQUENCES_FILE, columns=[S.CUSTOMER_ID, S.GENDER]).drop_nulls()
-    ghosts = pl.DataFrame({S.CUSTOMER_ID: range(10_000_000, 10_003_000), S.GENDER: [i % 2 for i in range(3000)]},
+    seq = pl.read_parquet(data.sequences / SEQUENCES_FILE, columns=[S.CUSTOMER_ID, S.LABEL]).drop_nulls()
+    ghosts = pl.DataFrame({S.CUSTOMER_ID: range(10_000_000, 10_003_000), S.LABEL: [i % 2 for i in range(3000)]},
                           schema=seq.schema)
     stale = tmp_path / "stale"
     shutil.copytree(data.sequences, stale)

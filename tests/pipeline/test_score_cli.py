@@ -118,3 +118,31 @@ def test_models_and_score_fail_in_one_line_without_a_registered_model(tmp_path: 
     assert proc.returncode == 2 and "no registered model" in proc.stderr and "Traceback" not in proc.stderr
     proc = _txseq(empty_root, "score", "--input", fresh_batch, "--output", tmp_path / "s.parquet")
     assert proc.returncode == 2 and f"models:/{NAME}@champion" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_file_without_a_column_of_the_models_format_fails_before_the_model_is_loaded(
+        root: Path, fresh_batch: Path, tmp_path: Path) -> None:
+    """The input's columns are checked against the model's export format, read from its config.json alone, before
+    the model is loaded: the error names the file and the missing column, even for a model whose weights would not
+    load (a copy of the champion without them)."""
+    tracking_uri = f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}/1", dst_path=str(tmp_path / "copy"),
+                                                     tracking_uri=tracking_uri))
+    for f in (local / "artifacts").iterdir():
+        if f.name != "config.json":
+            f.unlink()
+    client = mlflow.MlflowClient(tracking_uri)
+    client.create_registered_model(f"{NAME}-no-weights")
+    client.create_model_version(f"{NAME}-no-weights", source=local.resolve().as_uri())
+    uri = f"models:/{NAME}-no-weights/1"
+
+    wrong = tmp_path / "export.csv"
+    pl.read_parquet(fresh_batch).head(50).drop(S.AMOUNT).write_csv(wrong)
+    proc = _txseq(root, "score", "--model", uri, "--input", wrong, "--output", tmp_path / "wrong.parquet")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    error = next(line for line in proc.stderr.splitlines() if line.startswith("txseq score: error:"))
+    assert "export.csv: missing column(s) amount" in error and "cannot load model" not in proc.stderr, error
+    assert not (tmp_path / "wrong.parquet").exists()
+
+    proc = _txseq(root, "score", "--model", uri, "--input", fresh_batch, "--output", tmp_path / "right.parquet")
+    assert proc.returncode == 2 and f"cannot load model {uri}" in proc.stderr, proc.stderr[-3000:]  # what a load gives

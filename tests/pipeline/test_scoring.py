@@ -141,11 +141,38 @@ def test_sequence_pyfunc_from_the_registry_scores_like_the_in_memory_model(
     assert tracker.client.get_model_version(NAME, version).tags[TAG_SPLIT_ID] == "s"
 
 
+# What the code file of every model registered so far says (before pipeline/scoring/ was a package, the pyfunc
+# module itself): `pipeline.scoring` must keep resolving it, whatever `pyfunc._MODEL_CODE` says for new models.
+REGISTERED_CODE_FILE = ("from mlflow.models import set_model\n"
+                        "from pipeline.scoring import TxSeqModel\n"
+                        "set_model(TxSeqModel())\n")
+
+
+def test_a_model_whose_code_file_imports_pipeline_scoring_still_loads(
+    data: TinyData, tracker: Tracker, raw: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.scoring import pyfunc
+
+    monkeypatch.setattr(pyfunc, "_MODEL_CODE", REGISTERED_CODE_FILE)
+    model, cfg, vocab = _sequence_model(data)
+    config, files = save_sequence_artifacts(tmp_path, model, cfg, vocab, SequenceConfig(max_len=200, min_count=2),
+                                            IngestConfig())
+    with tracker.run("registered-code-file") as run_id:
+        version = log_model(tracker, run_id, artifacts_dir=tmp_path, config=config, files=files,
+                            registered_model=f"{NAME}-code-file", version_tags={TAG_SPLIT_ID: "s"})
+    uri = f"models:/{NAME}-code-file/{version.version}"
+    model_dir = Path(mlflow.artifacts.download_artifacts(uri))
+    assert [p.read_text() for p in model_dir.glob("*.py")] == [REGISTERED_CODE_FILE]
+    assert {p.name for p in (model_dir / "code").iterdir()} >= {"pipeline", "models"}  # CODE_PATHS travel with it
+    got = mlflow.pyfunc.load_model(uri).predict(raw)
+    assert got[S.CUSTOMER_ID].tolist() == sorted(Split.load(data.sequences / "split.json").test_ids)
+
+
 def test_gbdt_pyfunc_from_the_registry_scores_like_the_in_memory_model(
     data: TinyData, tracker: Tracker, raw: pd.DataFrame, tmp_path: Path
 ) -> None:
     split = Split.load(data.sequences / "split.json")
-    labels = pl.read_parquet(data.sequences / "sequences.parquet", columns=[S.CUSTOMER_ID, S.GENDER]).drop_nulls()
+    labels = pl.read_parquet(data.sequences / "sequences.parquet", columns=[S.CUSTOMER_ID, S.LABEL]).drop_nulls()
     config = GBDTConfig(max_iter=10, features=FeatureConfig(top_mcc=8, top_tr_type=4))
     run = train_gbdt(read_events(data.events), labels, (split.train_ids(0), split.val_ids(0), split.test_ids), config)
     cfg, files = save_gbdt_artifacts(tmp_path, run.model, run.spec, IngestConfig())
@@ -174,7 +201,7 @@ def test_scorer_accepts_typed_polars_input_and_empty_input(data: TinyData, tmp_p
 
 def test_scoring_applies_the_stored_calibration_and_threshold(data: TinyData, raw: pd.DataFrame, tmp_path: Path) -> None:
     split = Split.load(data.sequences / "split.json")
-    labels = pl.read_parquet(data.sequences / "sequences.parquet", columns=[S.CUSTOMER_ID, S.GENDER]).drop_nulls()
+    labels = pl.read_parquet(data.sequences / "sequences.parquet", columns=[S.CUSTOMER_ID, S.LABEL]).drop_nulls()
     run = train_gbdt(read_events(data.events), labels, (split.train_ids(0), split.val_ids(0), split.test_ids),
                      GBDTConfig(max_iter=10, features=FeatureConfig(top_mcc=8, top_tr_type=4)))
     raw_scores = GBDTScorer(run.model, run.spec, IngestConfig())(raw)  # no decision: raw probability, 0.5

@@ -85,12 +85,12 @@ def test_unpackable_order_keys_fall_back_to_two_keys_with_the_same_result() -> N
 
 
 def test_labels_join_schema_and_order() -> None:
-    labels = pl.DataFrame({schema.CUSTOMER_ID: [1, 3], schema.GENDER: [1, 0]})
+    labels = pl.DataFrame({schema.CUSTOMER_ID: [1, 3], schema.LABEL: [1, 0]})
     df = _build(HAND + [(0, 5, 5, 10, 7, 1.0)], labels=labels)
     assert dict(df.schema) == SEQUENCES_SCHEMA
     assert df[schema.CUSTOMER_ID].to_list() == [0, 1, 2]  # customer 3 has a label but no events: not a row
-    assert df[schema.GENDER].to_list() == [None, 1, None]
-    assert dict(_build(HAND).schema) == SEQUENCES_SCHEMA  # no labels: gender column all null
+    assert df[schema.LABEL].to_list() == [None, 1, None]
+    assert dict(_build(HAND).schema) == SEQUENCES_SCHEMA  # no labels: label column all null
 
 
 def _reference(rows, max_len):
@@ -135,13 +135,13 @@ def test_run_sequences_writes_table_vocab_split_manifest(tmp_path, monkeypatch) 
     events = events_frame(rows).collect()
     monkeypatch.setattr(sequences, "read_events", lambda d: events.lazy())
     labels_path = tmp_path / "gender_train.csv"
-    pl.DataFrame({schema.CUSTOMER_ID: list(range(50)), schema.GENDER: [i % 2 for i in range(50)]}).write_csv(labels_path)
+    pl.DataFrame({schema.CUSTOMER_ID: list(range(50)), schema.LABEL: [i % 2 for i in range(50)]}).write_csv(labels_path)
     monkeypatch.setattr(sequences, "read_labels", lambda p, spec: pl.read_csv(p))
     out = tmp_path / "seq"
     res = run_sequences(tmp_path / "events", labels_path, out, SequenceConfig(max_len=8, min_count=1),
                         SplitConfig(n_folds=3, seed=1))
     df = pl.read_parquet(res.sequences_path)
-    assert df.height == 60 and res.n_labelled == 50 and df[schema.GENDER].null_count() == 10
+    assert df.height == 60 and res.n_labelled == 50 and df[schema.LABEL].null_count() == 10
     assert res.n_events_total == len(rows) and res.n_events_kept == int(df[schema.SEQ_LENGTH].sum())
     assert df[schema.SEQ_LENGTH].max() <= 8
     split = Split.load(res.split_path)
@@ -194,3 +194,25 @@ def test_cli_sequences_end_to_end_from_a_raw_csv(tmp_path, capsys) -> None:
     df = pl.read_parquet(out / "sequences.parquet")
     assert df.height == 40 and df[schema.SEQ_LENGTH].max() <= 10
     assert df[schema.SEQ_TOTAL].sum() == len(lines) - 1
+
+
+def test_a_table_from_before_the_label_column_was_renamed_is_refused(tmp_path, capsys) -> None:
+    """A sequences table with the old `gender` target column is never read as one without labels: its readers and
+    `txseq train` name the file and say how to rebuild it."""
+    from pipeline.cli import main
+    from pipeline.sequences.batches import SequenceDataset
+    from pipeline.sequences.splits import SplitConfig, make_split
+    from pipeline.sequences.table import scan_sequences
+
+    labels = pl.DataFrame({schema.CUSTOMER_ID: list(range(20)), schema.LABEL: [i % 2 for i in range(20)]})
+    df = _build([(c, c, 60 * c, 10 + c % 3, 7, 1.0) for c in range(20)], labels=labels)
+    old = tmp_path / "sequences"
+    old.mkdir()
+    df.rename({schema.LABEL: schema.GENDER}).write_parquet(old / "sequences.parquet")
+    make_split(labels, SplitConfig(n_folds=2)).save(old / "split.json")
+    for read in (SequenceDataset, scan_sequences):
+        with pytest.raises(ValueError, match="it has `gender`: written by an earlier txseq; rebuild it") as e:
+            read(old / "sequences.parquet")
+        assert str(e.value).startswith(f"{old / 'sequences.parquet'}: ")
+    assert main(["train", "--sequences", str(old), "--events", str(tmp_path / "events"), "--no-register"]) == 2
+    assert "it has `gender`" in capsys.readouterr().err

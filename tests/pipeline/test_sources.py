@@ -256,9 +256,9 @@ def test_ptls_age_group_layout(tmp_path: Path) -> None:
 
     run_sequences(tmp_path / "events", target, tmp_path / "sequences", SequenceConfig(max_len=64, min_count=1),
                   label=LabelSpec(column="bins", positive="3", negative=None))  # one age group against the rest
-    labelled = pl.read_parquet(tmp_path / "sequences" / "sequences.parquet").drop_nulls(S.GENDER)
+    labelled = pl.read_parquet(tmp_path / "sequences" / "sequences.parquet").drop_nulls(S.LABEL)
     bins = pl.read_csv(target).join(labelled, left_on="client_id", right_on=S.CUSTOMER_ID)
-    assert (bins[S.GENDER] == (bins["bins"] == 3).cast(pl.Int8)).all()
+    assert (bins[S.LABEL] == (bins["bins"] == 3).cast(pl.Int8)).all()
 
     uri = _train(tmp_path / "root", tmp_path / "events", tmp_path / "sequences", ["gbdt"])
     scores = mlflow.pyfunc.load_model(uri).predict(pd.read_csv(trans, dtype=str).head(100))

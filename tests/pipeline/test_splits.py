@@ -12,7 +12,7 @@ from pipeline.sequences.splits import Split, SplitConfig, make_split
 def _labels(n: int = 1000, p_one: float = 0.44, seed: int = 0) -> pl.DataFrame:
     rng = np.random.default_rng(seed)
     ids = rng.choice(10**8, size=n, replace=False)
-    return pl.DataFrame({"customer_id": ids, "gender": (rng.random(n) < p_one).astype(np.int8)})
+    return pl.DataFrame({"customer_id": ids, "label": (rng.random(n) < p_one).astype(np.int8)})
 
 
 def test_deterministic_and_independent_of_row_order() -> None:
@@ -40,8 +40,8 @@ def test_disjoint_and_covers_every_labelled_customer() -> None:
 def test_stratified() -> None:
     labels = _labels(n=2003, p_one=0.3)
     s = make_split(labels, SplitConfig(n_folds=5))
-    g = dict(zip(labels["customer_id"].to_list(), labels["gender"].to_list()))
-    overall = labels["gender"].mean()
+    g = dict(zip(labels["customer_id"].to_list(), labels["label"].to_list()))
+    overall = labels["label"].mean()
     for ids in (s.test_ids, *s.folds):
         assert abs(np.mean([g[i] for i in ids]) - overall) < 0.01
     sizes = [len(f) for f in s.folds]
@@ -59,7 +59,7 @@ def test_save_load_roundtrip_and_tamper_check(tmp_path) -> None:
 
 def test_bad_input() -> None:
     with pytest.raises(ValueError, match="duplicate"):
-        make_split(pl.DataFrame({"customer_id": [1, 1], "gender": [0, 1]}))
+        make_split(pl.DataFrame({"customer_id": [1, 1], "label": [0, 1]}))
     with pytest.raises(ValueError):
         SplitConfig(n_folds=1)
     with pytest.raises(IndexError):
