@@ -10,7 +10,7 @@ know about it:
 - the label balance of the real `gender_train.csv` (`REAL_LABELLED`); ids are synthetic 8-digit numbers.
 
 Nothing is read from outside the package: the same config gives the same files on any machine (a digest is pinned
-in tests/pipeline/test_generate.py), whether or not `../shared` sits beside the project.
+in tests/pipeline/sources/test_generate.py), whether or not `../shared` sits beside the project.
 
 Planted signal (see `GeneratorConfig` and docs/readme/ingest-and-generator.md). Each customer has a latent
 direction d = (+1 male / -1 female) · s, where s ~ N(1, heterogeneity) varies by customer (some customers even lean
@@ -18,7 +18,7 @@ the "wrong" way). d tilts, in log space: the purchase-MCC preferences (`MCC_EFFE
 (`TR_TYPE_EFFECTS`), the hour-of-day profile (men later in the evening) and purchase amount levels. Customer-level
 noise (own MCC tastes, own hour profile, own amount level, own activity span) sits on top. `signal_strength` scales
 all tilts; at 1.0 a gradient-boosting model on simple per-customer aggregates reaches ≈0.87 ROC AUC (the real
-dataset's LightGBM reference is 0.877), checked by tests/pipeline/test_generate.py.
+dataset's LightGBM reference is 0.877), checked by tests/pipeline/sources/test_generate.py.
 
 Everything is vectorised numpy per chunk of customers (no per-event Python loops) and written chunk by chunk, so
 `scale=10` (150,000 customers, ~68M rows) runs in bounded memory. Deterministic for a given config.

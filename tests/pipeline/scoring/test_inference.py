@@ -15,7 +15,7 @@ from pipeline.scoring.inference import InferenceConfig, embed_customers, predict
 from pipeline.training.presets import demo, tiny
 from pipeline.training.train import evaluate
 
-from _train_data import synthetic_sequences  # tests/pipeline is on sys.path (pytest rootdir insertion)
+from _train_data import synthetic_sequences  # on sys.path: tests/pipeline/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from pipeline import schema
 from pipeline.schema import SEQUENCES_SCHEMA
 from pipeline.sequences.table import SequenceConfig, build_sequences, fit_vocab, order_keys
-from _sequence_events import events_frame  # tests/pipeline is on sys.path (pytest rootdir insertion)
+from _sequence_events import events_frame  # on sys.path: tests/pipeline/conftest.py
 
 # (customer_id, day, second_of_day, mcc_code, tr_type, amount); source_row = position
 HAND = [

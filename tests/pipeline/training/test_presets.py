@@ -39,7 +39,7 @@ def test_the_profile_of_a_sequences_folder_counts_the_folds_labelled_training_cu
     from pipeline.training.run import data_profile, resolve_preset
     from pipeline.sequences.splits import Split
 
-    from _train_data import tiny_dataset  # tests/pipeline is on sys.path
+    from _train_data import tiny_dataset  # on sys.path: tests/pipeline/conftest.py
 
     data = tiny_dataset(tmp_path / "data")
     seq = pl.read_parquet(data.sequences / "sequences.parquet")

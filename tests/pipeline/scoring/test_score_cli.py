@@ -18,9 +18,9 @@ from pipeline import schema as S
 from pipeline.sources.generate import GeneratorConfig, generate
 from pipeline.settings import Settings
 
-from _train_data import tiny_dataset  # tests/pipeline is on sys.path (pytest rootdir insertion)
+from _train_data import tiny_dataset  # on sys.path: tests/pipeline/conftest.py
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 NAME = "score-cli-tests"
 pytestmark = pytest.mark.timeout(1800)  # the module fixture generates ~1,500 customers and trains (minutes when busy)
 

@@ -24,7 +24,7 @@ from pipeline.training.train import (
     warmup_cosine,
 )
 
-from _train_data import synthetic_sequences  # tests/pipeline is on sys.path (pytest rootdir insertion)
+from _train_data import synthetic_sequences  # on sys.path: tests/pipeline/conftest.py
 
 TABLE = synthetic_sequences(n=112, max_len=32)
 CONFIG = replace(tiny().train, steps=15, eval_every=5, lr=5e-3, device="cpu")  # 5 batches a pass: 3 passes

@@ -16,7 +16,7 @@ from pipeline.scoring.batch import ScoreConfig, score_file
 from pipeline.ingest.rules import IngestConfig, validate
 from pipeline.io import scan_table
 
-from _scoring_data import MODEL, ROOT, count_scorer, raw_rows  # tests/pipeline is on sys.path
+from _scoring_data import MODEL, ROOT, count_scorer, raw_rows  # on sys.path: tests/pipeline/conftest.py
 
 BAD_ROWS = pl.DataFrame(
     [("x1", "3 10:00:00", "5411", "1010", "-1.0", ""), ("5", "not a date", "5411", "1010", "-1.0", "")],

@@ -21,7 +21,7 @@ from pipeline.training.presets import tiny
 from pipeline.training.pretrain import PretrainConfig, heldout_recall, pretrain, pretrain_customers
 from pipeline.sequences.splits import Split
 
-from _train_data import synthetic_sequences, tiny_dataset  # tests/pipeline is on sys.path
+from _train_data import synthetic_sequences, tiny_dataset  # on sys.path: tests/pipeline/conftest.py
 
 
 def test_slices_are_contiguous_windows_of_the_right_lengths() -> None:

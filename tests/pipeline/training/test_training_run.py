@@ -14,7 +14,7 @@ from pipeline.training.trainers import ModelResult
 from pipeline.training.presets import DEFAULT_MODELS
 from pipeline.registry.tracking import CHAMPION, TAG_DECISION
 
-from _train_data import tiny_dataset  # tests/pipeline is on sys.path (pytest rootdir insertion)
+from _train_data import tiny_dataset  # on sys.path: tests/pipeline/conftest.py
 
 
 def test_txseq_train_runs_the_comparison(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:

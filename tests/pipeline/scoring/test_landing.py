@@ -11,7 +11,7 @@ from pathlib import Path
 from pipeline.scoring.batch import ModelRef
 from pipeline.scoring.landing import LandingConfig, read_ledger, score_landing
 
-from _scoring_data import MODEL, ROOT, count_scorer, raw_rows  # tests/pipeline is on sys.path
+from _scoring_data import MODEL, ROOT, count_scorer, raw_rows  # on sys.path: tests/pipeline/conftest.py
 
 
 def test_landing_scores_each_file_once_and_names_the_model_version(tmp_path: Path) -> None:

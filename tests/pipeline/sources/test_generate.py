@@ -188,7 +188,7 @@ def test_csv_gz_is_byte_reproducible(tmp_path: Path) -> None:
 
 
 def test_committed_sample_is_what_the_documented_command_makes(tmp_path: Path) -> None:
-    sample = Path(__file__).resolve().parents[2] / "data" / "sample"
+    sample = Path(__file__).resolve().parents[3] / "data" / "sample"
     assert main(["generate", "--out", str(tmp_path), "--customers", "300", "--labelled", "240", "--seed", "7"]) == 0
     for name in ("transactions.csv.gz", "gender_train.csv", "tr_mcc_codes.csv", "tr_types.csv"):
         assert (tmp_path / name).read_bytes() == (sample / name).read_bytes(), name

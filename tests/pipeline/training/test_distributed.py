@@ -14,8 +14,8 @@ import torch
 from models.batch import Batch
 from pipeline.training.distributed import Dist, shard, worker_argv
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = Path(__file__).with_name("_ddp_fit.py")
+ROOT = Path(__file__).resolve().parents[3]
+SCRIPT = Path(__file__).resolve().parents[1] / "_ddp_fit.py"
 # Measured: train/loss and val/logloss agree to ~1e-7, the weights' L1 norm to ~1e-6 relative (float summation order
 # of the gradient all-reduce); the tolerance leaves room for other CPUs' kernels.
 TOLERANCE = 1e-4
@@ -94,7 +94,6 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
 def test_txseq_train_nproc_2_logs_one_parent_run_with_per_rank_metrics(tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
-    sys.path.insert(0, str(Path(__file__).parent))
     from _train_data import tiny_dataset
 
     data = tiny_dataset(tmp_path / "data")

@@ -27,7 +27,7 @@ from pipeline.settings import Settings
 from pipeline.sequences.splits import Split, SplitConfig, make_split
 from pipeline.registry.tracking import CHAMPION, TAG_DECISION, TAG_PROMOTED
 
-from _train_data import TinyData, tiny_dataset  # tests/pipeline is on sys.path (pytest rootdir insertion)
+from _train_data import TinyData, tiny_dataset  # on sys.path: tests/pipeline/conftest.py
 
 RULE = ChampionRule(min_customers=30, min_per_class=5)  # the tiny data has 168 labelled customers
 

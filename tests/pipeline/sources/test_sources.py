@@ -25,7 +25,7 @@ from pipeline.sequences.table import SequenceConfig, TableRules, run_sequences
 from pipeline.settings import Settings
 from pipeline.sources.mapping import SBERBANK, SourceError, load_source
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.timeout(1800)
 
 CZECH_TOML = """

@@ -7,7 +7,7 @@ import polars as pl
 
 from pipeline import schema
 from pipeline.sequences.table import SequenceConfig, Vocab, build_sequences, fit_vocab
-from _sequence_events import events_frame  # tests/pipeline is on sys.path (pytest rootdir insertion)
+from _sequence_events import events_frame  # on sys.path: tests/pipeline/conftest.py
 
 # customer 1: mcc 10 ×3, 20 ×2, 30 ×1; customer 2 (held out): mcc 99 ×5
 ROWS = [(1, 0, 0, 10, 7, 1.0), (1, 0, 1, 10, 7, 1.0), (1, 0, 2, 10, 8, 1.0), (1, 0, 3, 20, 8, 1.0),

@@ -26,7 +26,7 @@ from pipeline.training.scoring_card import fit_scoring_card
 from pipeline.sequences.table import SEQUENCES_FILE, SPLIT_FILE, VOCAB_FILE, SequenceConfig, Vocab
 from pipeline.sequences.splits import Split
 
-from _train_data import tiny_dataset  # tests/pipeline is on sys.path
+from _train_data import tiny_dataset  # on sys.path: tests/pipeline/conftest.py
 
 
 @pytest.fixture(scope="module")

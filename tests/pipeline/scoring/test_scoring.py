@@ -41,7 +41,7 @@ from pipeline.sequences.splits import Split
 from pipeline.registry.tracking import CHAMPION, TAG_SPLIT_ID, TAG_TEST_AUROC, Tracker, setup
 from pipeline.training.train import evaluate
 
-from _train_data import TinyData, tiny_dataset  # tests/pipeline is on sys.path (pytest rootdir insertion)
+from _train_data import TinyData, tiny_dataset  # on sys.path: tests/pipeline/conftest.py
 
 NAME = "scoring-tests"
 
@@ -80,7 +80,7 @@ def _log(tracker: Tracker, tmp: Path, config: dict, files: dict, auroc: float) -
     with tracker.run("model") as run_id:
         version = log_model(tracker, run_id, artifacts_dir=tmp, config=config, files=files,
                             registered_model=NAME, version_tags={TAG_SPLIT_ID: "s", TAG_TEST_AUROC: str(auroc)})
-    if tracker.champion(NAME) is None:  # the first version is champion (the rule itself: tests/pipeline/test_champion.py)
+    if tracker.champion(NAME) is None:  # the first version is champion (the rule: registry/test_champion.py)
         tracker.set_champion(NAME, version.version)
     return version.version
 
