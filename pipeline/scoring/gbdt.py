@@ -25,7 +25,8 @@ if TYPE_CHECKING:  # scikit-learn loads only where a GBDT is built, saved or loa
 
 log = logging.getLogger(__name__)
 
-# The only non-builtin type a fitted HistGradientBoostingClassifier holds (checked by scoring/test_gbdt.py).
+# The only non-builtin type a fitted HistGradientBoostingClassifier holds (checked by
+# tests/pipeline/scoring/test_gbdt.py).
 TRUSTED_TYPES = ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
 
 
