@@ -82,7 +82,7 @@ def pandas_sequences(df, labels_path: Path, work: Path, max_len: int) -> tuple[o
     from pipeline.sequences.splits import SplitConfig, make_split
 
     t0 = time.perf_counter()
-    labels = pd.read_csv(labels_path)
+    labels = pd.read_csv(labels_path).rename(columns={"gender": "label"})  # the target column ours writes
     split = make_split(pl.from_pandas(labels), SplitConfig())  # the same split as ours
     train = df[~df["customer_id"].isin(set(split.test_ids))]
 
