@@ -385,8 +385,8 @@ def _train_hybrid(name: str, data: TrainingInputs, preset: RunPreset, init_uri: 
     from pipeline.training.pretrain import load_pretrained
 
     _, _, embedder = load_pretrained(init_uri, data.vocab)
-    labels = (scan_sequences(data.sequences_dir / SEQUENCES_FILE).select(S.CUSTOMER_ID, S.LABEL)
-              .filter(pl.col(S.LABEL).is_not_null()).collect())
+    labels = (pl.read_parquet(data.sequences_dir / SEQUENCES_FILE, columns=[S.CUSTOMER_ID, S.LABEL])
+              .filter(pl.col(S.LABEL).is_not_null()))
     ids = [i for part in data.ids for i in part]
     t0 = time.perf_counter()
     emb = embedding_frame(*embed(embedder.model, SequenceDataset(data.sequences_dir / SEQUENCES_FILE, ids),
