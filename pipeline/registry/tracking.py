@@ -130,9 +130,9 @@ def stored_model_config(model_uri: str, tracking_uri: str) -> dict | None:
     try:
         if model_uri.startswith(("models:/", "runs:/")):  # these resolve through the store: never create one
             check_readable(tracking_uri)
+        mlflow.set_tracking_uri(tracking_uri)  # models:/ URIs resolve through the current registry, as the load does
         with tempfile.TemporaryDirectory(prefix="txseq-config-") as tmp:
-            path = mlflow.artifacts.download_artifacts(f"{model_uri.rstrip('/')}/artifacts/config.json", dst_path=tmp,
-                                                       tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            path = mlflow.artifacts.download_artifacts(f"{model_uri.rstrip('/')}/artifacts/config.json", dst_path=tmp)
             return json.loads(Path(path).read_text())
     except Exception:  # noqa: BLE001 - an early look only: the model load reports the real problem
         return None
