@@ -12,11 +12,11 @@ import polars as pl
 import torch
 
 from models import ModelConfig, build_model
-from pipeline import distributed
+from pipeline.training import distributed
 from pipeline import schema as S
-from pipeline.batches import SequenceDataset, make_loader
+from pipeline.sequences.batches import SequenceDataset, make_loader
 from pipeline.schema import SEQUENCES_SCHEMA
-from pipeline.train import TrainConfig, fit
+from pipeline.training.train import TrainConfig, fit
 
 
 def table(n: int, max_len: int = 128, seed: int = 0) -> pl.DataFrame:
@@ -25,7 +25,7 @@ def table(n: int, max_len: int = 128, seed: int = 0) -> pl.DataFrame:
     for cid in range(n):
         g, length = int(rng.integers(0, 2)), int(rng.integers(16, max_len))
         t = np.sort(rng.random(length) * 90.0)
-        rows.append({S.CUSTOMER_ID: cid, S.GENDER: g, S.SEQ_LENGTH: length, S.SEQ_TOTAL: length,
+        rows.append({S.CUSTOMER_ID: cid, S.LABEL: g, S.SEQ_LENGTH: length, S.SEQ_TOTAL: length,
                      S.SEQ_EVENT_TIME: t.tolist(), S.SEQ_MCC: rng.integers(2, 60, length).tolist(),
                      S.SEQ_TR_TYPE: rng.integers(2, 10, length).tolist(), S.SEQ_AMOUNT: (rng.normal(size=length) - g).tolist(),
                      S.SEQ_HOUR: (rng.random(length) * 24).tolist(), S.SEQ_WEEKDAY: (np.floor(t) % 7).tolist(),

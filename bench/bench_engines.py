@@ -130,12 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK", "true")
     import polars as pl
 
-    from pipeline.batch_scoring import ScoreConfig, score_file
+    from pipeline.scoring.batch import ScoreConfig, score_file
     from pipeline.engines.spark import RegisteredScorer, SparkConfig, SparkEngine
-    from pipeline.generate import GeneratorConfig, generate
-    from pipeline.ingest import ingest, read_events, read_rejects
-    from pipeline.scoring import load_batch_scorer
-    from pipeline.sequences import run_sequences
+    from pipeline.sources.generate import GeneratorConfig, generate
+    from pipeline.ingest.files import ingest, read_events, read_rejects
+    from pipeline.scoring.pyfunc import load_batch_scorer
+    from pipeline.sequences.table import run_sequences
     from pipeline.settings import load_settings
 
     settings = load_settings()

@@ -102,7 +102,7 @@ def main() -> None:
     ap.add_argument("--baseline", type=Path, help="another checkout (e.g. /work/main): its ingest on the generated "
                     "inputs too, rows named '<input> (baseline)' (not on the adversarial ones: they took GiBs)")
     args = ap.parse_args()
-    from pipeline.generate import GeneratorConfig, generate
+    from pipeline.sources.generate import GeneratorConfig, generate
 
     work = args.work / f"c{args.customers}"
     work.mkdir(parents=True, exist_ok=True)

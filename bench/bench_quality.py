@@ -10,7 +10,7 @@ For each signal setting (--order-signals):
   for each budget b (--budgets; "all" = every non-test customer) and split seed s (--seeds):
       b labelled customers drawn from the non-test ones (seeded); 80% train, 20% validation
       gbdt                   the GBDT of the auto preset on the aggregates
-      <enc>                  supervised, the auto preset's recipe (`pipeline.train.fit`)
+      <enc>                  supervised, the auto preset's recipe (`pipeline.training.train.fit`)
       <enc>_coles            the same budget from the pretrained embedding + encoder (new head), the library's
                              fine-tuning recipe (`presets.fine_tune`: head alone during warm-up, backbone at 0.3 × LR)
       hybrid_<enc>           the auto preset's GBDT on [aggregates | frozen pretrained embedding]
@@ -46,17 +46,17 @@ sys.path.insert(0, str(ROOT))
 
 from models import ModelConfig, build_model  # noqa: E402
 from pipeline import schema as S  # noqa: E402
-from pipeline.batches import SequenceDataset, make_loader, numeric_stats  # noqa: E402
-from pipeline.embeddings import embed, embedding_frame  # noqa: E402
-from pipeline.gbdt import train_gbdt  # noqa: E402
-from pipeline.generate import GeneratorConfig, generate  # noqa: E402
-from pipeline.ingest import ingest, read_events  # noqa: E402
+from pipeline.sequences.batches import SequenceDataset, make_loader, numeric_stats  # noqa: E402
+from pipeline.scoring.embeddings import embed, embedding_frame  # noqa: E402
+from pipeline.scoring.gbdt import train_gbdt  # noqa: E402
+from pipeline.sources.generate import GeneratorConfig, generate  # noqa: E402
+from pipeline.ingest.files import ingest, read_events  # noqa: E402
 from pipeline.metrics import classification_metrics, pyplot  # noqa: E402
-from pipeline.presets import DataProfile, RunPreset, auto, fine_tune  # noqa: E402
-from pipeline.pretrain import PretrainConfig, pretrain, pretrain_customers  # noqa: E402
-from pipeline.sequences import SEQUENCES_FILE, SPLIT_FILE, VOCAB_FILE, SequenceConfig, Vocab, run_sequences  # noqa: E402
-from pipeline.splits import Split, SplitConfig  # noqa: E402
-from pipeline.train import evaluate, fit  # noqa: E402
+from pipeline.training.presets import DataProfile, RunPreset, auto, fine_tune  # noqa: E402
+from pipeline.training.pretrain import PretrainConfig, pretrain, pretrain_customers  # noqa: E402
+from pipeline.sequences.table import SEQUENCES_FILE, SPLIT_FILE, VOCAB_FILE, SequenceConfig, Vocab, run_sequences  # noqa: E402
+from pipeline.sequences.splits import Split, SplitConfig  # noqa: E402
+from pipeline.training.train import evaluate, fit  # noqa: E402
 
 
 def prepare(root: Path, args: argparse.Namespace, order_signal: float) -> Path:
@@ -115,7 +115,7 @@ def run_setting(args: argparse.Namespace, order_signal: float, tmp: Path, rows: 
     seq_path = seq_dir / SEQUENCES_FILE
     split, vocab = Split.load(seq_dir / SPLIT_FILE), Vocab.load(seq_dir / VOCAB_FILE)
     events = read_events(seq_dir.parent / "events")
-    labels = pl.read_parquet(seq_path, columns=[S.CUSTOMER_ID, S.GENDER]).filter(pl.col(S.GENDER).is_not_null())
+    labels = pl.read_parquet(seq_path, columns=[S.CUSTOMER_ID, S.LABEL]).filter(pl.col(S.LABEL).is_not_null())
     test_ids = np.asarray(split.test_ids, dtype=np.int64)
     pool = np.asarray(split.trainval_ids, dtype=np.int64)
     budgets = sorted({len(pool) if b == "all" else min(int(b), len(pool)) for b in args.budgets})

@@ -38,13 +38,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from models import ENCODERS, ModelConfig, build_model  # noqa: E402
-from pipeline.batches import SequenceDataset  # noqa: E402
-from pipeline.generate import GeneratorConfig, generate  # noqa: E402
-from pipeline.inference import predict_proba  # noqa: E402
-from pipeline.ingest import ingest  # noqa: E402
-from pipeline.presets import DataProfile, auto  # noqa: E402
-from pipeline.sequences import SEQUENCES_FILE, VOCAB_FILE, SequenceConfig, Vocab, run_sequences  # noqa: E402
-from pipeline.splits import SplitConfig  # noqa: E402
+from pipeline.sequences.batches import SequenceDataset  # noqa: E402
+from pipeline.sources.generate import GeneratorConfig, generate  # noqa: E402
+from pipeline.scoring.inference import predict_proba  # noqa: E402
+from pipeline.ingest.files import ingest  # noqa: E402
+from pipeline.training.presets import DataProfile, auto  # noqa: E402
+from pipeline.sequences.table import SEQUENCES_FILE, VOCAB_FILE, SequenceConfig, Vocab, run_sequences  # noqa: E402
+from pipeline.sequences.splits import SplitConfig  # noqa: E402
 
 TARGET_PER_MINUTE = 100_000
 

@@ -4,15 +4,16 @@
     python bench/bench_scoring.py --kinds transformer,gbdt --customers 3000 --repeats 2
     python bench/bench_scoring.py --kinds hybrid_performer --customers 3000   # registered by txseq train --init-from
 
-The generated raw Parquet is cached under <data root>/bench/ (made once by `pipeline.generate`). Each model kind is
-the newest registered version whose `model` tag names it (with --train-if-missing, kinds not registered yet are
+The generated raw Parquet is cached under <data root>/bench/ (made once by `pipeline.sources.generate`). Each model kind
+is the newest registered version whose `model` tag names it (with --train-if-missing, kinds not registered yet are
 trained with the demo preset on the generated data first: that is the size users register). The timed part is
-`pipeline.batch_scoring.score_file`, end to end: validate + stage into customer buckets, load each chunk, the
+`pipeline.scoring.batch.score_file`, end to end: validate + stage into customer buckets, load each chunk, the
 model's `predict` (sequence building + encoder), write the sorted scores, and the drift report (model loading is
 timed apart); each phase in wall and CPU seconds. The library defaults of `txseq score` apply (OpenMP threads sleep
 while waiting). For sequence models the model alone is also timed on --model-customers customers through the
-unoptimised path (`pipeline.train.evaluate`, padded batches of 128) and the scoring path
-(`pipeline.inference.predict_proba`), on the same sequences, and their largest probability difference is reported.
+unoptimised path (`pipeline.training.train.evaluate`, padded batches of 128) and the scoring path
+(`pipeline.scoring.inference.predict_proba`), on the same sequences, and their largest probability difference is
+reported.
 
 The machine is shared: CPU seconds (user + system of this process) and customers per CPU-minute are what the run
 needs whatever else runs; the 1-minute load average before and after says how busy the machine was. Prints a table
@@ -31,7 +32,7 @@ TARGET_CUSTOMERS_PER_MIN = 100_000
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kinds", default=None, help="comma-separated model kinds (default: every model of the comparison, "
-                   "pipeline.presets.DEFAULT_MODELS)")
+                   "pipeline.training.presets.DEFAULT_MODELS)")
     p.add_argument("--customers", type=int, default=15_000, help="customers generated (%(default)s)")
     p.add_argument("--threads", type=int, default=2, help="torch and polars threads (%(default)s)")
     p.add_argument("--chunk-rows", type=int, default=2_000_000, help="rows scored at once (%(default)s)")
@@ -64,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     import polars as pl
     import torch
 
-    from pipeline.generate import GeneratorConfig, generate
-    from pipeline.presets import DEFAULT_MODELS
+    from pipeline.sources.generate import GeneratorConfig, generate
+    from pipeline.training.presets import DEFAULT_MODELS
     from pipeline.settings import load_settings
 
     torch.set_num_threads(args.threads)
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         uri = f"models:/{settings.registered_model}/{versions[kind]}"
         rows.append(bench_one(kind, uri, raw, bench_dir, args))
         result = {
-            "benchmark": "batch scoring (pipeline.batch_scoring.score_file), every model kind",
+            "benchmark": "batch scoring (pipeline.scoring.batch.score_file), every model kind",
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "customers": args.customers, "rows": n_rows, "threads": args.threads, "cpu_count": os.cpu_count(),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
@@ -140,7 +141,7 @@ def cpu_s() -> float:
 
 def registered_by_kind(settings) -> dict[str, str]:  # noqa: ANN001 - pipeline.settings.Settings
     """kind -> newest registered version of that kind."""
-    from pipeline.tracking import TrackingError, registered_versions
+    from pipeline.registry.tracking import TrackingError, registered_versions
 
     try:
         versions = registered_versions(settings.tracking_uri, settings.registered_model)
@@ -155,9 +156,9 @@ def registered_by_kind(settings) -> dict[str, str]:  # noqa: ANN001 - pipeline.s
 def bench_one(kind: str, uri: str, raw, bench_dir, args) -> dict:  # noqa: ANN001
     import time
 
-    import pipeline.embeddings  # noqa: F401 - this tree's, before a logged model's code copy joins sys.path
-    from pipeline.batch_scoring import ScoreConfig, score_file
-    from pipeline.scoring import load_batch_scorer
+    import pipeline.scoring.embeddings  # noqa: F401 - this tree's, before a logged model's code copy joins sys.path
+    from pipeline.scoring.batch import ScoreConfig, score_file
+    from pipeline.scoring.pyfunc import load_batch_scorer
     from pipeline.settings import load_settings
 
     t0 = time.perf_counter()
@@ -194,17 +195,17 @@ def bench_one(kind: str, uri: str, raw, bench_dir, args) -> dict:  # noqa: ANN00
     return row
 
 
-def compare_paths(scorer, raw, n: int) -> dict:  # noqa: ANN001 - pipeline.scoring.SequenceScorer
+def compare_paths(scorer, raw, n: int) -> dict:  # noqa: ANN001 - pipeline.scoring.pyfunc.SequenceScorer
     """CPU seconds of the model alone, unoptimised (`evaluate`, 128 per batch) vs the scoring path, same sequences."""
     import numpy as np
     import polars as pl
     import torch
 
-    from pipeline.batches import SequenceDataset, make_loader
-    from pipeline.inference import predict_proba
-    from pipeline.scoring import raw_events
-    from pipeline.sequences import build_sequences
-    from pipeline.train import evaluate
+    from pipeline.sequences.batches import SequenceDataset, make_loader
+    from pipeline.scoring.inference import predict_proba
+    from pipeline.scoring.pyfunc import raw_events
+    from pipeline.sequences.table import build_sequences
+    from pipeline.training.train import evaluate
 
     ids = pl.scan_parquet(raw).select("customer_id").unique().sort("customer_id").head(n).collect()["customer_id"]
     frame = pl.scan_parquet(raw).filter(pl.col("customer_id").cast(pl.Int64).is_in(ids.cast(pl.Int64).implode())).collect()
@@ -223,10 +224,10 @@ def compare_paths(scorer, raw, n: int) -> dict:  # noqa: ANN001 - pipeline.scori
 def train_on(raw, bench_dir, kinds: list[str], steps: int | None = None) -> None:  # noqa: ANN001
     """ingest -> sequences -> train `kinds` (demo preset, `steps` optimiser steps) on the generated data, registered like
     any other run."""
-    from pipeline.training_run import run_comparison
-    from pipeline.ingest import ingest
-    from pipeline.presets import get
-    from pipeline.sequences import run_sequences
+    from pipeline.training.run import run_comparison
+    from pipeline.ingest.files import ingest
+    from pipeline.training.presets import get
+    from pipeline.sequences.table import run_sequences
     from pipeline.settings import load_settings
 
     print(f"training {', '.join(kinds)} (demo preset) on {raw} …", flush=True)

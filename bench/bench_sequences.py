@@ -1,8 +1,8 @@
 """Benchmark: raw transactions -> per-customer sequences, our polars route vs the straightforward pandas way.
 
 Routes (each runs in its own subprocess, so peak RSS is the route's own `ru_maxrss`, imports included):
-  ours              pipeline.ingest.ingest (typed, validated Parquet + rejects + manifest) then
-                    pipeline.sequences.run_sequences (split, vocab on non-test customers, sorted + truncated list
+  ours              pipeline.ingest.files.ingest (typed, validated Parquet + rejects + manifest) then
+                    pipeline.sequences.table.run_sequences (split, vocab on non-test customers, sorted + truncated list
                     columns, Parquet).
   pandas_lean       what pytorch-lifestream's PandasDataPreprocessor does: pandas.read_csv, parse "<day> HH:MM:SS",
                     drop_duplicates, per-feature encoding (frequency ranks fitted on the same non-test customers),
@@ -45,8 +45,9 @@ MAX_LEN = 1200
 
 # --- the two routes (run inside a child process) ---------------------------------------------------------------------
 def route_ours(input_path: Path, labels_path: Path, work: Path, max_len: int) -> dict:
-    from pipeline.ingest import IngestConfig, ingest
-    from pipeline.sequences import SequenceConfig, run_sequences
+    from pipeline.ingest.rules import IngestConfig
+    from pipeline.ingest.files import ingest
+    from pipeline.sequences.table import SequenceConfig, run_sequences
 
     t0 = time.perf_counter()
     ing = ingest([input_path], work / "events", IngestConfig())
@@ -68,7 +69,7 @@ def _ingest_rows(result) -> int | None:
 
 SEQ_COLS = ["event_time", "mcc", "tr_type_code", "amount_log", "hour", "weekday", "log_dt"]
 RAW = ["customer_id", "tr_datetime", "mcc_code", "tr_type", "amount", "term_id"]
-MAX_DAY, MAX_ABS_AMOUNT = 3650, 1e12  # pipeline.ingest.IngestConfig defaults
+MAX_DAY, MAX_ABS_AMOUNT = 3650, 1e12  # pipeline.ingest.rules.IngestConfig defaults
 
 
 def pandas_sequences(df, labels_path: Path, work: Path, max_len: int) -> tuple[object, dict]:
@@ -78,10 +79,10 @@ def pandas_sequences(df, labels_path: Path, work: Path, max_len: int) -> tuple[o
     import pandas as pd
     import polars as pl
 
-    from pipeline.splits import SplitConfig, make_split
+    from pipeline.sequences.splits import SplitConfig, make_split
 
     t0 = time.perf_counter()
-    labels = pd.read_csv(labels_path)
+    labels = pd.read_csv(labels_path).rename(columns={"gender": "label"})  # the target column ours writes
     split = make_split(pl.from_pandas(labels), SplitConfig())  # the same split as ours
     train = df[~df["customer_id"].isin(set(split.test_ids))]
 
@@ -230,7 +231,7 @@ def ensure_input(args: argparse.Namespace) -> tuple[Path, Path]:
         if not args.labels:
             sys.exit("--input needs --labels")
         return Path(args.input), Path(args.labels)
-    from pipeline.generate import GeneratorConfig, generate
+    from pipeline.sources.generate import GeneratorConfig, generate
 
     cache = Path(args.cache) / f"c{args.customers}"
     tx = cache / "transactions.csv"
@@ -284,7 +285,7 @@ def check_validation(work: Path) -> dict:
     import pandas as pd
     import polars as pl
 
-    from pipeline.ingest import IngestConfig, validate
+    from pipeline.ingest.rules import IngestConfig, validate
     from pipeline.io import scan_table
 
     good = ["1,5 10:00:00,5411,1010,-100.5,123456", "1,5 10:00:60,5411,1010,-7,", "2,6 00:00:00,5912,1110,-20,",
@@ -320,7 +321,7 @@ ROUTES = ("ours", "pandas_lean", "pandas_validated")
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--input", help="raw transactions file (CSV); default: generate with pipeline.generate")
+    p.add_argument("--input", help="raw transactions file (CSV); default: generate with pipeline.sources.generate")
     p.add_argument("--labels", help="gender_train.csv for --input")
     p.add_argument("--customers", type=int, default=15_000, help="customers to generate (default full size)")
     p.add_argument("--cache", default=str(ROOT / "data" / "bench"), help="generated data cache folder")

@@ -7,10 +7,10 @@ Each (workload, setting) runs in a fresh process (thread pools are process-wide)
 and BLAS as the libraries start them (one thread per core they see, spinning while they wait: what training did
 before), a number applies the pipeline's library defaults (`OMP_WAIT_POLICY=PASSIVE`) and
 `pipeline.threads.apply_threads(n)`, `usable` the same with the count the pipeline now chooses by itself
-(`choose_threads()`: affinity and cgroup quota). Workloads: `gbdt` = `pipeline.gbdt.train_gbdt` with the demo
+(`choose_threads()`: affinity and cgroup quota). Workloads: `gbdt` = `pipeline.scoring.gbdt.train_gbdt` with the demo
 preset's GBDT config (features, 120 rounds, validation early stopping, test scoring); `transformer` = one epoch of
-`pipeline.train.fit` (demo preset model, 20 steps) plus test evaluation. CPU seconds are the process's user + system
-time (all threads) around the workload only. Prints a table and writes bench/results/threads.json with the load
+`pipeline.training.train.fit` (demo preset model, 20 steps) plus test evaluation. CPU seconds are the process's user +
+system time (all threads) around the workload only. Prints a table and writes bench/results/threads.json with the load
 average: the machine may be shared.
 """
 
@@ -39,9 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def prepare(data: Path, customers: int) -> Path:
     """generate -> ingest -> sequences, once per size (cached under <data root>/bench/)."""
-    from pipeline.generate import GeneratorConfig, generate
-    from pipeline.ingest import ingest
-    from pipeline.sequences import SequenceConfig, run_sequences
+    from pipeline.sources.generate import GeneratorConfig, generate
+    from pipeline.ingest.files import ingest
+    from pipeline.sequences.table import SequenceConfig, run_sequences
 
     if not (data / "sequences" / "manifest.json").exists():
         print(f"generating {customers:,} customers into {data} …", flush=True)
@@ -71,10 +71,10 @@ def worker(workload: str, setting: str, data: Path) -> dict:
 
     pools = sorted({p["num_threads"] for p in threadpool_info()})
     from pipeline import schema as S
-    from pipeline.ingest import read_events
+    from pipeline.ingest.files import read_events
     from pipeline.metrics import classification_metrics
-    from pipeline.presets import demo
-    from pipeline.splits import Split
+    from pipeline.training.presets import demo
+    from pipeline.sequences.splits import Split
 
     split = Split.load(data / "sequences" / "split.json")
     ids = (split.train_ids(0), split.val_ids(0), split.test_ids)
@@ -85,9 +85,9 @@ def worker(workload: str, setting: str, data: Path) -> dict:
         return r.ru_utime + r.ru_stime
 
     if workload == "gbdt":
-        from pipeline.gbdt import train_gbdt
+        from pipeline.scoring.gbdt import train_gbdt
 
-        labels = pl.read_parquet(data / "sequences" / "sequences.parquet", columns=[S.CUSTOMER_ID, S.GENDER]).drop_nulls()
+        labels = pl.read_parquet(data / "sequences" / "sequences.parquet", columns=[S.CUSTOMER_ID, S.LABEL]).drop_nulls()
         events = read_events(data / "events")
         c0, t0 = cpu_s(), time.perf_counter()
         run = train_gbdt(events, labels, ids, preset.gbdt)
@@ -97,9 +97,9 @@ def worker(workload: str, setting: str, data: Path) -> dict:
         from dataclasses import replace
 
         from models import ModelConfig, build_model
-        from pipeline.batches import SequenceDataset, make_loader, numeric_stats
-        from pipeline.sequences import Vocab
-        from pipeline.train import evaluate, fit
+        from pipeline.sequences.batches import SequenceDataset, make_loader, numeric_stats
+        from pipeline.sequences.table import Vocab
+        from pipeline.training.train import evaluate, fit
 
         seq = data / "sequences" / "sequences.parquet"
         vocab = Vocab.load(data / "sequences" / "vocab.json")

@@ -27,9 +27,9 @@ from prefect.client.schemas.sorting import FlowRunSort
 
 from flows.end_to_end import PipelineParams, pipeline
 from flows.train import TrainParams
-from pipeline.generate import GeneratorConfig, generate
+from pipeline.sources.generate import GeneratorConfig, generate
 from pipeline.settings import Settings, load_settings
-from pipeline.tracking import CHAMPION, TAG_TEST_AUROC
+from pipeline.registry.tracking import CHAMPION, TAG_TEST_AUROC
 
 STAMP = ".generated.json"  # the generator config that produced <data root>/raw
 
@@ -76,7 +76,8 @@ def ensure_raw_data(raw_dir: Path, config: GeneratorConfig) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pipeline.presets import ENCODER_MODELS, PRESET_NAMES  # the registry's list; loads torch, which the pipeline needs anyway
+    # the registry's list; loads torch, which the pipeline needs anyway
+    from pipeline.training.presets import ENCODER_MODELS, PRESET_NAMES
 
     parser = argparse.ArgumentParser(prog="txseq-demo", description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=GeneratorConfig().n_customers, help="customers to generate (15,000 = full size)")

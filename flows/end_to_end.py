@@ -16,7 +16,7 @@ from flows.ingest import IngestParams, ingest_flow
 from flows.pretrain import PretrainParams, pretrain_flow
 from flows.sequences import SequencesParams, sequences_flow
 from flows.train import TrainParams, train_flow
-from pipeline.training_run import ComparisonResult
+from pipeline.training.run import ComparisonResult
 
 
 class PipelineParams(BaseModel):

@@ -17,7 +17,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.logging.loggers import flow_run_logger
 
-from pipeline.training_run import end_comparison_runs
+from pipeline.training.run import end_comparison_runs
 from pipeline.settings import load_settings
 
 

@@ -13,7 +13,8 @@ from pydantic import Field
 
 from flows.common import IO_RETRIES, EngineParams, cached_on, missing
 from pipeline.engines import Engine, ingest_with
-from pipeline.ingest import IngestConfig, IngestResult
+from pipeline.ingest.rules import IngestConfig
+from pipeline.ingest.files import IngestResult
 from pipeline.io import check_io_paths
 from pipeline.settings import load_settings
 from pipeline.steps import IngestOptions

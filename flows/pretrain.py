@@ -14,9 +14,9 @@ from typing import Literal
 from prefect import flow, task
 from pydantic import BaseModel, Field
 
-from pipeline.training_run import resolve_preset
-from pipeline.pretrain import PretrainConfig, run_pretraining
-from pipeline.presets import PRESET_NAMES
+from pipeline.training.run import resolve_preset
+from pipeline.training.pretrain import PretrainConfig, run_pretraining
+from pipeline.training.presets import PRESET_NAMES
 from pipeline.settings import load_settings
 
 

@@ -1,7 +1,7 @@
 """Batch scoring flows: `score` (one Parquet file or folder) and `score_landing` (each new landing file once).
 
-Tasks pass paths and the model URI; the model is loaded inside the task (`pipeline.scoring.load_batch_scorer`), so the
-same code runs with no Prefect at all through `txseq score`.
+Tasks pass paths and the model URI; the model is loaded inside the task (`pipeline.scoring.pyfunc.load_batch_scorer`),
+so the same code runs with no Prefect at all through `txseq score`.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
 from flows.common import IO_RETRIES, EngineParams
-from pipeline.batch_scoring import ScoreConfig, ScoreResult, default_rejects_path, summary_markdown
-from pipeline.landing import LandingConfig, LandingResult, landing_files, pending_files
-from pipeline.landing import score_landing as score_landing_folder
-from pipeline.drift import markdown as drift_markdown
+from pipeline.scoring.batch import ScoreConfig, ScoreResult, default_rejects_path, summary_markdown
+from pipeline.scoring.landing import LandingConfig, LandingResult, landing_files, pending_files
+from pipeline.scoring.landing import score_landing as score_landing_folder
+from pipeline.scoring.drift import markdown as drift_markdown
 from pipeline.engines import Engine, score_file_with
 from pipeline.io import check_io_paths
-from pipeline.scoring import ModelLoadError, load_batch_scorer, log_scoring_run
+from pipeline.scoring.pyfunc import ModelLoadError, load_batch_scorer, log_scoring_run
 from pipeline.settings import DEFAULT_REGISTERED_MODEL, load_settings
 
 CHAMPION_URI = f"models:/{DEFAULT_REGISTERED_MODEL}@champion"
@@ -78,7 +78,7 @@ def score_landing_task(model_uri: str, landing_dir: Path, out_dir: Path, p: Land
     return result
 
 
-def _log_scoring_run(result: ScoreResult, model) -> None:  # noqa: ANN001 - batch_scoring.ModelRef
+def _log_scoring_run(result: ScoreResult, model) -> None:  # noqa: ANN001 - batch.ModelRef
     """The scoring run in MLflow; the scores are written already, so a tracking hiccup is a warning, not a retry."""
     try:
         log_scoring_run(result, model, load_settings().tracking_uri)

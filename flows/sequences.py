@@ -14,11 +14,11 @@ from pydantic import Field
 from flows.common import IO_RETRIES, EngineParams, cached_on, missing
 from pipeline.engines import Engine, sequences_with
 from pipeline.io import check_io_paths
-from pipeline.sequences import SequenceConfig, SequencesResult
-from pipeline.ingest import LabelSpec
+from pipeline.sequences.table import SequenceConfig, SequencesResult
+from pipeline.ingest.labels import LabelSpec
 from pipeline.settings import load_settings
 from pipeline.steps import SequencesOptions
-from pipeline.splits import SplitConfig
+from pipeline.sequences.splits import SplitConfig
 
 
 _D = SequencesOptions()

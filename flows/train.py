@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from flows.hooks import MLFLOW_HOOKS, comparison_run_name
 
-from pipeline.training_run import (
+from pipeline.training.run import (
     ComparisonPlan,
     ComparisonResult,
     ModelResult,
@@ -27,13 +27,13 @@ from pipeline.training_run import (
     start_comparison,
     train_one,
 )
-from pipeline.presets import PRESET_NAMES
+from pipeline.training.presets import PRESET_NAMES
 from pipeline.settings import load_settings
 
 
 class TrainParams(BaseModel):
     preset: Literal[PRESET_NAMES] = Field(
-        "auto", description="named run configuration (pipeline/presets.py); auto is sized from the data")
+        "auto", description="named run configuration (pipeline/training/presets.py); auto is sized from the data")
     models: list[str] = Field(default_factory=list, description="models to train (default: the preset's)")
     sequences_dir: str | None = Field(None, description="default: <data root>/sequences")
     events_dir: str | None = Field(None, description="default: <data root>/events")

@@ -15,10 +15,10 @@ from pipeline.settings import DEFAULT_REGISTERED_MODEL, apply_library_defaults
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
-    """`txseq generate`: calibrated synthetic dataset in the raw schema (owner: pipeline.generate)."""
+    """`txseq generate`: calibrated synthetic dataset in the raw schema (owner: pipeline.sources.generate)."""
     from pathlib import Path
 
-    from pipeline.generate import GeneratorConfig
+    from pipeline.sources.generate import GeneratorConfig
 
     d = GeneratorConfig()
     p = sub.add_parser(
@@ -44,7 +44,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     def handler(args: argparse.Namespace) -> int:
         import time
 
-        from pipeline.generate import generate
+        from pipeline.sources.generate import generate
         from pipeline.settings import load_settings
 
         config = GeneratorConfig(n_customers=args.customers, n_labelled=args.labelled, seed=args.seed, scale=args.scale,
@@ -95,12 +95,12 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     def handler(args: argparse.Namespace) -> int:
         from pipeline.engines import ingest_with
         from pipeline.engines.spark import SparkError
-        from pipeline.ingest import IngestError
+        from pipeline.ingest.rules import IngestError
         from pipeline.settings import load_settings
 
         from pipeline.io import PathError, check_io_paths
 
-        from pipeline.sources import SourceError
+        from pipeline.sources.mapping import SourceError
 
         try:
             config = IngestOptions(args.source, args.max_day, args.max_abs_amount, args.allow_extra_columns,
@@ -119,7 +119,7 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_sequences(sub: argparse._SubParsersAction) -> None:
-    """`txseq sequences`: events -> per-customer sequences + vocab + split (owner: pipeline.sequences)."""
+    """`txseq sequences`: events -> per-customer sequences + vocab + split (owner: pipeline.sequences.table)."""
     from pathlib import Path
 
     from pipeline.steps import SequencesOptions
@@ -152,7 +152,7 @@ def _add_sequences(sub: argparse._SubParsersAction) -> None:
     def handler(args: argparse.Namespace) -> int:
         from pipeline.engines import sequences_with
         from pipeline.engines.spark import SparkError
-        from pipeline.ingest import IngestError
+        from pipeline.ingest.rules import IngestError
         from pipeline.io import PathError, check_io_paths
         from pipeline.settings import load_settings
 
@@ -187,7 +187,7 @@ class _EncoderListHelp(argparse.HelpFormatter):
 
             text = text.replace("{encoders}", ",".join(comparison_encoders()))
         if text and "{presets}" in text:
-            from pipeline.presets import PRESET_NAMES
+            from pipeline.training.presets import PRESET_NAMES
 
             text = text.replace("{presets}", ", ".join(PRESET_NAMES))
         if text and "{all_encoders}" in text:
@@ -197,7 +197,7 @@ class _EncoderListHelp(argparse.HelpFormatter):
         if text and "{pretrain." in text:
             from dataclasses import asdict
 
-            from pipeline.pretrain import PretrainConfig
+            from pipeline.training.pretrain import PretrainConfig
 
             for key, value in asdict(PretrainConfig()).items():
                 text = text.replace(f"{{pretrain.{key}}}", str(value))
@@ -205,7 +205,7 @@ class _EncoderListHelp(argparse.HelpFormatter):
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    """`txseq train`: train/compare models, track in MLflow, register (owner: pipeline.train / compare)."""
+    """`txseq train`: train/compare models, track in MLflow, register (owner: pipeline.training.run)."""
     from pathlib import Path
 
     p = sub.add_parser(
@@ -250,13 +250,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     def handler(args: argparse.Namespace) -> int:
         import logging
 
-        from pipeline import distributed
-        from pipeline.training_run import default_run_name, follow_comparison, resolve_preset, run_comparison
+        from pipeline.training import distributed
+        from pipeline.training.run import default_run_name, follow_comparison, resolve_preset, run_comparison
         from pipeline.settings import load_settings, torchrun_env
-        from pipeline.tracking import TrackingError
-        from pipeline.train import resolve_device
+        from pipeline.registry.tracking import TrackingError
+        from pipeline.training.train import resolve_device
 
-        from pipeline.presets import PRESET_NAMES
+        from pipeline.training.presets import PRESET_NAMES
 
         if args.preset not in PRESET_NAMES:
             p.error(f"--preset: unknown {args.preset!r}; choose one of {', '.join(PRESET_NAMES)}")
@@ -266,14 +266,18 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         settings = load_settings()
         from dataclasses import replace
 
-        from pipeline.calibration import ThresholdRule
+        from pipeline.scoring.calibration import ThresholdRule
 
         try:
             rule = str(ThresholdRule.parse(args.threshold_rule))
         except ValueError as e:
             p.error(str(e))
-        preset = replace(resolve_preset(args.preset, args.sequences or settings.sequences_dir, args.fold,
-                                        steps=args.steps, device=args.device), threshold_rule=rule)
+        try:  # the auto preset reads the sequences table: a wrong or outdated one fails here, before any training
+            preset = replace(resolve_preset(args.preset, args.sequences or settings.sequences_dir, args.fold,
+                                            steps=args.steps, device=args.device), threshold_rule=rule)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
         if (args.nproc > 1 or args.nnodes > 1) and torchrun_env() is None:  # the launcher: one run name for all
             if args.nnodes > 1 and not args.master_addr:
@@ -313,10 +317,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
-    """`txseq pretrain`: CoLES self-supervised pretraining of one encoder (owner: pipeline.pretrain)."""
+    """`txseq pretrain`: CoLES self-supervised pretraining of one encoder (owner: pipeline.training.pretrain)."""
     from pathlib import Path
 
-    # no import of `models` or `pipeline.pretrain` here: they load torch, which every other `txseq` call would pay
+    # no import of `models` or `pipeline.training.pretrain` here: they load torch, which every other `txseq` call would pay
     p = sub.add_parser(
         "pretrain",
         formatter_class=_EncoderListHelp,
@@ -350,12 +354,12 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
         import logging
 
         from models import ENCODERS
-        from pipeline.training_run import resolve_preset
-        from pipeline.pretrain import PretrainConfig, run_pretraining
+        from pipeline.training.run import resolve_preset
+        from pipeline.training.pretrain import PretrainConfig, run_pretraining
         from pipeline.settings import load_settings
-        from pipeline.tracking import TrackingError
+        from pipeline.registry.tracking import TrackingError
 
-        from pipeline.presets import PRESET_NAMES
+        from pipeline.training.presets import PRESET_NAMES
 
         if args.encoder not in ENCODERS:
             print(f"txseq pretrain: error: unknown encoder {args.encoder!r}; choose one of {', '.join(sorted(ENCODERS))}",
@@ -389,7 +393,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_score(sub: argparse._SubParsersAction) -> None:
-    """`txseq score`: batch-score raw transactions with a registered model (owner: pipeline.batch_scoring)."""
+    """`txseq score`: batch-score raw transactions with a registered model (owner: pipeline.scoring.batch)."""
     from pathlib import Path
 
     p = sub.add_parser(
@@ -418,10 +422,16 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
         from pipeline.engines import score_file_with
         from pipeline.engines.spark import SparkError
         from pipeline.settings import load_settings
-        from pipeline.batch_scoring import ScoreConfig, check_inputs, default_rejects_path, summary_markdown
-        from pipeline.landing import LandingConfig, landing_files, pending_files, score_landing
-        from pipeline.ingest import IngestError
+        from pipeline.ingest.rules import IngestConfig, IngestError
         from pipeline.io import PathError, check_io_paths
+        from pipeline.scoring.batch import (
+            ScoreConfig,
+            check_input_columns,
+            check_inputs,
+            default_rejects_path,
+            summary_markdown,
+        )
+        from pipeline.scoring.landing import LandingConfig, landing_files, pending_files, score_landing
 
         if (args.input is None) == (args.landing is None):
             p.error("give either --input with --output, or --landing with --out-dir")
@@ -429,24 +439,27 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
             p.error("--input needs --output; --landing needs --out-dir")
         if args.landing and args.engine != "polars":
             p.error("--landing scores with --engine polars only (each landing file is small); use --input for Spark")
+        model_uri = args.model or f"models:/{load_settings().registered_model}@champion"
         try:
-            # Paths and the input's header/footer are checked before the (slow) model load.
+            # Paths, the input's header/footer and its columns are checked before the (slow) model load.
             if args.input:
                 (source,), (output, _) = check_io_paths([args.input], [args.output, default_rejects_path(args.output)])
                 if output.is_dir():
                     raise PathError(f"{output}: is a folder; --output names the scores Parquet file")
-                check_inputs(source)
+                files = check_inputs(source)
+                from pipeline.registry.tracking import stored_model_config
+
+                stored = stored_model_config(model_uri, load_settings().tracking_uri)  # config.json alone: no torch
+                if stored is not None:  # the model's export format; None: the model load says what is wrong
+                    check_input_columns(files, IngestConfig.from_dict(stored.get("ingest", {})))
             else:
                 (landing_dir,), (out_dir,) = check_io_paths([args.landing], [args.out_dir])
                 if not pending_files(landing_dir, out_dir, args.min_age_s):  # nothing new: no model to load
                     n = len(landing_files(landing_dir, args.min_age_s))
                     print(f"0 new file(s) scored, {n} skipped (scored before or claimed), 0 failed")
                     return 0
-            from pipeline.scoring import ModelLoadError, load_batch_scorer
+            from pipeline.scoring.pyfunc import ModelLoadError, load_batch_scorer
 
-            from pipeline.settings import load_settings
-
-            model_uri = args.model or f"models:/{load_settings().registered_model}@champion"
             try:
                 scorer, model = load_batch_scorer(model_uri, load_settings().tracking_uri)
             except ModelLoadError as e:  # a missing model/alias/version or an unreachable store: one line, exit 2
@@ -477,9 +490,9 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=handler)
 
 
-def _report_drift(result, model) -> None:  # noqa: ANN001 - batch_scoring.ScoreResult, ModelRef
+def _report_drift(result, model) -> None:  # noqa: ANN001 - batch.ScoreResult, ModelRef
     """The drift warning line (stderr) or a stability line, and the scoring run in MLflow."""
-    from pipeline.scoring import log_scoring_run
+    from pipeline.scoring.pyfunc import log_scoring_run
     from pipeline.settings import load_settings
 
     if result.drift is None:
@@ -498,7 +511,8 @@ def _report_drift(result, model) -> None:  # noqa: ANN001 - batch_scoring.ScoreR
 
 
 def _add_models(sub: argparse._SubParsersAction) -> None:
-    """`txseq models`: registered versions with metrics, aliases and champion decisions (owner: pipeline.tracking)."""
+    """`txseq models`: registered versions with metrics, aliases and champion decisions (owner:
+    pipeline.registry.tracking)."""
     p = sub.add_parser(
         "models",
         help="list the registered model versions: metrics, aliases, champion decisions",
@@ -511,7 +525,7 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
 
     def handler(args: argparse.Namespace) -> int:
         from pipeline.settings import load_settings
-        from pipeline.tracking import TrackingError, registered_versions
+        from pipeline.registry.tracking import TrackingError, registered_versions
 
         settings = load_settings()
         name = args.name or settings.registered_model

@@ -22,8 +22,8 @@ RAW_COLUMNS: tuple[str, ...] = (CUSTOMER_ID, TR_DATETIME, MCC_CODE, TR_TYPE, AMO
 RAW_OPTIONAL_COLUMNS: frozenset[str] = frozenset({TERM_ID})
 
 # --- labels and dictionaries ------------------------------------------------------------------------------------
-GENDER = "gender"
-LABEL_COLUMNS: tuple[str, ...] = (CUSTOMER_ID, GENDER)
+GENDER = "gender"  # the Sberbank labels file's target column: `LabelSpec`'s default, what the generator writes
+LABEL = "label"  # the binary target in the tables the pipeline writes (1 = the label spec's positive value)
 MCC_DESCRIPTION = "mcc_description"
 TR_DESCRIPTION = "tr_description"
 
@@ -86,7 +86,7 @@ SEQ_NUMERIC: tuple[str, ...] = (SEQ_AMOUNT, SEQ_HOUR, SEQ_WEEKDAY, SEQ_LOG_DT)
 
 SEQUENCES_SCHEMA: dict[str, pl.DataType] = {
     CUSTOMER_ID: pl.Int64(),
-    GENDER: pl.Int8(),
+    LABEL: pl.Int8(),  # null: an unlabelled customer
     SEQ_LENGTH: pl.Int32(),
     SEQ_TOTAL: pl.Int32(),
     SEQ_EVENT_TIME: pl.List(pl.Float64()),

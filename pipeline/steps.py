@@ -11,10 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.ingest import REST, IngestConfig, LabelSpec
-from pipeline.sequences import SequenceConfig
-from pipeline.sources import SBERBANK, load_source
-from pipeline.splits import SplitConfig
+from pipeline.ingest.labels import REST, LabelSpec
+from pipeline.ingest.rules import IngestConfig
+from pipeline.sequences.table import SequenceConfig
+from pipeline.sources.mapping import SBERBANK, load_source
+from pipeline.sequences.splits import SplitConfig
 
 _INGEST, _SEQ, _SPLIT, _LABEL = IngestConfig(), SequenceConfig(), SplitConfig(), LabelSpec()
 

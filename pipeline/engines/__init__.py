@@ -1,8 +1,8 @@
 """Which engine runs ingest, sequences and scoring: polars in this process (the library itself) or Spark.
 
-The polars engine is `pipeline.ingest`, `pipeline.sequences` and `pipeline.batch_scoring`; `pipeline.engines.spark`
-only moves Arrow batches to where those same functions run and gathers what they write. The CLI (`--engine`,
-`--spark-master`, `--spark-conf`) and the flows (`engine`, `spark_master`, `spark_conf`) both call the
+The polars engine is `pipeline.ingest`, `pipeline.sequences.table` and `pipeline.scoring.batch`;
+`pipeline.engines.spark` only moves Arrow batches to where those same functions run and gathers what they write. The CLI
+(`--engine`, `--spark-master`, `--spark-conf`) and the flows (`engine`, `spark_master`, `spark_conf`) both call the
 `*_with(engine, ...)` functions below, so neither knows how an engine is started.
 """
 
@@ -15,11 +15,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 if TYPE_CHECKING:
-    from pipeline.batch_scoring import ModelRef, ScoreConfig, ScoreResult
+    from pipeline.scoring.batch import ModelRef, ScoreConfig, ScoreResult
     from pipeline.engines.spark import SparkEngine
-    from pipeline.ingest import IngestConfig, IngestResult, LabelSpec
-    from pipeline.sequences import SequenceConfig, SequencesResult
-    from pipeline.splits import SplitConfig
+    from pipeline.ingest.rules import IngestConfig
+    from pipeline.ingest.files import IngestResult
+    from pipeline.ingest.labels import LabelSpec
+    from pipeline.sequences.table import SequenceConfig, SequencesResult
+    from pipeline.sequences.splits import SplitConfig
 
 ENGINES: tuple[str, ...] = ("polars", "spark")
 
@@ -76,7 +78,8 @@ def engine_from_args(args: argparse.Namespace) -> Engine:
 
 def ingest_with(engine: Engine, inputs: list[Path], out_dir: Path, config: IngestConfig, atomic: bool = False
                 ) -> IngestResult:
-    from pipeline.ingest import IngestError, ingest
+    from pipeline.ingest.rules import IngestError
+    from pipeline.ingest.files import ingest
 
     if engine.name == "spark":
         if config.source.declared:
@@ -88,8 +91,9 @@ def ingest_with(engine: Engine, inputs: list[Path], out_dir: Path, config: Inges
 
 def sequences_with(engine: Engine, events_dir: Path, labels: Path | None, out_dir: Path, config: SequenceConfig,
                    split_config: SplitConfig, label: LabelSpec | None = None) -> SequencesResult:
-    from pipeline.ingest import IngestError, LabelSpec
-    from pipeline.sequences import run_sequences
+    from pipeline.ingest.rules import IngestError
+    from pipeline.ingest.labels import LabelSpec
+    from pipeline.sequences.table import run_sequences
 
     label = label or LabelSpec()
     if engine.name == "spark":
@@ -104,7 +108,7 @@ def score_file_with(engine: Engine, source: Path, output: Path, scorer: Any, mod
                     tracking_uri: str) -> ScoreResult:
     """Score one input. On Spark each worker loads the model itself from `model.uri` (through `tracking_uri`);
     `scorer` (loaded here) gives the ingest settings and the drift reference stored with the model."""
-    from pipeline.batch_scoring import score_file, scorer_reference, scorer_rules
+    from pipeline.scoring.batch import score_file, scorer_reference, scorer_rules
 
     if engine.name == "spark":
         from pipeline.engines.spark import RegisteredScorer

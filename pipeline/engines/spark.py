@@ -50,21 +50,23 @@ import polars as pl
 import pyarrow as pa
 
 from pipeline import raw_csv, schema
-from pipeline.ingest import (
+from pipeline.ingest.files import (
     EVENTS_DIR,
-    REJECT_TEXT_PREFIX,
     REJECTS_DIR,
     FileReport,
-    IngestConfig,
-    IngestError,
     IngestResult,
-    _ParquetSink,
-    check_columns,
+    ParquetSink,
     event_part_files,
     ingest,
-    mark_ingested_repeats,
     part_name,
     reconcile,
+)
+from pipeline.ingest.rules import (
+    REJECT_TEXT_PREFIX,
+    IngestConfig,
+    IngestError,
+    check_columns,
+    mark_ingested_repeats,
     split_combined,
     validate_combined,
 )
@@ -73,10 +75,10 @@ from pipeline.io import TableError, clean_csv_copy, is_parquet, scan_table
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-    from pipeline.batch_scoring import ModelRef, ScoreConfig, ScoreResult
-    from pipeline.drift import DriftMonitor, Reference
-    from pipeline.sequences import SequenceConfig, SequencesResult
-    from pipeline.splits import SplitConfig
+    from pipeline.scoring.batch import ModelRef, ScoreConfig, ScoreResult
+    from pipeline.scoring.drift import DriftMonitor, Reference
+    from pipeline.sequences.table import SequenceConfig, SequencesResult
+    from pipeline.sequences.splits import SplitConfig
 
 JAVA_HINT = "install a JDK 17+ (e.g. `apt-get install openjdk-17-jre-headless`) or set JAVA_HOME"
 _BUCKET = "_bucket"
@@ -389,7 +391,7 @@ def _write_ingest_group(events_dir: str, rejects_dir: str, key: tuple, left: pa.
     events, rejects = (f.sort(schema.SOURCE_ROW).collect() for f in split_combined(combined))
     name = f"b-{int(key[-1]):05d}.parquet"
     for folder, frame, columns in ((events_dir, events, schema.EVENTS_SCHEMA), (rejects_dir, rejects, schema.REJECTS_SCHEMA)):
-        with _ParquetSink(Path(folder) / name, columns) as sink:
+        with ParquetSink(Path(folder) / name, columns) as sink:
             sink.write(frame)
     counts = rejects.group_by(schema.REASON).agg(pl.len().cast(pl.Int64).alias("n")).rename({schema.REASON: "kind"})
     counts = pl.concat([pl.DataFrame({"kind": ["accepted"], "n": [events.height]}, schema={"kind": pl.String, "n": pl.Int64}),
@@ -418,7 +420,7 @@ class SparkEngine:
     # ingest ------------------------------------------------------------------------------------------------------
     def ingest(self, inputs: Sequence[str | Path], out_dir: str | Path, config: IngestConfig = IngestConfig(), *,
                atomic: bool = False) -> IngestResult:
-        """`pipeline.ingest.ingest` with each file validated on Spark: the same manifest, parts and counts. Inputs
+        """`pipeline.ingest.files.ingest` with each file validated on Spark: the same manifest, parts and counts. Inputs
         are paths or `file://` URIs the driver reads too: it hashes each file for the manifest (and cleans a CSV)."""
         local = [_input(i) for i in inputs]
         remote = [str(i) for i in local if not isinstance(i, Path)]
@@ -469,11 +471,11 @@ class SparkEngine:
     # sequences ---------------------------------------------------------------------------------------------------
     def run_sequences(self, events_dir: str | Path, labels_path: str | Path | None, out_dir: str | Path,
                       config: SequenceConfig | None = None, split_config: SplitConfig | None = None) -> SequencesResult:
-        """`pipeline.sequences.run_sequences` on Spark: vocab counts summed over partitions, `build_sequences` on
+        """`pipeline.sequences.table.run_sequences` on Spark: vocab counts summed over partitions, `build_sequences` on
         customer ranges; writes sequences.parquet as a folder of parts in customer order."""
         from pyspark.sql import functions as F
 
-        from pipeline.sequences import (
+        from pipeline.sequences.table import (
             SEQUENCES_FILE,
             SequenceConfig,
             Vocab,
@@ -482,7 +484,7 @@ class SparkEngine:
             rank_codes,
             record_sequences,
         )
-        from pipeline.splits import SplitConfig, make_split
+        from pipeline.sequences.splits import SplitConfig, make_split
 
         config, split_config = config or SequenceConfig(), split_config or SplitConfig()
         t0 = time.perf_counter()
@@ -533,16 +535,16 @@ class SparkEngine:
     def score_file(self, source: str | Path, output: str | Path, scorer_factory: Callable[[], Any], model: ModelRef,
                    config: ScoreConfig | None = None, rejects: str | Path | None = None,
                    ingest_config: IngestConfig | None = None, reference: Reference | None = None) -> ScoreResult:
-        """`pipeline.batch_scoring.score_file` on Spark. `scorer_factory()` (picklable: it runs in each worker,
+        """`pipeline.scoring.batch.score_file` on Spark. `scorer_factory()` (picklable: it runs in each worker,
         once per Python worker) returns the scorer; rows are validated with `ingest_config` (the model's).
         With the model's drift `reference`, each worker counts its customers' events into a `DriftMonitor`'s bins
         and the driver adds the counts up: the same `<stem>.drift.json` / `.drift.png` as the polars engine."""
         from pyspark import StorageLevel
         from pyspark.sql import functions as F
 
-        from pipeline.drift import DriftMonitor
+        from pipeline.scoring.drift import DriftMonitor
 
-        from pipeline.batch_scoring import (
+        from pipeline.scoring.batch import (
             ScoreConfig,
             ScoreResult,
             default_rejects_path,
@@ -625,7 +627,7 @@ def _partition_id() -> int:
 
 
 def _code_counts(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    from pipeline.sequences import code_counts
+    from pipeline.sequences.table import code_counts
 
     for batch in batches:
         frame = pl.from_arrow(pa.Table.from_batches([batch])).lazy()
@@ -638,7 +640,7 @@ def _code_counts(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
 def _build_partition(vocab: Any, config: Any, labels: pl.DataFrame, folder: str,
                      batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """One customer range of events -> `build_sequences` -> part-<partition>.parquet (sorted by customer)."""
-    from pipeline.sequences import PARQUET_OPTIONS, build_sequences
+    from pipeline.sequences.table import PARQUET_OPTIONS, build_sequences
 
     frame = _batches_frame(batches, schema.EVENTS_SCHEMA)
     if frame is None:
@@ -668,8 +670,8 @@ def _score_partition(scorer_factory: Callable[[], Any], model: Any, scored_at: d
                      reference: Reference | None, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """One customer range of validated events -> the scorer -> scores part (one row per customer), and with a
     `reference`, the partition's drift bin counts (whole customers: the per-customer features count right)."""
-    from pipeline.batch_scoring import ScoreConfig, _conform, _predict
-    from pipeline.drift import DriftMonitor
+    from pipeline.scoring.batch import ScoreConfig, _conform, _predict
+    from pipeline.scoring.drift import DriftMonitor
 
     frame = _batches_frame(batches, schema.EVENTS_SCHEMA)
     if frame is None:
@@ -707,6 +709,6 @@ class RegisteredScorer:
     tracking_uri: str
 
     def __call__(self) -> Any:
-        from pipeline.scoring import load_batch_scorer
+        from pipeline.scoring.pyfunc import load_batch_scorer
 
         return load_batch_scorer(self.uri, self.tracking_uri)[0]

@@ -27,7 +27,7 @@ from flows.score import LandingParams, ScoreParams, score, score_landing
 from flows.sequences import SequencesParams, sequences_flow
 from flows.train import TrainParams
 from pipeline import schema
-from pipeline.ingest import REASONS
+from pipeline.ingest.rules import REASONS
 from pipeline.io import scan_table
 from pipeline.settings import load_settings
 
@@ -119,8 +119,8 @@ def test_mlflow_has_one_parent_run_with_a_nested_run_per_model(first_run) -> Non
 
 
 def test_the_pretrain_step_registers_an_encoder_that_saw_no_test_customer(first_run) -> None:
-    from pipeline.pretrain import customers_digest, pretrain_customers
-    from pipeline.splits import Split
+    from pipeline.training.pretrain import customers_digest, pretrain_customers
+    from pipeline.sequences.splits import Split
 
     s = load_settings()
     client = mlflow.MlflowClient(s.tracking_uri)
@@ -227,7 +227,7 @@ def test_the_score_flow_fails_on_a_missing_model_with_the_cli_message(tmp_path: 
     """Same one-line message as `txseq score`; a model that does not exist is not retried."""
     from mlflow import MlflowClient
 
-    from pipeline.scoring import ModelLoadError
+    from pipeline.scoring.pyfunc import ModelLoadError
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     MlflowClient(store).search_experiments()  # an existing, empty store
@@ -253,8 +253,8 @@ async def _task_run_counts(flow_run_id: UUID) -> dict[str, int]:
 
 def test_the_ingest_and_sequences_flows_take_every_cli_knob(tmp_path: Path) -> None:
     """A declared source (the ptls age-group layout) and one label value against the rest, as flow parameters."""
-    from pipeline.ingest import read_events
-    from pipeline.sequences import TableRules
+    from pipeline.ingest.files import read_events
+    from pipeline.sequences.table import TableRules
 
     toml = tmp_path / "ptls.toml"
     toml.write_text('[source]\nname = "ptls-age"\n[columns]\ncustomer_id = "client_id"\nevent_time = "trans_date"\n'

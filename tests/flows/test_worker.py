@@ -38,7 +38,7 @@ from prefect.client.schemas.filters import (
 )
 
 from pipeline import schema
-from pipeline.generate import GeneratorConfig, generate
+from pipeline.sources.generate import GeneratorConfig, generate
 
 pytestmark = pytest.mark.slow
 
@@ -124,8 +124,8 @@ def test_every_deployment_runs_to_completion_on_a_process_worker(deployed) -> No
     (_, _, keys, logs), = _run_worker(project, env, [nightly]).values()
     assert {"ingest-reconciliation", "sequences-summary", "train-comparison"} <= keys
     # progress reaches the run's logs in the UI: per-epoch lines naming the model, GBDT rounds
-    assert re.search(r"pipeline\.train: transformer: step \d+/\d+ .*val auroc \d\.\d{4}", logs), logs[-3000:]
-    assert re.search(r"pipeline\.gbdt: gbdt: round \d+/\d+ +val auroc", logs), logs[-3000:]
+    assert re.search(r"pipeline\.training\.train: transformer: step \d+/\d+ .*val auroc \d\.\d{4}", logs), logs[-3000:]
+    assert re.search(r"pipeline\.scoring\.gbdt: gbdt: round \d+/\d+ +val auroc", logs), logs[-3000:]
     assert (data_root / "events" / "manifest.json").exists() and (data_root / "sequences" / "manifest.json").exists()
     tracking = f"sqlite:///{data_root / 'mlflow' / 'mlflow.db'}"
     champion = mlflow.MlflowClient(tracking).get_model_version_by_alias("txseq-gender", "champion")

@@ -15,9 +15,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _train_data import synthetic_sequences  # noqa: E402
 
 from models import ModelConfig, build_model  # noqa: E402
-from pipeline import distributed  # noqa: E402
-from pipeline.batches import SequenceDataset, make_loader  # noqa: E402
-from pipeline.train import TrainConfig, fit  # noqa: E402
+from pipeline.training import distributed  # noqa: E402
+from pipeline.sequences.batches import SequenceDataset, make_loader  # noqa: E402
+from pipeline.training.train import TrainConfig, fit  # noqa: E402
 
 
 def main(out: Path, checkpoints: Path | None, fingerprint: dict[str, str] | None, kill_after: int | None) -> None:

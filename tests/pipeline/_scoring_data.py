@@ -8,7 +8,7 @@ import pandas as pd
 import polars as pl
 
 from pipeline import schema
-from pipeline.batch_scoring import ModelRef
+from pipeline.scoring.batch import ModelRef
 
 MODEL = ModelRef("toy", "3", "models:/toy/3")
 ROOT = Path(__file__).resolve().parents[2]

@@ -44,6 +44,6 @@ def test_ingest_loads_no_heavy_library(tmp_path: Path) -> None:
 
 def test_the_probe_sees_a_heavy_import() -> None:
     """The check can fail: importing the trainer does load torch."""
-    done = subprocess.run([sys.executable, "-c", "import sys, pipeline.train; print('torch' in sys.modules)"],
+    done = subprocess.run([sys.executable, "-c", "import sys, pipeline.training.train; print('torch' in sys.modules)"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300, env={"PYTHONPATH": str(ROOT)})
     assert done.stdout.strip() == "True", done.stderr[-2000:]

@@ -20,8 +20,8 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from pipeline import schema
-from pipeline.batch_scoring import ModelRef, ScoreConfig, score_file
-from pipeline.drift import Reference, fit_reference
+from pipeline.scoring.batch import ModelRef, ScoreConfig, score_file
+from pipeline.scoring.drift import Reference, fit_reference
 from pipeline.engines.spark import (
     SparkConfig,
     SparkEngine,
@@ -31,9 +31,10 @@ from pipeline.engines.spark import (
     local_memory_defaults,
     parse_conf,
 )
-from pipeline.ingest import IngestConfig, IngestError, ingest, read_events, read_rejects
-from pipeline.sequences import SequenceConfig, run_sequences
-from pipeline.splits import Split, SplitConfig
+from pipeline.ingest.rules import IngestConfig, IngestError
+from pipeline.ingest.files import ingest, read_events, read_rejects
+from pipeline.sequences.table import SequenceConfig, run_sequences
+from pipeline.sequences.splits import Split, SplitConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADER = "customer_id,tr_datetime,mcc_code,tr_type,amount,term_id"

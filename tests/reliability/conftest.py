@@ -57,9 +57,9 @@ class Session:
 
 def make_data(root: Path, scale: float = 0.02, max_len: int = 200) -> Data:
     """generate -> ingest -> sequences at a tiny scale (~300 customers, ~170 labelled)."""
-    from pipeline.generate import GeneratorConfig, generate
-    from pipeline.ingest import ingest
-    from pipeline.sequences import SequenceConfig, run_sequences
+    from pipeline.sources.generate import GeneratorConfig, generate
+    from pipeline.ingest.files import ingest
+    from pipeline.sequences.table import SequenceConfig, run_sequences
 
     paths = generate(root / "raw", GeneratorConfig(scale=scale, seed=1))
     ingest([paths.transactions], root / "events")
@@ -81,8 +81,8 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
     """Tiny data, and the transformer trained with the tiny preset (the reference run) registered as champion."""
     import mlflow
 
-    from pipeline.training_run import run_comparison
-    from pipeline.presets import get
+    from pipeline.training.run import run_comparison
+    from pipeline.training.presets import get
     from pipeline.settings import Settings
 
     base = tmp_path_factory.mktemp("reliability")
@@ -101,7 +101,7 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
 @pytest.fixture(scope="session")
 def scorer(session: Session) -> tuple[Any, Any]:
     """(scorer, ModelRef) of the session's champion, loaded as `txseq score` loads it."""
-    from pipeline.scoring import load_batch_scorer
+    from pipeline.scoring.pyfunc import load_batch_scorer
 
     return load_batch_scorer(session.model_uri, session.tracking_uri)
 

@@ -7,7 +7,7 @@ rows in the rejects output with a reason, with the reconciliation holding:
   valid row are scored (one row each).
 
 Every case goes through `txseq ingest` as a subprocess. Through scoring, file-level cases run `txseq score` as a
-subprocess and row-level cases call `pipeline.batch_scoring.score_file` with the session's registered model (the
+subprocess and row-level cases call `pipeline.scoring.batch.score_file` with the session's registered model (the
 same function the CLI calls after loading the model). The CASES table is the list the README counts.
 """
 
@@ -32,8 +32,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import schema as S
-from pipeline.batch_scoring import score_file
-from pipeline.ingest import IngestError, read_labels, validate
+from pipeline.scoring.batch import score_file
+from pipeline.ingest.rules import IngestError, validate
+from pipeline.ingest.labels import read_labels
 from pipeline.io import open_table
 
 from conftest import TXSEQ, Session, files_under, no_traceback
@@ -322,7 +323,7 @@ def test_score(case: Case, session: Session, scorer, tmp_path: Path) -> None:
     assert scores[S.PROBABILITY].is_between(0, 1).all() and scores[S.PROBABILITY].is_finite().all()
     assert set(scores[S.MODEL_VERSION]) == {ref.version}
     if case.id == "over_cap":
-        from pipeline.sequences import build_sequences
+        from pipeline.sequences.table import build_sequences
 
         seq = build_sequences(valid.lazy(), model.vocab, model.sequence, labels=None)
         assert (seq[S.SEQ_LENGTH].to_list(), seq[S.SEQ_TOTAL].to_list()) == ([model.sequence.max_len], [600])
@@ -361,7 +362,7 @@ def test_labels(case: str, session: Session, tmp_path: Path) -> None:
 
 def test_a_bad_file_in_the_landing_folder_does_not_stop_the_others(session: Session, tmp_path: Path) -> None:
     """The bad files are reported (exit status 2, each named) and left unscored; the good one is scored."""
-    from pipeline.landing import read_ledger
+    from pipeline.scoring.landing import read_ledger
 
     landing, out = tmp_path / "landing", tmp_path / "scores"
     landing.mkdir()
@@ -566,7 +567,7 @@ def test_score_checks_a_truncated_gzip_before_the_model(session: Session, tmp_pa
 
 
 def test_score_help_names_the_real_rejects_path(session: Session, tmp_path: Path) -> None:
-    from pipeline.batch_scoring import default_rejects_path
+    from pipeline.scoring.batch import default_rejects_path
 
     proc = session.txseq("score", "--help", env={"COLUMNS": "200"})
     assert proc.returncode == 0 and "<stem>.rejects.parquet" in proc.stdout, proc.stdout

@@ -10,7 +10,7 @@ import polars as pl
 from mlflow import MlflowClient
 
 from pipeline import schema as S
-from pipeline.landing import read_ledger
+from pipeline.scoring.landing import read_ledger
 
 from conftest import Session, no_traceback, subprocess_env
 

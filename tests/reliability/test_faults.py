@@ -28,7 +28,7 @@ def _runs(client: MlflowClient, run_name: str):
 
 
 def test_training_killed_mid_run_resumes_to_the_same_test_metrics(session: Session) -> None:
-    from pipeline.train import load_checkpoint
+    from pipeline.training.train import load_checkpoint
 
     args = ("train", "--sequences", session.data.sequences, "--events", session.data.events, *TRAIN_ARGS,
             "--run", "killed", "--no-register")
@@ -118,7 +118,7 @@ def test_the_train_flow_preflights_the_store_before_any_training(session: Sessio
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The flow's first task opens the comparison, which checks the store first (called through `.fn`)."""
     from flows.train import TrainParams, start_task
-    from pipeline.tracking import TrackingError
+    from pipeline.registry.tracking import TrackingError
 
     monkeypatch.setenv("TXSEQ_DATA_ROOT", str(tmp_path / "root"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")

@@ -43,7 +43,7 @@ def _poisoned(path: Path, marker: Path, base: dict | None = None) -> Path:
 
 def test_a_checkpoint_with_a_pickled_object_is_refused_by_resume(tmp_path: Path) -> None:
     from models import ModelConfig, build_model
-    from pipeline.train import TrainConfig, fit, load_checkpoint
+    from pipeline.training.train import TrainConfig, fit, load_checkpoint
 
     marker = tmp_path / "code-ran"
     ckpt_dir = tmp_path / "checkpoints"
@@ -59,7 +59,7 @@ def test_a_checkpoint_with_a_pickled_object_is_refused_by_resume(tmp_path: Path)
 
 def test_a_model_artifact_with_a_pickled_object_is_refused(session: Session, tmp_path: Path) -> None:
     """The registered model's own artifacts, with model.pt replaced by a poisoned file, do not load."""
-    from pipeline.scoring import load_scorer
+    from pipeline.scoring.pyfunc import load_scorer
 
     local = Path(mlflow.artifacts.download_artifacts(session.model_uri, dst_path=str(tmp_path / "model"),
                                                      tracking_uri=session.tracking_uri))
@@ -89,7 +89,7 @@ def test_a_gbdt_file_with_untrusted_types_is_refused(tmp_path: Path) -> None:
     import skops.io as sio
     from sklearn.preprocessing import FunctionTransformer
 
-    from pipeline.gbdt import load_gbdt
+    from pipeline.scoring.gbdt import load_gbdt
 
     path = tmp_path / "model.skops"
     sio.dump(FunctionTransformer(func=os.system), path)
