@@ -41,7 +41,8 @@ class GBDTConfig:
     log_every: int = 50  # a progress line (round, validation ROC AUC, elapsed) every this many boosting rounds
 
 
-def _classifier(config: GBDTConfig, max_iter: int) -> HistGradientBoostingClassifier:
+def classifier(config: GBDTConfig, max_iter: int) -> HistGradientBoostingClassifier:
+    """An unfitted GBDT of `config` with `max_iter` rounds (no early stopping: the caller chooses the rounds)."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     return HistGradientBoostingClassifier(
@@ -62,13 +63,13 @@ def fit_gbdt(
 
     Returns the model and the validation ROC AUC after each round.
     """
-    full = _fit_in_stages(_classifier(config, config.max_iter), x_train, y_train, x_val, y_val, config.log_every)
+    full = _fit_in_stages(classifier(config, config.max_iter), x_train, y_train, x_val, y_val, config.log_every)
     val_auc = [classification_metrics(y_val, p[:, 1])["auroc"] for p in full.staged_predict_proba(x_val)]
     best = int(np.nanargmax(val_auc)) + 1 if np.isfinite(val_auc).any() else len(val_auc)
     if best == full.n_iter_:
         return full, val_auc
     log.info("gbdt: refit to the best round count, %d (val auroc %.4f)", best, val_auc[best - 1])
-    return _classifier(config, best).fit(x_train, y_train), val_auc
+    return classifier(config, best).fit(x_train, y_train), val_auc
 
 
 def _fit_in_stages(
@@ -122,6 +123,7 @@ class GBDTRun:
     test_label: np.ndarray
     val_prob: np.ndarray | None = None  # for the decision threshold and calibration (pipeline.calibration)
     val_label: np.ndarray | None = None
+    features: pl.DataFrame | None = None  # the split's customers' features (the hybrid's cross-validation)
 
 
 def train_gbdt(
@@ -174,7 +176,7 @@ def train_gbdt(
         "gbdt/n_rounds": float(model.n_iter_),
         **memory.read(),
     }
-    return GBDTRun(model, spec, val_auc, metrics, test_prob, y_te, val_prob, y_va)
+    return GBDTRun(model, spec, val_auc, metrics, test_prob, y_te, val_prob, y_va, features)
 
 
 def _predictors(model: HistGradientBoostingClassifier) -> list:
