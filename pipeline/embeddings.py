@@ -27,8 +27,8 @@ from pipeline.calibration import NO_DECISION, Decision
 from pipeline.drift import Reference
 from pipeline.features import FeatureSpec, build_features
 from pipeline.gbdt import feature_matrix
-from pipeline.inference import InferenceConfig, embed_customers
 from pipeline.hybrid import embedding_rows
+from pipeline.inference import InferenceConfig, embed_customers
 from pipeline.ingest import IngestConfig
 from pipeline.probe import LinearProbe, blend_logit, fit_probe, sigmoid
 from pipeline.sequences import SequenceConfig, Vocab, build_sequences
