@@ -64,7 +64,7 @@ def test_the_blended_hybrid_scores_raw_events_as_it_was_fitted(tmp_path: Path, p
     events, labels, ids, embedder, emb = parts
     run = fit_hybrid(events, labels, ids, tiny().gbdt, emb)
     assert run.weight in BLEND_GRID and set(run.cv_auroc) == set(BLEND_GRID)
-    assert run.metrics["hybrid/cv_auroc_blend"] == max(run.cv_auroc.values())
+    assert run.metrics["hybrid/cv_auroc_blend"] == pytest.approx(max(run.cv_auroc.values()), abs=1e-9)
     card = fit_scoring_card(events, ids[0], run.val_label, run.val_prob, run.test_prob, ThresholdRule("youden"))
     config, files = save_hybrid_artifacts(tmp_path / "pyfunc", run.gbdt.model, run.gbdt.spec, embedder,
                                           card.decision, card.reference, run.probe, run.weight)
