@@ -41,8 +41,7 @@ class GBDTConfig:
     log_every: int = 50  # a progress line (round, validation ROC AUC, elapsed) every this many boosting rounds
 
 
-def classifier(config: GBDTConfig, max_iter: int) -> HistGradientBoostingClassifier:
-    """An unfitted GBDT of `config` with `max_iter` rounds (no early stopping: the caller chooses the rounds)."""
+def _classifier(config: GBDTConfig, max_iter: int) -> HistGradientBoostingClassifier:
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     return HistGradientBoostingClassifier(
@@ -63,13 +62,19 @@ def fit_gbdt(
 
     Returns the model and the validation ROC AUC after each round.
     """
-    full = _fit_in_stages(classifier(config, config.max_iter), x_train, y_train, x_val, y_val, config.log_every)
+    full = _fit_in_stages(_classifier(config, config.max_iter), x_train, y_train, x_val, y_val, config.log_every)
     val_auc = [classification_metrics(y_val, p[:, 1])["auroc"] for p in full.staged_predict_proba(x_val)]
     best = int(np.nanargmax(val_auc)) + 1 if np.isfinite(val_auc).any() else len(val_auc)
     if best == full.n_iter_:
         return full, val_auc
     log.info("gbdt: refit to the best round count, %d (val auroc %.4f)", best, val_auc[best - 1])
-    return classifier(config, best).fit(x_train, y_train), val_auc
+    return _classifier(config, best).fit(x_train, y_train), val_auc
+
+
+def fit_rounds(x: np.ndarray, y: np.ndarray, config: GBDTConfig, rounds: int) -> HistGradientBoostingClassifier:
+    """A GBDT of `config` fitted with exactly `rounds` boosting rounds (the hybrid's cross-validation refits at the
+    round count validation chose)."""
+    return _classifier(config, rounds).fit(x, y)
 
 
 def _fit_in_stages(

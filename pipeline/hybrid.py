@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 
 from pipeline import schema as S
-from pipeline.gbdt import GBDTConfig, GBDTRun, classifier, feature_matrix, train_gbdt
+from pipeline.gbdt import GBDTConfig, GBDTRun, feature_matrix, fit_rounds, train_gbdt
 from pipeline.metrics import classification_metrics
 from pipeline.probe import LinearProbe, blend_logit, choose_blend_weight, fit_probe, sigmoid
 
@@ -78,7 +78,7 @@ def fit_hybrid(events: pl.LazyFrame, labels: pl.DataFrame, split_ids: tuple[np.n
 
         oof_g, oof_p = np.empty(len(pool)), np.empty(len(pool))
         for a, b in StratifiedKFold(n_folds, shuffle=True, random_state=config.seed).split(a_pool, y_pool):
-            oof_g[b] = classifier(config, run.model.n_iter_).fit(a_pool[a], y_pool[a]).decision_function(a_pool[b])
+            oof_g[b] = fit_rounds(a_pool[a], y_pool[a], config, run.model.n_iter_).decision_function(a_pool[b])
             oof_p[b] = fit_probe(e_pool[a], y_pool[a], c=probe.c).logit(e_pool[b])
         weight, cv_auroc = choose_blend_weight(oof_g, oof_p, y_pool)
     else:  # too few labels of one class to cross-validate: the GBDT alone
