@@ -10,10 +10,12 @@ For each signal setting (--order-signals):
   for each budget b (--budgets; "all" = every non-test customer) and split seed s (--seeds):
       b labelled customers drawn from the non-test ones (seeded); 80% train, 20% validation
       gbdt                   the GBDT of the auto preset on the aggregates
-      <enc>                  supervised, the auto preset's recipe (`pipeline.training.train.fit`)
-      <enc>_coles            the same budget from the pretrained embedding + encoder (new head), the library's
-                             fine-tuning recipe (`presets.fine_tune`: head alone during warm-up, backbone at 0.3 × LR)
-      hybrid_<enc>           the auto preset's GBDT on [aggregates | frozen pretrained embedding]
+      <enc>                  supervised, the auto preset's recipe (`pipeline.train.fit`)
+      <enc>_coles            the same budget from the pretrained embedding + encoder, the library's recipe
+                             (`trainers.probe_then_fine_tune`: the head starts as the linear probe of the frozen
+                             embedding, then `presets.fine_tune`; the probe alone is kept when validation prefers it)
+      hybrid_<enc>           the auto preset's GBDT on aggregates blended with a linear probe of the frozen pretrained
+                             embedding, the weight chosen by cross-validation (`pipeline.scoring.hybrid`)
   every model: test ROC AUC on the test customers, CPU seconds (process time: the machine is shared; wall time
   would measure the neighbours); pretraining CPU seconds reported once per encoder.
 
@@ -49,6 +51,7 @@ from pipeline import schema as S  # noqa: E402
 from pipeline.sequences.batches import SequenceDataset, make_loader, numeric_stats  # noqa: E402
 from pipeline.scoring.embeddings import embed, embedding_frame  # noqa: E402
 from pipeline.scoring.gbdt import train_gbdt  # noqa: E402
+from pipeline.scoring.hybrid import HybridRun, fit_hybrid  # noqa: E402
 from pipeline.sources.generate import GeneratorConfig, generate  # noqa: E402
 from pipeline.ingest.files import ingest, read_events  # noqa: E402
 from pipeline.metrics import classification_metrics, pyplot  # noqa: E402
@@ -56,7 +59,8 @@ from pipeline.training.presets import DataProfile, RunPreset, auto, fine_tune  #
 from pipeline.training.pretrain import PretrainConfig, pretrain, pretrain_customers  # noqa: E402
 from pipeline.sequences.table import SEQUENCES_FILE, SPLIT_FILE, VOCAB_FILE, SequenceConfig, Vocab, run_sequences  # noqa: E402
 from pipeline.sequences.splits import Split, SplitConfig  # noqa: E402
-from pipeline.training.train import evaluate, fit  # noqa: E402
+from pipeline.training.train import FitResult, evaluate, fit  # noqa: E402
+from pipeline.training.trainers import probe_then_fine_tune  # noqa: E402
 
 
 def prepare(root: Path, args: argparse.Namespace, order_signal: float) -> Path:
@@ -82,8 +86,9 @@ def profile(ds: SequenceDataset) -> DataProfile:
     return DataProfile(len(ds), ds.n_events, int(np.nansum(ds.label.numpy())))
 
 
-def train_encoder(cfg: ModelConfig, preset: RunPreset, ds: dict, init: dict | None, seed: int) -> float:
-    """The auto recipe from scratch (init None) or from a pretrained state; returns the test ROC AUC."""
+def train_encoder(cfg: ModelConfig, preset: RunPreset, ds: dict, init: dict | None, seed: int) -> tuple[float, dict]:
+    """The auto recipe from scratch (init None) or, from a pretrained state, the library's `<encoder>_coles`
+    recipe (`trainers.probe_then_fine_tune`); returns the test ROC AUC and what was chosen."""
     torch.manual_seed(seed)
     model = build_model(cfg)
     model.embedding.set_numeric_stats(*numeric_stats(ds["train"]))
@@ -92,11 +97,16 @@ def train_encoder(cfg: ModelConfig, preset: RunPreset, ds: dict, init: dict | No
     tc = replace(preset.train if init is None else fine_tune(preset.train), seed=seed, progress=False, device="cpu")
     if MAX_STEPS:  # a smoke run's cap (the bench's figures use the auto budget)
         tc = replace(tc, steps=min(tc.steps, MAX_STEPS), eval_every=min(tc.eval_every, MAX_STEPS))
-    fit(model, lambda e: make_loader(ds["train"], batch_size=preset.batch_size, shuffle=True, crop_len=preset.crop_len,
-                                     seed=seed * 100_003 + e),
-        lambda: make_loader(ds["val"], batch_size=preset.eval_batch_size), tc)
+
+    def run_fit() -> FitResult:
+        return fit(model, lambda e: make_loader(ds["train"], batch_size=preset.batch_size, shuffle=True,
+                                                crop_len=preset.crop_len, seed=seed * 100_003 + e),
+                   lambda: make_loader(ds["val"], batch_size=preset.eval_batch_size), tc)
+
+    result = run_fit() if init is None else probe_then_fine_tune(model, ds["train"], ds["val"],
+                                                                 preset.eval_batch_size, tc, run_fit)
     out = evaluate(model, make_loader(ds["test"], batch_size=preset.eval_batch_size), torch.device("cpu"), "fp32")
-    return classification_metrics(out["label"], out["prob"])["auroc"]
+    return classification_metrics(out["label"], out["prob"])["auroc"], {"best_step": result.best_step}
 
 
 MAX_STEPS: int | None = None
@@ -160,35 +170,40 @@ def run_setting(args: argparse.Namespace, order_signal: float, tmp: Path, rows: 
                   "test": test_ds}
             preset = auto(profile(ds["train"]))
 
-            def record(model: str, auroc: float, cpu: float) -> None:
+            def record(model: str, auroc: float, cpu: float, **extra: float) -> None:
                 rows.append({"order_signal": order_signal, "model": model, "budget": budget, "seed": seed,
-                             "auroc": float(auroc), "cpu_s": cpu})
+                             "auroc": float(auroc), "cpu_s": cpu, **extra})
                 save()
                 print(f"  order {order_signal:g}  budget {budget:5d}  seed {seed}  {model:24s} AUC {auroc:.4f}  "
-                      f"{cpu:6.1f} CPU s", flush=True)
+                      f"{cpu:6.1f} CPU s  {extra or ''}", flush=True)
 
-            run, cpu = cpu_seconds(train_gbdt, events, labels, (tr, va, test_ids), preset.gbdt)
-            record("gbdt", run.metrics["test/auroc"], cpu)
+            if "gbdt" in args.kinds:
+                run, cpu = cpu_seconds(train_gbdt, events, labels, (tr, va, test_ids), preset.gbdt)
+                record("gbdt", run.metrics["test/auroc"], cpu)
             for enc in args.encoders:
                 cfg = ModelConfig(n_mcc=vocab.size_mcc, n_tr_type=vocab.size_tr_type, **preset.model_kwargs(enc))
-                auc, cpu = cpu_seconds(train_encoder, cfg, preset, ds, None, seed)
-                record(enc, auc, cpu)
+                if "supervised" in args.kinds:
+                    (auc, info), cpu = cpu_seconds(train_encoder, cfg, preset, ds, None, seed)
+                    record(enc, auc, cpu, **info)
                 if enc not in pretrained:
                     continue
                 p_cfg, state, _ = pretrained[enc]
-                auc, cpu = cpu_seconds(train_encoder, p_cfg, preset, ds, state, seed)
-                record(f"{enc}_coles", auc, cpu)
+                if "coles" in args.kinds:
+                    (auc, info), cpu = cpu_seconds(train_encoder, p_cfg, preset, ds, state, seed)
+                    record(f"{enc}_coles", auc, cpu, **info)
 
-                def hybrid() -> float:
+                def hybrid() -> HybridRun:
                     model = build_model(p_cfg)
                     model.load_state_dict(state)
                     all_ids = np.concatenate([tr, va, test_ids]).tolist()
                     emb = embedding_frame(*embed(model, SequenceDataset(seq_path, all_ids), 128))
-                    return train_gbdt(events, labels, (tr, va, test_ids), preset.gbdt, extra_features=emb).metrics[
-                        "test/auroc"]
+                    return fit_hybrid(events, labels, (tr, va, test_ids), preset.gbdt, emb)
 
-                auc, cpu = cpu_seconds(hybrid)
-                record(f"hybrid_{enc}", auc, cpu)
+                if "hybrid" not in args.kinds:
+                    continue
+                run, cpu = cpu_seconds(hybrid)
+                record(f"hybrid_{enc}", run.metrics["test/auroc"], cpu, blend_weight=run.weight,
+                       probe_c=run.probe.c)
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -252,6 +267,8 @@ def main() -> None:
     p.add_argument("--merge", type=lambda s: [Path(x) for x in s.split(",")], default=None,
                    help="combine the runs of these result JSONs into --out / --plot (no training)")
     p.add_argument("--no-pretrain", action="store_true", help="supervised models and the GBDT only")
+    p.add_argument("--kinds", type=lambda s: s.split(","), default=["gbdt", "supervised", "coles", "hybrid"],
+                   help="which models to train, of gbdt,supervised,coles,hybrid (parts of one run in parallel)")
     p.add_argument("--max-len", type=int, default=SequenceConfig().max_len)
     p.add_argument("--test-fraction", type=float, default=0.25)
     p.add_argument("--data-seed", type=int, default=0)

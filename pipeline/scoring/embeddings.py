@@ -1,12 +1,12 @@
 """Customer embeddings from a (CoLES-pretrained) encoder, and the two scorers built on them.
 
-    events ──build_sequences(stored vocab)──▶ batches ──model.embed──▶ (customer_id, emb_0 … emb_{D-1})
-                                                                    └─ ⧺ build_features(stored spec) ──▶ GBDT (hybrid)
+    events ──build_sequences(stored vocab)──▶ batches ──model.embed──▶ (customer_id, emb_0 … emb_{D-1}) ──▶ probe ┐
+           └──────────build_features(stored spec)──────────────────────────────────────────────▶ GBDT ──────────┴▶ blend
 
 `EmbeddingScorer` is what a registered pretrained encoder's pyfunc returns (one row of embedding columns per
 customer); `HybridScorer` scores like every other model (customer_id, probability, prediction) from the GBDT's
-aggregate features with the frozen embeddings appended. Neither imports MLflow: `pipeline.scoring.pyfunc` builds them
-from artifacts.
+aggregate features blended with a linear probe of the frozen embeddings (`pipeline.scoring.hybrid`). Neither imports
+MLflow: `pipeline.scoring.pyfunc` builds them from artifacts.
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ from pipeline.scoring.calibration import NO_DECISION, Decision
 from pipeline.scoring.drift import Reference
 from pipeline.sequences.features import FeatureSpec, build_features
 from pipeline.scoring.gbdt import feature_matrix
+from pipeline.scoring.hybrid import embedding_rows
 from pipeline.scoring.inference import InferenceConfig, embed_customers
 from pipeline.ingest.rules import IngestConfig
+from pipeline.scoring.probe import LinearProbe, blend_logit, fit_probe, sigmoid
 from pipeline.sequences.table import SequenceConfig, Vocab, build_sequences
 
 EMBEDDING_PREFIX = "emb_"
@@ -50,6 +52,26 @@ def embed(model: torch.nn.Module, source: Any, batch_size: int = 128, device: st
     cid, emb = torch.cat(ids).numpy(), torch.cat(out).numpy()
     order = np.argsort(cid, kind="stable")
     return cid[order], emb[order]
+
+
+@torch.no_grad()
+def probe_head(model: torch.nn.Module, dataset: SequenceDataset, batch_size: int = 128, seed: int = 0,
+               device: str | torch.device = "cpu") -> LinearProbe:
+    """Set the classifier head of `model` (LayerNorm -> dropout -> linear) to the linear probe (`fit_probe`) of its
+    frozen embedding of `dataset`'s labelled customers, and return the probe. The LayerNorm is reset to identity
+    and the probe's standardisation folded into the linear layer, so `model(batch).logit` is the probe's logit."""
+    cid, emb = embed(model, dataset, batch_size, device)
+    label = dict(zip(dataset.customer_id.tolist(), dataset.label.tolist(), strict=True))
+    y = np.array([label[int(i)] for i in cid], dtype=np.float64)
+    keep = ~np.isnan(y)
+    norm, linear = model.head[0], model.head[-1]
+    norm.reset_parameters()
+    x = norm(torch.from_numpy(emb).to(norm.weight.device, norm.weight.dtype)).double().cpu().numpy()
+    probe = fit_probe(x[keep], y[keep], seed=seed)
+    weight = probe.coef / probe.scale
+    linear.weight.copy_(torch.from_numpy(weight).to(linear.weight)[None, :])
+    linear.bias.fill_(float(probe.intercept - weight @ probe.mean))
+    return probe
 
 
 def embedding_frame(customer_id: np.ndarray, emb: np.ndarray) -> pl.DataFrame:
@@ -93,8 +115,10 @@ class EmbeddingScorer:
 
 @dataclass
 class HybridScorer:
-    """Raw or validated events -> scores from the GBDT on [aggregate features | frozen encoder embedding], calibrated
-    and thresholded by the decision fitted on validation (as every other model's, `pipeline.scoring.calibration`)."""
+    """Raw or validated events -> scores from the GBDT on the aggregate features blended with the linear probe of the
+    frozen encoder embedding (`pipeline.scoring.hybrid`), calibrated and thresholded by the decision fitted on validation
+    (as every other model's, `pipeline.scoring.calibration`). `probe` None: a hybrid registered before the blend, whose GBDT
+    reads [aggregates | embedding]."""
 
     model: Any  # HistGradientBoostingClassifier
     spec: FeatureSpec
@@ -102,6 +126,8 @@ class HybridScorer:
     ingest: IngestConfig
     decision: Decision = NO_DECISION
     reference: Reference | None = None  # training-time statistics for the drift report
+    probe: LinearProbe | None = None
+    blend_weight: float = 1.0  # the GBDT's share of the logit
 
     def __call__(self, raw: pd.DataFrame | pl.DataFrame) -> pd.DataFrame:
         from pipeline.scoring.pyfunc import raw_events
@@ -115,8 +141,13 @@ class HybridScorer:
         ids = features[S.CUSTOMER_ID].to_numpy()
         if len(ids) == 0:
             return _scores(np.empty(0, np.int64), np.empty(0), self.decision)
-        x = hybrid_matrix(features, self.embedder.embed_events(events), ids)
-        return _scores(ids, self.model.predict_proba(x)[:, 1], self.decision)
+        embeddings = self.embedder.embed_events(events)
+        if self.probe is None:
+            return _scores(ids, self.model.predict_proba(hybrid_matrix(features, embeddings, ids))[:, 1],
+                           self.decision)
+        logit = blend_logit(self.model.decision_function(feature_matrix(features, ids)),
+                            self.probe.logit(embedding_rows(embeddings, ids, len(self.probe.coef))), self.blend_weight)
+        return _scores(ids, sigmoid(logit), self.decision)
 
 
 def save_embedding_artifacts(out_dir: Path, model: torch.nn.Module, model_config: ModelConfig, vocab: Vocab,
@@ -133,9 +164,11 @@ def save_embedding_artifacts(out_dir: Path, model: torch.nn.Module, model_config
 
 def save_hybrid_artifacts(out_dir: Path, gbdt: Any, spec: FeatureSpec, embedder: EmbeddingScorer,
                           decision: Decision = NO_DECISION, reference: Reference | None = None,
+                          probe: LinearProbe | None = None, blend_weight: float = 1.0,
                           **extra: Any) -> tuple[dict, dict[str, Path]]:
     """(config.json content, artifact files) of a hybrid model: the GBDT, its feature spec, the frozen encoder, the
-    decision (threshold + calibration) and the drift reference."""
+    probe and blend weight (numbers in config.json), the decision (threshold + calibration) and the drift
+    reference."""
     from pipeline.scoring.gbdt import save_gbdt
 
     emb_config, emb_files = save_embedding_artifacts(out_dir, embedder.model, embedder.model_config, embedder.vocab,
@@ -145,6 +178,8 @@ def save_hybrid_artifacts(out_dir: Path, gbdt: Any, spec: FeatureSpec, embedder:
     if reference is not None:
         files["reference"] = reference.save(out_dir / "reference.json")
     config = {**emb_config, "kind": "hybrid", "threshold": decision.threshold, "decision": decision.to_dict(), **extra}
+    if probe is not None:
+        config["blend"] = {"weight": float(blend_weight), "probe": probe.to_dict()}
     return config, files
 
 
@@ -167,4 +202,7 @@ def load_embedding_kind(cfg: dict, artifacts: dict[str, str]) -> EmbeddingScorer
     decision = Decision.from_dict(cfg["decision"]) if "decision" in cfg else Decision(
         threshold=float(cfg.get("threshold", 0.5)), rule=NO_DECISION.rule)
     reference = Reference.load(Path(artifacts["reference"])) if "reference" in artifacts else None
-    return HybridScorer(load_gbdt(Path(artifacts["gbdt"])), spec, embedder, ingest, decision, reference)
+    blend = cfg.get("blend")  # absent: a hybrid from before the blend (its GBDT reads the embedding too)
+    probe = LinearProbe.from_dict(blend["probe"]) if blend else None
+    return HybridScorer(load_gbdt(Path(artifacts["gbdt"])), spec, embedder, ingest, decision, reference, probe,
+                        float(blend["weight"]) if blend else 1.0)

@@ -72,6 +72,12 @@ def fit_gbdt(
     return _classifier(config, best).fit(x_train, y_train), val_auc
 
 
+def fit_rounds(x: np.ndarray, y: np.ndarray, config: GBDTConfig, rounds: int) -> HistGradientBoostingClassifier:
+    """A GBDT of `config` fitted with exactly `rounds` boosting rounds (the hybrid's cross-validation refits at the
+    round count validation chose)."""
+    return _classifier(config, rounds).fit(x, y)
+
+
 def _fit_in_stages(
     model: HistGradientBoostingClassifier, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, every: int
 ) -> HistGradientBoostingClassifier:
@@ -123,6 +129,7 @@ class GBDTRun:
     test_label: np.ndarray
     val_prob: np.ndarray | None = None  # for the decision threshold and calibration (pipeline.scoring.calibration)
     val_label: np.ndarray | None = None
+    features: pl.DataFrame | None = None  # the split's customers' features (the hybrid's cross-validation)
 
 
 def train_gbdt(
@@ -175,7 +182,7 @@ def train_gbdt(
         "gbdt/n_rounds": float(model.n_iter_),
         **memory.read(),
     }
-    return GBDTRun(model, spec, val_auc, metrics, test_prob, y_te, val_prob, y_va)
+    return GBDTRun(model, spec, val_auc, metrics, test_prob, y_te, val_prob, y_va, features)
 
 
 def _predictors(model: HistGradientBoostingClassifier) -> list:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -21,6 +21,7 @@ import polars as pl
 import torch
 
 from models import ModelConfig, build_model, canonical_encoder_name
+from pipeline.training import distributed
 from pipeline import schema as S
 from pipeline.sequences.batches import SequenceDataset, make_loader, numeric_stats
 from pipeline.scoring.calibration import ThresholdRule
@@ -44,7 +45,7 @@ from pipeline.sequences.table import (
 from pipeline.sequences.splits import Split
 from pipeline.threads import hardware
 from pipeline.registry.tracking import Tracker
-from pipeline.training.train import FitResult, MetricLogger, evaluate, fit, resolve_device
+from pipeline.training.train import FitResult, MetricLogger, TrainConfig, evaluate, fit, resolve_device
 
 # logged every epoch by `fit`: the run summary does not repeat them
 PER_EPOCH = frozenset({"mem/rss_peak_gib", "mem/cuda_peak_gib", "mem/cuda_reserved_gib",
@@ -191,8 +192,8 @@ class EncoderTrainer:
         return f"{self.encoder}_coles" if self.init_uri is not None else self.encoder
 
     def model_config(self, inputs: TrainingInputs, preset: RunPreset) -> dict:
-        if self.init_uri is not None:  # defined by the pretrained model
-            return {"init_from": self.init_uri}
+        if self.init_uri is not None:  # defined by the pretrained model; the head starts as its linear probe
+            return {"init_from": self.init_uri, "head": "probe_then_fine_tune"}
         return ModelConfig(n_mcc=inputs.vocab.size_mcc, n_tr_type=inputs.vocab.size_tr_type,
                            **preset.model_kwargs(self.encoder)).to_dict()
 
@@ -229,7 +230,7 @@ class GBDTTrainer:
 
 @dataclass(frozen=True)
 class HybridTrainer:
-    """The GBDT on [aggregates | frozen CoLES embedding] of each customer."""
+    """The GBDT on aggregates blended with a linear probe of the frozen CoLES embedding (`pipeline.scoring.hybrid`)."""
 
     encoder: str
     init_uri: str
@@ -239,7 +240,7 @@ class HybridTrainer:
         return f"hybrid_{self.encoder}"
 
     def model_config(self, inputs: TrainingInputs, preset: RunPreset) -> dict:
-        return {"init_from": self.init_uri, **asdict(preset.gbdt)}
+        return {"init_from": self.init_uri, "hybrid": "gbdt_probe_blend", **asdict(preset.gbdt)}
 
     def train(self, inputs: TrainingInputs, preset: RunPreset, context: TrainContext) -> TrainedModel:
         return _train_hybrid(self.name, inputs, preset, self.init_uri, context.run_id, context.run_dir)
@@ -302,18 +303,47 @@ def _fit_encoder(name: str, data: TrainingInputs, preset: RunPreset, datasets: d
     if init is not None:  # the pretrained embedding (with its numeric statistics) and encoder; the head starts fresh
         model.load_state_dict({k: v for k, v in init[1].items() if not k.startswith("head.")}, strict=False)
     tc = preset.train if init is None else fine_tune(preset.train)  # linear probe, then a gentler fine-tune
-    result = fit(
-        model,
-        lambda epoch: make_loader(train_ds, batch_size=preset.batch_size, shuffle=True, crop_len=preset.crop_len,
-                                  seed=tc.seed * 100_003 + epoch, num_workers=workers),
-        lambda: make_loader(val_ds, batch_size=preset.eval_batch_size, num_workers=workers),
-        tc,
-        logger,
-        run_dir / "checkpoints" / name,
-        fingerprint=fingerprint,
-        name=name,
-    )
+
+    def run_fit() -> FitResult:
+        return fit(
+            model,
+            lambda epoch: make_loader(train_ds, batch_size=preset.batch_size, shuffle=True, crop_len=preset.crop_len,
+                                      seed=tc.seed * 100_003 + epoch, num_workers=workers),
+            lambda: make_loader(val_ds, batch_size=preset.eval_batch_size, num_workers=workers),
+            tc,
+            logger,
+            run_dir / "checkpoints" / name,
+            fingerprint=fingerprint,
+            name=name,
+        )
+
+    result = run_fit() if init is None else probe_then_fine_tune(model, train_ds, val_ds, preset.eval_batch_size, tc,
+                                                                 run_fit, logger)
     return model, cfg, result
+
+
+def probe_then_fine_tune(model: torch.nn.Module, train_ds: SequenceDataset, val_ds: SequenceDataset,
+                         eval_batch_size: int, config: TrainConfig, run_fit: Callable[[], FitResult],
+                         logger: MetricLogger | None = None) -> FitResult:
+    """A pretrained encoder under a new head: the head starts as the linear probe of the frozen embedding of the
+    training customers (`embeddings.probe_head`, L2 strength chosen by cross-validation), then `run_fit` fine-tunes
+    the whole model from there. The probe alone competes with the fine-tuned model's best evaluation on validation
+    ROC AUC and is kept when at least as good (`best_step` 0): on a few hundred labels fine-tuning often only
+    overfits what the probe already reads, with thousands it moves the features."""
+    from pipeline.scoring.embeddings import probe_head
+
+    device = distributed.device_for(resolve_device(config.device), distributed.current())
+    probe = probe_head(model, train_ds, eval_batch_size, config.seed, device)
+    val = evaluate(model, make_loader(val_ds, batch_size=eval_batch_size), device, config.precision)
+    probe_auc = classification_metrics(val["label"], val["prob"])["auroc"]
+    if logger is not None:
+        logger.log({"val/probe_auroc": probe_auc, "train/probe_c": probe.c}, step=0)
+    probe_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    result = run_fit()
+    if probe_auc >= result.best_val_auroc or not np.isfinite(result.best_val_auroc):
+        model.load_state_dict(probe_state)
+        return replace(result, best_step=0, best_val_auroc=float(probe_auc))
+    return result
 
 
 def _load_init(uri: str, data: TrainingInputs) -> tuple[ModelConfig, dict]:
@@ -380,8 +410,10 @@ def _train_gbdt(data: TrainingInputs, preset: RunPreset, run_id: str, run_dir: P
 
 def _train_hybrid(name: str, data: TrainingInputs, preset: RunPreset, init_uri: str, run_id: str,
                   run_dir: Path) -> TrainedModel:
-    """The GBDT on [aggregate features | frozen CoLES embedding] of each customer; registered as its own pyfunc."""
+    """The GBDT on aggregates blended with a linear probe of the frozen CoLES embedding (`pipeline.scoring.hybrid`);
+    registered as its own pyfunc."""
     from pipeline.scoring.embeddings import embed, embedding_frame, save_hybrid_artifacts
+    from pipeline.scoring.hybrid import fit_hybrid
     from pipeline.training.pretrain import load_pretrained
 
     _, _, embedder = load_pretrained(init_uri, data.vocab)
@@ -392,14 +424,16 @@ def _train_hybrid(name: str, data: TrainingInputs, preset: RunPreset, init_uri: 
     emb = embedding_frame(*embed(embedder.model, SequenceDataset(data.sequences_dir / SEQUENCES_FILE, ids),
                                  preset.eval_batch_size))
     embed_s = time.perf_counter() - t0
-    run = train_gbdt(data.events, labels, data.ids, preset.gbdt, extra_features=emb)
+    run = fit_hybrid(data.events, labels, data.ids, preset.gbdt, emb)
     run.metrics["time/train_s"] += embed_s
     scoring = fit_scoring_card(data.events, data.ids[0], run.val_label, run.val_prob, run.test_prob,
                                ThresholdRule.parse(preset.threshold_rule))
     art = run_dir / "models" / name
-    config, files = save_hybrid_artifacts(art / "pyfunc", run.model, run.spec, embedder, scoring.decision,
-                                          scoring.reference, pretrained=init_uri)
+    config, files = save_hybrid_artifacts(art / "pyfunc", run.gbdt.model, run.gbdt.spec, embedder, scoring.decision,
+                                          scoring.reference, run.probe, run.weight, pretrained=init_uri)
     metrics = {**run.metrics, **decision_metrics(scoring.decision, run.test_label, run.test_prob)}
     row = ModelResult(name, metrics, None, run_id, roc=roc_points(run.test_label, run.test_prob))
-    return TrainedModel(row, {"gbdt": asdict(preset.gbdt), "init_from": init_uri, **scoring.tags()}, config, files,
-                        [], scoring.tags(), curves={"gbdt/val_auroc_per_round": list(run.val_auroc_per_round)})
+    params = {"gbdt": asdict(preset.gbdt), "init_from": init_uri, "hybrid.blend_weight": run.weight,
+              "hybrid.probe_c": run.probe.c, **scoring.tags()}
+    return TrainedModel(row, params, config, files, [], scoring.tags(),
+                        curves={"gbdt/val_auroc_per_round": list(run.gbdt.val_auroc_per_round)})

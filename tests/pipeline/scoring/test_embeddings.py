@@ -1,5 +1,6 @@
-"""The hybrid model (GBDT on aggregates + frozen encoder embeddings) stores its validation decision (calibration +
-threshold) and drift reference with its artifacts, and scores through them like the GBDT and the encoders."""
+"""The hybrid model (GBDT on aggregates blended with a linear probe of frozen encoder embeddings) stores its
+validation decision (calibration + threshold) and drift reference with its artifacts, and scores through them like
+the GBDT and the encoders; a hybrid from before the blend (GBDT on [aggregates | embedding]) still loads and scores."""
 
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ from pipeline.scoring.calibration import Calibration, Decision, ThresholdRule
 from pipeline.scoring.embeddings import (EmbeddingScorer, HybridScorer, embed, embedding_frame, hybrid_matrix,
                                  load_embedding_kind, save_hybrid_artifacts)
 from pipeline.sequences.features import build_features
-from pipeline.scoring.gbdt import train_gbdt
+from pipeline.scoring.gbdt import feature_matrix, train_gbdt
+from pipeline.scoring.hybrid import fit_hybrid
 from pipeline.ingest.rules import IngestConfig
 from pipeline.ingest.files import read_events
 from pipeline.training.presets import tiny
+from pipeline.scoring.probe import BLEND_GRID, sigmoid
 from pipeline.training.scoring_card import fit_scoring_card
 from pipeline.sequences.table import SEQUENCES_FILE, SPLIT_FILE, VOCAB_FILE, SequenceConfig, Vocab
 from pipeline.sequences.splits import Split
@@ -30,8 +33,8 @@ from _train_data import tiny_dataset  # on sys.path: tests/pipeline/conftest.py
 
 
 @pytest.fixture(scope="module")
-def hybrid(tmp_path_factory: pytest.TempPathFactory):
-    """(events, (train, val, test) ids, embedder, GBDT run on [aggregates | embeddings], its scoring card)."""
+def parts(tmp_path_factory: pytest.TempPathFactory):
+    """(events, labels, (train, val, test) ids, embedder, embeddings of the split's customers)."""
     data = tiny_dataset(tmp_path_factory.mktemp("hybrid") / "data", max_len=64)
     vocab = Vocab.load(data.sequences / VOCAB_FILE)
     split = Split.load(data.sequences / SPLIT_FILE)
@@ -46,9 +49,57 @@ def hybrid(tmp_path_factory: pytest.TempPathFactory):
                                IngestConfig())
     events = read_events(data.events)
     emb = embedding_frame(*embed(embedder.model, SequenceDataset(seq, np.concatenate(ids).tolist())))
+    return events, labels, ids, embedder, emb
+
+
+@pytest.fixture(scope="module")
+def hybrid(parts):
+    """(events, ids, embedder, GBDT run on [aggregates | embeddings] (a hybrid from before the blend), its card)."""
+    events, labels, ids, embedder, emb = parts
     run = train_gbdt(events, labels, ids, tiny().gbdt, extra_features=emb)
     card = fit_scoring_card(events, ids[0], run.val_label, run.val_prob, run.test_prob, ThresholdRule("recall", 0.9))
     return events, ids, embedder, run, card
+
+
+def test_the_blended_hybrid_scores_raw_events_as_it_was_fitted(tmp_path: Path, parts) -> None:
+    events, labels, ids, embedder, emb = parts
+    run = fit_hybrid(events, labels, ids, tiny().gbdt, emb)
+    assert run.weight in BLEND_GRID and set(run.cv_auroc) == set(BLEND_GRID)
+    assert run.metrics["hybrid/cv_auroc_blend"] == pytest.approx(max(run.cv_auroc.values()), abs=1e-9)
+    card = fit_scoring_card(events, ids[0], run.val_label, run.val_prob, run.test_prob, ThresholdRule("youden"))
+    config, files = save_hybrid_artifacts(tmp_path / "pyfunc", run.gbdt.model, run.gbdt.spec, embedder,
+                                          card.decision, card.reference, run.probe, run.weight)
+    loaded = load_embedding_kind(json.loads(json.dumps(config)), {k: str(v) for k, v in files.items()})
+    assert isinstance(loaded, HybridScorer) and loaded.blend_weight == run.weight
+    assert loaded.probe.to_dict() == run.probe.to_dict()
+
+    test = events.filter(pl.col(S.CUSTOMER_ID).is_in(pl.Series(ids[2], dtype=pl.Int64)))
+    scores = loaded.score_events(test)
+    assert scores[S.CUSTOMER_ID].tolist() == sorted(ids[2].tolist())
+    order = np.argsort(ids[2])  # the fitted test probabilities, in the scorer's (customer id) order
+    prob, pred = card.decision.apply(run.test_prob[order])
+    np.testing.assert_allclose(scores[S.PROBABILITY].to_numpy(), prob, rtol=1e-5, atol=1e-7)
+    assert scores[S.PREDICTION].tolist() == pred.tolist()
+
+
+def test_the_blend_weight_runs_from_the_gbdt_alone_to_the_probe_alone(parts) -> None:
+    events, labels, ids, embedder, emb = parts
+    gbdt = train_gbdt(events, labels, ids, tiny().gbdt)
+    run = fit_hybrid(events, labels, ids, tiny().gbdt, emb)
+    test = events.filter(pl.col(S.CUSTOMER_ID).is_in(pl.Series(ids[2], dtype=pl.Int64)))
+    cid = np.sort(ids[2])
+    order = np.argsort(ids[2])
+
+    def scored(weight: float) -> np.ndarray:
+        scorer = HybridScorer(run.gbdt.model, run.gbdt.spec, embedder, IngestConfig(), probe=run.probe,
+                              blend_weight=weight)
+        out = scorer.score_events(test)
+        assert out[S.CUSTOMER_ID].tolist() == cid.tolist()
+        return out[S.PROBABILITY].to_numpy()
+
+    np.testing.assert_allclose(scored(1.0), gbdt.test_prob[order], rtol=1e-6)  # the plain GBDT on aggregates
+    probe_only = sigmoid(run.probe.logit(feature_matrix(emb, cid)))
+    np.testing.assert_allclose(scored(0.0), probe_only, rtol=1e-5, atol=1e-7)
 
 
 def test_the_hybrid_stores_its_decision_and_scores_through_it(tmp_path: Path, hybrid) -> None:
