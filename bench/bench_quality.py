@@ -24,7 +24,8 @@ For each signal setting (--order-signals):
     python bench/bench_quality.py --merge a.json,b.json --out quality.json     # one table/plot from parallel parts
 
 Writes bench/results/quality.json and bench/results/quality.png (AUC vs budget, one panel per signal setting) and
-prints a markdown table of mean ± sd over the seeds.
+prints a markdown table of mean ± sd over the seeds, then the issue's targets read off it (CoLES gain over
+supervised at the smallest budget, best neural/hybrid against the GBDT at each budget).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from models import ModelConfig, build_model  # noqa: E402
+from models import ENCODERS, ModelConfig, build_model  # noqa: E402
 from pipeline import schema as S  # noqa: E402
 from pipeline.sequences.batches import SequenceDataset, make_loader, numeric_stats  # noqa: E402
 from pipeline.scoring.embeddings import embed, embedding_frame  # noqa: E402
@@ -229,21 +230,99 @@ def markdown_table(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def targets(summary: list[dict], min_gain: float = 0.03) -> dict:
+    """The issue's targets, read off the summary. Per signal setting: at the smallest budget, each encoder's CoLES
+    gain over its supervised self (target: ≥ `min_gain`); at every budget, the best neural or hybrid model against
+    the GBDT (target: at least as good)."""
+    out: dict = {}
+    for sig in sorted({s["order_signal"] for s in summary}):
+        rows = {(s["budget"], s["model"]): s["auroc_mean"] for s in summary if s["order_signal"] == sig}
+        low = min(b for b, _ in rows)
+        gains = {}
+        for (budget, model), auc in sorted(rows.items()):
+            enc, kind = model_kind(model)
+            if budget == low and kind == "coles" and (low, enc) in rows:
+                gain = auc - rows[(low, enc)]
+                gains[enc] = {"supervised": rows[(low, enc)], "coles": auc, "gain": gain, "met": gain >= min_gain}
+        best = {}
+        for budget in sorted({b for b, _ in rows}):
+            neural = {m: a for (b, m), a in rows.items() if b == budget and m != "gbdt"}
+            if neural and (budget, "gbdt") in rows:
+                name = max(neural, key=neural.__getitem__)
+                best[budget] = {"best": name, "auroc": neural[name], "gbdt": rows[(budget, "gbdt")],
+                                "met": neural[name] >= rows[(budget, "gbdt")]}
+        out[f"{sig:g}"] = {"budget": low, "min_gain": min_gain, "coles_gain": gains, "best_vs_gbdt": best}
+    return out
+
+
+def targets_table(tg: dict) -> str:
+    lines = ["| order signal | check | model / budget | value | met |", "|---:|---|---|---:|:---:|"]
+    for sig, t in tg.items():
+        for enc, g in t["coles_gain"].items():
+            lines.append(f"| {sig} | CoLES − supervised at {t['budget']} (≥ {t['min_gain']:g}) | {enc} | "
+                         f"{g['gain']:+.4f} | {'yes' if g['met'] else 'no'} |")
+        for budget, b in t["best_vs_gbdt"].items():
+            lines.append(f"| {sig} | best neural/hybrid − GBDT | {b['best']} @ {budget} | "
+                         f"{b['auroc'] - b['gbdt']:+.4f} | {'yes' if b['met'] else 'no'} |")
+    return "\n".join(lines)
+
+
+HATCH = ["", "//", ".."]
+KINDS_STYLE = {"supervised": ("-", "o"), "coles": ("--", "s"), "hybrid": (":", "^")}
+
+
+def model_kind(model: str) -> tuple[str, str]:
+    """(encoder, kind) of a summary row's model name: `gbdt`, `<enc>`, `<enc>_coles`, `hybrid_<enc>`."""
+    if model == "gbdt":
+        return "gbdt", "gbdt"
+    if model.startswith("hybrid_"):
+        return model.removeprefix("hybrid_"), "hybrid"
+    if model.endswith("_coles"):
+        return model.removesuffix("_coles"), "coles"
+    return model, "supervised"
+
+
 def plot(summary: list[dict], path: Path) -> None:
+    """Per signal setting: AUC vs budget (colour = encoder, line and marker = supervised / CoLES / hybrid, the GBDT
+    black), and a bar panel at the smallest budget, where the curves' points would sit on top of each other."""
     plt = pyplot()
     signals = sorted({s["order_signal"] for s in summary})
-    fig, axes = plt.subplots(1, len(signals), figsize=(5.5 * len(signals), 4), sharey=True, squeeze=False)
-    for ax, sig in zip(axes[0], signals, strict=True):
-        for model in sorted({s["model"] for s in summary if s["order_signal"] == sig}):
-            pts = sorted((s for s in summary if s["order_signal"] == sig and s["model"] == model),
-                         key=lambda s: s["budget"])
-            x = [s["budget"] for s in pts]
-            ax.errorbar(x, [s["auroc_mean"] for s in pts], yerr=[s["auroc_sd"] for s in pts], marker="o",
-                        capsize=3, label=model, ls="--" if model == "gbdt" else "-")
-        ax.set(xscale="log", xlabel="labelled customers (train + validation)", ylabel="test ROC AUC",
-               title=f"order signal {sig:g}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    encoders = sorted({model_kind(s["model"])[0] for s in summary} - {"gbdt"})
+    colour = {enc: plt.get_cmap("tab10")(i % 10) for i, enc in enumerate(encoders)}
+    fig, axes = plt.subplots(len(signals), 2, figsize=(13, 4.2 * len(signals)), squeeze=False)
+    for (curve, bars), sig in zip(axes, signals, strict=True):
+        rows = [s for s in summary if s["order_signal"] == sig]
+        for model in sorted({s["model"] for s in rows}):
+            enc, kind = model_kind(model)
+            pts = sorted((s for s in rows if s["model"] == model), key=lambda s: s["budget"])
+            ls, marker = KINDS_STYLE.get(kind, ("--", "D"))
+            curve.errorbar([s["budget"] for s in pts], [s["auroc_mean"] for s in pts],
+                           yerr=[s["auroc_sd"] for s in pts], capsize=3, label=model, ls=ls, marker=marker,
+                           color="black" if enc == "gbdt" else colour[enc], lw=2.2 if enc == "gbdt" else 1.3)
+        curve.set(xscale="log", xlabel="labelled customers (train + validation)", ylabel="test ROC AUC",
+                  title=f"order signal {sig:g}: AUC vs label budget (mean ± sd over seeds)")
+        curve.grid(alpha=0.3)
+        curve.legend(fontsize=6.5, ncol=2)
+        low = min(s["budget"] for s in rows)
+        at_low = {model_kind(s["model"]): s for s in rows if s["budget"] == low}
+        kinds = [k for k in KINDS_STYLE if any(kind == k for _, kind in at_low)]
+        width = 0.8 / max(len(kinds), 1)
+        for j, kind in enumerate(kinds):
+            xs = [i for i, enc in enumerate(encoders) if (enc, kind) in at_low]
+            hits = [at_low[(encoders[i], kind)] for i in xs]
+            bars.bar([x + (j - (len(kinds) - 1) / 2) * width for x in xs], [s["auroc_mean"] for s in hits], width,
+                     yerr=[s["auroc_sd"] for s in hits], capsize=2, hatch=HATCH[j % 3],
+                     color=[colour[encoders[x]] for x in xs], edgecolor="black", alpha=0.85)
+            bars.bar([0], [0], 0, label=kind, hatch=HATCH[j % 3], facecolor="white", edgecolor="black")  # legend key
+        if ("gbdt", "gbdt") in at_low:
+            g = at_low[("gbdt", "gbdt")]
+            bars.axhline(g["auroc_mean"], color="black", ls="--", lw=1.5, label=f"gbdt {g['auroc_mean']:.3f}")
+        values = [s["auroc_mean"] - s["auroc_sd"] for s in at_low.values()]
+        bars.set(xticks=range(len(encoders)), ylim=(max(0.0, min(values, default=0.5) - 0.02), None),
+                 ylabel="test ROC AUC", title=f"order signal {sig:g}, {low} labelled customers")
+        bars.set_xticklabels(encoders, rotation=20, fontsize=8)
+        bars.grid(alpha=0.3, axis="y")
+        bars.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -256,8 +335,8 @@ def main() -> None:
     p.add_argument("--budgets", type=lambda s: s.split(","), default=["300", "1000", "all"],
                    help="labelled customers for train + validation, comma-separated; 'all' = every non-test one")
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
-    p.add_argument("--encoders", type=lambda s: [x for x in s.split(",") if x], default=["transformer", "performer",
-                                                                        "infinite_former", "eam"])
+    p.add_argument("--encoders", type=lambda s: [x for x in s.split(",") if x], default=[n for n, e in ENCODERS.items() if e.in_comparison],
+                   help="every encoder of the comparison by default")
     p.add_argument("--order-signals", type=lambda s: [float(x) for x in s.split(",")], default=[0.0, 2.0])
     p.add_argument("--signal-strength", type=float, default=0.5, help="the generator's bag-of-events signal")
     p.add_argument("--pretrain-steps", type=int, default=0,
@@ -295,7 +374,8 @@ def main() -> None:
                   "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_at_start": load_start,
                               "load_now": os.getloadavg()},
                   "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
-                  "runs": rows, "summary": summary, "table": markdown_table(summary)}
+                  "runs": rows, "summary": summary, "table": markdown_table(summary), "targets": targets(summary),
+                  "targets_table": targets_table(targets(summary))}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))
         if summary:
@@ -315,13 +395,13 @@ def main() -> None:
             parts.append({"file": path.name, "args": part["args"], "complete": part["complete"],
                           "wall_s": part["wall_s"], "cpu_s": part["cpu_s"], "machine": part["machine"]})
         result = save(complete=all(p["complete"] for p in parts))
-        print(result["table"])
+        print(result["table"] + "\n\n" + result["targets_table"])
         return
     with tempfile.TemporaryDirectory(prefix="txseq-bench-quality-") as tmp:
         for sig in args.order_signals:
             run_setting(args, sig, Path(tmp), rows, save)
     result = save(complete=True)
-    print(result["table"])
+    print(result["table"] + "\n\n" + result["targets_table"])
     print(f"\n{args.out}, {args.plot}; {result['wall_s']:.0f} s wall, {result['cpu_s']:.0f} CPU s, "
           f"load {load_start[0]:.1f} -> {result['machine']['load_now'][0]:.1f}")
 
