@@ -4,23 +4,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from _bench import load_bench  # on sys.path: tests/conftest.py
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_quality", ROOT / "bench" / "bench_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("bench_quality")
 
 
 def _row(model: str, budget: int | None, seed: int | None, auroc: float | None, sig: float = 0.0, **kw) -> dict:

@@ -4,22 +4,17 @@ devices (the CUDA rows are synthetic here: no GPU in CI)."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from pathlib import Path
 
 import pytest
+from _bench import load_bench  # on sys.path: tests/conftest.py
 
 from models import ENCODERS
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_encoders", ROOT / "bench" / "bench_encoders.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("bench_encoders")
 
 
 def _args(**kw) -> argparse.Namespace:
