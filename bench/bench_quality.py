@@ -47,7 +47,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from models import ENCODERS, ModelConfig, build_model  # noqa: E402
+from models import ModelConfig, build_model, comparison_encoders  # noqa: E402
 from pipeline import schema as S  # noqa: E402
 from pipeline.sequences.batches import SequenceDataset, make_loader, numeric_stats  # noqa: E402
 from pipeline.scoring.embeddings import embed, embedding_frame  # noqa: E402
@@ -335,7 +335,7 @@ def main() -> None:
     p.add_argument("--budgets", type=lambda s: s.split(","), default=["300", "1000", "all"],
                    help="labelled customers for train + validation, comma-separated; 'all' = every non-test one")
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
-    p.add_argument("--encoders", type=lambda s: [x for x in s.split(",") if x], default=[n for n, e in ENCODERS.items() if e.in_comparison],
+    p.add_argument("--encoders", type=lambda s: [x for x in s.split(",") if x], default=list(comparison_encoders()),
                    help="every encoder of the comparison by default")
     p.add_argument("--order-signals", type=lambda s: [float(x) for x in s.split(",")], default=[0.0, 2.0])
     p.add_argument("--signal-strength", type=float, default=0.5, help="the generator's bag-of-events signal")
@@ -366,6 +366,7 @@ def main() -> None:
 
     def save(complete: bool = False) -> dict:
         summary = summarise(rows)
+        met = targets(summary)
         result = {"args": {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if k == "merge" and v else v)
                            for k, v in vars(args).items()},
                   "complete": complete,
@@ -374,8 +375,8 @@ def main() -> None:
                   "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_at_start": load_start,
                               "load_now": os.getloadavg()},
                   "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
-                  "runs": rows, "summary": summary, "table": markdown_table(summary), "targets": targets(summary),
-                  "targets_table": targets_table(targets(summary))}
+                  "runs": rows, "summary": summary, "table": markdown_table(summary), "targets": met,
+                  "targets_table": targets_table(met)}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))
         if summary:

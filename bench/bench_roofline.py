@@ -37,7 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from models import ENCODERS, ModelConfig, build_model  # noqa: E402
+from models import ModelConfig, build_model, comparison_encoders  # noqa: E402
 from pipeline.sequences.batches import SequenceDataset  # noqa: E402
 from pipeline.sources.generate import GeneratorConfig, generate  # noqa: E402
 from pipeline.scoring.inference import predict_proba  # noqa: E402
@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--customers", type=int, default=400, help="generated customers scored (%(default)s)")
     p.add_argument("--profile-customers", type=int, default=15_000,
                    help="labelled customers the auto preset is sized for (%(default)s: the generated data's size)")
-    p.add_argument("--encoders", nargs="+", default=[n for n, e in ENCODERS.items() if e.in_comparison])
+    p.add_argument("--encoders", nargs="+", default=list(comparison_encoders()))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "roofline.json"))

@@ -32,4 +32,3 @@ def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001 - pyte
     for item in items:
         if item.path.name not in _SPREAD_MODULES:
             item.add_marker(pytest.mark.xdist_group(item.path.stem))
-
