@@ -1,5 +1,6 @@
 """Linear probes on frozen embeddings: the probe itself, the blend weight, a classifier head set to the probe, and
-`<encoder>_coles` keeping the probe when fine-tuning does not beat it on validation."""
+`<encoder>_coles` keeping the probe when fine-tuning does not beat it on validation, and averaging the probe's and the
+fine-tuned weights when it does."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 import torch.nn.functional as F
 
@@ -17,7 +20,7 @@ from pipeline.metrics import classification_metrics
 from pipeline.training.presets import tiny
 from pipeline.scoring.probe import LinearProbe, blend_logit, choose_blend_weight, fit_probe, sigmoid
 from pipeline.training.train import FitResult, TrainConfig, evaluate
-from pipeline.training.trainers import probe_then_fine_tune
+from pipeline.training.trainers import FINE_TUNED_SHARE, probe_then_fine_tune, weight_average
 
 from _train_data import synthetic_sequences  # tests/pipeline is on sys.path
 
@@ -86,9 +89,9 @@ def test_the_head_set_to_the_probe_gives_the_probes_logit(encoder) -> None:
     np.testing.assert_allclose(out["prob"][order], expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("fine_tuned_auroc, keeps", [(-1.0, "probe"), (2.0, "fine-tuned")])
-def test_the_probe_is_kept_unless_fine_tuning_beats_it_on_validation(encoder, fine_tuned_auroc: float,
-                                                                      keeps: str) -> None:
+@pytest.mark.parametrize("fine_tuned_auroc, keeps", [(-1.0, "probe"), (2.0, "average")])
+def test_the_probe_is_kept_unless_fine_tuning_beats_it_on_validation_then_the_weights_are_averaged(
+        encoder, fine_tuned_auroc: float, keeps: str) -> None:
     model, train, val = encoder
     fine_tuned = {}
 
@@ -100,10 +103,34 @@ def test_the_probe_is_kept_unless_fine_tuning_beats_it_on_validation(encoder, fi
         return FitResult([], 40, fine_tuned_auroc, 0.0, 40, False, 0, "cpu")
 
     result = probe_then_fine_tune(model, train, val, 32, TrainConfig(device="cpu"), run_fit)
-    moved = all(torch.equal(v, fine_tuned[k]) for k, v in model.state_dict().items())
+    state = model.state_dict()
+    params = {name for name, _ in model.named_parameters()}
+    out = evaluate(model, make_loader(val, batch_size=32), torch.device("cpu"), "fp32")
+    assert classification_metrics(out["label"], out["prob"])["auroc"] == pytest.approx(result.best_val_auroc)
     if keeps == "probe":
-        assert not moved and result.best_step == 0 and 0.0 <= result.best_val_auroc <= 1.0
-        out = evaluate(model, make_loader(val, batch_size=32), torch.device("cpu"), "fp32")
-        assert classification_metrics(out["label"], out["prob"])["auroc"] == pytest.approx(result.best_val_auroc)
-    else:
-        assert moved and result.best_step == 40 and result.best_val_auroc == 2.0
+        assert result.best_step == 0 and 0.0 <= result.best_val_auroc <= 1.0
+        assert all(not torch.equal(state[k], fine_tuned[k]) for k in params)
+    else:  # every weight half-way back from the fine-tuned one (+0.1) to the probe's; buffers the fine-tuned ones
+        assert result.best_step == 40 and 0.0 <= result.best_val_auroc <= 1.0
+        for k, v in state.items():
+            expected = fine_tuned[k] - (1 - FINE_TUNED_SHARE) * 0.1 if k in params else fine_tuned[k]
+            torch.testing.assert_close(v, expected, rtol=0, atol=1e-6)
+
+
+@given(alpha=st.floats(0.0, 1.0), seed=st.integers(0, 2**16))
+@settings(max_examples=25, deadline=None)
+def test_weight_average_interpolates_parameters_and_takes_the_end_buffers(alpha: float, seed: int) -> None:
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))  # buffers: float stats, int counter
+    start = {k: torch.randn_like(v) if v.is_floating_point() else v + 1 for k, v in model.state_dict().items()}
+    end = {k: torch.randn_like(v) if v.is_floating_point() else v + 7 for k, v in model.state_dict().items()}
+    out = weight_average(model, start, end, alpha)
+    params = {name for name, _ in model.named_parameters()}
+    assert out.keys() == end.keys() and params < out.keys()
+    for k, v in out.items():
+        if k in params:
+            torch.testing.assert_close(v, start[k] + alpha * (end[k] - start[k]), rtol=1e-5, atol=1e-5)
+        else:
+            assert torch.equal(v, end[k])
+    ends = weight_average(model, start, end, 0.0), weight_average(model, start, end, 1.0)
+    assert all(torch.equal(ends[0][k], start[k]) and torch.equal(ends[1][k], end[k]) for k in params)
