@@ -367,10 +367,11 @@ def main() -> None:
     def save(complete: bool = False) -> dict:
         summary = summarise(rows)
         met = targets(summary)
+        kept = ("merge", "out", "plot") if args.merge else vars(args)  # a merge's run settings are its parts'
         result = {"args": {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if k == "merge" and v else v)
-                           for k, v in vars(args).items()},
+                           for k, v in vars(args).items() if k in kept},
                   "complete": complete,
-                  "pretrain_config": asdict(replace(PretrainConfig(), steps=args.pretrain_steps)),
+                  "pretrain_config": None if args.merge else asdict(replace(PretrainConfig(), steps=args.pretrain_steps)),
                   "parts": parts,
                   "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_at_start": load_start,
                               "load_now": os.getloadavg()},
@@ -393,7 +394,8 @@ def main() -> None:
                     continue
                 seen.add(key)
                 rows.append(row)
-            parts.append({"file": path.name, "args": part["args"], "complete": part["complete"],
+            parts.append({"file": path.name, "args": part["args"], "pretrain_config": part.get("pretrain_config"),
+                          "complete": part["complete"],
                           "wall_s": part["wall_s"], "cpu_s": part["cpu_s"], "machine": part["machine"]})
         result = save(complete=all(p["complete"] for p in parts))
         print(result["table"] + "\n\n" + result["targets_table"])
