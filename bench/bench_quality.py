@@ -61,7 +61,7 @@ from pipeline.training.pretrain import PretrainConfig, pretrain, pretrain_custom
 from pipeline.sequences.table import SEQUENCES_FILE, SPLIT_FILE, VOCAB_FILE, SequenceConfig, Vocab, run_sequences  # noqa: E402
 from pipeline.sequences.splits import Split, SplitConfig  # noqa: E402
 from pipeline.training.train import FitResult, evaluate, fit  # noqa: E402
-from pipeline.training.trainers import probe_then_fine_tune  # noqa: E402
+from pipeline.training.trainers import model_kind as library_model_kind, probe_then_fine_tune  # noqa: E402
 
 
 def prepare(root: Path, args: argparse.Namespace, order_signal: float) -> Path:
@@ -272,14 +272,10 @@ KINDS_STYLE = {"supervised": ("-", "o"), "coles": ("--", "s"), "hybrid": (":", "
 
 
 def model_kind(model: str) -> tuple[str, str]:
-    """(encoder, kind) of a summary row's model name: `gbdt`, `<enc>`, `<enc>_coles`, `hybrid_<enc>`."""
-    if model == "gbdt":
-        return "gbdt", "gbdt"
-    if model.startswith("hybrid_"):
-        return model.removeprefix("hybrid_"), "hybrid"
-    if model.endswith("_coles"):
-        return model.removesuffix("_coles"), "coles"
-    return model, "supervised"
+    """(encoder, kind) of a summary row's model name, as the library parses it (`trainers.model_kind`): kind
+    "supervised" for an encoder trained from scratch, ("gbdt", "gbdt") for the GBDT."""
+    kind, encoder = library_model_kind(model)
+    return encoder or "gbdt", "supervised" if kind == "encoder" else kind
 
 
 def plot(summary: list[dict], path: Path) -> None:

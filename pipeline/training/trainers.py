@@ -336,22 +336,25 @@ def probe_then_fine_tune(model: torch.nn.Module, train_ds: SequenceDataset, val_
     from pipeline.scoring.embeddings import probe_head
 
     device = distributed.device_for(resolve_device(config.device), distributed.current())
+
+    def val_auroc() -> float:
+        val = evaluate(model, make_loader(val_ds, batch_size=eval_batch_size), device, config.precision)
+        return float(classification_metrics(val["label"], val["prob"])["auroc"])
+
     probe = probe_head(model, train_ds, eval_batch_size, config.seed, device)
-    val = evaluate(model, make_loader(val_ds, batch_size=eval_batch_size), device, config.precision)
-    probe_auc = classification_metrics(val["label"], val["prob"])["auroc"]
+    probe_auc = val_auroc()
     if logger is not None:
         logger.log({"val/probe_auroc": probe_auc, "train/probe_c": probe.c}, step=0)
     probe_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     result = run_fit()
     if probe_auc >= result.best_val_auroc or not np.isfinite(result.best_val_auroc):
         model.load_state_dict(probe_state)
-        return replace(result, best_step=0, best_val_auroc=float(probe_auc))
+        return replace(result, best_step=0, best_val_auroc=probe_auc)
     model.load_state_dict(weight_average(model, probe_state, model.state_dict(), FINE_TUNED_SHARE))
-    val = evaluate(model, make_loader(val_ds, batch_size=eval_batch_size), device, config.precision)
-    averaged_auc = classification_metrics(val["label"], val["prob"])["auroc"]
+    averaged_auc = val_auroc()
     if logger is not None:
         logger.log({"val/averaged_auroc": averaged_auc}, step=result.best_step)
-    return replace(result, best_val_auroc=float(averaged_auc))
+    return replace(result, best_val_auroc=averaged_auc)
 
 
 FINE_TUNED_SHARE = 0.5  # α of `weight_average` in `probe_then_fine_tune` (WiSE-FT's default)
@@ -363,10 +366,8 @@ def weight_average(model: torch.nn.Module, start: dict[str, torch.Tensor], end: 
     Performer's random features, counters) are `end`'s. WiSE-FT (Wortsman et al., CVPR 2022): the linear probe of the
     pretrained encoder and the model fine-tuned from it lie in one basin, and their average keeps what fine-tuning
     learned while undoing part of what it overfitted. On a few hundred labels the fine-tuned checkpoint is the best of
-    up to twenty evaluations on some sixty validation customers, so its validation AUC flatters it. On the quality
-    bench's data (`bench/bench_quality.py`, its cached CoLES encoders), 300 labels, 4 encoders × 6 split seeds: test
-    AUC +0.003 on the mean over choosing between probe and fine-tuned model alone (up to +0.018 on a seed, never
-    below −0.002); at 2,250 labels within 0.001 of it (4 runs)."""
+    up to twenty evaluations on some sixty validation customers, so its validation AUC flatters it (measured:
+    docs/readme/training.md, "<encoder>_coles")."""
     params = {name for name, _ in model.named_parameters()}
     return {k: torch.lerp(start[k], v, alpha) if k in params and v.is_floating_point() else v for k, v in end.items()}
 

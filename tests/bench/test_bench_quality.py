@@ -52,13 +52,14 @@ def test_summary_is_mean_and_sample_sd_over_seeds(bench) -> None:
 
 
 def test_targets_flag_each_encoder_and_each_budget(bench) -> None:
-    tg = bench.targets(bench.summarise(RUNS))["0"]
+    checked = bench.targets(bench.summarise(RUNS))
+    tg = checked["0"]
     assert tg["budget"] == 300
     assert tg["coles_gain"]["transformer"]["gain"] == pytest.approx(0.06) and tg["coles_gain"]["transformer"]["met"]
     assert tg["coles_gain"]["eam"]["gain"] == pytest.approx(0.01) and not tg["coles_gain"]["eam"]["met"]
     assert tg["best_vs_gbdt"][300]["best"] == "transformer_coles" and tg["best_vs_gbdt"][300]["met"]
     assert tg["best_vs_gbdt"][1000]["best"] == "transformer" and not tg["best_vs_gbdt"][1000]["met"]
-    table = bench.targets_table(bench.targets(bench.summarise(RUNS)))
+    table = bench.targets_table(checked)
     assert "| eam | +0.0100 | no |" in table and "transformer @ 1000 | -0.0100 | no |" in table
 
 
