@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy, CachePolicy
-from prefect.context import TaskRunContext
 from prefect.utilities.hashing import hash_objects
 from pydantic import BaseModel, Field
 
 from pipeline.engines import Engine
-from pipeline.io import sha256_file
+from pipeline.io import is_uri, sha256_file
 
 IO_RETRIES = {"retries": 2, "retry_delay_seconds": [2, 10]}
 
@@ -41,14 +40,23 @@ def fingerprint(value: Any) -> Any:
     return f"missing:{path}"
 
 
+def _flat(value: Any) -> list[Any]:
+    return [x for v in value for x in _flat(v)] if isinstance(value, (list, tuple)) else [value]
+
+
+def cache_key(path_params: Iterable[str], params: dict[str, Any]) -> str | None:
+    """The key of `cached_on`; None (not cached: the step runs) when a path parameter is a URI (hdfs://, s3a://,
+    read by the Spark engine), whose contents are not fingerprinted from here."""
+    path_params = set(path_params)
+    if any(is_uri(v) for k in path_params for v in _flat(params.get(k)) if isinstance(v, str)):
+        return None
+    parts = {k: (fingerprint(v) if k in path_params and v is not None else v) for k, v in params.items()}
+    return hash_objects(parts, raise_on_failure=True)
+
+
 def cached_on(*path_params: str) -> CachePolicy:
-    """Cache policy: task source + contents of `path_params` + values of the other parameters."""
-
-    def key(_: TaskRunContext, params: dict[str, Any]) -> str | None:
-        parts = {k: (fingerprint(v) if k in path_params and v is not None else v) for k, v in params.items()}
-        return hash_objects(parts, raise_on_failure=True)
-
-    return TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=key)
+    """Cache policy: task source + contents of `path_params` + values of the other parameters (`cache_key`)."""
+    return TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=lambda _, params: cache_key(path_params, params))
 
 
 def missing(paths: Iterable[Path]) -> bool:

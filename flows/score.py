@@ -56,7 +56,7 @@ def _worth_retrying(task, task_run, state) -> bool:
 
 
 @task(**IO_RETRIES, retry_condition_fn=_worth_retrying)
-def score_task(model_uri: str, source: Path, output: Path, chunk_rows: int, drift_threshold: float,
+def score_task(model_uri: str, source: Path | str, output: Path, chunk_rows: int, drift_threshold: float,
                engine: Engine = Engine()) -> ScoreResult:
     scorer, model = load_batch_scorer(model_uri, load_settings().tracking_uri)
     result = score_file_with(engine, source, output, scorer, model,

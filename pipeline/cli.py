@@ -77,7 +77,8 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
         "duplicate_of_ingested_row. File-level problems exit with status 2 and say which inputs were committed.",
     )
     p.add_argument("inputs", nargs="+", type=location, metavar="INPUT",
-                   help="raw transactions file(s), Parquet folder(s) or folder(s) of CSV files")
+                   help="raw transactions file(s), Parquet folder(s) or folder(s) of CSV files (paths or file:// URIs; "
+                   "with --engine spark any URI Spark reads: hdfs://, s3a://, ...)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: <data root>/events)")
     p.add_argument("--source", type=Path, default=None, metavar="FILE.toml",
                    help="the export's source mapping (columns, time format; README 'Other exports'); default: the "
@@ -133,8 +134,8 @@ def _add_sequences(sub: argparse._SubParsersAction) -> None:
         "as list columns (sequences.parquet, vocab.json, split.json, manifest.json in --out).",
     )
     p.add_argument("--events", type=location, default=None, help="ingest output folder (default: <data root>/events)")
-    p.add_argument("--labels", type=location, default=None, help="gender_train.csv (customer_id,gender); "
-                   "default: none (all customers unlabelled, empty split)")
+    p.add_argument("--labels", type=location, default=None, help="gender_train.csv (customer_id,gender); with "
+                   "--engine spark also any URI Spark reads; default: none (all customers unlabelled, empty split)")
     p.add_argument("--label-column", default=d.label_column, help="the binary target's column in --labels (%(default)s)")
     p.add_argument("--positive", default=d.positive, help="the target value that is positive (%(default)s)")
     p.add_argument("--negative", default=d.negative,
@@ -407,7 +408,8 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", default=None, help="models:/<name>@champion, models:/<name>/<version> or runs:/<id>/… "
                    "(default: the registered champion, models:/<registered model>@champion)")
-    p.add_argument("--input", type=location, help="raw transactions: Parquet/CSV file or folder (or file:// URI)")
+    p.add_argument("--input", type=location, help="raw transactions: Parquet/CSV file or folder (or a file:// URI; "
+                   "with --engine spark any URI Spark reads: hdfs://, s3a://, ...)")
     p.add_argument("--output", type=Path, help="scores Parquet <stem>.parquet (rejects go to <stem>.rejects.parquet "
                    "beside it)")
     p.add_argument("--landing", type=Path, help="landing folder: score each new file once (instead of --input)")
@@ -419,11 +421,11 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
                    help="warn when a feature's population stability index exceeds this (%(default)s)")
 
     def handler(args: argparse.Namespace) -> int:
-        from pipeline.engines import score_file_with
+        from pipeline.engines import check_engine_reads, score_file_with
         from pipeline.engines.spark import SparkError
         from pipeline.settings import load_settings
         from pipeline.ingest.rules import IngestConfig, IngestError
-        from pipeline.io import PathError, check_io_paths
+        from pipeline.io import PathError, check_io_paths, is_uri
         from pipeline.scoring.batch import (
             ScoreConfig,
             check_input_columns,
@@ -446,11 +448,12 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
                 (source,), (output, _) = check_io_paths([args.input], [args.output, default_rejects_path(args.output)])
                 if output.is_dir():
                     raise PathError(f"{output}: is a folder; --output names the scores Parquet file")
-                files = check_inputs(source)
+                check_engine_reads(engine_from_args(args), source)
+                files = None if is_uri(source) else check_inputs(source)  # a URI: the Spark engine checks it
                 from pipeline.registry.tracking import stored_model_config
 
                 stored = stored_model_config(model_uri, load_settings().tracking_uri)  # config.json alone: no torch
-                if stored is not None:  # the model's export format; None: the model load says what is wrong
+                if stored is not None and files is not None:  # the model's export format; None: the load says
                     check_input_columns(files, IngestConfig.from_dict(stored.get("ingest", {})))
             else:
                 (landing_dir,), (out_dir,) = check_io_paths([args.landing], [args.out_dir])

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import polars as pl
 import pyarrow.parquet as pq
@@ -46,25 +47,54 @@ class PathError(ValueError):
     """Input/output paths that cannot be used together (an output would overwrite or land inside an input)."""
 
 
+def is_uri(location: str | Path) -> bool:
+    """`hdfs://…`, `s3a://…`, `viewfs://…`: a location only a Hadoop client (the Spark engine) opens. A Path, a plain
+    path and a `file://` URI are not."""
+    if isinstance(location, Path):
+        return False
+    parsed = urlparse(location)
+    return len(parsed.scheme) > 1 and parsed.scheme != "file" and location.startswith(f"{parsed.scheme}:/")
+
+
+def location(text: str | Path) -> Path | str:
+    """An input as given on the CLI or a flow: a path, a `file://` URI (as Hadoop tools write them) as its path,
+    another URI (hdfs://, s3a://) kept as text for the Spark engine, which reads it through Spark's Hadoop client."""
+    if isinstance(text, Path) or is_uri(text):
+        return text
+    parsed = urlparse(text)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise PathError(f"{text}: a file:// URI names this machine's files (file:///path)")
+        return Path(unquote(parsed.path))
+    return Path(text)
+
+
 def check_io_paths(
     inputs: Iterable[str | Path], outputs: Iterable[str | Path], *, inputs_must_exist: bool = True
-) -> tuple[list[Path], list[Path]]:
+) -> tuple[list[Path | str], list[Path]]:
     """Resolve the paths of one step (`~` expanded, symlinks followed) and refuse overlapping ones.
 
     Every input must exist (unless `inputs_must_exist=False`); no output may be an input, lie inside an input
     folder (the next read of that folder would pick it up) or contain an input (the step would read what it
-    writes), and no two outputs may coincide. Returns the resolved (inputs, outputs): the one check used by the
-    CLI handlers and the flows.
+    writes), and no two outputs may coincide. An input URI (hdfs://, s3a://: see `is_uri`) is returned as given,
+    for the Spark engine to check; an output must be a path (the workers write into it). Returns the resolved
+    (inputs, outputs): the one check used by the CLI handlers and the flows.
     """
-    inputs = [Path(p).expanduser() for p in inputs]
+    given = [location(p) for p in inputs]
+    inputs = [p.expanduser() for p in given if isinstance(p, Path)]
     ins = [p.resolve() for p in inputs]
+    outputs = list(outputs)
+    for o in outputs:
+        if is_uri(str(o)):  # str: a Path made of a URI keeps its scheme ("hdfs:/…")
+            raise PathError(f"{o}: outputs are written to a path the driver (and Spark's workers) share; write to a "
+                            "local or mounted folder (NFS, a FUSE driver)")
     outs = [Path(p).expanduser().resolve() for p in outputs]
     if inputs_must_exist:
-        for given, p in zip(inputs, ins):
+        for path, p in zip(inputs, ins):
             if not p.exists():
                 raise PathError(f"{p}: no such file or folder")
             try:
-                check_input(given)
+                check_input(path)
             except TableError as e:
                 raise PathError(str(e)) from e
     for o in outs:
@@ -78,7 +108,8 @@ def check_io_paths(
     for a, o in enumerate(outs):
         if any(o == other for other in outs[a + 1:]):
             raise PathError(f"{o}: the same path is given for two outputs")
-    return ins, outs
+    resolved = iter(ins)
+    return [p if isinstance(p, str) else next(resolved) for p in given], outs
 
 
 def printable(text: str | bytes, limit: int = ECHO_CHARS) -> str:
@@ -148,12 +179,14 @@ def is_gzip(path: Path) -> bool:
         return fh.read(2) == raw_csv.GZIP_MAGIC
 
 
+def hidden(relative: str) -> bool:
+    """A folder entry readers skip (Spark's and polars' rule): any part of its relative path starts with "." or "_"."""
+    return any(part.startswith((".", "_")) for part in relative.split("/"))
+
+
 def _data_files(folder: Path) -> list[Path]:
     """Every non-hidden entry of a folder (recursively; names starting with "." or "_" skipped), sorted."""
-    return sorted(
-        p for p in folder.rglob("*")
-        if not p.is_dir() and not any(part.startswith((".", "_")) for part in p.relative_to(folder).parts)
-    )
+    return sorted(p for p in folder.rglob("*") if not p.is_dir() and not hidden(p.relative_to(folder).as_posix()))
 
 
 def parquet_files(path: Path) -> list[Path]:
@@ -163,24 +196,33 @@ def parquet_files(path: Path) -> list[Path]:
     return [p for p in _data_files(path) if p.is_file() and p.name.lower().endswith(PARQUET_SUFFIXES)]
 
 
+def folder_kind(folder: str | Path, names: list[str]) -> str:
+    """"csv" (each file its own table) or "parquet" (one dataset) for a folder holding the non-hidden files `names`
+    (relative paths); TableError for a folder with no data, with both kinds, or with any other file (it would be
+    silently left out). The one rule for local folders and for folders at a URI (`pipeline.engines.hadoop`)."""
+    other = [n for n in names if not n.lower().endswith(PARQUET_SUFFIXES + CSV_SUFFIXES)]
+    if other:
+        shown = ", ".join(printable(n) for n in other[:5])
+        raise TableError(f"{folder}: holds {len(other)} file(s) that are neither CSV (.csv, .csv.gz) nor Parquet: "
+                         f"{shown}{' …' if len(other) > 5 else ''}; move them out")
+    csvs = [n for n in names if n.lower().endswith(CSV_SUFFIXES)]
+    if csvs and len(csvs) < len(names):
+        raise TableError(f"{folder}: holds both CSV and Parquet files; give them as separate inputs")
+    if not names:
+        raise TableError(f"{folder}: folder holds no CSV or Parquet files")
+    return "csv" if csvs else "parquet"
+
+
 def folder_inputs(folder: Path) -> list[Path]:
     """What a folder given as an input holds: itself for a Parquet dataset (one table), or its CSV / CSV.gz files,
-    sorted by path (each its own table). Refuses a folder with no data, with both kinds, with any other file (it
-    would be silently left out) or with an entry that is not a regular file (a FIFO or device: see check_input)."""
+    sorted by path (each its own table); see `folder_kind`. An entry that is not a regular file (a FIFO or device)
+    is refused (see check_input)."""
     files = _data_files(folder)
     for f in files:
         check_input(f)
-    other = [f for f in files if not f.name.lower().endswith(PARQUET_SUFFIXES + CSV_SUFFIXES)]
-    if other:
-        shown = ", ".join(printable(str(f.relative_to(folder))) for f in other[:5])
-        raise TableError(f"{folder}: holds {len(other)} file(s) that are neither CSV (.csv, .csv.gz) nor Parquet: "
-                         f"{shown}{' …' if len(other) > 5 else ''}; move them out")
-    csvs = [f for f in files if f.name.lower().endswith(CSV_SUFFIXES)]
-    if csvs and len(csvs) < len(files):
-        raise TableError(f"{folder}: holds both CSV and Parquet files; give them as separate inputs")
-    if not files:
-        raise TableError(f"{folder}: folder holds no CSV or Parquet files")
-    return csvs or [folder]
+    if folder_kind(folder, [f.relative_to(folder).as_posix() for f in files]) == "csv":
+        return files
+    return [folder]
 
 
 def read_header_line(path: Path) -> str:
@@ -312,12 +354,19 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     path = Path(path)
     h = hashlib.sha256()
     if path.is_dir():
-        for f in parquet_files(path):
-            h.update(f"{f.relative_to(path).as_posix()}\0{sha256_file(f)}\n".encode())
-        return h.hexdigest()
+        return folder_sha256((f.relative_to(path).as_posix(), sha256_file(f)) for f in parquet_files(path))
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
             h.update(block)
+    return h.hexdigest()
+
+
+def folder_sha256(files: Iterable[tuple[str, str]]) -> str:
+    """sha256 of a Parquet folder from its data files' (relative path, sha256), in path order: the one formula for
+    local folders and folders at a URI (`pipeline.engines.hadoop`)."""
+    h = hashlib.sha256()
+    for rel, sha in sorted(files, key=lambda f: f[0].split("/")):
+        h.update(f"{rel}\0{sha}\n".encode())
     return h.hexdigest()
 
 

@@ -57,30 +57,39 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --engine spark: any spark.* setting, repeatable (e.g. spark.executor.memory=8g)")
 
 
-def location(text: str) -> Path:
-    """An input argument: a path, or a `file://` URI (as Hadoop tools write them) turned into its path. Other URIs
-    (hdfs://, s3a://) are refused with what to do: the steps check, hash and name their inputs on this machine."""
-    parsed = urlparse(text)
-    if parsed.scheme == "file":
-        if parsed.netloc not in ("", "localhost"):
-            raise argparse.ArgumentTypeError(f"{text}: a file:// URI names this machine's files (file:///path)")
-        return Path(unquote(parsed.path))
-    if len(parsed.scheme) > 1 and text.startswith(f"{parsed.scheme}://"):
-        raise argparse.ArgumentTypeError(
-            f"{text}: the CLI reads paths this machine can open (a file:// URI is fine): mount the {parsed.scheme}:// "
-            "storage (NFS, a FUSE driver), or score Parquet there from Python with SparkEngine.score_file")
-    return Path(text)
+def location(text: str) -> Path | str:
+    """An input argument (see `pipeline.io.location`): a path, a `file://` URI as its path, another URI (hdfs://,
+    s3a://, any scheme Spark's Hadoop client reads) kept as text for `--engine spark`."""
+    from pipeline.io import PathError
+    from pipeline.io import location as parse
+
+    try:
+        return parse(text)
+    except PathError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def check_engine_reads(engine: Engine, *inputs: Path | str | None) -> None:
+    """Only the Spark engine reads URIs (through Spark's Hadoop client); the polars engine refuses them by name."""
+    from pipeline.ingest.rules import IngestError
+    from pipeline.io import is_uri
+
+    remote = [str(i) for i in inputs if i is not None and is_uri(i)]
+    if remote and engine.name != "spark":
+        raise IngestError(f"{remote[0]}: the polars engine reads paths this machine can open; read hdfs://, "
+                          "s3a://, ... with --engine spark, or mount the storage and give its path")
 
 
 def engine_from_args(args: argparse.Namespace) -> Engine:
     return Engine(args.engine, args.spark_master, tuple(args.spark_conf))
 
 
-def ingest_with(engine: Engine, inputs: list[Path], out_dir: Path, config: IngestConfig, atomic: bool = False
+def ingest_with(engine: Engine, inputs: list[Path | str], out_dir: Path, config: IngestConfig, atomic: bool = False
                 ) -> IngestResult:
     from pipeline.ingest.rules import IngestError
     from pipeline.ingest.files import ingest
 
+    check_engine_reads(engine, *inputs)
     if engine.name == "spark":
         if config.source.declared:
             raise IngestError(f"source {config.source.name!r}: the Spark engine reads the built-in (Sberbank) export "
@@ -89,12 +98,17 @@ def ingest_with(engine: Engine, inputs: list[Path], out_dir: Path, config: Inges
     return ingest(inputs, out_dir, config, atomic=atomic)
 
 
-def sequences_with(engine: Engine, events_dir: Path, labels: Path | None, out_dir: Path, config: SequenceConfig,
-                   split_config: SplitConfig, label: LabelSpec | None = None) -> SequencesResult:
+def sequences_with(engine: Engine, events_dir: Path | str, labels: Path | str | None, out_dir: Path,
+                   config: SequenceConfig, split_config: SplitConfig, label: LabelSpec | None = None) -> SequencesResult:
     from pipeline.ingest.rules import IngestError
     from pipeline.ingest.labels import LabelSpec
+    from pipeline.io import is_uri
     from pipeline.sequences.table import run_sequences
 
+    if is_uri(events_dir):
+        raise IngestError(f"{events_dir}: the events folder is ingest's output, on a path the driver and the workers "
+                          "share; give that path (labels may be at any URI Spark reads)")
+    check_engine_reads(engine, labels)
     label = label or LabelSpec()
     if engine.name == "spark":
         if label != LabelSpec():
@@ -104,12 +118,13 @@ def sequences_with(engine: Engine, events_dir: Path, labels: Path | None, out_di
     return run_sequences(events_dir, labels, out_dir, config, split_config, label)
 
 
-def score_file_with(engine: Engine, source: Path, output: Path, scorer: Any, model: ModelRef, config: ScoreConfig,
+def score_file_with(engine: Engine, source: Path | str, output: Path, scorer: Any, model: ModelRef, config: ScoreConfig,
                     tracking_uri: str) -> ScoreResult:
     """Score one input. On Spark each worker loads the model itself from `model.uri` (through `tracking_uri`);
     `scorer` (loaded here) gives the ingest settings and the drift reference stored with the model."""
     from pipeline.scoring.batch import score_file, scorer_reference, scorer_rules
 
+    check_engine_reads(engine, source)
     if engine.name == "spark":
         from pipeline.engines.spark import RegisteredScorer
 

@@ -22,8 +22,9 @@ scoring group. Rows are numbered as the polars scan numbers them (1-based per fi
 The Python workers write the Parquet parts themselves (with `pipeline.ingest`'s writer: the same dtypes, e.g. the
 UInt64 row hash that Spark SQL has no type for) into a staging folder the driver renames into place when the counts
 reconcile; outputs are folders of parts, which every reader of this project reads like the single file the polars
-engine writes. Inputs may be any path Spark reads (hdfs://, s3a://, ...); outputs and the manifest go to a path
-the driver and the workers share (local disk in local mode; NFS or a mounted bucket on a cluster).
+engine writes. Inputs may be at any URI Spark reads (hdfs://, s3a://, ...: the driver lists, hashes and copies a CSV
+through `pipeline.engines.hadoop`); outputs and the manifest go to a path the driver and the workers share (local
+disk in local mode; NFS or a mounted bucket on a cluster).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -70,7 +72,8 @@ from pipeline.ingest.rules import (
     split_combined,
     validate_combined,
 )
-from pipeline.io import TableError, clean_csv_copy, is_parquet, scan_table
+from pipeline.engines.hadoop import HadoopFiles
+from pipeline.io import TableError, clean_csv_copy, is_parquet, is_uri, location, scan_table
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -286,15 +289,6 @@ def _local_path(uri: str) -> str:
     return unquote(parsed.path) if parsed.scheme in ("", "file") else uri
 
 
-def _input(location: str | Path) -> str | Path:
-    """A path or a `file://` URI as a local Path; another URI (hdfs://, s3a://) stays a string for Spark to read."""
-    text = str(location)
-    parsed = urlparse(text)
-    if parsed.scheme == "file" or not (len(parsed.scheme) > 1 and text.startswith(f"{parsed.scheme}:/")):
-        return Path(_local_path(text))
-    return text
-
-
 def _partitions(spark: SparkSession, rows: int, partition_rows: int) -> int:
     return max(spark.sparkContext.defaultParallelism, math.ceil(rows / max(partition_rows, 1)))
 
@@ -306,27 +300,24 @@ def read_numbered(spark: SparkSession, path: str | Path, allow_extra: bool, per_
     blank lines left out).
 
     CSV: first the checks and the bounded clean copy of `io.open_table` (`io.clean_csv_copy`, on the driver, into
-    `scratch`, which the workers must see), read by Spark with every column a string; Parquet: the file's own
-    types, read by Spark where it lies. Rows are numbered 1..n in file order (a Parquet folder: its files in sorted
+    `scratch`, which the workers must see; a CSV at a URI is first copied there), read by Spark with every column a
+    string; Parquet: the file's own types, read by Spark where it lies (a URI: wherever Spark's Hadoop client reads). Rows are numbered 1..n in file order (a Parquet folder: its files in sorted
     order, numbered on across them, as polars scans it; `per_file`: numbered per file, `_source` naming each file,
     as scoring does). Raises IngestError for what the header or footer already shows."""
     from pyspark.sql import functions as F
 
     source = str(path)
-    local = urlparse(source).scheme in ("", "file")
+    local = not is_uri(path)
     blank_lines = 0
     try:
-        parquet = is_parquet(Path(_local_path(source))) if local else source.rstrip("/").endswith((".parquet", ".pq"))
+        parquet = is_parquet(Path(_local_path(source))) if local else HadoopFiles(spark).is_parquet(source)
         if parquet:
             if local:
                 scan_table(Path(_local_path(source))).collect_schema()  # the checks polars makes, same messages
             df = spark.read.parquet(source)
         else:
-            if not local:
-                raise IngestError(f"{source}: a CSV input is cleaned on the driver before Spark reads it: give a local "
-                                  "or mounted path, or Parquet on hdfs:// / s3a://")
             clean = scratch / f"clean-{uuid.uuid4().hex[:8]}.csv"  # not hidden: Spark skips ".x" and "_x" files
-            sep, stats = clean_csv_copy(Path(source), clean)
+            sep, stats = clean_copy(spark, source, clean) if not local else clean_csv_copy(Path(source), clean)
             blank_lines = stats.blank_lines
             df = spark.read.csv(str(clean), header=True, sep=sep, inferSchema=False, encoding="UTF-8",
                                 mode="PERMISSIVE", enforceSchema=False)
@@ -361,6 +352,20 @@ def read_numbered(spark: SparkSession, path: str | Path, allow_extra: bool, per_
         (F.col("_base") + F.col("_mono")).alias(schema.SOURCE_ROW), F.col(_SOURCE), *raw,
     )
     return numbered, rows, blank_lines
+
+
+def clean_copy(spark: SparkSession, uri: str, clean: Path) -> tuple[str, Any]:
+    """`io.clean_csv_copy` of a CSV at a URI: copied next to `clean` first (the driver reads it once, as for a local
+    CSV), then cleaned; messages name the URI, not the copy."""
+    name = uri.rstrip("/").rsplit("/", 1)[-1]
+    copy = clean.with_name(f"raw-{uuid.uuid4().hex[:8]}{'.csv.gz' if name.lower().endswith('.gz') else '.csv'}")
+    try:
+        HadoopFiles(spark).fetch(uri, copy)
+        return clean_csv_copy(copy, clean)
+    except TableError as e:
+        raise TableError(str(e).replace(str(copy), uri)) from None
+    finally:
+        copy.unlink(missing_ok=True)
 
 
 def _validate_group(config: IngestConfig, key: tuple, table: pa.Table) -> pa.Table:
@@ -420,16 +425,13 @@ class SparkEngine:
     # ingest ------------------------------------------------------------------------------------------------------
     def ingest(self, inputs: Sequence[str | Path], out_dir: str | Path, config: IngestConfig = IngestConfig(), *,
                atomic: bool = False) -> IngestResult:
-        """`pipeline.ingest.files.ingest` with each file validated on Spark: the same manifest, parts and counts. Inputs
-        are paths or `file://` URIs the driver reads too: it hashes each file for the manifest (and cleans a CSV)."""
-        local = [_input(i) for i in inputs]
-        remote = [str(i) for i in local if not isinstance(i, Path)]
-        if remote:
-            raise IngestError(f"{remote[0]}: ingest hashes each input on the driver (the manifest's sha256): give a "
-                              "path or file:// URI the driver reads (mount the storage)")
-        return ingest(local, out_dir, config, atomic=atomic, file_step=self._ingest_file)
+        """`pipeline.ingest.files.ingest` with each file validated on Spark: the same manifest, parts and counts.
+        Inputs are paths or URIs of any file system Spark's Hadoop client reads (hdfs://, s3a://, ...; see
+        `pipeline.engines.hadoop`: the driver lists and hashes them through the JVM)."""
+        return ingest([location(i) for i in inputs], out_dir, config, atomic=atomic, file_step=self._ingest_file,
+                      files=HadoopFiles(self.spark))
 
-    def _ingest_file(self, path: Path, sha: str, out_dir: Path, seen: list[Path], config: IngestConfig) -> FileReport:
+    def _ingest_file(self, path: Path | str, sha: str, out_dir: Path, seen: list[Path], config: IngestConfig) -> FileReport:
         from pyspark.sql import functions as F
 
         part = part_name(sha)
@@ -480,7 +482,6 @@ class SparkEngine:
             SequenceConfig,
             Vocab,
             cover_labels,
-            labels_or_none,
             rank_codes,
             record_sequences,
         )
@@ -500,7 +501,7 @@ class SparkEngine:
         # labels of customers without events are left out before the split, as on polars (the ids come to the driver,
         # which holds the labels and the split anyway)
         customers = [r[0] for r in self._run(str(events_dir), events.select(schema.CUSTOMER_ID).distinct().collect)]
-        labels, coverage = cover_labels(labels_or_none(labels_path), customers)
+        labels, coverage = cover_labels(self._labels(labels_path), customers)
         split = make_split(labels, split_config)
         test = self.spark.createDataFrame([(int(i),) for i in split.test_ids], "customer_id long")
         train = events.join(F.broadcast(test), on=schema.CUSTOMER_ID, how="left_anti")
@@ -529,7 +530,22 @@ class SparkEngine:
             _move_into_place(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        return record_sequences(events_dir, labels_path, out_dir, config, split_config, vocab, split, coverage, t0)
+        labels_sha256 = HadoopFiles(self.spark).sha256(labels_path) if labels_path is not None else None
+        return record_sequences(events_dir, labels_path, out_dir, config, split_config, vocab, split, coverage, t0,
+                                labels_sha256=labels_sha256)
+
+    def _labels(self, labels_path: str | Path | None) -> pl.DataFrame:
+        """The labels table; at a URI, read from a local copy (the driver holds the labels and the split anyway)."""
+        from pipeline.sequences.table import labels_or_none
+
+        if labels_path is None or not is_uri(labels_path):
+            return labels_or_none(labels_path)
+        with tempfile.TemporaryDirectory(prefix="txseq-labels-") as tmp:
+            copy = HadoopFiles(self.spark).fetch(str(labels_path), Path(tmp) / str(labels_path).rstrip("/").rsplit("/", 1)[-1])
+            try:
+                return labels_or_none(copy)
+            except IngestError as e:
+                raise IngestError(str(e).replace(str(copy), str(labels_path))) from None
 
     # scoring -----------------------------------------------------------------------------------------------------
     def score_file(self, source: str | Path, output: str | Path, scorer_factory: Callable[[], Any], model: ModelRef,
@@ -555,7 +571,7 @@ class SparkEngine:
         started = time.perf_counter()
         config = config or ScoreConfig()
         ingest_config = ingest_config or config.ingest or IngestConfig()
-        source, output = _input(source), Path(output)  # the input may be any URI Spark reads (Parquet)
+        source, output = location(source), Path(output)  # the input may be any URI Spark reads
         rejects = Path(rejects) if rejects is not None else default_rejects_path(output)
         output.parent.mkdir(parents=True, exist_ok=True)
         rejects.parent.mkdir(parents=True, exist_ok=True)

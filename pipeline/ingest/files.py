@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import polars as pl
 import pyarrow.parquet as pq
@@ -38,6 +39,7 @@ from pipeline.io import (
     check_input,
     first_line,
     folder_inputs,
+    is_uri,
     open_table,
     parquet_files,
     printable,
@@ -221,8 +223,8 @@ def reconcile(path: Path, rows_in: int, accepted: int, rejected: int, last_row: 
                            f"({by_reason}) vs {rows_in} rows read, last source row {last_row}")
 
 
-FileStep = Callable[[Path, str, Path, list[Path], IngestConfig], FileReport]
-"""One input file -> its events and rejects parts under `out_dir` (path, sha256, out_dir, parts of the files
+FileStep = Callable[[Path | str, str, Path, list[Path], IngestConfig], FileReport]
+"""One input file -> its events and rejects parts under `out_dir` (path or URI, sha256, out_dir, parts of the files
 ingested before, config): `_ingest_file` (polars) or an engine's (`pipeline.engines.spark`)."""
 
 
@@ -259,7 +261,7 @@ def _ingest_file(path: Path, sha: str, out_dir: Path, seen: list[Path], config: 
     return FileReport(source, sha, rows_in, accepted, rejected, dict(sorted(by_reason.items())), table.blank_lines)
 
 
-def _units(paths: Sequence[Path], atomic: bool) -> list[list[Path]]:
+def local_units(paths: Sequence[Path], atomic: bool) -> list[list[Path]]:
     """The inputs as units committed at once: a file, a Parquet folder (one table) or a folder of CSV files (all of
     its files); with `atomic`, everything. Checked before any is read: each exists and is a regular file or folder."""
     units = []
@@ -272,8 +274,33 @@ def _units(paths: Sequence[Path], atomic: bool) -> list[list[Path]]:
     return [[f for u in units for f in u]] if atomic and units else units
 
 
-def _commit_unit(files: Sequence[Path], out_dir: Path, manifest: dict, config: IngestConfig,
-                 file_step: FileStep | None = None) -> list[FileReport]:
+class InputFiles(Protocol):
+    """Where ingest's inputs are: the units to commit, each file's sha256 (the manifest's identity of a file), and
+    whether an input is a folder. `LocalFiles` for paths; the Spark engine's `pipeline.engines.hadoop.HadoopFiles`
+    also reads URIs (hdfs://, s3a://) through Spark's Hadoop client."""
+
+    def units(self, inputs: Sequence[str | Path], atomic: bool) -> list[list[str | Path]]: ...
+
+    def sha256(self, location: str | Path) -> str: ...
+
+    def is_folder(self, location: str | Path) -> bool: ...
+
+
+class LocalFiles:
+    """Inputs on this machine's file system."""
+
+    def units(self, inputs: Sequence[str | Path], atomic: bool) -> list[list[str | Path]]:
+        return list(local_units([Path(p) for p in inputs], atomic))
+
+    def sha256(self, location: str | Path) -> str:
+        return sha256_file(location)
+
+    def is_folder(self, location: str | Path) -> bool:
+        return Path(location).is_dir()
+
+
+def _commit_unit(files: Sequence[str | Path], out_dir: Path, manifest: dict, config: IngestConfig,
+                 file_step: FileStep | None = None, inputs: InputFiles | None = None) -> list[FileReport]:
     """Validate `files` into a staging folder, then move every part into place and write the manifest once: all
     of the files are recorded, or (on an error) none, and nothing of them is left behind."""
     staging = temp_path(out_dir / "ingest", ".staging")
@@ -282,7 +309,10 @@ def _commit_unit(files: Sequence[Path], out_dir: Path, manifest: dict, config: I
         reports: list[FileReport] = []
         staged: list[FileReport] = []
         for path in files:
-            sha = sha256_file(path)
+            try:
+                sha = (inputs or LocalFiles()).sha256(path)
+            except TableError as e:
+                raise IngestError(str(e)) from e
             done = {f["sha256"]: f["path"] for f in manifest["files"]
                     if all((out_dir / d / f["part"]).exists() for d in (EVENTS_DIR, REJECTS_DIR))}
             done |= {r.sha256: r.path for r in staged}
@@ -311,7 +341,7 @@ def _commit_unit(files: Sequence[Path], out_dir: Path, manifest: dict, config: I
 
 
 def ingest(inputs: Sequence[str | Path], out_dir: str | Path, config: IngestConfig = IngestConfig(), *,
-           atomic: bool = False, file_step: FileStep | None = None) -> IngestResult:
+           atomic: bool = False, file_step: FileStep | None = None, files: InputFiles | None = None) -> IngestResult:
     """Validate each input into `out_dir/events|rejects/part-<sha16>.parquet` and record it in `manifest.json`.
 
     An input is a file, a Parquet folder (one table) or a folder of CSV / CSV.gz files (each file its own part,
@@ -319,10 +349,15 @@ def ingest(inputs: Sequence[str | Path], out_dir: str | Path, config: IngestConf
     them together. A file whose content was ingested before (same sha256) is skipped and reported as "already
     ingested". Raises IngestError for file-level problems; its message says which inputs were committed before
     the error and which were not. `file_step` validates one file (default: polars in this process; the Spark
-    engine passes its own)."""
+    engine passes its own), `files` finds and hashes the inputs (default: `LocalFiles`; the Spark engine's also
+    reads URIs)."""
     out_dir = Path(out_dir)
-    paths = [Path(p) for p in inputs]
-    units = _units(paths, atomic)
+    files = files or LocalFiles()
+    paths = [p if is_uri(p) else Path(p) for p in inputs]
+    try:
+        units = files.units(paths, atomic)
+    except TableError as e:
+        raise IngestError(str(e)) from e
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_dead_temp(out_dir)  # staging folders of killed runs
     manifest = _load_manifest(out_dir)
@@ -332,9 +367,9 @@ def ingest(inputs: Sequence[str | Path], out_dir: str | Path, config: IngestConf
     reports: list[FileReport] = []
     for i, unit in enumerate(units):
         try:
-            reports += _commit_unit(unit, out_dir, manifest, config, file_step)
+            reports += _commit_unit(unit, out_dir, manifest, config, file_step, files)
         except IngestError as e:
-            if len(paths) == 1 and not paths[0].is_dir():
+            if len(paths) == 1 and not files.is_folder(paths[0]):
                 raise
             if atomic:
                 raise IngestError(f"{e} — nothing ingested (--atomic): {', '.join(map(str, paths))}") from e

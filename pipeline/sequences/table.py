@@ -462,11 +462,13 @@ class TableRules:
 def record_sequences(
     events_dir: Path, labels_path: str | Path | None, out_dir: Path, config: SequenceConfig, split_config: SplitConfig,
     vocab: Vocab, split: Split, coverage: LabelCoverage, t0: float, label: LabelSpec = LabelSpec(),
+    labels_sha256: str | None = None,
 ) -> SequencesResult:
     """Write vocab.json, split.json and (last) manifest.json beside the sequences table already at
     `out_dir/sequences.parquet` (a file, or a folder of parts from the Spark engine), counting from the table;
     `coverage` (how labels and customers matched), the ingest rules of the events and the label spec go into the
-    manifest: they travel on with every model trained on this table."""
+    manifest: they travel on with every model trained on this table. `labels_sha256`: the labels' hash when
+    `labels_path` is not a local file (the Spark engine reads labels at a URI)."""
     seq_path = out_dir / SEQUENCES_FILE
     vocab_path = vocab.save(out_dir / VOCAB_FILE)
     split_path = split.save(out_dir / SPLIT_FILE)
@@ -488,7 +490,7 @@ def record_sequences(
             "events_dir": str(events_dir),
             "events_manifest_sha256": sha256_file(input_manifest) if input_manifest.exists() else None,
             "labels_path": str(labels_path) if labels_path is not None else None,
-            "labels_sha256": sha256_file(labels_path) if labels_path is not None else None,
+            "labels_sha256": labels_sha256 or (sha256_file(labels_path) if labels_path is not None else None),
         },
         "config": asdict(config),
         "split_config": asdict(split_config),

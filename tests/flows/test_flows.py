@@ -20,6 +20,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.sorting import ArtifactSort
 
+from flows.common import cache_key
 from flows.ingest import IngestParams, ingest_flow
 from flows.end_to_end import PipelineParams, pipeline
 from flows.pretrain import PretrainParams
@@ -274,3 +275,14 @@ def test_the_ingest_and_sequences_flows_take_every_cli_knob(tmp_path: Path) -> N
     assert seq.n_labelled == 20
     rules = TableRules.load(tmp_path / "seq")
     assert rules.ingest.max_day == 24 and rules.ingest.source.name == "ptls-age" and rules.label.negative is None
+
+
+def test_cache_key_follows_file_contents_and_skips_steps_reading_uris(tmp_path: Path) -> None:
+    raw = tmp_path / "a.csv"
+    raw.write_text("x\n1\n")
+    first = cache_key(["inputs"], {"inputs": [raw], "atomic": False})
+    assert first is not None and first == cache_key(["inputs"], {"inputs": [raw], "atomic": False})
+    raw.write_text("x\n2\n")
+    assert cache_key(["inputs"], {"inputs": [raw], "atomic": False}) not in (None, first)
+    assert cache_key(["inputs"], {"inputs": [raw, "hdfs://nn/exports/b.csv"], "atomic": False}) is None
+    assert cache_key(["labels"], {"labels": "s3a://bucket/labels.csv", "out": tmp_path}) is None

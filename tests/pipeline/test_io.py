@@ -14,9 +14,18 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from pipeline.io import (
+    PathError,
     TableError,
     check_input,
+    check_io_paths,
+    folder_kind,
+    folder_sha256,
+    is_uri,
+    location,
     open_table,
     printable,
     scan_table,
@@ -70,6 +79,49 @@ def test_sha256_of_file_and_folder(tmp_path: Path) -> None:
     first = sha256_file(folder)
     pl.DataFrame({"x": [2]}).write_parquet(folder / "b.parquet")
     assert sha256_file(folder) != first
+
+
+def test_folder_sha256_is_the_formula_of_a_local_folder_in_any_listing_order(tmp_path: Path) -> None:
+    folder = tmp_path / "f"
+    (folder / "day=2").mkdir(parents=True)
+    (folder / "day=10").mkdir()
+    for name in ("day=2/a.parquet", "day=10/a.parquet", "b.parquet"):
+        pl.DataFrame({"x": [len(name)]}).write_parquet(folder / name)
+    listing = [(p.relative_to(folder).as_posix(), sha256_file(p)) for p in folder.rglob("*.parquet")]
+    assert folder_sha256(listing) == folder_sha256(reversed(listing)) == sha256_file(folder)
+
+
+@given(st.from_regex(r"[a-z][a-z0-9+.-]{1,8}", fullmatch=True), st.from_regex(r"[a-z0-9_.-]{0,12}", fullmatch=True))
+def test_uris_are_kept_as_text_and_paths_become_paths(scheme: str, rest: str) -> None:
+    uri = f"{scheme}://host/{rest}"
+    if scheme == "file":
+        assert location(uri) == Path(f"/{rest}") and not is_uri(uri)
+    else:
+        assert location(uri) == uri and is_uri(uri)
+    assert location(f"data/{scheme}/{rest}") == Path(f"data/{scheme}/{rest}")
+    assert not is_uri(Path(uri))  # a Path is a path
+    assert location("C:/exports/a.csv") == Path("C:/exports/a.csv")  # a drive letter is no scheme
+
+
+def test_check_io_paths_passes_uris_on_and_refuses_them_as_outputs(tmp_path: Path) -> None:
+    local = tmp_path / "a.csv"
+    local.write_text(CSV)
+    ins, outs = check_io_paths(["hdfs://nn:8020/exports/a.csv", str(local), local.as_uri()], [tmp_path / "out"])
+    assert ins == ["hdfs://nn:8020/exports/a.csv", local, local] and outs == [tmp_path / "out"]
+    for output in ("s3a://bucket/events", Path("s3a://bucket/events")):  # a Path made of a URI too
+        with pytest.raises(PathError, match=r"s3a:/+bucket/events: outputs are written to a path the driver"):
+            check_io_paths([local], [output])
+    with pytest.raises(PathError, match="file:// URI names this machine's files"):
+        check_io_paths(["file://otherhost/a.csv"], [tmp_path / "out"])
+
+
+def test_folder_kind_is_one_rule_for_any_listing() -> None:
+    assert folder_kind("f", ["2026/a.csv", "b.csv.gz"]) == "csv"
+    assert folder_kind("f", ["day=1/part-0.parquet", "x.pq"]) == "parquet"
+    for names, message in ((["a.csv", "b.parquet"], "both CSV and Parquet"), ([], "no CSV or Parquet"),
+                           (["a.csv", "notes.txt"], r"1 file\(s\) that are neither CSV .*: notes.txt")):
+        with pytest.raises(TableError, match=f"^f: .*{message}"):
+            folder_kind("f", names)
 
 
 def test_errors_name_the_file(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ from pipeline.engines.spark import (
 )
 from pipeline.ingest.rules import IngestConfig, IngestError
 from pipeline.ingest.files import ingest, read_events, read_rejects
+from pipeline.io import TableError, sha256_file
 from pipeline.sequences.table import SequenceConfig, run_sequences
 from pipeline.sequences.splits import Split, SplitConfig
 
@@ -272,11 +273,138 @@ def test_spark_submit_runs_the_cli_with_its_master_and_file_uris(spark_ok: None,
     assert properties["spark.master"] == "local[2]" and properties["spark.sql.shuffle.partitions"] == "3"
 
 
-def test_cli_refuses_other_uris_with_what_to_do(tmp_path: Path) -> None:
+MOUNT = "viewfs://txseq"  # a Hadoop mount table (viewfs) over local folders: a URI only Spark's Hadoop client opens
+
+
+def _mount_conf(folder: Path) -> tuple[str, str]:
+    return "spark.hadoop.fs.viewfs.mounttable.txseq.link./exports", folder.as_uri()
+
+
+@pytest.fixture(scope="module")
+def mounted(engine: SparkEngine, inputs: list[Path]) -> str:
+    """The raw inputs' folder at viewfs://txseq/exports, as an hdfs:// or s3a:// export would be: the driver and the
+    workers reach it only through Hadoop's FileSystem (Python cannot open it)."""
+    key, target = _mount_conf(inputs[0].parent)
+    engine.spark._jsc.hadoopConfiguration().set(key.removeprefix("spark.hadoop."), target)
+    return f"{MOUNT}/exports"
+
+
+def _as_paths(df: pl.DataFrame, uri: str, folder: Path) -> pl.DataFrame:
+    """source_file of rows read at `uri` named as the local path they mount."""
+    return df.with_columns(pl.col(schema.SOURCE_FILE).str.replace(uri, str(folder), literal=True))
+
+
+def test_inputs_at_a_uri_ingest_as_their_files_do(engine: SparkEngine, inputs: list[Path], mounted: str,
+                                                  both_ingested: tuple[Path, Path], tmp_path: Path) -> None:
+    """A CSV, a second CSV and a Parquet folder at a URI: the same events, rejects and manifest counts as the polars
+    engine on the files themselves, the same sha256 (re-ingesting the local files is a no-op), names are the URIs."""
+    pol, _ = both_ingested
+    uris = [f"{mounted}/{p.name}" for p in inputs]
+    result = engine.ingest(uris, tmp_path / "ev")
+    folder = inputs[0].parent
+    assert_frame_equal(_as_paths(_sorted(read_events(tmp_path / "ev")), mounted, folder), _sorted(read_events(pol)))
+    assert_frame_equal(_as_paths(_sorted(read_rejects(tmp_path / "ev")), mounted, folder), _sorted(read_rejects(pol)))
+    m_pol = json.loads((pol / "manifest.json").read_text())
+    keep = ("sha256", "rows_in", "accepted", "rejected", "rejected_by_reason", "part")
+    assert [{k: f[k] for k in keep} for f in result.manifest["files"]] == [{k: f[k] for k in keep} for f in m_pol["files"]]
+    assert [f["path"] for f in result.manifest["files"]] == uris
+    again = engine.ingest(inputs, tmp_path / "ev")
+    assert [f.status for f in again.files] == [f"already ingested (as {u})" for u in uris]
+
+
+def test_a_folder_of_csv_files_at_a_uri_is_one_unit_of_its_files(engine: SparkEngine, inputs: list[Path],
+                                                                  tmp_path: Path) -> None:
+    from pipeline.engines.hadoop import HadoopFiles
+
+    (tmp_path / "csvs" / "2026").mkdir(parents=True)
+    for name in ("b.csv", "a.csv"):
+        (tmp_path / "csvs" / "2026" / name).write_text((inputs[0].parent / name).read_text())
+    (tmp_path / "csvs" / "_SUCCESS").write_text("")  # hidden from readers, as Spark and polars skip it
+    # its own mount table: Hadoop caches a file system per scheme and authority with the settings it first saw
+    engine.spark._jsc.hadoopConfiguration().set("fs.viewfs.mounttable.csvtest.link./csvs", (tmp_path / "csvs").as_uri())
+    files, folder = HadoopFiles(engine.spark), "viewfs://csvtest/csvs"
+    assert files.units([folder], atomic=False) == [[f"{folder}/2026/a.csv", f"{folder}/2026/b.csv"]]
+    assert files.units([folder, inputs[2]], atomic=True) == [[f"{folder}/2026/a.csv", f"{folder}/2026/b.csv",
+                                                              inputs[2]]]
+    assert files.sha256(f"{folder}/2026/a.csv") == sha256_file(inputs[0])
+    (tmp_path / "csvs" / "notes.txt").write_text("x")
+    with pytest.raises(TableError, match=r"csvs: holds 1 file\(s\) that are neither CSV .* notes.txt"):
+        files.units([folder], atomic=False)
+
+
+def test_scoring_an_input_at_a_uri_gives_the_scores_of_its_file(engine: SparkEngine, inputs: list[Path], mounted: str,
+                                                               tmp_path: Path) -> None:
+    from pyspark import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    model = ModelRef("toy", "1", "models:/toy/1")
+    for source in (inputs[0], inputs[2]):  # a CSV (copied to the driver and cleaned) and a Parquet folder
+        a = score_file(source, tmp_path / f"{source.name}-polars.parquet", EventCountScorer(), model,
+                       ScoreConfig(chunk_rows=200))
+        b = engine.score_file(f"{mounted}/{source.name}", tmp_path / f"{source.name}-spark.parquet",
+                              EventCountScorer(), model, ingest_config=IngestConfig())
+        drop = [schema.SCORED_AT]
+        assert_frame_equal(pl.read_parquet(b.output).drop(drop), pl.read_parquet(a.output).drop(drop), abs_tol=1e-6)
+        key = [schema.SOURCE_FILE, schema.SOURCE_ROW]
+        rejects = _as_paths(pl.read_parquet(b.rejects), mounted, inputs[0].parent).sort(key)
+        assert_frame_equal(rejects, pl.read_parquet(a.rejects).sort(key))
+        assert (b.input_rows, b.rejected_rows, b.customers) == (a.input_rows, a.rejected_rows, a.customers)
+
+
+def test_labels_at_a_uri_give_the_same_split_and_record_their_uri(engine: SparkEngine, mounted: str,
+                                                                  both_ingested: tuple[Path, Path],
+                                                                  inputs: list[Path], tmp_path: Path) -> None:
+    pol, spk = both_ingested
+    labels = inputs[0].parent / "labels.csv"
+    customers = read_events(pol).select(schema.CUSTOMER_ID).unique().collect().sort(schema.CUSTOMER_ID)
+    customers.with_columns((pl.col(schema.CUSTOMER_ID) % 2).alias("gender")).write_csv(labels)
+    split = SplitConfig(test_fraction=0.25, n_folds=2)
+    a = run_sequences(spk, labels, tmp_path / "local", SequenceConfig(min_count=1), split)
+    b = engine.run_sequences(spk, f"{mounted}/labels.csv", tmp_path / "uri", SequenceConfig(min_count=1), split)
+    assert b.split_id == a.split_id and b.coverage == a.coverage
+    assert_frame_equal(pl.read_parquet(b.sequences_path), pl.read_parquet(a.sequences_path))
+    recorded = json.loads((tmp_path / "uri" / "manifest.json").read_text())["input"]
+    assert recorded["labels_path"] == f"{mounted}/labels.csv" and recorded["labels_sha256"] == sha256_file(labels)
+
+
+def test_missing_inputs_and_unknown_file_systems_are_errors_naming_the_uri(engine: SparkEngine, mounted: str,
+                                                                          tmp_path: Path) -> None:
+    cases = {f"{mounted}/nope.csv": "no such file or folder",
+             "nosuch://bucket/a.csv": r"this Spark has no Hadoop client for nosuch:// \(add its connector",
+             "s3a://bucket/a.csv": r"this Spark has no Hadoop client for s3a:// \(add its connector, e\.g\. hadoop-aws"}
+    for uri, message in cases.items():
+        with pytest.raises(IngestError, match=re.escape(uri) + ": " + message):
+            engine.ingest([uri], tmp_path / "ev")
+        with pytest.raises(IngestError, match=re.escape(uri) + ": " + message):
+            engine.score_file(uri, tmp_path / "s.parquet", EventCountScorer(), ModelRef("toy", "1", "m"),
+                              ingest_config=IngestConfig())
+    assert not (tmp_path / "ev" / "manifest.json").exists() and not (tmp_path / "s.parquet").exists()
+
+
+def test_cli_reads_uris_with_the_spark_engine_and_refuses_them_without(inputs: list[Path], tmp_path: Path) -> None:
+    """`txseq ingest viewfs://… --engine spark --spark-conf <mount table>` in a subprocess gives the polars engine's
+    counts on the files; the polars engine refuses a URI, and an output at a URI is refused, by name."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TXSEQ_DATA_ROOT": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "ingest", "hdfs://nn:8020/exports/a.parquet",
-                           "--engine", "spark"], capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 2 and "mount the hdfs:// storage" in done.stderr
+    key, target = _mount_conf(inputs[0].parent)
+    uri = f"{MOUNT}/exports/a.csv"
+    cmd = [sys.executable, "-m", "pipeline.cli", "ingest", uri, "--out", str(tmp_path / "ev"), "--engine", "spark",
+           "--spark-master", "local[2]", "--spark-conf", f"{key}={target}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    expected = ingest(inputs[:1], tmp_path / "ev-polars")
+    manifest = json.loads((tmp_path / "ev" / "manifest.json").read_text())
+    assert manifest["totals"] == expected.manifest["totals"] and manifest["files"][0]["path"] == uri
+    polars = subprocess.run([sys.executable, "-m", "pipeline.cli", "ingest", "hdfs://nn:8020/exports/a.parquet",
+                             "--out", str(tmp_path / "ev2")], capture_output=True, text=True, env=env, timeout=300)
+    assert polars.returncode == 2 and "hdfs://nn:8020/exports/a.parquet: the polars engine reads paths" in polars.stderr
+    assert "--engine spark" in polars.stderr and not (tmp_path / "ev2").exists()
+    score = subprocess.run([sys.executable, "-m", "pipeline.cli", "score", "--input", "s3a://bucket/new.parquet",
+                            "--output", str(tmp_path / "s.parquet")], capture_output=True, text=True, env=env,
+                           timeout=300)  # refused before any model is looked up
+    assert score.returncode == 2 and "s3a://bucket/new.parquet: the polars engine reads paths" in score.stderr
+    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "ingest", str(inputs[0]), "--out",
+                          "hdfs://nn:8020/events"], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 2 and "hdfs:/nn:8020/events: outputs are written to a path" in out.stderr
 
 
 def test_missing_java_is_an_error_naming_what_to_install(inputs: list[Path], tmp_path: Path) -> None:
