@@ -48,8 +48,8 @@ class PathError(ValueError):
 
 
 def is_uri(location: str | Path) -> bool:
-    """`hdfs://…`, `s3a://…`, `viewfs://…`: a location only a Hadoop client (the Spark engine) opens. A Path, a plain
-    path and a `file://` URI are not."""
+    """`hdfs://…`, `s3a://…`, `viewfs://…`: a location only a Hadoop client (the Spark engine) opens. A Path, a
+    plain path and a `file://` URI are not."""
     if isinstance(location, Path):
         return False
     parsed = urlparse(location)

@@ -99,7 +99,8 @@ def ingest_with(engine: Engine, inputs: list[Path | str], out_dir: Path, config:
 
 
 def sequences_with(engine: Engine, events_dir: Path | str, labels: Path | str | None, out_dir: Path,
-                   config: SequenceConfig, split_config: SplitConfig, label: LabelSpec | None = None) -> SequencesResult:
+                   config: SequenceConfig, split_config: SplitConfig, label: LabelSpec | None = None
+                   ) -> SequencesResult:
     from pipeline.ingest.rules import IngestError
     from pipeline.ingest.labels import LabelSpec
     from pipeline.io import is_uri

@@ -301,9 +301,10 @@ def read_numbered(spark: SparkSession, path: str | Path, allow_extra: bool, per_
 
     CSV: first the checks and the bounded clean copy of `io.open_table` (`io.clean_csv_copy`, on the driver, into
     `scratch`, which the workers must see; a CSV at a URI is first copied there), read by Spark with every column a
-    string; Parquet: the file's own types, read by Spark where it lies (a URI: wherever Spark's Hadoop client reads). Rows are numbered 1..n in file order (a Parquet folder: its files in sorted
-    order, numbered on across them, as polars scans it; `per_file`: numbered per file, `_source` naming each file,
-    as scoring does). Raises IngestError for what the header or footer already shows."""
+    string; Parquet: the file's own types, read by Spark where it lies (a URI: through Spark's Hadoop client). Rows
+    are numbered 1..n in file order (a Parquet folder: its files in sorted order, numbered on across them, as polars
+    scans it; `per_file`: numbered per file, `_source` naming each file, as scoring does). Raises IngestError for
+    what the header or footer already shows."""
     from pyspark.sql import functions as F
 
     source = str(path)
@@ -354,7 +355,7 @@ def read_numbered(spark: SparkSession, path: str | Path, allow_extra: bool, per_
     return numbered, rows, blank_lines
 
 
-def clean_copy(spark: SparkSession, uri: str, clean: Path) -> tuple[str, Any]:
+def clean_copy(spark: SparkSession, uri: str, clean: Path) -> tuple[str, raw_csv.FilterStats]:
     """`io.clean_csv_copy` of a CSV at a URI: copied next to `clean` first (the driver reads it once, as for a local
     CSV), then cleaned; messages name the URI, not the copy."""
     name = uri.rstrip("/").rsplit("/", 1)[-1]

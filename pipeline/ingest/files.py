@@ -356,6 +356,7 @@ def ingest(inputs: Sequence[str | Path], out_dir: str | Path, config: IngestConf
     paths = [p if is_uri(p) else Path(p) for p in inputs]
     try:
         units = files.units(paths, atomic)
+        one_file = len(paths) == 1 and not files.is_folder(paths[0])  # its errors need no "committed: ..." context
     except TableError as e:
         raise IngestError(str(e)) from e
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -369,7 +370,7 @@ def ingest(inputs: Sequence[str | Path], out_dir: str | Path, config: IngestConf
         try:
             reports += _commit_unit(unit, out_dir, manifest, config, file_step, files)
         except IngestError as e:
-            if len(paths) == 1 and not files.is_folder(paths[0]):
+            if one_file:
                 raise
             if atomic:
                 raise IngestError(f"{e} — nothing ingested (--atomic): {', '.join(map(str, paths))}") from e

@@ -306,7 +306,8 @@ def test_inputs_at_a_uri_ingest_as_their_files_do(engine: SparkEngine, inputs: l
     assert_frame_equal(_as_paths(_sorted(read_rejects(tmp_path / "ev")), mounted, folder), _sorted(read_rejects(pol)))
     m_pol = json.loads((pol / "manifest.json").read_text())
     keep = ("sha256", "rows_in", "accepted", "rejected", "rejected_by_reason", "part")
-    assert [{k: f[k] for k in keep} for f in result.manifest["files"]] == [{k: f[k] for k in keep} for f in m_pol["files"]]
+    assert [{k: f[k] for k in keep} for f in result.manifest["files"]] == \
+        [{k: f[k] for k in keep} for f in m_pol["files"]]
     assert [f["path"] for f in result.manifest["files"]] == uris
     again = engine.ingest(inputs, tmp_path / "ev")
     assert [f.status for f in again.files] == [f"already ingested (as {u})" for u in uris]
