@@ -20,7 +20,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.sorting import ArtifactSort
 
-from flows.common import cache_key
+from flows.common import cache_key, cached_on
 from flows.ingest import IngestParams, ingest_flow
 from flows.end_to_end import PipelineParams, pipeline
 from flows.pretrain import PretrainParams
@@ -286,3 +286,29 @@ def test_cache_key_follows_file_contents_and_skips_steps_reading_uris(tmp_path: 
     assert cache_key(["inputs"], {"inputs": [raw], "atomic": False}) not in (None, first)
     assert cache_key(["inputs"], {"inputs": [raw, "hdfs://nn/exports/b.csv"], "atomic": False}) is None
     assert cache_key(["labels"], {"labels": "s3a://bucket/labels.csv", "out": tmp_path}) is None
+
+
+def test_a_step_reading_a_uri_runs_every_time_and_one_reading_an_unchanged_file_once(tmp_path: Path) -> None:
+    """Real Prefect runs of a task with `cached_on("inputs")`: an unchanged local file is served from the cache, a
+    URI (contents not fingerprinted) runs again, a changed task body runs again."""
+    from prefect import flow, task
+
+    runs = tmp_path / "runs.txt"
+    runs.write_text("")
+
+    @task(cache_policy=cached_on("inputs"))
+    def step(inputs: list) -> int:  # noqa: ANN001
+        runs.write_text(runs.read_text() + "x")
+        return len(inputs)
+
+    @flow
+    def twice(inputs: list) -> None:  # noqa: ANN001
+        step(inputs)
+        step(inputs)
+
+    raw = tmp_path / "a.csv"
+    raw.write_text("x\n1\n")
+    twice([raw])
+    assert runs.read_text() == "x"
+    twice([raw, "hdfs://nn/exports/b.csv"])
+    assert runs.read_text() == "xxx"
