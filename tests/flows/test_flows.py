@@ -312,3 +312,43 @@ def test_a_step_reading_a_uri_runs_every_time_and_one_reading_an_unchanged_file_
     assert runs.read_text() == "x"
     twice([raw, "hdfs://nn/exports/b.csv"])
     assert runs.read_text() == "xxx"
+
+
+def test_flows_run_on_spark_with_inputs_at_a_uri(champion_uri: str, tmp_path: Path) -> None:
+    """The ingest, sequences and score flows with engine=spark and their inputs at a URI only Hadoop opens (a viewfs
+    mount table, given as spark_conf as a cluster's hdfs:// settings would be): the polars flows' results."""
+    from pipeline.engines.spark import SparkError, check_spark
+
+    try:
+        check_spark()
+    except SparkError as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the Spark tests: {e}")
+        pytest.skip(str(e))
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    rows = scan_table(_sample_transactions()).collect()
+    rows.filter(pl.col(schema.CUSTOMER_ID).is_in(rows[schema.CUSTOMER_ID].unique().sort().head(40).implode())) \
+        .write_csv(raw / "transactions.csv")
+    shutil.copy(load_settings().raw_dir / "gender_train.csv", raw / "labels.csv")
+    spark = {"engine": "spark", "spark_master": "local[2]",
+             "spark_conf": [f"spark.hadoop.fs.viewfs.mounttable.flows.link./raw={raw.as_uri()}",
+                            "spark.sql.shuffle.partitions=2"]}
+    events = {e: tmp_path / f"events-{e}" for e in ("polars", "spark")}
+    a = ingest_flow(IngestParams(inputs=[str(raw / "transactions.csv")], out_dir=str(events["polars"])))
+    b = ingest_flow(IngestParams(inputs=["viewfs://flows/raw/transactions.csv"], out_dir=str(events["spark"]), **spark))
+    assert b.manifest["totals"] == a.manifest["totals"] and b.files[0].sha256 == a.files[0].sha256
+
+    c = sequences_flow(SequencesParams(events_dir=str(events["polars"]), labels=str(raw / "labels.csv"),
+                                       out_dir=str(tmp_path / "seq-polars")))
+    d = sequences_flow(SequencesParams(events_dir=str(events["spark"]), labels="viewfs://flows/raw/labels.csv",
+                                       out_dir=str(tmp_path / "seq-spark"), **spark))
+    assert d.split_id == c.split_id and d.manifest["counts"] == c.manifest["counts"]
+    assert d.manifest["input"]["labels_path"] == "viewfs://flows/raw/labels.csv"
+
+    e = score(ScoreParams(model_uri=champion_uri, input=str(raw / "transactions.csv"), output=str(tmp_path / "p.parquet")))
+    f = score(ScoreParams(model_uri=champion_uri, input="viewfs://flows/raw/transactions.csv",
+                          output=str(tmp_path / "s.parquet"), **spark))
+    got, expected = (pl.read_parquet(r.output).sort(schema.CUSTOMER_ID) for r in (f, e))
+    assert got[schema.CUSTOMER_ID].to_list() == expected[schema.CUSTOMER_ID].to_list() and f.customers == 40
+    assert got[schema.PROBABILITY].to_numpy() == pytest.approx(expected[schema.PROBABILITY].to_numpy(), abs=1e-6)
