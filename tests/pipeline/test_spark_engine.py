@@ -369,8 +369,19 @@ def test_labels_at_a_uri_give_the_same_split_and_record_their_uri(engine: SparkE
 
 
 def test_missing_inputs_and_unknown_file_systems_are_errors_naming_the_uri(engine: SparkEngine, mounted: str,
-                                                                          tmp_path: Path) -> None:
+                                                                          inputs: list[Path], tmp_path: Path) -> None:
+    """Every file-level problem of an input at a URI names the URI (not the driver's copy of it)."""
+    import zipfile
+
+    folder = inputs[0].parent
+    with zipfile.ZipFile(folder / "zipped.csv", "w") as z:
+        z.writestr("t.csv", HEADER + "\n")
+    (folder / "header-only.csv").write_text(HEADER + "\n")
+    (folder / "short.csv").write_text("customer_id,tr_datetime,mcc_code\n1,0 10:00:00,5411\n")
     cases = {f"{mounted}/nope.csv": "no such file or folder",
+             f"{mounted}/zipped.csv": "it is a ZIP archive, not a CSV",
+             f"{mounted}/header-only.csv": r"no data rows \(header only\)",
+             f"{mounted}/short.csv": "missing column",
              "nosuch://bucket/a.csv": r"this Spark has no Hadoop client for nosuch:// \(add its connector",
              "s3a://bucket/a.csv": r"this Spark has no Hadoop client for s3a:// \(add its connector, e\.g\. hadoop-aws"}
     for uri, message in cases.items():
