@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import tempfile
 
+import pytest
+
 _PREFECT_HOME = tempfile.mkdtemp(prefix="txseq-prefect-")
 os.environ.setdefault("PREFECT_HOME", _PREFECT_HOME)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -27,8 +29,20 @@ _SPREAD_MODULES = {"test_bad_input.py"}
 
 
 def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001 - pytest hook
-    import pytest
-
     for item in items:
         if item.path.name not in _SPREAD_MODULES:
             item.add_marker(pytest.mark.xdist_group(item.path.stem))
+
+
+@pytest.fixture(scope="session")
+def spark_ok() -> None:
+    """pyspark and Java 17+ are here: else a skip on a developer machine, a failure in CI (`CI` set). For every test
+    that runs Spark (tests/pipeline/test_spark_engine.py, the flows on engine=spark)."""
+    from pipeline.engines.spark import SparkError, check_spark
+
+    try:
+        check_spark()
+    except SparkError as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the Spark tests: {e}")
+        pytest.skip(str(e))

@@ -168,7 +168,9 @@ def local_memory_defaults(master: str | None, physical_bytes: int | None) -> dic
 
 def session(config: SparkConfig = SparkConfig()) -> SparkSession:
     """The active SparkSession, or a new one: `config.master` (None: spark-submit's), the workers on this Python
-    (unless PYSPARK_PYTHON / spark.pyspark.python say otherwise), no console progress bars, then `config.conf`."""
+    (unless PYSPARK_PYTHON / spark.pyspark.python say otherwise), no console progress bars, then `config.conf`. Its
+    `spark.hadoop.*` items reach the Hadoop configuration of an active session too (file system settings of this
+    call's inputs); other static settings of an active session stay as they were."""
     from pipeline.settings import default_spark_python
 
     check_spark()
@@ -186,6 +188,10 @@ def session(config: SparkConfig = SparkConfig()) -> SparkSession:
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
+    hadoop = spark._jsc.hadoopConfiguration()
+    for key, value in config.conf:  # as Spark does at start, also for a session this process had already: a
+        if key.startswith("spark.hadoop."):  # second flow run's credentials or mount tables must not be dropped
+            hadoop.set(key.removeprefix("spark.hadoop."), value)
     return spark
 
 

@@ -314,17 +314,9 @@ def test_a_step_reading_a_uri_runs_every_time_and_one_reading_an_unchanged_file_
     assert runs.read_text() == "xxx"
 
 
-def test_flows_run_on_spark_with_inputs_at_a_uri(champion_uri: str, tmp_path: Path) -> None:
+def test_flows_run_on_spark_with_inputs_at_a_uri(spark_ok: None, champion_uri: str, tmp_path: Path) -> None:
     """The ingest, sequences and score flows with engine=spark and their inputs at a URI only Hadoop opens (a viewfs
     mount table, given as spark_conf as a cluster's hdfs:// settings would be): the polars flows' results."""
-    from pipeline.engines.spark import SparkError, check_spark
-
-    try:
-        check_spark()
-    except SparkError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the Spark tests: {e}")
-        pytest.skip(str(e))
     raw = tmp_path / "raw"
     raw.mkdir()
     rows = scan_table(_sample_transactions()).collect()

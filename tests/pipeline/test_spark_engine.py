@@ -26,7 +26,6 @@ from pipeline.engines.spark import (
     SparkConfig,
     SparkEngine,
     SparkError,
-    check_spark,
     failure,
     local_memory_defaults,
     parse_conf,
@@ -69,17 +68,6 @@ def _rows(n_customers: int, first: int = 1000, seed: int = 0) -> list[str]:
             out.append(f"{c},{(c * 7 + k * 13 + seed) % 300} {(k * 5) % 24}:{(c + k) % 60:02d}:{k % 61:02d},"
                        f"{5411 + (c + k) % 6},{1010 + (k % 3) * 20},{-(c % 97) - k * 1.25},{'' if k % 2 else c}")
     return out
-
-
-@pytest.fixture(scope="session")
-def spark_ok() -> None:
-    """pyspark and Java 17+ are here: else a skip on a developer machine, a failure in CI."""
-    try:
-        check_spark()
-    except SparkError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the Spark tests: {e}")
-        pytest.skip(str(e))
 
 
 @pytest.fixture(scope="session")
@@ -391,6 +379,17 @@ def test_missing_inputs_and_unknown_file_systems_are_errors_naming_the_uri(engin
             engine.score_file(uri, tmp_path / "s.parquet", EventCountScorer(), ModelRef("toy", "1", "m"),
                               ingest_config=IngestConfig())
     assert not (tmp_path / "ev" / "manifest.json").exists() and not (tmp_path / "s.parquet").exists()
+
+
+def test_hadoop_settings_reach_a_session_that_was_already_running(engine: SparkEngine, tmp_path: Path) -> None:
+    """A second start in the same process (a Prefect worker running another flow) gets the running session; its
+    spark.hadoop.* settings (here a mount table) must still apply, or inputs at its URIs cannot be found."""
+    (tmp_path / "t.csv").write_text("\n".join([HEADER, *_rows(3)]) + "\n")
+    again = SparkEngine.start(SparkConfig(master="local[2]", conf=(
+        ("spark.hadoop.fs.viewfs.mounttable.again.link./raw", tmp_path.as_uri()),)))
+    assert again.spark is engine.spark
+    result = again.ingest(["viewfs://again/raw/t.csv"], tmp_path / "ev")
+    assert result.manifest["totals"] == ingest([tmp_path / "t.csv"], tmp_path / "ev-polars").manifest["totals"]
 
 
 def test_cli_reads_uris_with_the_spark_engine_and_refuses_them_without(inputs: list[Path], tmp_path: Path) -> None:
