@@ -17,16 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.io import (
-    PARQUET_SUFFIXES,
-    TableError,
-    folder_kind,
-    folder_sha256,
-    hidden,
-    is_uri,
-    printable,
-    sha256_file,
-)
+from pipeline.ingest.files import LocalFiles
+from pipeline.io import PARQUET_SUFFIXES, TableError, folder_kind, folder_sha256, hidden, is_uri, printable
 
 PARQUET_MAGIC = b"PAR1"
 
@@ -38,9 +30,9 @@ def _java_line(e: BaseException) -> str:
     return printable(re.sub(r"^[\w.$]+(Exception|Error): ", "", line), 300)
 
 
-class HadoopFiles:
-    """The driver's view of input files: URIs through the SparkSession's Hadoop FileSystem, paths through
-    `pipeline.io`. Implements `pipeline.ingest.files.InputFiles` (units to commit, sha256 of each)."""
+class HadoopFiles(LocalFiles):
+    """The driver's view of input files: URIs through the SparkSession's Hadoop FileSystem, paths as `LocalFiles`
+    sees them. An `pipeline.ingest.files.InputFiles` (units to commit, sha256 of each)."""
 
     def __init__(self, spark: Any) -> None:
         self._jvm = spark._jvm
@@ -66,7 +58,7 @@ class HadoopFiles:
 
     def is_folder(self, location: str | Path) -> bool:
         if not is_uri(location):
-            return Path(location).is_dir()
+            return super().is_folder(location)
         return bool(self._call(str(location), lambda p, fs: fs.getFileStatus(p).isDirectory()))
 
     def files(self, uri: str) -> list[str]:
@@ -84,12 +76,10 @@ class HadoopFiles:
     def units(self, inputs: Sequence[str | Path], atomic: bool) -> list[list[str | Path]]:
         """As `pipeline.ingest.files` makes them for paths: a file, a Parquet folder (one table) or a folder of CSV
         files (each file); with `atomic`, all of them as one unit. Checked before any is read."""
-        from pipeline.ingest.files import local_units
-
         units: list[list[str | Path]] = []
         for location in inputs:
             if not is_uri(location):
-                units += local_units([Path(location)], atomic=False)
+                units += super().units([location], atomic=False)
             elif not self.is_folder(location):
                 units.append([location])
             else:
@@ -103,18 +93,22 @@ class HadoopFiles:
     def sha256(self, location: str | Path) -> str:
         """sha256 of the bytes (a Parquet folder: `pipeline.io.folder_sha256` of its data files), as for a path."""
         if not is_uri(location):
-            return sha256_file(location)
+            return super().sha256(location)
         uri = str(location).rstrip("/")
         if not self.is_folder(uri):
-            return self._call(uri, lambda p, fs: self._digest(fs.open(p)))
+            return self._file_sha256(uri)
         parquet = [n for n in self.files(uri) if n.lower().endswith(PARQUET_SUFFIXES)]
-        return folder_sha256((n, self.sha256(f"{uri}/{n}")) for n in parquet)
+        return folder_sha256((n, self._file_sha256(f"{uri}/{n}")) for n in parquet)
 
-    def _digest(self, stream: Any) -> str:
-        try:
-            return str(self._jvm.org.apache.commons.codec.digest.DigestUtils.sha256Hex(stream))
-        finally:
-            stream.close()
+    def _file_sha256(self, uri: str) -> str:
+        def digest(path: Any, fs: Any) -> str:
+            stream = fs.open(path)
+            try:
+                return str(self._jvm.org.apache.commons.codec.digest.DigestUtils.sha256Hex(stream))
+            finally:
+                stream.close()
+
+        return self._call(uri, digest)
 
     def head(self, uri: str, n: int = 4) -> bytes:
         """The first `n` bytes of a file (fewer for a shorter one)."""

@@ -73,7 +73,7 @@ from pipeline.ingest.rules import (
     validate_combined,
 )
 from pipeline.engines.hadoop import HadoopFiles
-from pipeline.io import TableError, clean_csv_copy, is_parquet, is_uri, location, scan_table
+from pipeline.io import TableError, clean_csv_copy, is_parquet, is_uri, location, scan_table, sha256_file
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -438,7 +438,8 @@ class SparkEngine:
         return ingest([location(i) for i in inputs], out_dir, config, atomic=atomic, file_step=self._ingest_file,
                       files=HadoopFiles(self.spark))
 
-    def _ingest_file(self, path: Path | str, sha: str, out_dir: Path, seen: list[Path], config: IngestConfig) -> FileReport:
+    def _ingest_file(self, path: Path | str, sha: str, out_dir: Path, seen: list[Path], config: IngestConfig
+                     ) -> FileReport:
         from pyspark.sql import functions as F
 
         part = part_name(sha)
@@ -508,7 +509,8 @@ class SparkEngine:
         # labels of customers without events are left out before the split, as on polars (the ids come to the driver,
         # which holds the labels and the split anyway)
         customers = [r[0] for r in self._run(str(events_dir), events.select(schema.CUSTOMER_ID).distinct().collect)]
-        labels, coverage = cover_labels(self._labels(labels_path), customers)
+        labels, labels_sha256 = self._labels(labels_path)
+        labels, coverage = cover_labels(labels, customers)
         split = make_split(labels, split_config)
         test = self.spark.createDataFrame([(int(i),) for i in split.test_ids], "customer_id long")
         train = events.join(F.broadcast(test), on=schema.CUSTOMER_ID, how="left_anti")
@@ -537,22 +539,23 @@ class SparkEngine:
             _move_into_place(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        labels_sha256 = HadoopFiles(self.spark).sha256(labels_path) if labels_path is not None else None
         return record_sequences(events_dir, labels_path, out_dir, config, split_config, vocab, split, coverage, t0,
                                 labels_sha256=labels_sha256)
 
-    def _labels(self, labels_path: str | Path | None) -> pl.DataFrame:
-        """The labels table; at a URI, read from a local copy (the driver holds the labels and the split anyway)."""
+    def _labels(self, labels_path: str | Path | None) -> tuple[pl.DataFrame, str | None]:
+        """(the labels table, its sha256 when the manifest cannot hash `labels_path` itself). At a URI, read once
+        into a local copy that gives both (the driver holds the labels and the split anyway)."""
         from pipeline.sequences.table import labels_or_none
 
         if labels_path is None or not is_uri(labels_path):
-            return labels_or_none(labels_path)
+            return labels_or_none(labels_path), None
+        uri = str(labels_path)
         with tempfile.TemporaryDirectory(prefix="txseq-labels-") as tmp:
-            copy = HadoopFiles(self.spark).fetch(str(labels_path), Path(tmp) / str(labels_path).rstrip("/").rsplit("/", 1)[-1])
+            copy = HadoopFiles(self.spark).fetch(uri, Path(tmp) / uri.rstrip("/").rsplit("/", 1)[-1])
             try:
-                return labels_or_none(copy)
+                return labels_or_none(copy), sha256_file(copy)
             except IngestError as e:
-                raise IngestError(str(e).replace(str(copy), str(labels_path))) from None
+                raise IngestError(str(e).replace(str(copy), uri)) from None
 
     # scoring -----------------------------------------------------------------------------------------------------
     def score_file(self, source: str | Path, output: str | Path, scorer_factory: Callable[[], Any], model: ModelRef,

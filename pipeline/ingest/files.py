@@ -300,7 +300,7 @@ class LocalFiles:
 
 
 def _commit_unit(files: Sequence[str | Path], out_dir: Path, manifest: dict, config: IngestConfig,
-                 file_step: FileStep | None = None, inputs: InputFiles | None = None) -> list[FileReport]:
+                 file_step: FileStep | None, inputs: InputFiles) -> list[FileReport]:
     """Validate `files` into a staging folder, then move every part into place and write the manifest once: all
     of the files are recorded, or (on an error) none, and nothing of them is left behind."""
     staging = temp_path(out_dir / "ingest", ".staging")
@@ -310,7 +310,7 @@ def _commit_unit(files: Sequence[str | Path], out_dir: Path, manifest: dict, con
         staged: list[FileReport] = []
         for path in files:
             try:
-                sha = (inputs or LocalFiles()).sha256(path)
+                sha = inputs.sha256(path)
             except TableError as e:
                 raise IngestError(str(e)) from e
             done = {f["sha256"]: f["path"] for f in manifest["files"]
