@@ -12,8 +12,9 @@ made under <data root>/bench-engines/. Each step is timed in this process: CPU i
 process and every descendant alive at the end of the step (the JVM, Spark's Python workers), plus what each of them
 has waited for of its exited children (Spark's finished workers), sampled with psutil;
 peak RSS is the largest sum of their resident sets, sampled every 0.2 s. Spark's session start is timed apart.
-"ingest (URI)" ingests the same CSV through a `viewfs://` URI (a Hadoop mount table over the raw folder): what
-reading an hdfs:// or s3a:// export adds on the driver (the JVM's sha256, the copy through Hadoop's FileSystem).
+"ingest (URI)" ingests the same CSV through a `viewfs://` URI (a Hadoop mount table over the raw folder) into events
+at another: what reading an hdfs:// or s3a:// export and writing there add on the driver (the JVM's sha256, the copy
+through Hadoop's FileSystem, the clean copy staged at the URI, the parts uploaded).
 Prints a table and writes bench/results/engines.json (with the load average: the machine is shared).
 """
 
@@ -194,15 +195,19 @@ def main(argv: list[str] | None = None) -> int:
                                                      model, ingest_config=scorer.ingest,
                                                      reference=getattr(scorer, "reference", None)))
 
-    # the same CSV at a URI only Hadoop opens (a viewfs mount table over the raw folder), as an hdfs:// export is:
-    # the driver hashes it in the JVM and copies it through Hadoop's FileSystem before the clean copy
-    engine.spark._jsc.hadoopConfiguration().set("fs.viewfs.mounttable.bench.link./raw", raw.as_uri())
+    # the same CSV at a URI only Hadoop opens (a viewfs mount table over the raw folder), as an hdfs:// export is, and
+    # the events written to one: the driver hashes the input in the JVM and copies it through Hadoop's FileSystem
+    # before the clean copy (staged at the URI for the workers), and uploads the parts the workers send it
+    conf = engine.spark._jsc.hadoopConfiguration()
+    conf.set("fs.viewfs.mounttable.bench.link./raw", raw.as_uri())
+    (out["spark"] / "lake").mkdir(parents=True)
+    conf.set("fs.viewfs.mounttable.bench.link./lake", (out["spark"] / "lake").as_uri())
     step("spark", "ingest (URI)", lambda: engine.ingest(["viewfs://bench/raw/transactions.csv"],
-                                                        out["spark"] / "events-uri"))
+                                                        "viewfs://bench/lake/events"))
 
     key = ["source_file", "source_row"]
     same = {
-        "events_from_uri": read_events(out["spark"] / "events-uri").drop("source_file").collect().sort("source_row")
+        "events_from_uri": read_events(out["spark"] / "lake" / "events").drop("source_file").collect().sort("source_row")
         .equals(read_events(out["polars"] / "events").drop("source_file").collect().sort("source_row")),
         "events": read_events(out["spark"] / "events").collect().sort(key).equals(
             read_events(out["polars"] / "events").collect().sort(key)),

@@ -69,9 +69,10 @@ def cached_on(*path_params: str) -> CachePolicy:
     return CacheKeyFnPolicy(cache_key_fn=key)
 
 
-def missing(paths: Iterable[Path]) -> bool:
-    """True when an expected output is gone: the flow then refreshes the step's cache instead of trusting it."""
-    return not all(Path(p).exists() for p in paths)
+def missing(paths: Iterable[Path | str]) -> bool:
+    """True when an expected output is gone: the flow then refreshes the step's cache instead of trusting it. An
+    output at a URI is not checked from here: the step runs (ingest records what it ingested before; a no-op)."""
+    return not all(not is_uri(p) and Path(p).exists() for p in paths)
 
 
 

@@ -15,7 +15,7 @@ from flows.common import IO_RETRIES, EngineParams, cached_on, missing
 from pipeline.engines import Engine, ingest_with
 from pipeline.ingest.rules import IngestConfig
 from pipeline.ingest.files import IngestResult
-from pipeline.io import check_io_paths, location
+from pipeline.io import check_io_paths, join, location
 from pipeline.settings import load_settings
 from pipeline.steps import IngestOptions
 
@@ -39,7 +39,7 @@ class IngestParams(EngineParams):
 
 
 @task(cache_policy=cached_on("inputs"), **IO_RETRIES)
-def ingest_task(inputs: list[Path | str], out_dir: Path, config: IngestConfig, atomic: bool = False,
+def ingest_task(inputs: list[Path | str], out_dir: Path | str, config: IngestConfig, atomic: bool = False,
                 engine: Engine = Engine()) -> IngestResult:
     return ingest_with(engine, inputs, out_dir, config, atomic=atomic)
 
@@ -54,8 +54,8 @@ def publish_reconciliation(result: IngestResult) -> None:
 def ingest_flow(params: IngestParams = IngestParams()) -> IngestResult:
     s = load_settings()
     inputs = [location(p) for p in params.inputs] or sorted(s.raw_dir.glob("transactions*"))
-    inputs, (out_dir,) = check_io_paths(inputs, [Path(params.out_dir) if params.out_dir else s.events_dir])
-    step = ingest_task.with_options(refresh_cache=missing([out_dir / "manifest.json"]))
+    inputs, (out_dir,) = check_io_paths(inputs, [location(params.out_dir) if params.out_dir else s.events_dir])
+    step = ingest_task.with_options(refresh_cache=missing([join(out_dir, "manifest.json")]))
     result = step(inputs, out_dir, params.options().config(), params.atomic, params.engine_choice())
     publish_reconciliation(result)
     return result

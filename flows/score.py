@@ -19,7 +19,7 @@ from pipeline.scoring.landing import LandingConfig, LandingResult, landing_files
 from pipeline.scoring.landing import score_landing as score_landing_folder
 from pipeline.scoring.drift import markdown as drift_markdown
 from pipeline.engines import Engine, score_file_with
-from pipeline.io import check_io_paths
+from pipeline.io import check_io_paths, location
 from pipeline.scoring.pyfunc import ModelLoadError, load_batch_scorer, log_scoring_run
 from pipeline.settings import DEFAULT_REGISTERED_MODEL, load_settings
 
@@ -56,7 +56,7 @@ def _worth_retrying(task, task_run, state) -> bool:
 
 
 @task(**IO_RETRIES, retry_condition_fn=_worth_retrying)
-def score_task(model_uri: str, source: Path | str, output: Path, chunk_rows: int, drift_threshold: float,
+def score_task(model_uri: str, source: Path | str, output: Path | str, chunk_rows: int, drift_threshold: float,
                engine: Engine = Engine()) -> ScoreResult:
     scorer, model = load_batch_scorer(model_uri, load_settings().tracking_uri)
     result = score_file_with(engine, source, output, scorer, model,
@@ -83,7 +83,7 @@ def _log_scoring_run(result: ScoreResult, model) -> None:  # noqa: ANN001 - batc
     try:
         log_scoring_run(result, model, load_settings().tracking_uri)
     except Exception as e:  # noqa: BLE001
-        get_run_logger().warning("scoring run of %s not logged to MLflow: %s", result.output.name, e)
+        get_run_logger().warning("scoring run of %s not logged to MLflow: %s", result.output_name, e)
 
 
 @task
@@ -92,17 +92,17 @@ def publish_summary(results: list[ScoreResult], key: str) -> None:
     for r in results:  # the drift report of each scored batch, and its warning line in the run's log
         if r.drift is not None:
             files = " and ".join(f"`{f}`" for f in r.drift_files)
-            create_markdown_artifact(f"# Input drift: `{r.output.name}`\n\n{drift_markdown(r.drift)}\n\nFiles: {files}",
-                                     key=f"{key}-drift", description=f"input drift of {r.output.name}")
+            create_markdown_artifact(f"# Input drift: `{r.output_name}`\n\n{drift_markdown(r.drift)}\n\nFiles: {files}",
+                                     key=f"{key}-drift", description=f"input drift of {r.output_name}")
         if r.drift_warning:
-            get_run_logger().warning("%s: %s", r.output.name, r.drift_warning)
+            get_run_logger().warning("%s: %s", r.output_name, r.drift_warning)
 
 
 @flow(name="score")
 def score(params: ScoreParams = ScoreParams()) -> ScoreResult:
     s = load_settings()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    output = Path(params.output) if params.output else s.scores_dir / f"scores-{stamp}.parquet"
+    output = location(params.output) if params.output else s.scores_dir / f"scores-{stamp}.parquet"
     (source,), (output, _) = check_io_paths([params.input or s.landing_dir], [output, default_rejects_path(output)])
     result = score_task(params.model_uri, source, output, params.chunk_rows, params.drift_threshold,
                         params.engine_choice())

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from flows.common import IO_RETRIES, EngineParams, cached_on, missing
 from pipeline.engines import Engine, sequences_with
-from pipeline.io import check_io_paths, location
+from pipeline.io import check_io_paths, join, location
 from pipeline.sequences.table import SequenceConfig, SequencesResult
 from pipeline.ingest.labels import LabelSpec
 from pipeline.settings import load_settings
@@ -43,7 +43,7 @@ class SequencesParams(EngineParams):
 
 
 @task(cache_policy=cached_on("events_dir", "labels"), **IO_RETRIES)
-def sequences_task(events_dir: Path, labels: Path | str, out_dir: Path, config: SequenceConfig, engine: Engine = Engine(),
+def sequences_task(events_dir: Path | str, labels: Path | str, out_dir: Path | str, config: SequenceConfig, engine: Engine = Engine(),
                    split_config: SplitConfig = SplitConfig(), label: LabelSpec = LabelSpec()) -> SequencesResult:
     return sequences_with(engine, events_dir, labels, out_dir, config, split_config, label)
 
@@ -52,11 +52,11 @@ def sequences_task(events_dir: Path, labels: Path | str, out_dir: Path, config: 
 def sequences_flow(params: SequencesParams = SequencesParams()) -> SequencesResult:
     s = load_settings()
     (events_dir, labels), (out_dir,) = check_io_paths(
-        [Path(params.events_dir) if params.events_dir else s.events_dir,
+        [location(params.events_dir) if params.events_dir else s.events_dir,
          location(params.labels) if params.labels else s.raw_dir / "gender_train.csv"],
-        [Path(params.out_dir) if params.out_dir else s.sequences_dir],
+        [location(params.out_dir) if params.out_dir else s.sequences_dir],
     )
-    step = sequences_task.with_options(refresh_cache=missing([out_dir / "manifest.json"]))
+    step = sequences_task.with_options(refresh_cache=missing([join(out_dir, "manifest.json")]))
     config, split_config, label = params.options().configs()
     result = step(events_dir, labels, out_dir, config, params.engine_choice(), split_config, label)
     create_markdown_artifact(f"```\n{result.summary()}\n```", key="sequences-summary")

@@ -79,7 +79,8 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", type=location, metavar="INPUT",
                    help="raw transactions file(s), Parquet folder(s) or folder(s) of CSV files (paths or file:// URIs; "
                    "with --engine spark any URI Spark reads: hdfs://, s3a://, ...)")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: <data root>/events)")
+    p.add_argument("--out", type=location, default=None, help="output folder (default: <data root>/events; with "
+                   "--engine spark also any URI Spark writes)")
     p.add_argument("--source", type=Path, default=None, metavar="FILE.toml",
                    help="the export's source mapping (columns, time format; README 'Other exports'); default: the "
                    "built-in Sberbank export")
@@ -99,7 +100,7 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
         from pipeline.ingest.rules import IngestError
         from pipeline.settings import load_settings
 
-        from pipeline.io import PathError, check_io_paths
+        from pipeline.io import PathError, check_io_paths, join
 
         from pipeline.sources.mapping import SourceError
 
@@ -113,7 +114,7 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
             return 2
         print(result.format_table())
         print(result.summary())
-        print(f"manifest: {out / 'manifest.json'}")
+        print(f"manifest: {join(out, 'manifest.json')}")
         return 0
 
     p.set_defaults(handler=handler)
@@ -133,14 +134,16 @@ def _add_sequences(sub: argparse._SubParsersAction) -> None:
         "vocabularies on the non-test customers, and write one row per customer with the latest --max-len events "
         "as list columns (sequences.parquet, vocab.json, split.json, manifest.json in --out).",
     )
-    p.add_argument("--events", type=location, default=None, help="ingest output folder (default: <data root>/events)")
+    p.add_argument("--events", type=location, default=None, help="ingest output folder (default: <data root>/events; "
+                   "with --engine spark also a URI)")
     p.add_argument("--labels", type=location, default=None, help="gender_train.csv (customer_id,gender); with "
                    "--engine spark also any URI Spark reads; default: none (all customers unlabelled, empty split)")
     p.add_argument("--label-column", default=d.label_column, help="the binary target's column in --labels (%(default)s)")
     p.add_argument("--positive", default=d.positive, help="the target value that is positive (%(default)s)")
     p.add_argument("--negative", default=d.negative,
                    help="the one other value allowed (%(default)s), or 'rest': every other value is negative")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: <data root>/sequences)")
+    p.add_argument("--out", type=location, default=None, help="output folder (default: <data root>/sequences; with "
+                   "--engine spark also any URI Spark writes)")
     p.add_argument("--max-len", type=int, default=d.max_len, help="latest events kept per customer (%(default)s)")
     p.add_argument("--min-count", type=int, default=d.min_count,
                    help="codes seen fewer times on training customers encode as unknown (%(default)s)")
@@ -410,8 +413,8 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
                    "(default: the registered champion, models:/<registered model>@champion)")
     p.add_argument("--input", type=location, help="raw transactions: Parquet/CSV file or folder (or a file:// URI; "
                    "with --engine spark any URI Spark reads: hdfs://, s3a://, ...)")
-    p.add_argument("--output", type=Path, help="scores Parquet <stem>.parquet (rejects go to <stem>.rejects.parquet "
-                   "beside it)")
+    p.add_argument("--output", type=location, help="scores Parquet <stem>.parquet (rejects go to <stem>.rejects.parquet "
+                   "beside it; with --engine spark it may be any URI Spark writes: hdfs://, s3a://, ...)")
     p.add_argument("--landing", type=Path, help="landing folder: score each new file once (instead of --input)")
     p.add_argument("--out-dir", type=Path, help="with --landing: scores, rejects and the ledger of scored files")
     p.add_argument("--chunk-rows", type=int, default=2_000_000, help="validated rows scored at once (%(default)s)")
@@ -421,7 +424,7 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
                    help="warn when a feature's population stability index exceeds this (%(default)s)")
 
     def handler(args: argparse.Namespace) -> int:
-        from pipeline.engines import check_engine_reads, score_file_with
+        from pipeline.engines import check_engine_reads, check_engine_writes, score_file_with
         from pipeline.engines.spark import SparkError
         from pipeline.settings import load_settings
         from pipeline.ingest.rules import IngestConfig, IngestError
@@ -446,9 +449,10 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
             # Paths, the input's header/footer and its columns are checked before the (slow) model load.
             if args.input:
                 (source,), (output, _) = check_io_paths([args.input], [args.output, default_rejects_path(args.output)])
-                if output.is_dir():
+                if isinstance(output, Path) and output.is_dir():
                     raise PathError(f"{output}: is a folder; --output names the scores Parquet file")
                 check_engine_reads(engine_from_args(args), source)
+                check_engine_writes(engine_from_args(args), output)
                 files = None if is_uri(source) else check_inputs(source)  # a URI: the Spark engine checks it
                 from pipeline.registry.tracking import stored_model_config
 
@@ -499,13 +503,13 @@ def _report_drift(result, model) -> None:  # noqa: ANN001 - batch.ScoreResult, M
     from pipeline.settings import load_settings
 
     if result.drift is None:
-        print(f"{result.output.name}: no reference statistics stored with {model.name} v{model.version}: "
+        print(f"{result.output_name}: no reference statistics stored with {model.name} v{model.version}: "
               "input stability not checked")
     elif result.drift_warning:
         print(f"txseq score: {result.drift_warning} ({result.drift_files[0]})", file=sys.stderr)
     else:
         worst = max(result.drift["psi"], key=lambda f: result.drift["psi"][f])
-        print(f"{result.output.name}: input stable, largest PSI {result.drift['psi'][worst]:.3f} ({worst}) <= "
+        print(f"{result.output_name}: input stable, largest PSI {result.drift['psi'][worst]:.3f} ({worst}) <= "
               f"{result.drift['psi_threshold']:g}")
     try:
         log_scoring_run(result, model, load_settings().tracking_uri)

@@ -71,24 +71,23 @@ def location(text: str | Path) -> Path | str:
 
 def check_io_paths(
     inputs: Iterable[str | Path], outputs: Iterable[str | Path], *, inputs_must_exist: bool = True
-) -> tuple[list[Path | str], list[Path]]:
+) -> tuple[list[Path | str], list[Path | str]]:
     """Resolve the paths of one step (`~` expanded, symlinks followed) and refuse overlapping ones.
 
     Every input must exist (unless `inputs_must_exist=False`); no output may be an input, lie inside an input
     folder (the next read of that folder would pick it up) or contain an input (the step would read what it
-    writes), and no two outputs may coincide. An input URI (hdfs://, s3a://: see `is_uri`) is returned as given,
-    for the Spark engine to check; an output must be a path (the workers write into it). Returns the resolved
-    (inputs, outputs): the one check used by the CLI handlers and the flows.
+    writes), and no two outputs may coincide. A URI (hdfs://, s3a://: see `is_uri`) is returned as given, for the
+    Spark engine to check and open (URIs are compared as text). Returns the resolved (inputs, outputs): the one
+    check used by the CLI handlers and the flows.
     """
     given = [location(p) for p in inputs]
     inputs = [p.expanduser() for p in given if isinstance(p, Path)]
     ins = [p.resolve() for p in inputs]
-    outputs = list(outputs)
-    for o in outputs:
-        if is_uri(str(o)):  # str: a Path made of a URI keeps its scheme ("hdfs:/…")
-            raise PathError(f"{o}: outputs are written to a path the driver (and Spark's workers) share; write to a "
-                            "local or mounted folder (NFS, a FUSE driver)")
-    outs = [Path(p).expanduser().resolve() for p in outputs]
+    given_out = [location(p) for p in outputs]
+    for p in (*given, *given_out):
+        if isinstance(p, Path) and is_uri(str(p)):  # Path("hdfs://nn/x") is hdfs:/nn/x: a local path by accident
+            raise PathError(f"{p}: a URI turned into a path (its // lost); pass URIs as text")
+    outs = [p.expanduser().resolve() if isinstance(p, Path) else p for p in given_out]
     if inputs_must_exist:
         for path, p in zip(inputs, ins):
             if not p.exists():
@@ -97,19 +96,39 @@ def check_io_paths(
                 check_input(path)
             except TableError as e:
                 raise PathError(str(e)) from e
+    uri_ins = [str(p).rstrip("/") for p in given if isinstance(p, str)]
     for o in outs:
-        for i in ins:
-            if o == i:
+        for i in (ins if isinstance(o, Path) else uri_ins):
+            inside = o.is_relative_to(i) if isinstance(o, Path) else o.rstrip("/").startswith(i + "/")
+            contains = i.is_relative_to(o) if isinstance(o, Path) else i.startswith(o.rstrip("/") + "/")
+            if o == i or (isinstance(o, str) and o.rstrip("/") == i):
                 raise PathError(f"{o}: output is also an input; it would be overwritten")
-            if o.is_relative_to(i):
+            if inside:
                 raise PathError(f"{o}: output lies inside the input folder {i}; write it elsewhere")
-            if i.is_relative_to(o):
+            if contains:
                 raise PathError(f"{i}: input lies inside the output folder {o}; write the output elsewhere")
     for a, o in enumerate(outs):
         if any(o == other for other in outs[a + 1:]):
             raise PathError(f"{o}: the same path is given for two outputs")
     resolved = iter(ins)
     return [p if isinstance(p, str) else next(resolved) for p in given], outs
+
+
+def base_name(location: str | Path) -> str:
+    """The last part of a path or URI (`scores.parquet` of `hdfs://nn/out/scores.parquet`)."""
+    return location.name if isinstance(location, Path) else location.rstrip("/").rsplit("/", 1)[-1]
+
+
+def join(location: Path | str, *names: str) -> Path | str:
+    """`names` under a folder given as a path or a URI."""
+    return Path(location).joinpath(*names) if not is_uri(location) else "/".join([str(location).rstrip("/"), *names])
+
+
+def sibling(location: str | Path, name: str) -> Path | str:
+    """`name` in the folder of a path or URI."""
+    if isinstance(location, Path):
+        return location.with_name(name)
+    return f"{location.rstrip('/').rsplit('/', 1)[0]}/{name}"
 
 
 def printable(text: str | bytes, limit: int = ECHO_CHARS) -> str:
@@ -380,10 +399,21 @@ def _host8() -> str:
     return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 
+def temp_name(name: str, suffix: str = ".tmp") -> str:
+    """A hidden temporary name for `name` that records this host and process (see `remove_dead_temp`)."""
+    return f".{name}.{_host8()}-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}"
+
+
 def temp_path(path: str | Path, suffix: str = ".tmp") -> Path:
-    """A hidden temporary name beside `path` that records this host and process (see `remove_dead_temp`)."""
+    """`temp_name` beside `path`."""
     path = Path(path)
-    return path.with_name(f".{path.name}.{_host8()}-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}")
+    return path.with_name(temp_name(path.name, suffix))
+
+
+def is_dead_temp(name: str) -> bool:
+    """A `temp_name` of this host whose process is gone: what a killed run left behind."""
+    m = _TEMP_NAME.match(name)
+    return m is not None and m["host"] == _host8() and not pid_alive(int(m["pid"]))
 
 
 def pid_alive(pid: int) -> bool:
@@ -405,10 +435,8 @@ def remove_dead_temp(folder: str | Path) -> list[Path]:
     removed: list[Path] = []
     if not folder.is_dir():
         return removed
-    host = _host8()
     for entry in folder.iterdir():
-        m = _TEMP_NAME.match(entry.name)
-        if m is None or m["host"] != host or pid_alive(int(m["pid"])):
+        if not is_dead_temp(entry.name):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)

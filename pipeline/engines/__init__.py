@@ -80,16 +80,28 @@ def check_engine_reads(engine: Engine, *inputs: Path | str | None) -> None:
                           "s3a://, ... with --engine spark, or mount the storage and give its path")
 
 
+def check_engine_writes(engine: Engine, *outputs: Path | str | None) -> None:
+    """Only the Spark engine writes to URIs (through Spark's Hadoop client); the polars engine refuses them by name."""
+    from pipeline.ingest.rules import IngestError
+    from pipeline.io import is_uri
+
+    remote = [str(o) for o in outputs if o is not None and is_uri(o)]
+    if remote and engine.name != "spark":
+        raise IngestError(f"{remote[0]}: the polars engine writes paths this machine can open; write to hdfs://, "
+                          "s3a://, ... with --engine spark, or mount the storage and give its path")
+
+
 def engine_from_args(args: argparse.Namespace) -> Engine:
     return Engine(args.engine, args.spark_master, tuple(args.spark_conf))
 
 
-def ingest_with(engine: Engine, inputs: list[Path | str], out_dir: Path, config: IngestConfig, atomic: bool = False
+def ingest_with(engine: Engine, inputs: list[Path | str], out_dir: Path | str, config: IngestConfig, atomic: bool = False
                 ) -> IngestResult:
     from pipeline.ingest.rules import IngestError
     from pipeline.ingest.files import ingest
 
     check_engine_reads(engine, *inputs)
+    check_engine_writes(engine, out_dir)
     if engine.name == "spark":
         if config.source.declared:
             raise IngestError(f"source {config.source.name!r}: the Spark engine reads the built-in (Sberbank) export "
@@ -98,18 +110,15 @@ def ingest_with(engine: Engine, inputs: list[Path | str], out_dir: Path, config:
     return ingest(inputs, out_dir, config, atomic=atomic)
 
 
-def sequences_with(engine: Engine, events_dir: Path | str, labels: Path | str | None, out_dir: Path,
+def sequences_with(engine: Engine, events_dir: Path | str, labels: Path | str | None, out_dir: Path | str,
                    config: SequenceConfig, split_config: SplitConfig, label: LabelSpec | None = None
                    ) -> SequencesResult:
     from pipeline.ingest.rules import IngestError
     from pipeline.ingest.labels import LabelSpec
-    from pipeline.io import is_uri
     from pipeline.sequences.table import run_sequences
 
-    if is_uri(events_dir):
-        raise IngestError(f"{events_dir}: the events folder is ingest's output, on a path the driver and the workers "
-                          "share; give that path (labels may be at any URI Spark reads)")
-    check_engine_reads(engine, labels)
+    check_engine_reads(engine, events_dir, labels)
+    check_engine_writes(engine, out_dir)
     label = label or LabelSpec()
     if engine.name == "spark":
         if label != LabelSpec():
@@ -119,13 +128,14 @@ def sequences_with(engine: Engine, events_dir: Path | str, labels: Path | str | 
     return run_sequences(events_dir, labels, out_dir, config, split_config, label)
 
 
-def score_file_with(engine: Engine, source: Path | str, output: Path, scorer: Any, model: ModelRef, config: ScoreConfig,
+def score_file_with(engine: Engine, source: Path | str, output: Path | str, scorer: Any, model: ModelRef, config: ScoreConfig,
                     tracking_uri: str) -> ScoreResult:
     """Score one input. On Spark each worker loads the model itself from `model.uri` (through `tracking_uri`);
     `scorer` (loaded here) gives the ingest settings and the drift reference stored with the model."""
     from pipeline.scoring.batch import score_file, scorer_reference, scorer_rules
 
     check_engine_reads(engine, source)
+    check_engine_writes(engine, output)
     if engine.name == "spark":
         from pipeline.engines.spark import RegisteredScorer
 

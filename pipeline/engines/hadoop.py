@@ -1,4 +1,4 @@
-"""Inputs at any URI Spark's Hadoop client reads (hdfs://, s3a://, abfs://, viewfs://, ...), seen from the driver.
+"""Inputs and outputs at any URI Spark's Hadoop client reads (hdfs://, s3a://, abfs://, viewfs://, ...), seen from the driver.
 
 The Spark engine's workers read such inputs themselves (`spark.read`); the driver still needs a few things from
 them before Spark does: whether the input is a file or a folder and what the folder holds (the same rules as for a
@@ -8,17 +8,32 @@ copy of the bytes gives, so re-ingesting the same export from a mount or from HD
 All of it goes through the session's JVM (`org.apache.hadoop.fs.FileSystem`, with the session's Hadoop
 configuration: credentials, mount tables), so whatever file systems the cluster's Spark reads, this reads; the
 hashing runs in the JVM (commons-codec), and no file's bytes cross py4j. Local paths go to `pipeline.io` as before.
+
+Outputs the driver writes (scores, rejects, drift reports, manifests) are written to a local file first and then
+uploaded with `put`: copied to a hidden name beside the target and renamed over it, so a reader of the folder sees
+the old file or the new one, never half of one.
 """
 
 from __future__ import annotations
 
 import re
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pipeline.ingest.files import LocalFiles
-from pipeline.io import PARQUET_SUFFIXES, TableError, folder_kind, folder_sha256, hidden, is_uri, printable
+from pipeline.io import (
+    PARQUET_SUFFIXES,
+    TableError,
+    folder_kind,
+    folder_sha256,
+    hidden,
+    is_dead_temp,
+    is_uri,
+    printable,
+    temp_name,
+)
 
 PARQUET_MAGIC = b"PAR1"
 
@@ -31,14 +46,14 @@ def _java_line(e: BaseException) -> str:
 
 
 class HadoopFiles(LocalFiles):
-    """The driver's view of input files: URIs through the SparkSession's Hadoop FileSystem, paths as `LocalFiles`
-    sees them. An `pipeline.ingest.files.InputFiles` (units to commit, sha256 of each)."""
+    """The driver's view of files: URIs through the SparkSession's Hadoop FileSystem, paths as `LocalFiles` sees
+    them. A `pipeline.ingest.files.Files` (inputs to commit and hash, the output folder's files)."""
 
     def __init__(self, spark: Any) -> None:
         self._jvm = spark._jvm
         self._conf = spark._jsc.hadoopConfiguration()
 
-    def _call(self, uri: str, action: Any) -> Any:
+    def _call(self, uri: str, action: Any, doing: str = "read") -> Any:
         """Run `action(path, filesystem)` on the JVM; a Java error becomes a TableError naming `uri`."""
         from py4j.protocol import Py4JJavaError
 
@@ -54,7 +69,7 @@ class HadoopFiles(LocalFiles):
                 scheme = uri.split(":", 1)[0]
                 raise TableError(f"{uri}: this Spark has no Hadoop client for {scheme}:// (add its connector, e.g. "
                                  "hadoop-aws for s3a://, to spark.jars or the cluster's classpath)") from None
-            raise TableError(f"{uri}: cannot be read: {_java_line(e)}") from None
+            raise TableError(f"{uri}: cannot be {doing}: {_java_line(e)}") from None
 
     def is_folder(self, location: str | Path) -> bool:
         if not is_uri(location):
@@ -131,3 +146,113 @@ class HadoopFiles(LocalFiles):
             local.resolve().as_uri()), True))
         return local
 
+
+    # --- outputs ---------------------------------------------------------------------------------------------------
+    def exists(self, location: str | Path) -> bool:
+        if not is_uri(location):
+            return super().exists(location)
+        return bool(self._call(str(location), lambda p, fs: fs.exists(p)))
+
+    def read_text(self, location: str | Path) -> str | None:
+        if not is_uri(location):
+            return super().read_text(location)
+        if not self.exists(location):
+            return None
+        with tempfile.TemporaryDirectory(prefix="txseq-get-") as tmp:
+            return self.fetch(str(location), Path(tmp, "f")).read_text()
+
+    def write_text(self, text: str, location: str | Path) -> None:
+        if not is_uri(location):
+            return super().write_text(text, location)
+        self.write_bytes(text.encode(), location)
+
+    def write_bytes(self, data: bytes, location: str | Path) -> None:
+        """The bytes as the file at `location`: for a URI, a local file uploaded with `put` (no bytes cross py4j)."""
+        if not is_uri(location):
+            return super().write_bytes(data, location)
+        with tempfile.TemporaryDirectory(prefix="txseq-put-") as tmp:
+            local = Path(tmp, "f")
+            local.write_bytes(data)
+            self.put(local, str(location))
+
+    def make_folder(self, location: str | Path) -> None:
+        if not is_uri(location):
+            return super().make_folder(location)
+        self._call(str(location), lambda p, fs: fs.mkdirs(p), doing="written")
+
+    def staging(self, location: str | Path) -> Path | str:
+        if not is_uri(location):
+            return super().staging(location)
+        parent, name = str(location).rstrip("/").rsplit("/", 1)
+        uri = f"{parent}/{temp_name(name, '.staging')}"
+        self.make_folder(uri)
+        return uri
+
+    def replace(self, source: str | Path, target: str | Path) -> None:
+        """Move `source` to `target`, replacing what is there (both URIs on one file system, or both paths)."""
+        if not is_uri(target):
+            return super().replace(source, target)
+        hdfs_path = self._jvm.org.apache.hadoop.fs.Path
+
+        def move(path: Any, fs: Any) -> None:
+            fs.mkdirs(path.getParent())
+            if fs.exists(path):
+                fs.delete(path, True)
+            if not fs.rename(hdfs_path(str(source)), path):
+                raise TableError(f"{target}: cannot be written: the file system refused to rename {source} to it")
+
+        self._call(str(target), move, doing="written")
+
+    def remove(self, location: str | Path) -> None:
+        """Delete the file or folder (nothing there: nothing to do)."""
+        if not is_uri(location):
+            return super().remove(location)
+        self._call(str(location), lambda p, fs: fs.delete(p, True), doing="removed")
+
+    def remove_dead_temp(self, folder: str | Path) -> None:
+        """`pipeline.io.remove_dead_temp` for a folder at a URI: the staging left by killed runs of this host."""
+        if not is_uri(folder):
+            return super().remove_dead_temp(folder)
+
+        def clean(path: Any, fs: Any) -> None:
+            if fs.exists(path):
+                for status in fs.listStatus(path):
+                    if is_dead_temp(status.getPath().getName()):
+                        fs.delete(status.getPath(), True)
+
+        self._call(str(folder), clean, doing="written")
+
+    def parquet_files(self, location: str | Path) -> list[Path | str]:
+        if not is_uri(location):
+            return super().parquet_files(location)
+        uri = str(location).rstrip("/")
+        if not self.exists(uri) or not self.is_folder(uri):
+            return [uri]
+        return [f"{uri}/{n}" for n in sorted(self.files(uri), key=lambda n: n.split("/"))
+                if n.lower().endswith(PARQUET_SUFFIXES)]
+
+    def put(self, local: Path, uri: str) -> str:
+        """Upload the local file or folder `local` to `uri`, replacing what is there (see the module docstring)."""
+        hdfs_path = self._jvm.org.apache.hadoop.fs.Path
+        name = uri.rstrip("/").rsplit("/", 1)[1]
+
+        def upload(path: Any, fs: Any) -> None:
+            fs.mkdirs(path.getParent())
+            # through the file system the folder really is on (a viewfs mount's target), which writes no hidden
+            # .crc files beside the data when that is a local disk (polars refuses a folder holding them)
+            parent = fs.resolvePath(path.getParent())
+            real = parent.getFileSystem(self._conf)
+            real.setWriteChecksum(False)
+            target, temp = hdfs_path(parent, name), hdfs_path(parent, temp_name(name))
+            try:
+                real.copyFromLocalFile(False, True, hdfs_path(local.resolve().as_uri()), temp)
+                if real.exists(target):
+                    real.delete(target, True)
+                if not real.rename(temp, target):
+                    raise TableError(f"{uri}: cannot be written: the file system refused to rename {temp} to it")
+            finally:
+                if real.exists(temp):
+                    real.delete(temp, True)
+
+        self._call(uri, upload, doing="written")
+        return uri

@@ -5,11 +5,11 @@ on Arrow tables through `applyInArrow` / `mapInArrow` in the Python workers:
 
     ingest    read (CSV strings / Parquet types) ─number rows─▶ group by (file, hash(raw customer_id) % n)
               ──validate_combined──▶ group by parsed customer_id % n [cogroup: row hashes of earlier files]
-              ──mark_ingested_repeats, split_combined──▶ events/part-<sha16>.parquet/b-<n>.parquet (+ rejects)
+              ──mark_ingested_repeats, split_combined──▶ part bytes ─driver─▶ events/part-<sha16>.parquet/b-<n>.parquet
     sequences events ─code_counts per batch─▶ sum ─rank_codes (driver)─▶ vocab
-              events ─range-partition by customer_id─▶ build_sequences ──▶ sequences.parquet/part-<n>.parquet
-    score     read ─number rows─▶ validate_combined (as ingest) ──▶ rejects parts
-              valid rows ─range-partition by customer_id─▶ the model's scorer ──▶ scores parts ──▶ one sorted file
+              events ─range-partition by customer_id─▶ build_sequences ─part bytes─▶ sequences.parquet/part-<n>.parquet
+    score     read ─number rows─▶ validate_combined (as ingest) ──▶ reject rows ─driver─▶ rejects file
+              valid rows ─range-partition by customer_id─▶ the model's scorer ──▶ score rows ─driver─▶ one sorted file
                                                             └─▶ DriftMonitor bin counts ─sum (driver)─▶ drift report
 
 Rules that need more than one row see all the rows they need: repeats of a row of the same file
@@ -19,16 +19,20 @@ rows beside the earlier files' row hashes of the same customers; a customer's ev
 scoring group. Rows are numbered as the polars scan numbers them (1-based per file, header excluded) from
 `_metadata.file_block_start` and `monotonically_increasing_id`, so rejects name the same rows.
 
-The Python workers write the Parquet parts themselves (with `pipeline.ingest`'s writer: the same dtypes, e.g. the
-UInt64 row hash that Spark SQL has no type for) into a staging folder the driver renames into place when the counts
-reconcile; outputs are folders of parts, which every reader of this project reads like the single file the polars
-engine writes. Inputs may be at any URI Spark reads (hdfs://, s3a://, ...: the driver lists, hashes and copies a CSV
-through `pipeline.engines.hadoop`); outputs and the manifest go to a path the driver and the workers share (local
-disk in local mode; NFS or a mounted bucket on a cluster).
+The Python workers make the Parquet parts with the project's own writers (the same dtypes, e.g. the UInt64 row
+hash that Spark SQL has no type for) and send their bytes back as rows; the driver fetches them partition by
+partition (`_gather`: computed in parallel and kept on the workers' disks first) and writes them into a staging
+folder it moves into place when the counts reconcile. Score and reject rows of scoring come back as rows (one per
+customer, and what was set aside). So the workers share no folder with the driver: inputs and outputs may be at any
+URI Spark's Hadoop client reads and writes (hdfs://, s3a://, ...: `pipeline.engines.hadoop`), or paths on the
+driver. Only a CSV input's clean copy (made on the driver) is staged where the workers read it: beside the output.
+Outputs are folders of parts, which every reader of this project reads like the single file the polars engine
+writes.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -57,9 +61,9 @@ from pipeline.ingest.files import (
     REJECTS_DIR,
     FileReport,
     IngestResult,
-    ParquetSink,
     event_part_files,
     ingest,
+    parquet_bytes,
     part_name,
     reconcile,
 )
@@ -73,7 +77,17 @@ from pipeline.ingest.rules import (
     validate_combined,
 )
 from pipeline.engines.hadoop import HadoopFiles
-from pipeline.io import TableError, clean_csv_copy, is_parquet, is_uri, location, scan_table, sha256_file
+from pipeline.io import (
+    TableError,
+    clean_csv_copy,
+    is_parquet,
+    is_uri,
+    join,
+    location,
+    scan_table,
+    sha256_file,
+    sibling,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -93,6 +107,11 @@ _COMBINED: dict[str, pl.DataType] = {
     schema.REASON: pl.String(),
 }
 _COUNTS = {"kind": pl.String(), "n": pl.Int64(), "last_row": pl.Int64()}  # kind: "accepted" or a reject reason
+_PARTS = {"what": pl.String(), "name": pl.String(), "data": pl.Binary(),  # a part file: its folder, name, bytes
+          "kind": pl.String(), "n": pl.Int64(), "last_row": pl.Int64()}  # or counts: as in _COUNTS
+_DRIFT = "_drift"
+_SCORED = {schema.CUSTOMER_ID: pl.Int64(), schema.PROBABILITY: pl.Float64(), schema.PREDICTION: pl.Int32(),
+           _DRIFT: pl.String()}  # score rows, and one row per partition with its drift counts in `_drift`
 
 
 class SparkError(RuntimeError):
@@ -201,7 +220,7 @@ def _spark_type(dtype: pl.DataType) -> str:
     if isinstance(dtype, pl.List):
         return f"array<{_spark_type(dtype.inner)}>"
     return {pl.Int64: "long", pl.UInt64: "long", pl.Int32: "int", pl.Int8: "tinyint", pl.Float64: "double",
-            pl.Float32: "float", pl.String: "string"}[dtype.base_type()]
+            pl.Float32: "float", pl.String: "string", pl.Binary: "binary"}[dtype.base_type()]
 
 
 def _ddl(columns: dict[str, pl.DataType]) -> str:
@@ -214,7 +233,8 @@ def _arrow_schema(columns: dict[str, pl.DataType]) -> pa.Schema:
         if isinstance(t, pl.List):
             return pa.list_(arrow(t.inner))
         return {pl.Int64: pa.int64(), pl.UInt64: pa.int64(), pl.Int32: pa.int32(), pl.Int8: pa.int8(),
-                pl.Float64: pa.float64(), pl.Float32: pa.float32(), pl.String: pa.string()}[t.base_type()]
+                pl.Float64: pa.float64(), pl.Float32: pa.float32(), pl.String: pa.string(),
+                pl.Binary: pa.binary()}[t.base_type()]
     return pa.schema([(c, arrow(t)) for c, t in columns.items()])
 
 
@@ -300,14 +320,14 @@ def _partitions(spark: SparkSession, rows: int, partition_rows: int) -> int:
 
 
 # --- reading and numbering raw rows ------------------------------------------------------------------------------
-def read_numbered(spark: SparkSession, path: str | Path, allow_extra: bool, per_file: bool, scratch: Path
+def read_numbered(spark: SparkSession, path: str | Path, allow_extra: bool, per_file: bool, scratch: Path | str
                   ) -> tuple[DataFrame, int, int]:
     """A raw table as (DataFrame of SOURCE_ROW, `_source`, the raw columns present [+ raw_csv.FLAG]; rows read;
     blank lines left out).
 
     CSV: first the checks and the bounded clean copy of `io.open_table` (`io.clean_csv_copy`, on the driver, into
-    `scratch`, which the workers must see; a CSV at a URI is first copied there), read by Spark with every column a
-    string; Parquet: the file's own types, read by Spark where it lies (a URI: through Spark's Hadoop client). Rows
+    `scratch`, a folder or URI the workers must see; a CSV at a URI is first copied to the driver), read by Spark
+    with every column a string; Parquet: the file's own types, read by Spark where it lies (a URI: through Spark's Hadoop client). Rows
     are numbered 1..n in file order (a Parquet folder: its files in sorted order, numbered on across them, as polars
     scans it; `per_file`: numbered per file, `_source` naming each file, as scoring does). Raises IngestError for
     what the header or footer already shows."""
@@ -323,10 +343,13 @@ def read_numbered(spark: SparkSession, path: str | Path, allow_extra: bool, per_
                 scan_table(Path(_local_path(source))).collect_schema()  # the checks polars makes, same messages
             df = spark.read.parquet(source)
         else:
-            clean = scratch / f"clean-{uuid.uuid4().hex[:8]}.csv"  # not hidden: Spark skips ".x" and "_x" files
-            sep, stats = clean_copy(spark, source, clean) if not local else clean_csv_copy(Path(source), clean)
+            name = f"clean-{uuid.uuid4().hex[:8]}.csv"  # not hidden: Spark skips ".x" and "_x" files
+            with tempfile.TemporaryDirectory(prefix="txseq-clean-") as tmp:
+                clean = scratch / name if isinstance(scratch, Path) else Path(tmp, name)
+                sep, stats = clean_copy(spark, source, clean) if not local else clean_csv_copy(Path(source), clean)
+                where = str(clean) if isinstance(scratch, Path) else HadoopFiles(spark).put(clean, f"{scratch}/{name}")
             blank_lines = stats.blank_lines
-            df = spark.read.csv(str(clean), header=True, sep=sep, inferSchema=False, encoding="UTF-8",
+            df = spark.read.csv(where, header=True, sep=sep, inferSchema=False, encoding="UTF-8",
                                 mode="PERMISSIVE", enforceSchema=False)
     except TableError as e:
         raise IngestError(str(e)) from e
@@ -394,22 +417,47 @@ def validated(spark: SparkSession, numbered: DataFrame, rows: int, config: Inges
 
 
 # --- ingest ------------------------------------------------------------------------------------------------------
-def _write_ingest_group(events_dir: str, rejects_dir: str, key: tuple, left: pa.Table, right: pa.Table | None = None
-                        ) -> pa.Table:
-    """One customer bucket of validated rows [+ the row hashes of earlier files] -> its events and rejects files."""
+def _ingest_group(key: tuple, left: pa.Table, right: pa.Table | None = None) -> pa.Table:
+    """One customer bucket of validated rows [+ the row hashes of earlier files] -> its events and rejects part
+    files (as bytes, written by the project's Parquet writer: exact dtypes such as the UInt64 row hash, which Spark
+    SQL cannot write) and its counts (see `_PARTS`)."""
     combined = _from_spark(left, _COMBINED).lazy()
     if right is not None and right.num_rows:
         combined = mark_ingested_repeats(combined, pl.from_arrow(right)[schema.ROW_HASH])
     events, rejects = (f.sort(schema.SOURCE_ROW).collect() for f in split_combined(combined))
     name = f"b-{int(key[-1]):05d}.parquet"
-    for folder, frame, columns in ((events_dir, events, schema.EVENTS_SCHEMA), (rejects_dir, rejects, schema.REJECTS_SCHEMA)):
-        with ParquetSink(Path(folder) / name, columns) as sink:
-            sink.write(frame)
-    counts = rejects.group_by(schema.REASON).agg(pl.len().cast(pl.Int64).alias("n")).rename({schema.REASON: "kind"})
-    counts = pl.concat([pl.DataFrame({"kind": ["accepted"], "n": [events.height]}, schema={"kind": pl.String, "n": pl.Int64}),
-                        counts])
+    counts = rejects.group_by(schema.REASON).agg(pl.len().cast(pl.Int64).alias("n"))
     last = max(events[schema.SOURCE_ROW].max() or 0, rejects[schema.SOURCE_ROW].max() or 0)
-    return _to_spark(counts.with_columns(pl.lit(last, pl.Int64).alias("last_row")), _COUNTS)
+    kinds = ["accepted", *counts[schema.REASON].to_list()]
+    return pa.table({
+        "what": [EVENTS_DIR, REJECTS_DIR] + [None] * len(kinds),
+        "name": [name, name] + [None] * len(kinds),
+        "data": [parquet_bytes(events, schema.EVENTS_SCHEMA), parquet_bytes(rejects, schema.REJECTS_SCHEMA)]
+        + [None] * len(kinds),
+        "kind": [None, None, *kinds],
+        "n": [None, None, events.height, *counts["n"].to_list()],
+        "last_row": [None, None] + [last] * len(kinds),
+    }, schema=_arrow_schema(_PARTS))
+
+
+def _gather(files: HadoopFiles, parts: DataFrame, folders: dict[str, Path | str]) -> list[Any]:
+    """Run `parts` (rows of `_PARTS`) on the workers in parallel, kept on their disks; then fetch them partition by
+    partition (the driver holds one at a time) and write each part's bytes to `folders[what]/name` (a path or a URI:
+    the workers need no folder shared with the driver). Returns the count rows."""
+    from pyspark import StorageLevel
+
+    parts = parts.persist(StorageLevel.DISK_ONLY)
+    try:
+        parts.count()
+        counts = []
+        for row in parts.toLocalIterator(prefetchPartitions=True):
+            if row["data"] is None:
+                counts.append(row)
+            else:
+                files.write_bytes(bytes(row["data"]), join(folders[row["what"]], row["name"]))
+        return counts
+    finally:
+        parts.unpersist()
 
 
 @dataclass(frozen=True)
@@ -438,55 +486,59 @@ class SparkEngine:
         return ingest([location(i) for i in inputs], out_dir, config, atomic=atomic, file_step=self._ingest_file,
                       files=HadoopFiles(self.spark))
 
-    def _ingest_file(self, path: Path | str, sha: str, out_dir: Path, seen: list[Path], config: IngestConfig
-                     ) -> FileReport:
+    def _ingest_file(self, path: Path | str, sha: str, out_dir: Path | str, seen: list[Path | str],
+                     config: IngestConfig) -> FileReport:
+        """One input -> `out_dir` (the unit's staging folder, a path or a URI)/events|rejects/<part>/b-<n>.parquet;
+        the workers send each part's bytes to the driver, which writes them (see `_gather`)."""
         from pyspark.sql import functions as F
 
+        files = HadoopFiles(self.spark)
         part = part_name(sha)
-        events_dir, rejects_dir = _staging(out_dir / EVENTS_DIR / part), _staging(out_dir / REJECTS_DIR / part)
-        try:
-            numbered, rows_in, blank_lines = read_numbered(self.spark, path, config.allow_extra_columns, per_file=False,
-                                                           scratch=events_dir)
-            if rows_in == 0:
-                reconcile(path, 0, 0, 0, 0, {}, blank_lines)
-            combined = validated(self.spark, numbered, rows_in, config, self.config.partition_rows)
-            n = _partitions(self.spark, rows_in, self.config.partition_rows)
-            by_customer = F.pmod(F.coalesce(F.col(schema.CUSTOMER_ID), F.col(schema.SOURCE_ROW)), F.lit(n))
-            grouped = combined.groupBy(by_customer.alias(_BUCKET))
-            folders = (str(events_dir), str(rejects_dir))
-            if seen:
-                earlier = self.spark.read.parquet(*map(str, seen)).select(schema.CUSTOMER_ID, schema.ROW_HASH)
-                counts = grouped.cogroup(earlier.groupBy(F.pmod(F.col(schema.CUSTOMER_ID), F.lit(n)).alias(_BUCKET)))
-                counts = counts.applyInArrow(_grouped(_write_ingest_group, *folders, cogroup=True), _ddl(_COUNTS))
-            else:
-                counts = grouped.applyInArrow(_grouped(_write_ingest_group, *folders), _ddl(_COUNTS))
-            rows = self._run(str(path), counts.collect)
-            accepted = sum(r["n"] for r in rows if r["kind"] == "accepted")
-            by_reason: dict[str, int] = {}
-            for r in rows:
-                if r["kind"] != "accepted":
-                    by_reason[r["kind"]] = by_reason.get(r["kind"], 0) + r["n"]
-            rejected = sum(by_reason.values())
-            reconcile(path, rows_in, accepted, rejected, max((r["last_row"] for r in rows), default=0), by_reason,
-                      blank_lines)
-            for clean in events_dir.glob("clean-*.csv"):
-                clean.unlink()
-            _move_into_place(events_dir, out_dir / EVENTS_DIR / part)
-            _move_into_place(rejects_dir, out_dir / REJECTS_DIR / part)
-        finally:
-            shutil.rmtree(events_dir, ignore_errors=True)
-            shutil.rmtree(rejects_dir, ignore_errors=True)
+        scratch = join(out_dir, "scratch")  # the clean copy of a CSV, read by the workers
+        files.make_folder(scratch)
+        numbered, rows_in, blank_lines = read_numbered(self.spark, path, config.allow_extra_columns, per_file=False,
+                                                       scratch=scratch)
+        if rows_in == 0:
+            reconcile(path, 0, 0, 0, 0, {}, blank_lines)
+        combined = validated(self.spark, numbered, rows_in, config, self.config.partition_rows)
+        n = _partitions(self.spark, rows_in, self.config.partition_rows)
+        by_customer = F.pmod(F.coalesce(F.col(schema.CUSTOMER_ID), F.col(schema.SOURCE_ROW)), F.lit(n))
+        grouped = combined.groupBy(by_customer.alias(_BUCKET))
+        if seen:
+            earlier = self.spark.read.parquet(*map(str, seen)).select(schema.CUSTOMER_ID, schema.ROW_HASH)
+            parts = grouped.cogroup(earlier.groupBy(F.pmod(F.col(schema.CUSTOMER_ID), F.lit(n)).alias(_BUCKET)))
+            parts = parts.applyInArrow(_grouped(_ingest_group, cogroup=True), _ddl(_PARTS))
+        else:
+            parts = grouped.applyInArrow(_grouped(_ingest_group), _ddl(_PARTS))
+        folders = {EVENTS_DIR: join(out_dir, EVENTS_DIR, part), REJECTS_DIR: join(out_dir, REJECTS_DIR, part)}
+        rows = self._run(str(path), lambda: _gather(files, parts, folders))
+        files.remove(scratch)
+        accepted = sum(r["n"] for r in rows if r["kind"] == "accepted")
+        by_reason: dict[str, int] = {}
+        for r in rows:
+            if r["kind"] != "accepted":
+                by_reason[r["kind"]] = by_reason.get(r["kind"], 0) + r["n"]
+        rejected = sum(by_reason.values())
+        reconcile(path, rows_in, accepted, rejected, max((r["last_row"] for r in rows), default=0), by_reason,
+                  blank_lines)
         return FileReport(str(path), sha, rows_in, accepted, rejected, dict(sorted(by_reason.items())), blank_lines)
 
     # sequences ---------------------------------------------------------------------------------------------------
     def run_sequences(self, events_dir: str | Path, labels_path: str | Path | None, out_dir: str | Path,
                       config: SequenceConfig | None = None, split_config: SplitConfig | None = None) -> SequencesResult:
         """`pipeline.sequences.table.run_sequences` on Spark: vocab counts summed over partitions, `build_sequences` on
-        customer ranges; writes sequences.parquet as a folder of parts in customer order."""
+        customer ranges; writes sequences.parquet as a folder of parts in customer order. `events_dir` and `out_dir`
+        may be URIs: the workers send the parts' bytes to the driver (see `_gather`), which writes the folder (for a
+        URI, locally first and then uploaded, the manifest last)."""
+        import dataclasses
+
         from pyspark.sql import functions as F
 
         from pipeline.sequences.table import (
+            MANIFEST_FILE,
             SEQUENCES_FILE,
+            SPLIT_FILE,
+            VOCAB_FILE,
             SequenceConfig,
             Vocab,
             cover_labels,
@@ -497,10 +549,14 @@ class SparkEngine:
 
         config, split_config = config or SequenceConfig(), split_config or SplitConfig()
         t0 = time.perf_counter()
-        events_dir, out_dir = Path(_local_path(str(events_dir))), Path(out_dir)
-        if not (events_dir / "manifest.json").exists():
-            raise IngestError(f"{events_dir}: no manifest.json; run `txseq ingest` first")
-        parts = event_part_files(events_dir)
+        files = HadoopFiles(self.spark)
+        events_dir, out_dir = location(events_dir), location(out_dir)
+        try:
+            if not files.exists(join(events_dir, "manifest.json")):
+                raise IngestError(f"{events_dir}: no manifest.json; run `txseq ingest` first")
+            parts = event_part_files(events_dir, files)
+        except TableError as e:
+            raise IngestError(str(e)) from e
         columns = [c for c in schema.EVENTS_SCHEMA if c not in (schema.ROW_HASH, schema.TR_DATETIME, schema.TERM_ID)]
         if parts:
             events = self.spark.read.parquet(*map(str, parts)).select(*columns)
@@ -524,23 +580,32 @@ class SparkEngine:
         vocab = Vocab(mcc=ranked[schema.MCC_CODE], tr_type=ranked[schema.TR_TYPE], min_count=config.min_count,
                       n_events=int(totals["n"]), n_customers=int(totals["c"]))
 
-        out_dir.mkdir(parents=True, exist_ok=True)
-        target = out_dir / SEQUENCES_FILE
-        staging = _staging(target)
-        try:
-            n = _partitions(self.spark, self._run(str(events_dir), events.count), self.config.partition_rows)
-            build = partial(_build_partition, vocab, config, labels, str(staging))
-            written = events.repartitionByRange(n, schema.CUSTOMER_ID).mapInArrow(build, "part int, customers long")
-            self._run(str(events_dir), written.collect)
-            if not any(staging.iterdir()):  # no events at all: one empty part with the table's schema
-                from pipeline.schema import SEQUENCES_SCHEMA
+        with tempfile.TemporaryDirectory(prefix="txseq-sequences-") as tmp:
+            local_out = out_dir if isinstance(out_dir, Path) else Path(tmp, "out")
+            local_out.mkdir(parents=True, exist_ok=True)
+            target = local_out / SEQUENCES_FILE
+            staging = _staging(target)
+            try:
+                n = _partitions(self.spark, self._run(str(events_dir), events.count), self.config.partition_rows)
+                build = partial(_build_partition, vocab, config, labels)
+                written = events.repartitionByRange(n, schema.CUSTOMER_ID).mapInArrow(build, _ddl(_PARTS))
+                self._run(str(events_dir), lambda: _gather(files, written, {SEQUENCES_FILE: staging}))
+                if not any(staging.iterdir()):  # no events at all: one empty part with the table's schema
+                    from pipeline.schema import SEQUENCES_SCHEMA
 
-                pl.DataFrame(schema=SEQUENCES_SCHEMA).write_parquet(staging / "part-00000.parquet")
-            _move_into_place(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return record_sequences(events_dir, labels_path, out_dir, config, split_config, vocab, split, coverage, t0,
-                                labels_sha256=labels_sha256)
+                    pl.DataFrame(schema=SEQUENCES_SCHEMA).write_parquet(staging / "part-00000.parquet")
+                _move_into_place(staging, target)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            result = record_sequences(events_dir, labels_path, local_out, config, split_config, vocab, split,
+                                      coverage, t0, labels_sha256=labels_sha256, files=files)
+            if isinstance(out_dir, Path):
+                return result
+            for name in (SEQUENCES_FILE, VOCAB_FILE, SPLIT_FILE, MANIFEST_FILE):  # the manifest last: it says "done"
+                files.put(local_out / name, str(join(out_dir, name)))
+        return dataclasses.replace(result, out_dir=out_dir, sequences_path=join(out_dir, SEQUENCES_FILE),
+                                   vocab_path=join(out_dir, VOCAB_FILE), split_path=join(out_dir, SPLIT_FILE),
+                                   manifest_path=join(out_dir, MANIFEST_FILE))
 
     def _labels(self, labels_path: str | Path | None) -> tuple[pl.DataFrame, str | None]:
         """(the labels table, its sha256 when the manifest cannot hash `labels_path` itself). At a URI, read once
@@ -564,76 +629,95 @@ class SparkEngine:
         """`pipeline.scoring.batch.score_file` on Spark. `scorer_factory()` (picklable: it runs in each worker,
         once per Python worker) returns the scorer; rows are validated with `ingest_config` (the model's).
         With the model's drift `reference`, each worker counts its customers' events into a `DriftMonitor`'s bins
-        and the driver adds the counts up: the same `<stem>.drift.json` / `.drift.png` as the polars engine."""
+        and the driver adds the counts up: the same `<stem>.drift.json` / `.drift.png` as the polars engine.
+
+        The workers send their score rows (one per customer) and reject rows back to the driver, which writes the
+        files: `output` and `rejects` may be paths or URIs (uploaded with `HadoopFiles.put`), and no folder needs to
+        be shared with the workers except, for a CSV input, the hidden staging folder beside `output` that holds
+        its clean copy."""
         from pyspark import StorageLevel
         from pyspark.sql import functions as F
 
-        from pipeline.scoring.drift import DriftMonitor
-
+        from pipeline.io import base_name, write_parquet_atomic
         from pipeline.scoring.batch import (
             ScoreConfig,
             ScoreResult,
             default_rejects_path,
             probability_histogram,
+            stamp_scores,
         )
-        from pipeline.io import write_parquet_atomic
+        from pipeline.scoring.drift import DriftMonitor
 
         started = time.perf_counter()
         config = config or ScoreConfig()
         ingest_config = ingest_config or config.ingest or IngestConfig()
-        source, output = location(source), Path(output)  # the input may be any URI Spark reads
-        rejects = Path(rejects) if rejects is not None else default_rejects_path(output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        rejects.parent.mkdir(parents=True, exist_ok=True)
-        staging = _staging(output)
+        source, output = location(source), location(output)
+        rejects = location(rejects) if rejects is not None else default_rejects_path(output)
+        files = HadoopFiles(self.spark)
         scored_at = datetime.now(UTC)
-        try:
-            numbered, rows_in, _ = read_numbered(self.spark, source, ingest_config.allow_extra_columns, per_file=True,
-                                                 scratch=staging)
-            if rows_in == 0:
-                raise IngestError(f"{source}: no data rows (header only)")
-            combined = validated(self.spark, numbered, rows_in, ingest_config, self.config.partition_rows)
-            combined = combined.persist(StorageLevel.DISK_ONLY)  # read twice; the heap is for work
-            (staging / "rejects").mkdir()
-            (staging / "scores").mkdir()
-            bad = combined.filter(F.col(schema.REASON).isNotNull()).mapInArrow(
-                partial(_write_rejects, str(staging / "rejects")), "part int, customers long")
-            self._run(str(source), bad.collect)
-            good = combined.filter(F.col(schema.REASON).isNull()).select(*schema.EVENTS_SCHEMA)
-            n = _partitions(self.spark, rows_in, self.config.partition_rows)
-            scored = good.repartitionByRange(n, schema.CUSTOMER_ID).mapInArrow(
-                partial(_score_partition, scorer_factory, model, scored_at, str(staging / "scores"), reference),
-                "part int, customers long, drift string")
-            parts = self._run(str(source), scored.collect)
-            combined.unpersist()
-            reject_parts = sorted((staging / "rejects").glob("*.parquet"))
-            score_parts = sorted((staging / "scores").glob("*.parquet"))
-            if reject_parts:
-                write_parquet_atomic(pl.scan_parquet(reject_parts).cast(schema.REJECTS_SCHEMA), rejects)
-            else:
-                write_parquet_atomic(pl.DataFrame(schema=schema.REJECTS_SCHEMA), rejects)
-            from pipeline.schema import SCORES_SCHEMA
-
-            scores = pl.scan_parquet(score_parts) if score_parts else pl.LazyFrame(schema=SCORES_SCHEMA)
-            write_parquet_atomic(scores.sort(schema.CUSTOMER_ID), output)
+        with tempfile.TemporaryDirectory(prefix="txseq-score-") as tmp:
+            local_output = output if isinstance(output, Path) else Path(tmp, "output", base_name(output))
+            local_rejects = rejects if isinstance(rejects, Path) else Path(tmp, "rejects", base_name(rejects))
+            for path in (local_output, local_rejects):
+                path.parent.mkdir(parents=True, exist_ok=True)
+            scratch = _scratch(output)
+            try:
+                numbered, rows_in, _ = read_numbered(self.spark, source, ingest_config.allow_extra_columns,
+                                                     per_file=True, scratch=scratch)
+                if rows_in == 0:
+                    raise IngestError(f"{source}: no data rows (header only)")
+                combined = validated(self.spark, numbered, rows_in, ingest_config, self.config.partition_rows)
+                combined = combined.persist(StorageLevel.DISK_ONLY)  # read twice; the heap is for work
+                bad = combined.filter(F.col(schema.REASON).isNotNull()).mapInArrow(_reject_rows,
+                                                                                   _ddl(schema.REJECTS_SCHEMA))
+                reject_rows = _from_spark(self._run(str(source), bad.toArrow), schema.REJECTS_SCHEMA)
+                good = combined.filter(F.col(schema.REASON).isNull()).select(*schema.EVENTS_SCHEMA)
+                n = _partitions(self.spark, rows_in, self.config.partition_rows)
+                scored = good.repartitionByRange(n, schema.CUSTOMER_ID).mapInArrow(
+                    partial(_score_partition, scorer_factory, reference), _ddl(_SCORED))
+                rows = _from_spark(self._run(str(source), scored.toArrow), _SCORED)
+                combined.unpersist()
+            finally:
+                _remove_scratch(files, scratch)
+            parts = rows.filter(pl.col(_DRIFT).is_not_null())[_DRIFT].to_list()  # one per scored partition
+            scores = stamp_scores(rows.filter(pl.col(_DRIFT).is_null()).drop(_DRIFT), model, scored_at)
+            scores = scores.sort(schema.CUSTOMER_ID)  # the file's order, and the order the score mean is summed in
+            write_parquet_atomic(reject_rows.sort(schema.SOURCE_FILE, schema.SOURCE_ROW), local_rejects)
+            write_parquet_atomic(scores, local_output)
             drift, drift_files = None, []
             if reference is not None:
                 monitor = DriftMonitor(reference, config.drift_psi_threshold)
                 for part in parts:
-                    _add_drift_counts(monitor, json.loads(part["drift"]))
-                probabilities = pl.read_parquet(output, columns=[schema.PROBABILITY])[schema.PROBABILITY].to_numpy()
-                report = monitor.report(probabilities)
-                drift, drift_files = report.to_dict(), [str(p) for p in report.write(output.with_suffix(""))]
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        rejected_rows = pl.scan_parquet(rejects).select(pl.len()).collect().item()
-        customers = pl.scan_parquet(output).select(pl.len()).collect().item()
+                    _add_drift_counts(monitor, json.loads(part))
+                report = monitor.report(scores[schema.PROBABILITY].to_numpy())
+                drift, drift_files = report.to_dict(), list(report.write(local_output.with_suffix("")))
+            histogram = probability_histogram(local_output)
+            if not isinstance(rejects, Path):
+                files.put(local_rejects, rejects)
+            if not isinstance(output, Path):
+                drift_files = [files.put(f, str(sibling(output, f.name))) for f in drift_files]
+                files.put(local_output, output)
         return ScoreResult(
-            output=output, rejects=rejects, input_rows=rows_in, rejected_rows=int(rejected_rows),
-            customers=int(customers), chunks=len(parts), model_name=model.name, model_version=model.version,
-            seconds=time.perf_counter() - started, histogram=probability_histogram(output), drift=drift,
-            drift_files=drift_files,
+            output=output, rejects=rejects, input_rows=rows_in, rejected_rows=reject_rows.height,
+            customers=scores.height, chunks=len(parts), model_name=model.name, model_version=model.version,
+            seconds=time.perf_counter() - started, histogram=histogram, drift=drift,
+            drift_files=[str(f) for f in drift_files],
         )
+
+
+def _scratch(output: Path | str) -> Path | str:
+    """A hidden staging folder beside `output` for the clean copy of a CSV input, which the workers read."""
+    if isinstance(output, Path):
+        return _staging(output)
+    parent, name = output.rstrip("/").rsplit("/", 1)
+    return f"{parent}/.{name}.{uuid.uuid4().hex[:8]}.staging"
+
+
+def _remove_scratch(files: HadoopFiles, scratch: Path | str) -> None:
+    if isinstance(scratch, Path):
+        shutil.rmtree(scratch, ignore_errors=True)
+    else:
+        files.remove(scratch)
 
 
 # --- functions run by the Python workers -------------------------------------------------------------------------
@@ -663,40 +747,40 @@ def _code_counts(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
             yield from _to_spark(out, {"column": pl.String(), "code": pl.Int64(), "n": pl.Int64()}).to_batches()
 
 
-def _build_partition(vocab: Any, config: Any, labels: pl.DataFrame, folder: str,
+def _build_partition(vocab: Any, config: Any, labels: pl.DataFrame,
                      batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """One customer range of events -> `build_sequences` -> part-<partition>.parquet (sorted by customer)."""
-    from pipeline.sequences.table import PARQUET_OPTIONS, build_sequences
+    """One customer range of events -> `build_sequences` -> the bytes of part-<partition>.parquet (sorted by
+    customer; a `_PARTS` row for `_gather`)."""
+    from pipeline.sequences.table import PARQUET_OPTIONS, SEQUENCES_FILE, build_sequences
 
     frame = _batches_frame(batches, schema.EVENTS_SCHEMA)
     if frame is None:
         return
     seq = build_sequences(frame.lazy(), vocab, config, labels)
-    pid = _partition_id()
-    seq.write_parquet(Path(folder) / f"part-{pid:05d}.parquet", **PARQUET_OPTIONS)
-    yield pa.RecordBatch.from_pydict({"part": [pid], "customers": [seq.height]},
-                                     schema=pa.schema([("part", pa.int32()), ("customers", pa.int64())]))
+    buffer = io.BytesIO()
+    seq.write_parquet(buffer, **PARQUET_OPTIONS)
+    yield from pa.table({"what": [SEQUENCES_FILE], "name": [f"part-{_partition_id():05d}.parquet"],
+                         "data": [buffer.getvalue()], "kind": [None], "n": [seq.height], "last_row": [None]},
+                        schema=_arrow_schema(_PARTS)).to_batches()
 
 
-def _write_rejects(folder: str, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+def _reject_rows(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Validated rows with a reason -> their rejects rows (`split_combined`, as the polars engine writes them)."""
     frame = _batches_frame(batches, _COMBINED)
     if frame is None:
         return
-    rejects = split_combined(frame.lazy())[1].collect()
-    pid = _partition_id()
-    rejects.write_parquet(Path(folder) / f"part-{pid:05d}.parquet")
-    yield pa.RecordBatch.from_pydict({"part": [pid], "customers": [rejects.height]},
-                                     schema=pa.schema([("part", pa.int32()), ("customers", pa.int64())]))
+    yield from _to_spark(split_combined(frame.lazy())[1].collect(), schema.REJECTS_SCHEMA).to_batches()
 
 
 _SCORERS: dict[Any, Any] = {}  # one scorer per Python worker process and factory (workers are reused)
 
 
-def _score_partition(scorer_factory: Callable[[], Any], model: Any, scored_at: datetime, folder: str,
-                     reference: Reference | None, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """One customer range of validated events -> the scorer -> scores part (one row per customer), and with a
-    `reference`, the partition's drift bin counts (whole customers: the per-customer features count right)."""
-    from pipeline.scoring.batch import ScoreConfig, _conform, _predict
+def _score_partition(scorer_factory: Callable[[], Any], reference: Reference | None,
+                     batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """One customer range of validated events -> the scorer -> one row per customer, then one row whose `_drift`
+    holds the partition's drift bin counts (whole customers: the per-customer features count right; `{}` without
+    a `reference`)."""
+    from pipeline.scoring.batch import ScoreConfig, _predict, check_scores
     from pipeline.scoring.drift import DriftMonitor
 
     frame = _batches_frame(batches, schema.EVENTS_SCHEMA)
@@ -704,18 +788,15 @@ def _score_partition(scorer_factory: Callable[[], Any], model: Any, scored_at: d
         return
     if scorer_factory not in _SCORERS:
         _SCORERS[scorer_factory] = scorer_factory()
-    scored = _conform(_predict(_SCORERS[scorer_factory], frame, ScoreConfig()), frame, model, scored_at)
-    pid = _partition_id()
-    scored.write_parquet(Path(folder) / f"part-{pid:05d}.parquet")
+    scored = check_scores(_predict(_SCORERS[scorer_factory], frame, ScoreConfig()), frame)
     counts: dict[str, Any] = {}
     if reference is not None:
         monitor = DriftMonitor(reference)
         monitor.observe(frame)
         counts = {"counts": {k: v.tolist() for k, v in monitor.counts.items()}, "unknown": monitor.unknown,
                   "events": monitor.events}
-    yield pa.RecordBatch.from_pydict(
-        {"part": [pid], "customers": [scored.height], "drift": [json.dumps(counts)]},
-        schema=pa.schema([("part", pa.int32()), ("customers", pa.int64()), ("drift", pa.string())]))
+    marker = pl.DataFrame({_DRIFT: [json.dumps(counts)]})
+    yield from _to_spark(pl.concat([scored, marker], how="diagonal"), _SCORED).to_batches()
 
 
 def _add_drift_counts(monitor: DriftMonitor, counts: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ again is a recorded no-op. `read_events`, `read_rejects` and `ingest_rules` read
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import polars as pl
 import pyarrow.parquet as pq
@@ -40,6 +41,7 @@ from pipeline.io import (
     first_line,
     folder_inputs,
     is_uri,
+    join,
     open_table,
     parquet_files,
     printable,
@@ -73,7 +75,7 @@ class FileReport:
 
 @dataclass
 class IngestResult:
-    out_dir: Path
+    out_dir: Path | str  # a URI when the Spark engine wrote there
     files: list[FileReport]
     manifest: dict = field(repr=False, default_factory=dict)
 
@@ -118,7 +120,7 @@ class IngestResult:
                 by_reason[r] = by_reason.get(r, 0) + n
         reasons = ", ".join(f"{by_reason[r]:,} {r}" for r in REASONS if r in by_reason)
         return (f"{self.rows_in:,} rows in: {self.accepted:,} accepted, {self.rejected:,} rejected"
-                + (f" ({reasons}; rows in {self.out_dir / REJECTS_DIR})" if reasons else "")
+                + (f" ({reasons}; rows in {join(self.out_dir, REJECTS_DIR)})" if reasons else "")
                 + (f"; {self.blank_lines:,} blank line(s) skipped" if self.blank_lines else ""))
 
     def format_table(self) -> str:
@@ -130,10 +132,11 @@ class IngestResult:
         return "\n".join([line(cols), line(["-" * w for w in width]), *(line(r) for r in cells)])
 
 
-def _load_manifest(out_dir: Path) -> dict:
-    path = out_dir / MANIFEST
-    if path.exists():
-        manifest = json.loads(path.read_text())
+def _load_manifest(out_dir: Path | str, files: Files | None = None) -> dict:
+    path = join(out_dir, MANIFEST)
+    text = (files or LocalFiles()).read_text(path)
+    if text is not None:
+        manifest = json.loads(text)
         if manifest.get("schema_version") != schema.SCHEMA_VERSION:
             raise IngestError(
                 f"{path}: written with schema version {manifest.get('schema_version')}, this code writes "
@@ -172,7 +175,7 @@ class ParquetSink:
     DELTA = (schema.SOURCE_ROW, schema.SECOND_OF_DAY)
     STATISTICS = (schema.CUSTOMER_ID, schema.DAY, schema.SOURCE_ROW)
 
-    def __init__(self, path: Path, columns: dict[str, pl.DataType]):
+    def __init__(self, path: Path | BinaryIO, columns: dict[str, pl.DataType]):
         self.path, self.columns, self.writer = path, columns, None
 
     def write(self, df: pl.DataFrame) -> None:
@@ -199,16 +202,23 @@ class ParquetSink:
             pl.DataFrame(schema=self.columns).write_parquet(self.path)
 
 
+def parquet_bytes(frame: pl.DataFrame, columns: dict[str, pl.DataType]) -> bytes:
+    """A `ParquetSink` file of `frame` as bytes (the Spark engine's workers send parts to the driver this way)."""
+    buffer = io.BytesIO()
+    with ParquetSink(buffer, columns) as sink:
+        sink.write(frame)
+    return buffer.getvalue()
+
+
 def part_name(sha256: str) -> str:
     """Events and rejects part of an input, named by its content hash."""
     return f"part-{sha256[:16]}.parquet"
 
 
-def part_files(out_dir: str | Path, folder: str, part: str) -> list[Path]:
+def part_files(out_dir: str | Path, folder: str, part: str, files: Files | None = None) -> list[Path | str]:
     """The Parquet file(s) of one part: the part file itself, or the files of a part folder (the Spark engine
     writes each part as a folder of per-partition files). A missing part stays in the list: reading it fails."""
-    path = Path(out_dir) / folder / part
-    return parquet_files(path) if path.is_dir() else [path]
+    return (files or LocalFiles()).parquet_files(join(out_dir, folder, part))
 
 
 def reconcile(path: Path, rows_in: int, accepted: int, rejected: int, last_row: int, by_reason: dict[str, int],
@@ -223,9 +233,9 @@ def reconcile(path: Path, rows_in: int, accepted: int, rejected: int, last_row: 
                            f"({by_reason}) vs {rows_in} rows read, last source row {last_row}")
 
 
-FileStep = Callable[[Path | str, str, Path, list[Path], IngestConfig], FileReport]
-"""One input file -> its events and rejects parts under `out_dir` (path or URI, sha256, out_dir, parts of the files
-ingested before, config): `_ingest_file` (polars) or an engine's (`pipeline.engines.spark`)."""
+FileStep = Callable[[Path | str, str, Path | str, list[Path | str], IngestConfig], FileReport]
+"""One input file -> its events and rejects parts under `out_dir` (path or URI, sha256, out_dir: a staging folder,
+parts of the files ingested before, config): `_ingest_file` (polars) or an engine's (`pipeline.engines.spark`)."""
 
 
 def _ingest_file(path: Path, sha: str, out_dir: Path, seen: list[Path], config: IngestConfig) -> FileReport:
@@ -274,10 +284,11 @@ def local_units(paths: Sequence[Path], atomic: bool) -> list[list[Path]]:
     return [[f for u in units for f in u]] if atomic and units else units
 
 
-class InputFiles(Protocol):
-    """Where ingest's inputs are: the units to commit, each file's sha256 (the manifest's identity of a file), and
-    whether an input is a folder. `LocalFiles` for paths; the Spark engine's `pipeline.engines.hadoop.HadoopFiles`
-    also reads URIs (hdfs://, s3a://) through Spark's Hadoop client."""
+class Files(Protocol):
+    """Where ingest reads and writes: the units to commit, each input's sha256 (the manifest's identity of a file)
+    and whether it is a folder; and the output folder's files (manifest, staging, parts). `LocalFiles` for paths;
+    the Spark engine's `pipeline.engines.hadoop.HadoopFiles` also reads and writes URIs (hdfs://, s3a://) through
+    Spark's Hadoop client."""
 
     def units(self, inputs: Sequence[str | Path], atomic: bool) -> list[list[str | Path]]: ...
 
@@ -285,9 +296,29 @@ class InputFiles(Protocol):
 
     def is_folder(self, location: str | Path) -> bool: ...
 
+    def exists(self, location: str | Path) -> bool: ...
+
+    def read_text(self, location: str | Path) -> str | None: ...
+
+    def write_text(self, text: str, location: str | Path) -> None: ...
+
+    def write_bytes(self, data: bytes, location: str | Path) -> None: ...
+
+    def make_folder(self, location: str | Path) -> None: ...
+
+    def staging(self, location: str | Path) -> Path | str: ...
+
+    def replace(self, source: str | Path, target: str | Path) -> None: ...
+
+    def remove(self, location: str | Path) -> None: ...
+
+    def remove_dead_temp(self, folder: str | Path) -> None: ...
+
+    def parquet_files(self, location: str | Path) -> list[Path | str]: ...
+
 
 class LocalFiles:
-    """Inputs on this machine's file system."""
+    """Inputs and outputs on this machine's file system."""
 
     def units(self, inputs: Sequence[str | Path], atomic: bool) -> list[list[str | Path]]:
         return list(local_units([Path(p) for p in inputs], atomic))
@@ -298,50 +329,87 @@ class LocalFiles:
     def is_folder(self, location: str | Path) -> bool:
         return Path(location).is_dir()
 
+    def exists(self, location: str | Path) -> bool:
+        return Path(location).exists()
 
-def _commit_unit(files: Sequence[str | Path], out_dir: Path, manifest: dict, config: IngestConfig,
-                 file_step: FileStep | None, inputs: InputFiles) -> list[FileReport]:
-    """Validate `files` into a staging folder, then move every part into place and write the manifest once: all
+    def read_text(self, location: str | Path) -> str | None:
+        """The file's text; None when there is no file."""
+        return Path(location).read_text() if Path(location).exists() else None
+
+    def write_text(self, text: str, location: str | Path) -> None:
+        write_text_atomic(text, location)
+
+    def write_bytes(self, data: bytes, location: str | Path) -> None:
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+        Path(location).write_bytes(data)
+
+    def make_folder(self, location: str | Path) -> None:
+        Path(location).mkdir(parents=True, exist_ok=True)
+
+    def staging(self, location: str | Path) -> Path | str:
+        """A new hidden staging folder beside `location` (see `pipeline.io.temp_path`)."""
+        path = temp_path(location, ".staging")
+        path.mkdir()
+        return path
+
+    def replace(self, source: str | Path, target: str | Path) -> None:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, target)
+
+    def remove(self, location: str | Path) -> None:
+        shutil.rmtree(location, ignore_errors=True)
+
+    def remove_dead_temp(self, folder: str | Path) -> None:
+        remove_dead_temp(folder)
+
+    def parquet_files(self, location: str | Path) -> list[Path | str]:
+        """A Parquet file itself, or the data files of a Parquet folder."""
+        path = Path(location)
+        return list(parquet_files(path)) if path.is_dir() else [path]
+
+
+def _commit_unit(units: Sequence[str | Path], out_dir: Path | str, manifest: dict, config: IngestConfig,
+                 file_step: FileStep | None, files: Files) -> list[FileReport]:
+    """Validate `units` into a staging folder, then move every part into place and write the manifest once: all
     of the files are recorded, or (on an error) none, and nothing of them is left behind."""
-    staging = temp_path(out_dir / "ingest", ".staging")
-    staging.mkdir()
+    staging = files.staging(join(out_dir, "ingest"))
     try:
         reports: list[FileReport] = []
         staged: list[FileReport] = []
-        for path in files:
+        for path in units:
             try:
-                sha = inputs.sha256(path)
+                sha = files.sha256(path)
             except TableError as e:
                 raise IngestError(str(e)) from e
             done = {f["sha256"]: f["path"] for f in manifest["files"]
-                    if all((out_dir / d / f["part"]).exists() for d in (EVENTS_DIR, REJECTS_DIR))}
+                    if all(files.exists(join(out_dir, d, f["part"])) for d in (EVENTS_DIR, REJECTS_DIR))}
             done |= {r.sha256: r.path for r in staged}
             if sha in done:
                 reports.append(FileReport(str(path), sha, 0, 0, 0, {}, status=f"already ingested (as {done[sha]})"))
                 continue
-            seen = [p for f in manifest["files"] if f["sha256"] != sha for p in part_files(out_dir, EVENTS_DIR, f["part"])]
-            seen += [p for r in staged for p in part_files(staging, EVENTS_DIR, r.part)]
+            seen = [p for f in manifest["files"] if f["sha256"] != sha
+                    for p in part_files(out_dir, EVENTS_DIR, f["part"], files)]
+            seen += [p for r in staged for p in part_files(staging, EVENTS_DIR, r.part, files)]
             report = (file_step or _ingest_file)(path, sha, staging, seen, config)
             staged.append(report)
             reports.append(report)
         for report in staged:
             for d in (EVENTS_DIR, REJECTS_DIR):
-                (out_dir / d).mkdir(exist_ok=True)
-                os.replace(staging / d / report.part, out_dir / d / report.part)
+                files.replace(join(staging, d, report.part), join(out_dir, d, report.part))
         for report in staged:
             entry = {k: v for k, v in asdict(report).items() if k != "status"}
             entry |= {"part": report.part, "config": config.to_dict(), "ingested_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             manifest["files"] = [f for f in manifest["files"] if f["sha256"] != report.sha256] + [entry]
         if staged:
             manifest["totals"] = _totals(manifest["files"])
-            write_text_atomic(json.dumps(manifest, indent=1) + "\n", out_dir / MANIFEST)
+            files.write_text(json.dumps(manifest, indent=1) + "\n", join(out_dir, MANIFEST))
         return reports
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        files.remove(staging)
 
 
 def ingest(inputs: Sequence[str | Path], out_dir: str | Path, config: IngestConfig = IngestConfig(), *,
-           atomic: bool = False, file_step: FileStep | None = None, files: InputFiles | None = None) -> IngestResult:
+           atomic: bool = False, file_step: FileStep | None = None, files: Files | None = None) -> IngestResult:
     """Validate each input into `out_dir/events|rejects/part-<sha16>.parquet` and record it in `manifest.json`.
 
     An input is a file, a Parquet folder (one table) or a folder of CSV / CSV.gz files (each file its own part,
@@ -349,21 +417,21 @@ def ingest(inputs: Sequence[str | Path], out_dir: str | Path, config: IngestConf
     them together. A file whose content was ingested before (same sha256) is skipped and reported as "already
     ingested". Raises IngestError for file-level problems; its message says which inputs were committed before
     the error and which were not. `file_step` validates one file (default: polars in this process; the Spark
-    engine passes its own), `files` finds and hashes the inputs (default: `LocalFiles`; the Spark engine's also
-    reads URIs)."""
-    out_dir = Path(out_dir)
+    engine passes its own), `files` finds, hashes and writes (default: `LocalFiles`; the Spark engine's also
+    reads and writes URIs, `out_dir` included)."""
+    out_dir = Path(out_dir) if not is_uri(out_dir) else str(out_dir).rstrip("/")
     files = files or LocalFiles()
     paths = [p if is_uri(p) else Path(p) for p in inputs]
     try:
         units = files.units(paths, atomic)
         one_file = len(paths) == 1 and not files.is_folder(paths[0])  # its errors need no "committed: ..." context
+        files.make_folder(out_dir)
+        files.remove_dead_temp(out_dir)  # staging folders of killed runs
     except TableError as e:
         raise IngestError(str(e)) from e
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_dead_temp(out_dir)  # staging folders of killed runs
-    manifest = _load_manifest(out_dir)
-    if manifest["files"] and ingest_rules(out_dir).source != config.source:
-        raise IngestError(f"{out_dir}: holds events of source {ingest_rules(out_dir).source.name!r}, not "
+    manifest = _load_manifest(out_dir, files)
+    if manifest["files"] and ingest_rules(out_dir, files).source != config.source:
+        raise IngestError(f"{out_dir}: holds events of source {ingest_rules(out_dir, files).source.name!r}, not "
                           f"{config.source.name!r}; ingest into a fresh folder")
     reports: list[FileReport] = []
     for i, unit in enumerate(units):
@@ -392,16 +460,16 @@ def read_events(out_dir: str | Path) -> pl.LazyFrame:
     return pl.scan_parquet(parts, schema=columns)
 
 
-def ingest_rules(out_dir: str | Path) -> IngestConfig:
+def ingest_rules(out_dir: str | Path, files: Files | None = None) -> IngestConfig:
     """The ingest rules of an events folder, as recorded in its manifest (the latest file's; every file of one
     folder has the same source): what a model trained on these events validates its input with."""
-    files = _load_manifest(Path(out_dir))["files"]
-    return IngestConfig.from_dict(files[-1]["config"]) if files else IngestConfig()
+    recorded = _load_manifest(out_dir, files)["files"]
+    return IngestConfig.from_dict(recorded[-1]["config"]) if recorded else IngestConfig()
 
 
-def event_part_files(out_dir: Path) -> list[Path]:
+def event_part_files(out_dir: Path | str, files: Files | None = None) -> list[Path | str]:
     """The events Parquet files of every input recorded in `out_dir/manifest.json`, in ingestion order."""
-    return [p for f in _load_manifest(out_dir)["files"] for p in part_files(out_dir, EVENTS_DIR, f["part"])]
+    return [p for f in _load_manifest(out_dir, files)["files"] for p in part_files(out_dir, EVENTS_DIR, f["part"], files)]
 
 
 def read_rejects(out_dir: str | Path) -> pl.LazyFrame:

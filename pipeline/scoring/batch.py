@@ -42,6 +42,7 @@ from pipeline.scoring.drift import PSI_THRESHOLD, DriftMonitor, Reference, warni
 from pipeline.ingest.rules import IngestConfig, IngestError, check_columns, split_combined, validate_combined
 from pipeline.io import (
     TableError,
+    base_name,
     check_input,
     check_readable,
     is_gzip,
@@ -51,6 +52,7 @@ from pipeline.io import (
     printable,
     remove_dead_temp,
     scan_table,
+    sibling,
     temp_path,
     write_parquet_atomic,
 )
@@ -121,8 +123,8 @@ class ScoreConfig:
 
 @dataclass
 class ScoreResult:
-    output: Path
-    rejects: Path
+    output: Path | str  # a URI when the Spark engine wrote it to one
+    rejects: Path | str
     input_rows: int
     rejected_rows: int
     customers: int
@@ -142,6 +144,10 @@ class ScoreResult:
         return warning_line(self.drift)
 
     @property
+    def output_name(self) -> str:
+        return base_name(self.output)
+
+    @property
     def customers_per_minute(self) -> float:
         return 60.0 * self.customers / self.seconds if self.seconds > 0 else float("inf")
 
@@ -151,9 +157,9 @@ class ScoreResult:
         return d
 
 
-def default_rejects_path(output: Path) -> Path:
-    name = output.name.removesuffix(".parquet")
-    return output.with_name(f"{name}.rejects.parquet")
+def default_rejects_path(output: Path | str) -> Path | str:
+    """`<name>.rejects.parquet` beside the scores (a path, or a URI for the Spark engine)."""
+    return sibling(output, f"{base_name(output).removesuffix('.parquet')}.rejects.parquet")
 
 
 def input_files(source: Path) -> list[Path]:
@@ -335,7 +341,7 @@ def summary_markdown(results: list[ScoreResult]) -> str:
     lines.append("|---|---|---:|---:|---:|---:|")
     for r in results:
         lines.append(
-            f"| `{r.output.name}` | {r.model_name} v{r.model_version} | {r.customers} | {r.input_rows} "
+            f"| `{r.output_name}` | {r.model_name} v{r.model_version} | {r.customers} | {r.input_rows} "
             f"| {r.rejected_rows} | {r.seconds:.1f} |"
         )
     lines += ["", "## Probability histogram (all outputs)", "", "| probability | customers | |", "|---|---:|---|"]
@@ -439,6 +445,11 @@ def _arrow_scores_schema() -> pa.Schema:
 
 def _conform(scored: Any, frame: pl.DataFrame, model: ModelRef, scored_at: datetime) -> pl.DataFrame:
     """The scorer's output as one row per customer of the chunk, with the score columns and their dtypes."""
+    return stamp_scores(check_scores(scored, frame), model, scored_at)
+
+
+def check_scores(scored: Any, frame: pl.DataFrame) -> pl.DataFrame:
+    """A scorer's output for the events `frame`: customer_id, probability, prediction, one row per customer."""
     out = scored if isinstance(scored, pl.DataFrame) else pl.from_pandas(scored)
     missing = {schema.CUSTOMER_ID, schema.PROBABILITY, schema.PREDICTION} - set(out.columns)
     if missing:
@@ -450,6 +461,12 @@ def _conform(scored: Any, frame: pl.DataFrame, model: ModelRef, scored_at: datet
         pl.col(schema.CUSTOMER_ID).cast(pl.Int64),
         pl.col(schema.PROBABILITY).cast(pl.Float64),
         pl.col(schema.PREDICTION).cast(pl.Int32),
+    )
+
+
+def stamp_scores(scores: pl.DataFrame, model: ModelRef, scored_at: datetime) -> pl.DataFrame:
+    """Checked scores with the columns naming the model and the time (SCORES_SCHEMA)."""
+    return scores.with_columns(
         pl.lit(model.name, pl.String).alias(schema.MODEL_NAME),
         pl.lit(str(model.version), pl.String).alias(schema.MODEL_VERSION),
         pl.lit(scored_at, pl.Datetime("us", "UTC")).alias(schema.SCORED_AT),

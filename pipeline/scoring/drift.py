@@ -181,6 +181,10 @@ class DriftReport:
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "drifted": self.drifted}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DriftReport:
+        return cls(**{k: v for k, v in d.items() if k != "drifted"})
+
     def write(self, stem: Path) -> tuple[Path, Path]:
         """`<stem>.drift.json` and `<stem>.drift.png`."""
         json_path, png_path = stem.with_name(stem.name + ".drift.json"), stem.with_name(stem.name + ".drift.png")

@@ -18,7 +18,7 @@ from typing import Any
 from pipeline.scoring.batch import ModelRef, Scorer, ScoreConfig, ScoreResult, is_data_file, score_file
 from pipeline.scoring.file_claim import try_claim
 from pipeline.ingest.rules import IngestError
-from pipeline.io import sha256_file, write_text_atomic
+from pipeline.io import base_name, sha256_file, write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def score_landing(
                 "source": str(f),
                 "sha256": digest,
                 "output": output.name,
-                "rejects": scored.rejects.name,
+                "rejects": base_name(scored.rejects),
                 "drift": [Path(d).name for d in scored.drift_files],  # [] for a model stored without a reference
                 "model_name": model.name,
                 "model_version": str(model.version),

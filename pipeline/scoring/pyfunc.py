@@ -36,13 +36,13 @@ from models import ModelConfig, build_model
 from pipeline import schema as S
 from pipeline.sequences.batches import SequenceDataset
 from pipeline.scoring.calibration import NO_DECISION, Decision
-from pipeline.scoring.drift import Reference
+from pipeline.scoring.drift import DriftReport, Reference
 from pipeline.sequences.features import FeatureSpec, build_features
 from pipeline.scoring.gbdt import feature_matrix, load_gbdt, save_gbdt
 from pipeline.scoring.inference import InferenceConfig, predict_proba
 from pipeline.ingest.rules import IngestConfig, validate
 from pipeline.ingest.labels import LabelSpec
-from pipeline.io import first_line
+from pipeline.io import first_line, is_uri
 from pipeline.sources.mapping import DAY_NUMBER, EPOCH_MS, EPOCH_S, SBERBANK, SBERBANK_DAY, Source
 from pipeline.sequences.table import SequenceConfig, Vocab, build_sequences
 from pipeline.registry.tracking import RegisteredVersion, Tracker, TrackingError, check_readable
@@ -321,8 +321,8 @@ def log_scoring_run(result: Any, model: Any, tracking_uri: str | None = None) ->
     client = mlflow.MlflowClient(tracking_uri)
     experiment_id = client.get_run(model.run_id).info.experiment_id
     tags = {"txseq.kind": "scoring", "txseq.model_name": model.name, "txseq.model_version": str(model.version),
-            "txseq.model_run_id": model.run_id, "txseq.output": result.output.name}
-    run_id = client.create_run(experiment_id, run_name=f"score {result.output.name}", tags=tags).info.run_id
+            "txseq.model_run_id": model.run_id, "txseq.output": result.output_name}
+    run_id = client.create_run(experiment_id, run_name=f"score {result.output_name}", tags=tags).info.run_id
     metrics = {"score/customers": result.customers, "score/input_rows": result.input_rows,
                "score/rejected_rows": result.rejected_rows, "score/seconds": result.seconds,
                "score/customers_per_minute": result.customers_per_minute}
@@ -335,8 +335,14 @@ def log_scoring_run(result: Any, model: Any, tracking_uri: str | None = None) ->
         client.set_tag(run_id, "txseq.drifted", ",".join(d["drifted"]) or "none")
     tracker = Tracker(tracking_uri, experiment_id, client)
     tracker.log_metrics(run_id, {k: float(v) for k, v in metrics.items()})
-    for path in result.drift_files:
-        client.log_artifact(run_id, path, "drift")
+    if any(is_uri(f) for f in result.drift_files):  # written to a URI by the Spark engine: the same files again
+        with tempfile.TemporaryDirectory(prefix="txseq-drift-") as tmp:
+            stem = Path(tmp, result.output_name.removesuffix(".parquet"))
+            for path in DriftReport.from_dict(result.drift).write(stem):
+                client.log_artifact(run_id, str(path), "drift")
+    else:
+        for path in result.drift_files:
+            client.log_artifact(run_id, path, "drift")
     client.set_terminated(run_id, "FINISHED")
     return run_id
 

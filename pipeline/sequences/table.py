@@ -35,8 +35,8 @@ import polars as pl
 from pipeline import schema
 from pipeline.ingest.rules import IngestConfig
 from pipeline.ingest.labels import LabelSpec, read_labels
-from pipeline.ingest.files import ingest_rules, read_events
-from pipeline.io import atomic_path, sha256_file, write_text_atomic
+from pipeline.ingest.files import Files, LocalFiles, ingest_rules, read_events
+from pipeline.io import atomic_path, join, sha256_file, write_text_atomic
 from pipeline.sources.mapping import weekday_of
 from pipeline.sequences.splits import Split, SplitConfig, make_split
 
@@ -333,11 +333,11 @@ class LabelCoverage:
 
 @dataclass(frozen=True)
 class SequencesResult:
-    out_dir: Path
-    sequences_path: Path
-    vocab_path: Path
-    split_path: Path
-    manifest_path: Path
+    out_dir: Path | str  # URIs when the Spark engine wrote there
+    sequences_path: Path | str
+    vocab_path: Path | str
+    split_path: Path | str
+    manifest_path: Path | str
     n_customers: int
     n_labelled: int
     n_events_total: int
@@ -460,15 +460,17 @@ class TableRules:
 
 
 def record_sequences(
-    events_dir: Path, labels_path: str | Path | None, out_dir: Path, config: SequenceConfig, split_config: SplitConfig,
+    events_dir: Path | str, labels_path: str | Path | None, out_dir: Path, config: SequenceConfig, split_config: SplitConfig,
     vocab: Vocab, split: Split, coverage: LabelCoverage, t0: float, label: LabelSpec = LabelSpec(),
-    labels_sha256: str | None = None,
+    labels_sha256: str | None = None, files: Files | None = None,
 ) -> SequencesResult:
     """Write vocab.json, split.json and (last) manifest.json beside the sequences table already at
     `out_dir/sequences.parquet` (a file, or a folder of parts from the Spark engine), counting from the table;
     `coverage` (how labels and customers matched), the ingest rules of the events and the label spec go into the
     manifest: they travel on with every model trained on this table. `labels_sha256`: the labels' hash when
-    `labels_path` is not a local file (the Spark engine reads labels at a URI)."""
+    `labels_path` is not a local file (the Spark engine reads labels at a URI); `files` reads `events_dir` (the
+    Spark engine's reads a URI)."""
+    files = files or LocalFiles()
     seq_path = out_dir / SEQUENCES_FILE
     vocab_path = vocab.save(out_dir / VOCAB_FILE)
     split_path = split.save(out_dir / SPLIT_FILE)
@@ -482,19 +484,19 @@ def record_sequences(
     n_customers = int(counts["customers"])
     n_total, n_kept = int(counts["total"] or 0), int(counts["kept"] or 0)
     n_trunc, n_labelled = int(counts["truncated"] or 0), int(counts["labelled"] or 0)
-    input_manifest = events_dir / "manifest.json"
+    input_manifest = join(events_dir, "manifest.json")
     manifest = {
         "schema_version": schema.SCHEMA_VERSION,
         "created_unix": time.time(),
         "input": {
             "events_dir": str(events_dir),
-            "events_manifest_sha256": sha256_file(input_manifest) if input_manifest.exists() else None,
+            "events_manifest_sha256": files.sha256(input_manifest) if files.exists(input_manifest) else None,
             "labels_path": str(labels_path) if labels_path is not None else None,
             "labels_sha256": labels_sha256 or (sha256_file(labels_path) if labels_path is not None else None),
         },
         "config": asdict(config),
         "split_config": asdict(split_config),
-        "ingest": ingest_rules(events_dir).to_dict(),
+        "ingest": ingest_rules(events_dir, files).to_dict(),
         "label": label.to_dict(),
         "counts": {
             "customers": n_customers,

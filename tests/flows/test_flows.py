@@ -314,10 +314,11 @@ def test_a_step_reading_a_uri_runs_every_time_and_one_reading_an_unchanged_file_
     assert runs.read_text() == "xxx"
 
 
-def test_flows_run_on_spark_with_inputs_at_a_uri(spark_ok: None, champion_uri: str, tmp_path: Path) -> None:
-    """The ingest, sequences and score flows with engine=spark and their inputs at a URI only Hadoop opens (a viewfs
-    mount table, given as spark_conf as a cluster's hdfs:// settings would be): the polars flows' results."""
-    raw = tmp_path / "raw"
+def test_flows_run_on_spark_with_inputs_and_outputs_at_a_uri(spark_ok: None, champion_uri: str, tmp_path: Path) -> None:
+    """The ingest, sequences and score flows with engine=spark, reading and writing at URIs only Hadoop opens (viewfs
+    mount tables given as spark_conf, as a cluster's hdfs:// settings would be): the polars flows' results, and the
+    scoring run's drift report logged to MLflow from there."""
+    raw, lake = tmp_path / "raw", tmp_path / "lake"
     raw.mkdir()
     rows = scan_table(_sample_transactions()).collect()
     rows.filter(pl.col(schema.CUSTOMER_ID).is_in(rows[schema.CUSTOMER_ID].unique().sort().head(40).implode())) \
@@ -325,22 +326,32 @@ def test_flows_run_on_spark_with_inputs_at_a_uri(spark_ok: None, champion_uri: s
     shutil.copy(load_settings().raw_dir / "gender_train.csv", raw / "labels.csv")
     spark = {"engine": "spark", "spark_master": "local[2]",
              "spark_conf": [f"spark.hadoop.fs.viewfs.mounttable.flows.link./raw={raw.as_uri()}",
+                            f"spark.hadoop.fs.viewfs.mounttable.flows.link./lake={lake.as_uri()}",
                             "spark.sql.shuffle.partitions=2"]}
-    events = {e: tmp_path / f"events-{e}" for e in ("polars", "spark")}
-    a = ingest_flow(IngestParams(inputs=[str(raw / "transactions.csv")], out_dir=str(events["polars"])))
-    b = ingest_flow(IngestParams(inputs=["viewfs://flows/raw/transactions.csv"], out_dir=str(events["spark"]), **spark))
+    a = ingest_flow(IngestParams(inputs=[str(raw / "transactions.csv")], out_dir=str(tmp_path / "events")))
+    b = ingest_flow(IngestParams(inputs=["viewfs://flows/raw/transactions.csv"], out_dir="viewfs://flows/lake/events",
+                                 **spark))
     assert b.manifest["totals"] == a.manifest["totals"] and b.files[0].sha256 == a.files[0].sha256
+    assert json.loads((lake / "events" / "manifest.json").read_text())["totals"] == a.manifest["totals"]
 
-    c = sequences_flow(SequencesParams(events_dir=str(events["polars"]), labels=str(raw / "labels.csv"),
+    c = sequences_flow(SequencesParams(events_dir=str(tmp_path / "events"), labels=str(raw / "labels.csv"),
                                        out_dir=str(tmp_path / "seq-polars")))
-    d = sequences_flow(SequencesParams(events_dir=str(events["spark"]), labels="viewfs://flows/raw/labels.csv",
-                                       out_dir=str(tmp_path / "seq-spark"), **spark))
+    d = sequences_flow(SequencesParams(events_dir="viewfs://flows/lake/events", labels="viewfs://flows/raw/labels.csv",
+                                       out_dir="viewfs://flows/lake/sequences", **spark))
     assert d.split_id == c.split_id and d.manifest["counts"] == c.manifest["counts"]
     assert d.manifest["input"]["labels_path"] == "viewfs://flows/raw/labels.csv"
+    assert json.loads((lake / "sequences" / "manifest.json").read_text())["counts"] == c.manifest["counts"]
 
     e = score(ScoreParams(model_uri=champion_uri, input=str(raw / "transactions.csv"), output=str(tmp_path / "p.parquet")))
     f = score(ScoreParams(model_uri=champion_uri, input="viewfs://flows/raw/transactions.csv",
-                          output=str(tmp_path / "s.parquet"), **spark))
-    got, expected = (pl.read_parquet(r.output).sort(schema.CUSTOMER_ID) for r in (f, e))
+                          output="viewfs://flows/lake/scores/s.parquet", **spark))
+    assert f.output == "viewfs://flows/lake/scores/s.parquet"
+    got, expected = (pl.read_parquet(p).sort(schema.CUSTOMER_ID) for p in (lake / "scores" / "s.parquet", e.output))
     assert got[schema.CUSTOMER_ID].to_list() == expected[schema.CUSTOMER_ID].to_list() and f.customers == 40
     assert got[schema.PROBABILITY].to_numpy() == pytest.approx(expected[schema.PROBABILITY].to_numpy(), abs=1e-6)
+    assert f.drift is not None and f.drift_files == ["viewfs://flows/lake/scores/s.drift.json",
+                                                     "viewfs://flows/lake/scores/s.drift.png"]
+    (run,) = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`txseq.output` = 's.parquet'",
+                                output_format="list")
+    logged = mlflow.MlflowClient().list_artifacts(run.info.run_id, "drift")
+    assert sorted(a.path for a in logged) == ["drift/s.drift.json", "drift/s.drift.png"]

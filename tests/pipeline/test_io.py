@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import bz2
 import gzip
 import hashlib
@@ -103,14 +105,23 @@ def test_uris_are_kept_as_text_and_paths_become_paths(scheme: str, rest: str) ->
     assert location("C:/exports/a.csv") == Path("C:/exports/a.csv")  # a drive letter is no scheme
 
 
-def test_check_io_paths_passes_uris_on_and_refuses_them_as_outputs(tmp_path: Path) -> None:
+def test_check_io_paths_passes_uris_on_and_refuses_overlapping_ones(tmp_path: Path) -> None:
     local = tmp_path / "a.csv"
     local.write_text(CSV)
-    ins, outs = check_io_paths(["hdfs://nn:8020/exports/a.csv", str(local), local.as_uri()], [tmp_path / "out"])
-    assert ins == ["hdfs://nn:8020/exports/a.csv", local, local] and outs == [tmp_path / "out"]
-    for output in ("s3a://bucket/events", Path("s3a://bucket/events")):  # a Path made of a URI too
-        with pytest.raises(PathError, match=r"s3a:/+bucket/events: outputs are written to a path the driver"):
-            check_io_paths([local], [output])
+    ins, outs = check_io_paths(["hdfs://nn:8020/exports/a.csv", str(local), local.as_uri()],
+                               [tmp_path / "out", "s3a://bucket/events/"])
+    assert ins == ["hdfs://nn:8020/exports/a.csv", local, local] and outs == [tmp_path / "out", "s3a://bucket/events/"]
+    with pytest.raises(PathError, match=r"s3a:/bucket/events: a URI turned into a path \(its // lost\)"):
+        check_io_paths([local], [Path("s3a://bucket/events")])
+    cases = {"hdfs://nn/exports/a.csv": "output is also an input",
+             "hdfs://nn/exports/a.csv/x.parquet": "output lies inside the input folder hdfs://nn/exports/a.csv",
+             "hdfs://nn/exports": "input lies inside the output folder hdfs://nn/exports"}
+    for output, message in cases.items():
+        with pytest.raises(PathError, match=re.escape(message)):
+            check_io_paths(["hdfs://nn/exports/a.csv"], [output])
+    check_io_paths(["hdfs://nn/exports/a.csv"], ["hdfs://nn/exports/a.csv.scores", "hdfs://other/exports/a.csv"])
+    with pytest.raises(PathError, match="the same path is given for two outputs"):
+        check_io_paths([local], ["hdfs://nn/o", "hdfs://nn/o"])
     with pytest.raises(PathError, match="file:// URI names this machine's files"):
         check_io_paths(["file://otherhost/a.csv"], [tmp_path / "out"])
 

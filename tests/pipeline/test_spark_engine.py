@@ -356,6 +356,80 @@ def test_labels_at_a_uri_give_the_same_split_and_record_their_uri(engine: SparkE
     assert recorded["labels_path"] == f"{mounted}/labels.csv" and recorded["labels_sha256"] == sha256_file(labels)
 
 
+def _left_behind(folder: Path) -> list[str]:
+    """Hidden files and folders under `folder` (staging, temp files, Hadoop's .crc checksums)."""
+    return [str(p.relative_to(folder)) for p in folder.rglob(".*")]
+
+
+def test_outputs_at_a_uri_are_the_outputs_at_a_path(engine: SparkEngine, inputs: list[Path], mounted: str,
+                                                    both_ingested: tuple[Path, Path], tmp_path: Path) -> None:
+    """Ingest, sequences and scoring all writing to a URI only Hadoop opens (inputs at a URI too, as on a cluster
+    with no folder shared by the driver and the workers): the events, rejects, manifest, sequences table, vocab,
+    scores, rejects and drift report the polars engine writes to paths; nothing hidden left behind."""
+    from pyspark import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    pol, _ = both_ingested
+    engine.spark._jsc.hadoopConfiguration().set("fs.viewfs.mounttable.outputs.link./lake", (tmp_path / "lake").as_uri())
+    lake, local, folder = "viewfs://outputs/lake", tmp_path / "lake", inputs[0].parent
+    uris = [f"{mounted}/{p.name}" for p in inputs]
+
+    result = engine.ingest(uris, f"{lake}/events")
+    assert result.out_dir == f"{lake}/events" and result.summary().endswith(f"rows in {lake}/events/rejects)")
+    assert_frame_equal(_as_paths(_sorted(read_events(local / "events")), mounted, folder), _sorted(read_events(pol)))
+    assert_frame_equal(_as_paths(_sorted(read_rejects(local / "events")), mounted, folder), _sorted(read_rejects(pol)))
+    manifest = json.loads((local / "events" / "manifest.json").read_text())
+    assert manifest["totals"] == json.loads((pol / "manifest.json").read_text())["totals"]
+    again = engine.ingest(uris[:1], f"{lake}/events")  # read back from the URI: a recorded no-op
+    assert [f.status for f in again.files] == [f"already ingested (as {uris[0]})"]
+
+    ids = read_events(pol).select(schema.CUSTOMER_ID).unique().collect()[schema.CUSTOMER_ID].sort()
+    labels = tmp_path / "labels.csv"
+    pl.DataFrame({schema.CUSTOMER_ID: ids, schema.GENDER: [i % 2 for i in range(len(ids))]}).write_csv(labels)
+    config, split = SequenceConfig(max_len=6, min_count=2), SplitConfig(test_fraction=0.2, n_folds=3, seed=1)
+    a = run_sequences(pol, labels, tmp_path / "seq-polars", config, split)
+    b = engine.run_sequences(f"{lake}/events", labels, f"{lake}/seq", config, split)
+    assert b.sequences_path == f"{lake}/seq/sequences.parquet" and b.manifest["counts"] == a.manifest["counts"]
+    assert_frame_equal(pl.read_parquet(local / "seq" / "sequences.parquet"), pl.read_parquet(a.sequences_path))
+    assert (local / "seq" / "vocab.json").read_text() == Path(a.vocab_path).read_text()
+    assert json.loads((local / "seq" / "manifest.json").read_text())["input"]["events_dir"] == f"{lake}/events"
+
+    model = ModelRef("toy", "1", "models:/toy/1")
+    train = read_events(pol).filter(pl.col(schema.SOURCE_FILE).str.ends_with("b.csv")).collect()
+    reference = fit_reference(train, np.linspace(0.05, 0.95, 40), top_k=4, min_count=2)
+    score_config = ScoreConfig(chunk_rows=200, drift_psi_threshold=0.15)
+    for source in (inputs[0], inputs[2]):  # a CSV (its clean copy staged at the URI) and a Parquet folder
+        p = score_file(source, tmp_path / f"{source.name}.parquet", EventCountScorerWithReference(reference), model,
+                       score_config)
+        q = engine.score_file(f"{mounted}/{source.name}", f"{lake}/scores/{source.name}.parquet", EventCountScorer(),
+                              model, score_config, ingest_config=IngestConfig(), reference=reference)
+        assert q.output == f"{lake}/scores/{source.name}.parquet"
+        assert q.drift_files == [f"{lake}/scores/{source.name}.drift.json", f"{lake}/scores/{source.name}.drift.png"]
+        drop = [schema.SCORED_AT]
+        assert_frame_equal(pl.read_parquet(local / "scores" / f"{source.name}.parquet").drop(drop),
+                           pl.read_parquet(p.output).drop(drop), abs_tol=1e-6)
+        key = [schema.SOURCE_FILE, schema.SOURCE_ROW]
+        rejects = _as_paths(pl.read_parquet(local / "scores" / f"{source.name}.rejects.parquet"), mounted, folder)
+        assert_frame_equal(rejects.sort(key), pl.read_parquet(p.rejects).sort(key))
+        assert (local / "scores" / f"{source.name}.drift.json").read_text() == Path(p.drift_files[0]).read_text()
+        assert (q.input_rows, q.rejected_rows, q.customers) == (p.input_rows, p.rejected_rows, p.customers)
+    assert sorted(f.name for f in (local / "scores").iterdir() if not f.name.startswith(".")) == sorted(
+        f"{n}.{kind}" for n in ("a.csv", "c") for kind in ("parquet", "rejects.parquet", "drift.json", "drift.png"))
+    assert _left_behind(local) == []
+
+
+def test_outputs_at_a_uri_that_cannot_be_written_are_errors_naming_it(engine: SparkEngine, inputs: list[Path],
+                                                                     tmp_path: Path) -> None:
+    """A file system without a connector, and a folder the process may not write: the error names the URI."""
+    with pytest.raises(IngestError, match=r"s3a://bucket/events: this Spark has no Hadoop client for s3a://"):
+        engine.ingest(inputs[:1], "s3a://bucket/events")
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro" / "events").write_text("a file where the output folder would be")
+    engine.spark._jsc.hadoopConfiguration().set("fs.viewfs.mounttable.readonly.link./ro", (tmp_path / "ro").as_uri())
+    with pytest.raises(IngestError, match=r"viewfs://readonly/ro/events: cannot be written"):
+        engine.ingest(inputs[:1], "viewfs://readonly/ro/events")
+
+
 def test_missing_inputs_and_unknown_file_systems_are_errors_naming_the_uri(engine: SparkEngine, mounted: str,
                                                                           inputs: list[Path], tmp_path: Path) -> None:
     """Every file-level problem of an input at a URI names the URI (not the driver's copy of it)."""
@@ -394,7 +468,7 @@ def test_hadoop_settings_reach_a_session_that_was_already_running(engine: SparkE
 
 def test_cli_reads_uris_with_the_spark_engine_and_refuses_them_without(inputs: list[Path], tmp_path: Path) -> None:
     """`txseq ingest viewfs://… --engine spark --spark-conf <mount table>` in a subprocess gives the polars engine's
-    counts on the files; the polars engine refuses a URI, and an output at a URI is refused, by name."""
+    counts on the files; the polars engine refuses a URI, input or output, by name."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TXSEQ_DATA_ROOT": str(tmp_path)}
     key, target = _mount_conf(inputs[0].parent)
     uri = f"{MOUNT}/exports/a.csv"
@@ -415,7 +489,7 @@ def test_cli_reads_uris_with_the_spark_engine_and_refuses_them_without(inputs: l
     assert score.returncode == 2 and "s3a://bucket/new.parquet: the polars engine reads paths" in score.stderr
     out = subprocess.run([sys.executable, "-m", "pipeline.cli", "ingest", str(inputs[0]), "--out",
                           "hdfs://nn:8020/events"], capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 2 and "hdfs:/nn:8020/events: outputs are written to a path" in out.stderr
+    assert out.returncode == 2 and "hdfs://nn:8020/events: the polars engine writes paths" in out.stderr
 
 
 def test_missing_java_is_an_error_naming_what_to_install(inputs: list[Path], tmp_path: Path) -> None:
