@@ -10,7 +10,6 @@ as it is (Parquet, or a clean CSV such as labels) without that pass.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import os
 import re

@@ -12,7 +12,6 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlparse
 
 if TYPE_CHECKING:
     from pipeline.scoring.batch import ModelRef, ScoreConfig, ScoreResult

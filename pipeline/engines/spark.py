@@ -109,9 +109,6 @@ _COMBINED: dict[str, pl.DataType] = {
 _COUNTS = {"kind": pl.String(), "n": pl.Int64(), "last_row": pl.Int64()}  # kind: "accepted" or a reject reason
 _PARTS = {"what": pl.String(), "name": pl.String(), "data": pl.Binary(),  # a part file: its folder, name, bytes
           "kind": pl.String(), "n": pl.Int64(), "last_row": pl.Int64()}  # or counts: as in _COUNTS
-_DRIFT = "_drift"
-_SCORED = {schema.CUSTOMER_ID: pl.Int64(), schema.PROBABILITY: pl.Float64(), schema.PREDICTION: pl.Int32(),
-           _DRIFT: pl.String()}  # score rows, and one row per partition with its drift counts in `_drift`
 
 
 class SparkError(RuntimeError):
@@ -440,17 +437,22 @@ def _ingest_group(key: tuple, left: pa.Table, right: pa.Table | None = None) -> 
     }, schema=_arrow_schema(_PARTS))
 
 
+GATHER_BYTES = 256 << 20  # the most part bytes the driver fetches at once
+
+
 def _gather(files: HadoopFiles, parts: DataFrame, folders: dict[str, Path | str]) -> list[Any]:
-    """Run `parts` (rows of `_PARTS`) on the workers in parallel, kept on their disks; then fetch them partition by
-    partition (the driver holds one at a time) and write each part's bytes to `folders[what]/name` (a path or a URI:
-    the workers need no folder shared with the driver). Returns the count rows."""
+    """Run `parts` (rows of `_PARTS`) on the workers in parallel, kept on their disks; then fetch them in chunks of
+    about `GATHER_BYTES` (one Spark job each: a job per partition would cost more than the bytes) and write each
+    part's bytes to `folders[what]/name` (a path or a URI: the workers need no folder shared with the driver).
+    Returns the rows without bytes (counts)."""
     from pyspark import StorageLevel
+    from pyspark.sql import functions as F
 
     parts = parts.persist(StorageLevel.DISK_ONLY)
     try:
-        parts.count()
+        total = parts.agg(F.sum(F.length("data"))).first()[0] or 0  # runs the workers and fills the cache
         counts = []
-        for row in parts.toLocalIterator(prefetchPartitions=True):
+        for row in parts.coalesce(max(1, math.ceil(total / GATHER_BYTES))).toLocalIterator():
             if row["data"] is None:
                 counts.append(row)
             else:
@@ -631,21 +633,16 @@ class SparkEngine:
         With the model's drift `reference`, each worker counts its customers' events into a `DriftMonitor`'s bins
         and the driver adds the counts up: the same `<stem>.drift.json` / `.drift.png` as the polars engine.
 
-        The workers send their score rows (one per customer) and reject rows back to the driver, which writes the
-        files: `output` and `rejects` may be paths or URIs (uploaded with `HadoopFiles.put`), and no folder needs to
-        be shared with the workers except, for a CSV input, the hidden staging folder beside `output` that holds
-        its clean copy."""
+        The workers send their score, reject and drift-count parts to the driver (`_gather`), which puts them
+        together as the polars engine does: `output` and `rejects` may be paths or URIs (uploaded with
+        `HadoopFiles.put`), and no folder needs to be shared with the workers except, for a CSV input, the hidden
+        staging folder beside `output` that holds its clean copy."""
         from pyspark import StorageLevel
         from pyspark.sql import functions as F
 
         from pipeline.io import base_name, write_parquet_atomic
-        from pipeline.scoring.batch import (
-            ScoreConfig,
-            ScoreResult,
-            default_rejects_path,
-            probability_histogram,
-            stamp_scores,
-        )
+        from pipeline.schema import SCORES_SCHEMA
+        from pipeline.scoring.batch import ScoreConfig, ScoreResult, default_rejects_path, probability_histogram
         from pipeline.scoring.drift import DriftMonitor
 
         started = time.perf_counter()
@@ -660,6 +657,7 @@ class SparkEngine:
             local_rejects = rejects if isinstance(rejects, Path) else Path(tmp, "rejects", base_name(rejects))
             for path in (local_output, local_rejects):
                 path.parent.mkdir(parents=True, exist_ok=True)
+            got = {what: Path(tmp, "parts", what) for what in ("rejects", "scores", "drift")}
             scratch = _scratch(output)
             try:
                 numbered, rows_in, _ = read_numbered(self.spark, source, ingest_config.allow_extra_columns,
@@ -668,38 +666,42 @@ class SparkEngine:
                     raise IngestError(f"{source}: no data rows (header only)")
                 combined = validated(self.spark, numbered, rows_in, ingest_config, self.config.partition_rows)
                 combined = combined.persist(StorageLevel.DISK_ONLY)  # read twice; the heap is for work
-                bad = combined.filter(F.col(schema.REASON).isNotNull()).mapInArrow(_reject_rows,
-                                                                                   _ddl(schema.REJECTS_SCHEMA))
-                reject_rows = _from_spark(self._run(str(source), bad.toArrow), schema.REJECTS_SCHEMA)
+                bad = combined.filter(F.col(schema.REASON).isNotNull()).mapInArrow(_reject_part, _ddl(_PARTS))
+                self._run(str(source), lambda: _gather(files, bad, got))
                 good = combined.filter(F.col(schema.REASON).isNull()).select(*schema.EVENTS_SCHEMA)
                 n = _partitions(self.spark, rows_in, self.config.partition_rows)
                 scored = good.repartitionByRange(n, schema.CUSTOMER_ID).mapInArrow(
-                    partial(_score_partition, scorer_factory, reference), _ddl(_SCORED))
-                rows = _from_spark(self._run(str(source), scored.toArrow), _SCORED)
+                    partial(_score_part, scorer_factory, model, scored_at, reference), _ddl(_PARTS))
+                self._run(str(source), lambda: _gather(files, scored, got))
                 combined.unpersist()
             finally:
                 _remove_scratch(files, scratch)
-            parts = rows.filter(pl.col(_DRIFT).is_not_null())[_DRIFT].to_list()  # one per scored partition
-            scores = stamp_scores(rows.filter(pl.col(_DRIFT).is_null()).drop(_DRIFT), model, scored_at)
-            scores = scores.sort(schema.CUSTOMER_ID)  # the file's order, and the order the score mean is summed in
-            write_parquet_atomic(reject_rows.sort(schema.SOURCE_FILE, schema.SOURCE_ROW), local_rejects)
-            write_parquet_atomic(scores, local_output)
+            reject_parts = sorted(got["rejects"].glob("*.parquet"))
+            score_parts = sorted(got["scores"].glob("*.parquet"))
+            rejected = pl.scan_parquet(reject_parts) if reject_parts else pl.LazyFrame(schema=schema.REJECTS_SCHEMA)
+            write_parquet_atomic(rejected.cast(schema.REJECTS_SCHEMA).sort(schema.SOURCE_FILE, schema.SOURCE_ROW),
+                                 local_rejects)
+            scores = pl.scan_parquet(score_parts) if score_parts else pl.LazyFrame(schema=SCORES_SCHEMA)
+            write_parquet_atomic(scores.sort(schema.CUSTOMER_ID), local_output)
             drift, drift_files = None, []
             if reference is not None:
                 monitor = DriftMonitor(reference, config.drift_psi_threshold)
-                for part in parts:
-                    _add_drift_counts(monitor, json.loads(part))
-                report = monitor.report(scores[schema.PROBABILITY].to_numpy())
+                for part in sorted(got["drift"].glob("*.json")):
+                    _add_drift_counts(monitor, json.loads(part.read_text()))
+                probabilities = pl.read_parquet(local_output, columns=[schema.PROBABILITY])[schema.PROBABILITY]
+                report = monitor.report(probabilities.to_numpy())
                 drift, drift_files = report.to_dict(), list(report.write(local_output.with_suffix("")))
             histogram = probability_histogram(local_output)
+            rejected_rows = pl.scan_parquet(local_rejects).select(pl.len()).collect().item()
+            customers = pl.scan_parquet(local_output).select(pl.len()).collect().item()
             if not isinstance(rejects, Path):
                 files.put(local_rejects, rejects)
             if not isinstance(output, Path):
                 drift_files = [files.put(f, str(sibling(output, f.name))) for f in drift_files]
                 files.put(local_output, output)
         return ScoreResult(
-            output=output, rejects=rejects, input_rows=rows_in, rejected_rows=reject_rows.height,
-            customers=scores.height, chunks=len(parts), model_name=model.name, model_version=model.version,
+            output=output, rejects=rejects, input_rows=rows_in, rejected_rows=int(rejected_rows),
+            customers=int(customers), chunks=len(score_parts), model_name=model.name, model_version=model.version,
             seconds=time.perf_counter() - started, histogram=histogram, drift=drift,
             drift_files=[str(f) for f in drift_files],
         )
@@ -759,28 +761,33 @@ def _build_partition(vocab: Any, config: Any, labels: pl.DataFrame,
     seq = build_sequences(frame.lazy(), vocab, config, labels)
     buffer = io.BytesIO()
     seq.write_parquet(buffer, **PARQUET_OPTIONS)
-    yield from pa.table({"what": [SEQUENCES_FILE], "name": [f"part-{_partition_id():05d}.parquet"],
-                         "data": [buffer.getvalue()], "kind": [None], "n": [seq.height], "last_row": [None]},
-                        schema=_arrow_schema(_PARTS)).to_batches()
+    yield from _part_row(SEQUENCES_FILE, buffer.getvalue(), seq.height).to_batches()
 
 
-def _reject_rows(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """Validated rows with a reason -> their rejects rows (`split_combined`, as the polars engine writes them)."""
+def _part_row(what: str, data: bytes, n: int, extension: str = "parquet") -> pa.Table:
+    """One `_PARTS` row: a file named after the partition, for `_gather`."""
+    return pa.table({"what": [what], "name": [f"part-{_partition_id():05d}.{extension}"], "data": [data],
+                     "kind": [None], "n": [n], "last_row": [None]}, schema=_arrow_schema(_PARTS))
+
+
+def _reject_part(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Validated rows with a reason -> their rejects part (`split_combined`, as the polars engine writes them)."""
     frame = _batches_frame(batches, _COMBINED)
     if frame is None:
         return
-    yield from _to_spark(split_combined(frame.lazy())[1].collect(), schema.REJECTS_SCHEMA).to_batches()
+    rejects = split_combined(frame.lazy())[1].collect()
+    yield from _part_row("rejects", parquet_bytes(rejects, schema.REJECTS_SCHEMA), rejects.height).to_batches()
 
 
 _SCORERS: dict[Any, Any] = {}  # one scorer per Python worker process and factory (workers are reused)
 
 
-def _score_partition(scorer_factory: Callable[[], Any], reference: Reference | None,
-                     batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """One customer range of validated events -> the scorer -> one row per customer, then one row whose `_drift`
-    holds the partition's drift bin counts (whole customers: the per-customer features count right; `{}` without
-    a `reference`)."""
-    from pipeline.scoring.batch import ScoreConfig, _predict, check_scores
+def _score_part(scorer_factory: Callable[[], Any], model: Any, scored_at: datetime, reference: Reference | None,
+                batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """One customer range of validated events -> the scorer -> its scores part (one row per customer), and with a
+    `reference`, the partition's drift bin counts as JSON (whole customers: the per-customer features count
+    right)."""
+    from pipeline.scoring.batch import ScoreConfig, _conform, _predict
     from pipeline.scoring.drift import DriftMonitor
 
     frame = _batches_frame(batches, schema.EVENTS_SCHEMA)
@@ -788,19 +795,20 @@ def _score_partition(scorer_factory: Callable[[], Any], reference: Reference | N
         return
     if scorer_factory not in _SCORERS:
         _SCORERS[scorer_factory] = scorer_factory()
-    scored = check_scores(_predict(_SCORERS[scorer_factory], frame, ScoreConfig()), frame)
-    counts: dict[str, Any] = {}
+    scored = _conform(_predict(_SCORERS[scorer_factory], frame, ScoreConfig()), frame, model, scored_at)
+    buffer = io.BytesIO()
+    scored.write_parquet(buffer)
+    yield from _part_row("scores", buffer.getvalue(), scored.height).to_batches()
     if reference is not None:
         monitor = DriftMonitor(reference)
         monitor.observe(frame)
         counts = {"counts": {k: v.tolist() for k, v in monitor.counts.items()}, "unknown": monitor.unknown,
                   "events": monitor.events}
-    marker = pl.DataFrame({_DRIFT: [json.dumps(counts)]})
-    yield from _to_spark(pl.concat([scored, marker], how="diagonal"), _SCORED).to_batches()
+        yield from _part_row("drift", json.dumps(counts).encode(), frame.height, "json").to_batches()
 
 
 def _add_drift_counts(monitor: DriftMonitor, counts: dict[str, Any]) -> None:
-    """Add one partition's bin counts (from `_score_partition`) to the driver's monitor."""
+    """Add one partition's bin counts (from `_score_part`) to the driver's monitor."""
     for name, n in counts["counts"].items():
         monitor.counts[name] += np.asarray(n, dtype=np.int64)
     for name, n in counts["unknown"].items():

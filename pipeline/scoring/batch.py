@@ -445,11 +445,6 @@ def _arrow_scores_schema() -> pa.Schema:
 
 def _conform(scored: Any, frame: pl.DataFrame, model: ModelRef, scored_at: datetime) -> pl.DataFrame:
     """The scorer's output as one row per customer of the chunk, with the score columns and their dtypes."""
-    return stamp_scores(check_scores(scored, frame), model, scored_at)
-
-
-def check_scores(scored: Any, frame: pl.DataFrame) -> pl.DataFrame:
-    """A scorer's output for the events `frame`: customer_id, probability, prediction, one row per customer."""
     out = scored if isinstance(scored, pl.DataFrame) else pl.from_pandas(scored)
     missing = {schema.CUSTOMER_ID, schema.PROBABILITY, schema.PREDICTION} - set(out.columns)
     if missing:
@@ -461,12 +456,6 @@ def check_scores(scored: Any, frame: pl.DataFrame) -> pl.DataFrame:
         pl.col(schema.CUSTOMER_ID).cast(pl.Int64),
         pl.col(schema.PROBABILITY).cast(pl.Float64),
         pl.col(schema.PREDICTION).cast(pl.Int32),
-    )
-
-
-def stamp_scores(scores: pl.DataFrame, model: ModelRef, scored_at: datetime) -> pl.DataFrame:
-    """Checked scores with the columns naming the model and the time (SCORES_SCHEMA)."""
-    return scores.with_columns(
         pl.lit(model.name, pl.String).alias(schema.MODEL_NAME),
         pl.lit(str(model.version), pl.String).alias(schema.MODEL_VERSION),
         pl.lit(scored_at, pl.Datetime("us", "UTC")).alias(schema.SCORED_AT),

@@ -362,11 +362,17 @@ def _left_behind(folder: Path) -> list[str]:
 
 
 def test_outputs_at_a_uri_are_the_outputs_at_a_path(engine: SparkEngine, inputs: list[Path], mounted: str,
-                                                    both_ingested: tuple[Path, Path], tmp_path: Path) -> None:
+                                                    both_ingested: tuple[Path, Path], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Ingest, sequences and scoring all writing to a URI only Hadoop opens (inputs at a URI too, as on a cluster
     with no folder shared by the driver and the workers): the events, rejects, manifest, sequences table, vocab,
-    scores, rejects and drift report the polars engine writes to paths; nothing hidden left behind."""
+    scores, rejects and drift report the polars engine writes to paths; nothing hidden left behind. The driver
+    fetches the parts a few bytes at a time here (every partition its own chunk), as it would a large output."""
     from pyspark import cloudpickle
+
+    from pipeline.engines import spark
+
+    monkeypatch.setattr(spark, "GATHER_BYTES", 1)
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     pol, _ = both_ingested
