@@ -444,15 +444,20 @@ def _gather(files: HadoopFiles, parts: DataFrame, folders: dict[str, Path | str]
     """Run `parts` (rows of `_PARTS`) on the workers in parallel, kept on their disks; then fetch them in chunks of
     about `GATHER_BYTES` (one Spark job each: a job per partition would cost more than the bytes) and write each
     part's bytes to `folders[what]/name` (a path or a URI: the workers need no folder shared with the driver).
-    Returns the rows without bytes (counts)."""
+    Returns the rows without bytes (counts), as dicts."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     parts = parts.persist(StorageLevel.DISK_ONLY)
     try:
         total = parts.agg(F.sum(F.length("data"))).first()[0] or 0  # runs the workers and fills the cache
+        chunks = math.ceil(total / GATHER_BYTES)
+        if chunks <= 1:  # the usual case: one Arrow transfer (about twice as fast as pickled rows)
+            rows: Iterator[dict[str, Any]] = iter(parts.toArrow().to_pylist())
+        else:  # bounded memory: one chunk of partitions at a time
+            rows = (row.asDict() for row in parts.coalesce(chunks).toLocalIterator())
         counts = []
-        for row in parts.coalesce(max(1, math.ceil(total / GATHER_BYTES))).toLocalIterator():
+        for row in rows:
             if row["data"] is None:
                 counts.append(row)
             else:
