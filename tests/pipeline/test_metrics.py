@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,13 @@ def test_roc_points_and_plot(tmp_path) -> None:
     fpr, tpr = roc_points(np.array([0, 1, 0, 1]), np.array([0.2, 0.7, 0.4, 0.9]))
     assert fpr[0] == 0 and tpr[-1] == 1
     path = plot_roc({"m": (fpr, tpr, 1.0)}, tmp_path / "roc.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_roc_plot_without_curves_is_an_empty_plot_without_a_warning(tmp_path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns about a legend with nothing in it
+        path = plot_roc({}, tmp_path / "empty.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
