@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     import polars as pl
 
     from pipeline.scoring.batch import ScoreConfig, score_file
-    from pipeline.engines.spark import RegisteredScorer, SparkConfig, SparkEngine
+    from pipeline.engines.spark import SparkConfig, SparkEngine
     from pipeline.sources.generate import GeneratorConfig, generate
     from pipeline.ingest.files import ingest, read_events, read_rejects
     from pipeline.scoring.pyfunc import load_batch_scorer
@@ -191,9 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     spark_engine.append(engine)
     step("spark", "ingest", lambda: engine.ingest([csv], out["spark"] / "events"))
     step("spark", "sequences", lambda: engine.run_sequences(out["spark"] / "events", labels, out["spark"] / "sequences"))
-    step("spark", "score", lambda: engine.score_file(csv, out["spark"] / "scores.parquet", RegisteredScorer(uri, tracking),
-                                                     model, ingest_config=scorer.ingest,
-                                                     reference=getattr(scorer, "reference", None)))
+    def spark_score() -> Any:  # the model shipped to the workers, as `txseq score --engine spark` does
+        with engine.shipped_model(model, tracking) as shipped:
+            return engine.score_file(csv, out["spark"] / "scores.parquet", shipped, model,
+                                     ingest_config=scorer.ingest, reference=getattr(scorer, "reference", None))
+
+    step("spark", "score", spark_score)
 
     # the same CSV at a URI only Hadoop opens (a viewfs mount table over the raw folder), as an hdfs:// export is, and
     # the events written to one: the driver hashes the input in the JVM and copies it through Hadoop's FileSystem

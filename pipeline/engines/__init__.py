@@ -129,16 +129,17 @@ def sequences_with(engine: Engine, events_dir: Path | str, labels: Path | str | 
 
 def score_file_with(engine: Engine, source: Path | str, output: Path | str, scorer: Any, model: ModelRef, config: ScoreConfig,
                     tracking_uri: str) -> ScoreResult:
-    """Score one input. On Spark each worker loads the model itself from `model.uri` (through `tracking_uri`);
-    `scorer` (loaded here) gives the ingest settings and the drift reference stored with the model."""
+    """Score one input. On Spark the driver ships the artifacts of the version `model` names to the executors,
+    where each worker loads them (`SparkEngine.shipped_model`); `scorer` (loaded here) gives the ingest settings and
+    the drift reference stored with the model."""
     from pipeline.scoring.batch import score_file, scorer_reference, scorer_rules
 
     check_engine_reads(engine, source)
     check_engine_writes(engine, output)
     if engine.name == "spark":
-        from pipeline.engines.spark import RegisteredScorer
-
-        return engine.spark().score_file(source, output, RegisteredScorer(model.uri, tracking_uri), model, config,
-                                         ingest_config=config.ingest or scorer_rules(scorer),
-                                         reference=scorer_reference(scorer))
+        spark = engine.spark()
+        with spark.shipped_model(model, tracking_uri) as shipped:
+            return spark.score_file(source, output, shipped, model, config,
+                                    ingest_config=config.ingest or scorer_rules(scorer),
+                                    reference=scorer_reference(scorer))
     return score_file(source, output, scorer, model, config)

@@ -44,6 +44,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -630,6 +631,29 @@ class SparkEngine:
                 raise IngestError(str(e).replace(str(copy), uri)) from None
 
     # scoring -----------------------------------------------------------------------------------------------------
+    @contextmanager
+    def shipped_model(self, model: ModelRef, tracking_uri: str) -> Iterator[ShippedScorer]:
+        """The artifacts of the model version `model` names, downloaded once by the driver and shipped to every
+        executor (`SparkContext.addFile`): the workers score with the very version the driver resolved (an alias
+        moved during the run cannot split the scores between two versions) and need not reach the tracking
+        store (a SQLite file on the driver, say)."""
+        import mlflow
+
+        from pipeline.scoring.pyfunc import ModelLoadError
+
+        uri = f"models:/{model.name}/{model.version}" if model.uri.startswith("models:/") else model.uri
+        with tempfile.TemporaryDirectory(prefix="txseq-model-") as tmp:
+            try:
+                local = mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri,
+                                                            dst_path=str(Path(tmp, "download")))
+            except Exception as e:  # noqa: BLE001 - MLflow and OS errors alike: say which model
+                raise ModelLoadError(f"cannot download model {uri} to ship it to Spark: {str(e).splitlines()[0]}",
+                                     transient=True) from e
+            shipped = Path(tmp, f"txseq-model-{uuid.uuid4().hex[:12]}")  # a name not added to this context before
+            shutil.move(local, shipped)
+            self.spark.sparkContext.addFile(str(shipped), recursive=True)
+            yield ShippedScorer(shipped.name)
+
     def score_file(self, source: str | Path, output: str | Path, scorer_factory: Callable[[], Any], model: ModelRef,
                    config: ScoreConfig | None = None, rejects: str | Path | None = None,
                    ingest_config: IngestConfig | None = None, reference: Reference | None = None) -> ScoreResult:
@@ -822,13 +846,15 @@ def _add_drift_counts(monitor: DriftMonitor, counts: dict[str, Any]) -> None:
 
 
 @dataclass(frozen=True)
-class RegisteredScorer:
-    """A picklable scorer factory: the batch scorer of an MLflow model URI, loaded in the worker."""
+class ShippedScorer:
+    """A picklable scorer factory: the batch scorer of the model folder shipped to the executors under `name`
+    (`SparkEngine.shipped_model`), loaded in the worker from its local copy."""
 
-    uri: str
-    tracking_uri: str
+    name: str
 
     def __call__(self) -> Any:
+        from pyspark import SparkFiles
+
         from pipeline.scoring.pyfunc import load_batch_scorer
 
-        return load_batch_scorer(self.uri, self.tracking_uri)[0]
+        return load_batch_scorer(SparkFiles.get(self.name))[0]

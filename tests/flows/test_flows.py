@@ -355,3 +355,30 @@ def test_flows_run_on_spark_with_inputs_and_outputs_at_a_uri(spark_ok: None, cha
                                 output_format="list")
     logged = mlflow.MlflowClient().list_artifacts(run.info.run_id, "drift")
     assert sorted(a.path for a in logged) == ["drift/s.drift.json", "drift/s.drift.png"]
+
+
+def test_spark_workers_score_with_the_shipped_model_not_the_tracking_store(spark_ok: None, champion_uri: str,
+                                                                           tmp_path: Path) -> None:
+    """The driver resolves the champion and ships that version's artifacts to the executors, whose workers load
+    their local copy: scoring still works with the tracking store gone once the driver has shipped the model (as on
+    a cluster whose executors cannot reach the driver's SQLite file), with the polars engine's scores."""
+    from pipeline.engines.spark import SparkConfig, SparkEngine
+    from pipeline.scoring.batch import ScoreConfig, score_file, scorer_rules
+    from pipeline.scoring.pyfunc import load_batch_scorer
+
+    store = tmp_path / "mlflow.db"  # a copy of the store (its artifacts stay where they are): this test deletes it
+    shutil.copy(load_settings().tracking_uri.removeprefix("sqlite:///"), store)
+    scorer, model = load_batch_scorer(champion_uri, f"sqlite:///{store}")
+    rows = scan_table(_sample_transactions()).collect()
+    rows.filter(pl.col(schema.CUSTOMER_ID).is_in(rows[schema.CUSTOMER_ID].unique().sort().head(30).implode())) \
+        .write_csv(tmp_path / "t.csv")
+    expected = score_file(tmp_path / "t.csv", tmp_path / "p.parquet", scorer, model, ScoreConfig())
+    engine = SparkEngine.start(SparkConfig(master="local[2]", conf=(("spark.sql.shuffle.partitions", "2"),)))
+    with engine.shipped_model(model, f"sqlite:///{store}") as shipped:
+        store.unlink()
+        got = engine.score_file(tmp_path / "t.csv", tmp_path / "s.parquet", shipped, model,
+                                ingest_config=scorer_rules(scorer))
+    a, b = pl.read_parquet(expected.output), pl.read_parquet(got.output)
+    assert b[schema.CUSTOMER_ID].to_list() == a[schema.CUSTOMER_ID].to_list() and got.customers == 30
+    assert b[schema.PROBABILITY].to_numpy() == pytest.approx(a[schema.PROBABILITY].to_numpy(), abs=1e-6)
+    assert set(b[schema.MODEL_VERSION]) == {str(model.version)}
