@@ -637,20 +637,11 @@ class SparkEngine:
         executor (`SparkContext.addFile`): the workers score with the very version the driver resolved (an alias
         moved during the run cannot split the scores between two versions) and need not reach the tracking
         store (a SQLite file on the driver, say)."""
-        import mlflow
+        from pipeline.scoring.pyfunc import download_model
 
-        from pipeline.scoring.pyfunc import ModelLoadError
-
-        uri = f"models:/{model.name}/{model.version}" if model.uri.startswith("models:/") else model.uri
         with tempfile.TemporaryDirectory(prefix="txseq-model-") as tmp:
-            try:
-                local = mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri,
-                                                            dst_path=str(Path(tmp, "download")))
-            except Exception as e:  # noqa: BLE001 - MLflow and OS errors alike: say which model
-                raise ModelLoadError(f"cannot download model {uri} to ship it to Spark: {str(e).splitlines()[0]}",
-                                     transient=True) from e
-            shipped = Path(tmp, f"txseq-model-{uuid.uuid4().hex[:12]}")  # a name not added to this context before
-            shutil.move(local, shipped)
+            # a name not added to this SparkContext before (addFile refuses a known name with other content)
+            shipped = download_model(model, tracking_uri, Path(tmp, f"txseq-model-{uuid.uuid4().hex[:12]}"))
             self.spark.sparkContext.addFile(str(shipped), recursive=True)
             yield ShippedScorer(shipped.name)
 

@@ -16,6 +16,7 @@ artifacts once, and `predict` just calls it. Customers all of whose rows fail va
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
@@ -308,6 +309,19 @@ def load_batch_scorer(model_uri: str, tracking_uri: str | None = None) -> tuple[
         raise ModelLoadError(f"cannot load model {model_uri} (tracking store {tracking_uri}): "
                              f"{first_line(e)[:500].rstrip('.')}{_registry_hint(model_uri)}") from e
     return scorer, ModelRef(name, version, model_uri, pyfunc.metadata.run_id or "")
+
+
+def download_model(model: Any, tracking_uri: str, folder: Path) -> Path:
+    """The artifacts of the exact version `model` (`batch.ModelRef`) names, as the local model folder `folder`
+    (the Spark engine ships it to its executors). Raises `ModelLoadError` naming the model."""
+    uri = f"models:/{model.name}/{model.version}" if model.uri.startswith("models:/") else model.uri
+    with tempfile.TemporaryDirectory(prefix="txseq-download-", dir=folder.parent, ignore_cleanup_errors=True) as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri, dst_path=tmp)
+        except Exception as e:  # noqa: BLE001 - MLflow and OS errors alike: say which model
+            raise ModelLoadError(f"cannot download model {uri}: {first_line(e)[:500]}", transient=True) from e
+        shutil.move(local, folder)  # `local` may be `tmp` itself
+    return folder
 
 
 def log_scoring_run(result: Any, model: Any, tracking_uri: str | None = None) -> str | None:

@@ -382,3 +382,13 @@ def test_spark_workers_score_with_the_shipped_model_not_the_tracking_store(spark
     assert b[schema.CUSTOMER_ID].to_list() == a[schema.CUSTOMER_ID].to_list() and got.customers == 30
     assert b[schema.PROBABILITY].to_numpy() == pytest.approx(a[schema.PROBABILITY].to_numpy(), abs=1e-6)
     assert set(b[schema.MODEL_VERSION]) == {str(model.version)}
+
+
+def test_a_model_that_cannot_be_downloaded_for_spark_is_an_error_naming_it(tmp_path: Path) -> None:
+    from pipeline.scoring.batch import ModelRef
+    from pipeline.scoring.pyfunc import ModelLoadError, download_model
+
+    with pytest.raises(ModelLoadError, match=r"cannot download model models:/nope/3: "):
+        download_model(ModelRef("nope", "3", "models:/nope@champion"), f"sqlite:///{tmp_path / 'm.db'}",
+                       tmp_path / "model")
+    assert not (tmp_path / "model").exists()
