@@ -678,7 +678,7 @@ class SparkEngine:
             for path in (local_output, local_rejects):
                 path.parent.mkdir(parents=True, exist_ok=True)
             got = {what: Path(tmp, "parts", what) for what in ("rejects", "scores", "drift")}
-            scratch = _scratch(output)
+            scratch = files.staging(output)  # the clean copy of a CSV input, which the workers read
             try:
                 numbered, rows_in, _ = read_numbered(self.spark, source, ingest_config.allow_extra_columns,
                                                      per_file=True, scratch=scratch)
@@ -695,7 +695,7 @@ class SparkEngine:
                 self._run(str(source), lambda: _gather(files, scored, got))
                 combined.unpersist()
             finally:
-                _remove_scratch(files, scratch)
+                files.remove(scratch)
             reject_parts = sorted(got["rejects"].glob("*.parquet"))
             score_parts = sorted(got["scores"].glob("*.parquet"))
             rejected = pl.scan_parquet(reject_parts) if reject_parts else pl.LazyFrame(schema=schema.REJECTS_SCHEMA)
@@ -725,21 +725,6 @@ class SparkEngine:
             seconds=time.perf_counter() - started, histogram=histogram, drift=drift,
             drift_files=[str(f) for f in drift_files],
         )
-
-
-def _scratch(output: Path | str) -> Path | str:
-    """A hidden staging folder beside `output` for the clean copy of a CSV input, which the workers read."""
-    if isinstance(output, Path):
-        return _staging(output)
-    parent, name = output.rstrip("/").rsplit("/", 1)
-    return f"{parent}/.{name}.{uuid.uuid4().hex[:8]}.staging"
-
-
-def _remove_scratch(files: HadoopFiles, scratch: Path | str) -> None:
-    if isinstance(scratch, Path):
-        shutil.rmtree(scratch, ignore_errors=True)
-    else:
-        files.remove(scratch)
 
 
 # --- functions run by the Python workers -------------------------------------------------------------------------

@@ -376,14 +376,14 @@ def _commit_unit(units: Sequence[str | Path], out_dir: Path | str, manifest: dic
     try:
         reports: list[FileReport] = []
         staged: list[FileReport] = []
+        recorded = {f["sha256"]: f["path"] for f in manifest["files"]  # checked once: one call each at a URI
+                    if all(files.exists(join(out_dir, d, f["part"])) for d in (EVENTS_DIR, REJECTS_DIR))}
         for path in units:
             try:
                 sha = files.sha256(path)
             except TableError as e:
                 raise IngestError(str(e)) from e
-            done = {f["sha256"]: f["path"] for f in manifest["files"]
-                    if all(files.exists(join(out_dir, d, f["part"])) for d in (EVENTS_DIR, REJECTS_DIR))}
-            done |= {r.sha256: r.path for r in staged}
+            done = recorded | {r.sha256: r.path for r in staged}
             if sha in done:
                 reports.append(FileReport(str(path), sha, 0, 0, 0, {}, status=f"already ingested (as {done[sha]})"))
                 continue
@@ -430,8 +430,8 @@ def ingest(inputs: Sequence[str | Path], out_dir: str | Path, config: IngestConf
     except TableError as e:
         raise IngestError(str(e)) from e
     manifest = _load_manifest(out_dir, files)
-    if manifest["files"] and ingest_rules(out_dir, files).source != config.source:
-        raise IngestError(f"{out_dir}: holds events of source {ingest_rules(out_dir, files).source.name!r}, not "
+    if manifest["files"] and _rules(manifest).source != config.source:
+        raise IngestError(f"{out_dir}: holds events of source {_rules(manifest).source.name!r}, not "
                           f"{config.source.name!r}; ingest into a fresh folder")
     reports: list[FileReport] = []
     for i, unit in enumerate(units):
@@ -463,7 +463,11 @@ def read_events(out_dir: str | Path) -> pl.LazyFrame:
 def ingest_rules(out_dir: str | Path, files: Files | None = None) -> IngestConfig:
     """The ingest rules of an events folder, as recorded in its manifest (the latest file's; every file of one
     folder has the same source): what a model trained on these events validates its input with."""
-    recorded = _load_manifest(out_dir, files)["files"]
+    return _rules(_load_manifest(out_dir, files))
+
+
+def _rules(manifest: dict) -> IngestConfig:
+    recorded = manifest["files"]
     return IngestConfig.from_dict(recorded[-1]["config"]) if recorded else IngestConfig()
 
 
